@@ -1,0 +1,527 @@
+//! Postrider's configuration: the TOML schema, its defaults and its validation.
+//!
+//! Unknown keys are errors, and every error names the file, the line and the key, so an
+//! operator can go straight to the mistake. Relative paths in a file are resolved against the
+//! directory of that file; in the embedded default, against the working directory.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default configuration shipped in `config/postrider.toml`, embedded in the binary.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/postrider.toml");
+
+/// Name used in errors for the embedded default.
+pub const EMBEDDED_NAME: &str = "<embedded config/postrider.toml>";
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("{file}:{line}:{column}: key `{key}`: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The key at (or nearest before) the error.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file parses but a value is not acceptable.
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// 1-based line of the value.
+        line: usize,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole relay configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (a path or [`EMBEDDED_NAME`]).
+    pub origin: String,
+    /// Our host name, used in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Directory of the durable spool.
+    pub spool_dir: PathBuf,
+    /// The listeners.
+    pub listeners: Vec<Listener>,
+    /// Who may send mail where.
+    pub relay: Relay,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// What a listener is for, which decides TLS and AUTH behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 style: plain text, STARTTLS when a certificate is configured, AUTH optional.
+    Smtp,
+    /// Port 587 style: STARTTLS, and AUTH is required before MAIL.
+    Submission,
+    /// Port 465 style: implicit TLS from the first byte, AUTH required before MAIL.
+    Submissions,
+}
+
+impl ListenerKind {
+    /// Whether clients must authenticate before a mail transaction.
+    pub fn requires_auth(self) -> bool {
+        !matches!(self, ListenerKind::Smtp)
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name used in logs and passed to plugins.
+    pub name: String,
+    /// Address to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// What the listener is for.
+    pub kind: ListenerKind,
+    /// Certificate chain and key (PEM), enabling STARTTLS or implicit TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Relay control: who may send to which domains.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// Domains we accept mail for from anyone (lower case).
+    pub local_domains: Vec<String>,
+    /// Client networks allowed to relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+    /// File of `user:argon2-hash` lines; without it AUTH is not offered.
+    pub passwords: Option<PathBuf>,
+}
+
+impl Relay {
+    /// Whether `domain` is one of ours (ASCII case-insensitive).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether a client at `ip` may relay without authenticating.
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.relay_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// How a bare CR or LF in message content is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndings {
+    /// Refuse the message with a 5xx (the default: SMTP smuggling needs bare line ends).
+    Reject,
+    /// Turn them into CRLF.
+    Normalize,
+}
+
+/// Protocol and resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in octets (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients in one transaction.
+    pub max_recipients: usize,
+    /// Error replies tolerated before the session is closed with 421.
+    pub max_bad_commands: u32,
+    /// Largest header section, in octets.
+    pub max_header_size: usize,
+    /// Most concurrent connections over all listeners.
+    pub max_connections: usize,
+    /// Most concurrent connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Bare CR/LF policy for message content.
+    pub line_endings: LineEndings,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_bad_commands: 20,
+            max_header_size: 64 * 1024,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            line_endings: LineEndings::Reject,
+        }
+    }
+}
+
+/// Timeouts in seconds (RFC 5321 section 4.5.3.2 for the SMTP ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Waiting for the next command.
+    pub command: u64,
+    /// Waiting for the next block of message content.
+    pub data_block: u64,
+    /// A TLS handshake, implicit or after STARTTLS.
+    pub tls_handshake: u64,
+    /// After SIGTERM, how long sessions may go on before they get 421.
+    pub shutdown_grace: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: 300,
+            data_block: 180,
+            tls_handshake: 30,
+            shutdown_grace: 30,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_hostname")]
+    hostname: Spanned<String>,
+    #[serde(default = "default_spool_dir")]
+    spool_dir: PathBuf,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    timeouts: Timeouts,
+}
+
+fn default_hostname() -> Spanned<String> {
+    Spanned::new(0..0, "localhost".to_owned())
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("var/spool")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    kind: ListenerKind,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    local_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    relay_networks: Vec<Spanned<String>>,
+    passwords: Option<PathBuf>,
+}
+
+/// Where errors point: the file name and its text, to turn byte offsets into lines.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn invalid<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl fmt::Display) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            file: self.name.to_owned(),
+            line: self.line_col(span.start).0,
+            key: key.to_owned(),
+            message: message.to_string(),
+        })
+    }
+
+    /// The key on the line of `offset`, or the nearest key line above it.
+    fn key_near(&self, offset: usize) -> String {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let mut lines = self.text[..line_start].lines().rev();
+        let current = self.text[line_start..].lines().next().unwrap_or("");
+        std::iter::once(current)
+            .chain(&mut lines)
+            .find_map(|line| {
+                let line = line.trim();
+                if line.starts_with('#') {
+                    return None;
+                }
+                if line.starts_with('[') {
+                    return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+                }
+                line.split_once('=').map(|(k, _)| k.trim().to_owned())
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded default configuration, with paths relative to the working directory.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new("."))
+    }
+
+    /// Parses and validates `text`; `name` appears in errors, `base` resolves relative paths.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = src.line_col(offset);
+            ConfigError::Parse {
+                file: name.to_owned(),
+                line,
+                column,
+                key: src.key_near(offset),
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+        let hostname = raw.hostname.get_ref().trim().to_owned();
+        if hostname.is_empty()
+            || !hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return src.invalid(raw.hostname.span(), "hostname", "must be a host name (letters, digits, '-', '.')");
+        }
+
+        if raw.listener.is_empty() {
+            return src.invalid(0..0, "listener", "at least one [[listener]] is needed");
+        }
+        let mut listeners = Vec::with_capacity(raw.listener.len());
+        for (i, l) in raw.listener.into_iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            let address: SocketAddr = match l.address.get_ref().parse() {
+                Ok(a) => a,
+                Err(e) => return src.invalid(l.address.span(), &key("address"), format!("not an IP:port socket address: {e}")),
+            };
+            let name_span = l.name.span();
+            let name = l.name.into_inner();
+            if name.is_empty() || listeners.iter().any(|x: &Listener| x.name == name) {
+                return src.invalid(name_span, &key("name"), "listener names must be non-empty and unique");
+            }
+            let tls = match (l.tls_cert, l.tls_key) {
+                (Some(cert), Some(key_file)) => Some(TlsFiles {
+                    cert: resolve(cert.get_ref()),
+                    key: resolve(key_file.get_ref()),
+                }),
+                (None, None) => None,
+                (Some(c), None) => return src.invalid(c.span(), &key("tls_key"), "tls_cert needs tls_key"),
+                (None, Some(k)) => return src.invalid(k.span(), &key("tls_cert"), "tls_key needs tls_cert"),
+            };
+            if tls.is_none() && l.kind != ListenerKind::Smtp {
+                return src.invalid(name_span, &key("kind"), "submission and submissions listeners need tls_cert and tls_key (AUTH is only offered over TLS)");
+            }
+            listeners.push(Listener { name, address, kind: l.kind, tls });
+        }
+
+        let mut local_domains = Vec::new();
+        for (i, d) in raw.relay.local_domains.iter().enumerate() {
+            let domain = d.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '@') {
+                return src.invalid(d.span(), &format!("relay.local_domains[{i}]"), "not a domain name");
+            }
+            local_domains.push(domain);
+        }
+        let mut relay_networks = Vec::new();
+        for (i, n) in raw.relay.relay_networks.iter().enumerate() {
+            let text = n.get_ref().trim();
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+            match net {
+                Ok(net) => relay_networks.push(net.trunc()),
+                Err(_) => return src.invalid(n.span(), &format!("relay.relay_networks[{i}]"), "not an IP address or CIDR network"),
+            }
+        }
+
+        let limits = raw.limits;
+        if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+            return src.invalid(0..0, "limits", "limits must be greater than zero");
+        }
+        let timeouts = raw.timeouts;
+        if timeouts.command == 0 || timeouts.data_block == 0 || timeouts.tls_handshake == 0 {
+            return src.invalid(0..0, "timeouts", "timeouts must be greater than zero");
+        }
+
+        Ok(Config {
+            origin: name.to_owned(),
+            hostname,
+            spool_dir: resolve(&raw.spool_dir),
+            listeners,
+            relay: Relay {
+                local_domains,
+                relay_networks,
+                passwords: raw.relay.passwords.as_deref().map(resolve),
+            },
+            limits,
+            timeouts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/postrider"))
+    }
+
+    const MINIMAL: &str = "[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n";
+
+    #[test]
+    fn embedded_default_is_valid_and_loopback_only() {
+        let config = Config::embedded().unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert!(config.listeners[0].address.ip().is_loopback());
+        assert!(config.relay.relay_networks.is_empty(), "default must not relay for anyone");
+        assert!(config.relay.passwords.is_none());
+        assert_eq!(config.limits.line_endings, LineEndings::Reject);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.hostname, "localhost");
+        assert_eq!(config.spool_dir, Path::new("/etc/postrider/var/spool"));
+        assert_eq!(config.timeouts.command, 300);
+        assert_eq!(config.limits.max_message_size, 25 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_line() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_recipients = 10\nmax_frobs = 3\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:8:"), "{err}");
+        assert!(err.contains("max_frobs"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let text = format!("{MINIMAL}[timeouts]\ncommand = \"soon\"\n");
+        let err = parse(&text).unwrap_err();
+        match &err {
+            ConfigError::Parse { line, key, .. } => {
+                assert_eq!(*line, 6);
+                assert_eq!(key, "command");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_toml_syntax_is_located() {
+        let err = parse("hostname = \n").unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_names_listener_key_and_line() {
+        let text = "[[listener]]\nname = \"a\"\nkind = \"smtp\"\naddress = \"localhost:25\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:4: key `listener[0].address`"), "{err}");
+    }
+
+    #[test]
+    fn bad_network_names_index_and_line() {
+        let text = format!("{MINIMAL}[relay]\nrelay_networks = [\"10.0.0.0/8\",\n  \"300.1.1.1\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:7: key `relay.relay_networks[1]`"), "{err}");
+    }
+
+    #[test]
+    fn submission_needs_tls() {
+        let text = "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("listener[0].kind"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_listener_names_refused() {
+        let text = format!("{MINIMAL}{MINIMAL}");
+        assert!(parse(&text).unwrap_err().to_string().contains("listener[1].name"));
+    }
+
+    #[test]
+    fn relay_checks() {
+        let text = format!("{MINIMAL}[relay]\nlocal_domains = [\"Example.ORG.\"]\nrelay_networks = [\"192.0.2.0/24\", \"::1\"]\n");
+        let relay = parse(&text).unwrap().relay;
+        assert!(relay.is_local_domain("example.org"));
+        assert!(relay.is_local_domain("EXAMPLE.org."));
+        assert!(!relay.is_local_domain("sub.example.org"));
+        assert!(relay.is_relay_client("192.0.2.7".parse().unwrap()));
+        assert!(relay.is_relay_client("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(relay.is_relay_client("::1".parse().unwrap()));
+        assert!(!relay.is_relay_client("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let err = Config::load(Path::new("/nonexistent/postrider.toml")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/postrider.toml:"));
+    }
+}
