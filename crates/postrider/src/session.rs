@@ -1,0 +1,351 @@
+//! One SMTP connection: drives the sans-IO [`postrider_smtp::server::Session`] over a TCP or
+//! TLS stream, answers its decisions (relay control, AUTH, spooling) and enforces timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postrider_config::{LineEndings, Listener, ListenerKind};
+use postrider_queue::{ClientInfo, Envelope, Recipient};
+use postrider_smtp::address::{ForwardPath, ReversePath};
+use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
+use postrider_smtp::server::{self as smtp, Event, Session, SessionConfig, TimeoutPhase};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::relay::{check_recipient, static_reply};
+use crate::server::Shared;
+
+/// What one session gets from the server.
+pub struct SessionCtx {
+    /// Server-wide state.
+    pub shared: Arc<Shared>,
+    /// The listener that accepted the connection.
+    pub listener: Arc<Listener>,
+    /// The listener's TLS acceptor, if it has a certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// The transport under the session, upgraded in place by STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(data).await,
+            Conn::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+/// Why a session ended early (logged at debug; the client has been told what it needs).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("client closed the connection")]
+    Eof,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    #[error("session state machine misuse: {0}")]
+    Misuse(#[from] smtp::Misuse),
+}
+
+/// Runs one connection to its end. Never panics on client input; errors end the session.
+pub async fn run(ctx: SessionCtx, stream: TcpStream) {
+    let span = info_span!("session", listener = %ctx.listener.name, client = %ctx.peer);
+    async move {
+        info!("connect");
+        match drive(&ctx, stream).await {
+            Ok(()) | Err(SessionEnd::Eof) => info!("disconnect"),
+            Err(e) => info!(reason = %e, "disconnect"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn session_config(ctx: &SessionCtx) -> SessionConfig {
+    let config = &ctx.shared.config;
+    SessionConfig {
+        hostname: config.hostname.clone(),
+        max_message_size: config.limits.max_message_size,
+        max_recipients: config.limits.max_recipients,
+        max_bad_commands: config.limits.max_bad_commands,
+        max_header_size: config.limits.max_header_size,
+        line_endings: match config.limits.line_endings {
+            LineEndings::Reject => smtp::LineEndings::Reject,
+            LineEndings::Normalize => smtp::LineEndings::Normalize,
+        },
+        starttls: ctx.tls.is_some(),
+        auth: ctx.tls.is_some() && ctx.shared.passwords.is_some(),
+        auth_required: ctx.listener.kind.requires_auth(),
+        chunking: true,
+    }
+}
+
+/// Session state the server keeps beside the protocol state machine.
+struct Client {
+    tls: Option<String>,
+    trusted_network: bool,
+}
+
+async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
+    let timeouts = &ctx.shared.config.timeouts;
+    let implicit_tls = ctx.listener.kind == ListenerKind::Submissions;
+    let mut client = Client { tls: None, trusted_network: ctx.shared.config.relay.is_relay_client(ctx.peer.ip()) };
+    let mut conn = if implicit_tls {
+        let acceptor = ctx.tls.as_ref().ok_or_else(|| SessionEnd::Handshake("listener has no certificate".into()))?;
+        let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
+        client.tls = Some(crate::tls::describe(stream.get_ref().1));
+        Conn::Tls(Box::new(stream))
+    } else {
+        Conn::Plain(tcp)
+    };
+
+    let mut session = Session::new(session_config(ctx), implicit_tls);
+    session.greet();
+    let mut force_close = ctx.shared.force_close.clone();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::StartTls => {
+                    conn.write_all(&session.take_output()).await?;
+                    let Some(acceptor) = ctx.tls.as_ref() else {
+                        return Err(SessionEnd::Handshake("STARTTLS without a certificate".into()));
+                    };
+                    let Conn::Plain(tcp) = conn else {
+                        return Err(SessionEnd::Handshake("STARTTLS inside TLS".into()));
+                    };
+                    // Nothing read before the handshake is kept (CVE-2011-0411): the session
+                    // discarded its buffer, and we hand the raw socket over without a read buffer.
+                    let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
+                    client.tls = Some(crate::tls::describe(stream.get_ref().1));
+                    info!(tls = client.tls.as_deref().unwrap_or(""), "STARTTLS");
+                    conn = Conn::Tls(Box::new(stream));
+                    session.tls_established()?;
+                }
+                other => decide(ctx, &client, &mut session, other).await?,
+            }
+        }
+        let out = session.take_output();
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+        }
+        if session.is_closed() {
+            conn.shutdown().await;
+            return Ok(());
+        }
+        let wait = Duration::from_secs(match session.timeout_phase() {
+            TimeoutPhase::Command => timeouts.command,
+            TimeoutPhase::DataBlock => timeouts.data_block,
+        });
+        if *force_close.borrow() {
+            session.shutdown();
+            continue;
+        }
+        tokio::select! {
+            read = tokio::time::timeout(wait, conn.read(&mut buf)) => match read {
+                Err(_) => {
+                    info!("timeout");
+                    session.timed_out();
+                }
+                Ok(Ok(0)) => return Err(SessionEnd::Eof),
+                Ok(Ok(n)) => session.feed(&buf[..n]),
+                Ok(Err(e)) => return Err(e.into()),
+            },
+            _ = force_close.changed() => session.shutdown(),
+        }
+    }
+}
+
+async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, secs: u64) -> Result<TlsStream<TcpStream>, SessionEnd> {
+    match tokio::time::timeout(Duration::from_secs(secs), acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(SessionEnd::Handshake(e.to_string())),
+        Err(_) => Err(SessionEnd::Handshake("timed out".into())),
+    }
+}
+
+/// Answers one decision event of the state machine.
+async fn decide(ctx: &SessionCtx, client: &Client, session: &mut Session, event: Event) -> Result<(), SessionEnd> {
+    match event {
+        Event::Helo { .. } | Event::MailFrom { .. } | Event::DataStart => session.accept()?,
+        Event::RcptTo { to, source_route, .. } => {
+            let trusted = client.trusted_network || session.authenticated().is_some();
+            match check_recipient(&to, source_route, trusted, &ctx.shared.config.relay) {
+                Ok(()) => session.accept()?,
+                Err(reply) => {
+                    info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused");
+                    session.reject(reply)?;
+                }
+            }
+        }
+        Event::Auth { username, password, .. } => {
+            let ok = match &ctx.shared.passwords {
+                Some(_) => {
+                    let shared = Arc::clone(&ctx.shared);
+                    let user = username.clone();
+                    tokio::task::spawn_blocking(move || shared.passwords.as_ref().is_some_and(|p| p.verify(&user, &password)))
+                        .await
+                        .unwrap_or(false)
+                }
+                None => false,
+            };
+            if ok {
+                info!(user = %username, "authenticated");
+                session.auth_succeeded(&username)?;
+            } else {
+                warn!(user = %username, "authentication failed");
+                session.reject(static_reply(535, "5.7.8", "Authentication credentials invalid"))?;
+            }
+        }
+        Event::Message(envelope) => {
+            let size = envelope.data.len();
+            let (spool_envelope, message) = to_spool(ctx, client, session, *envelope);
+            let from = spool_envelope.mail_from.clone();
+            let rcpts = spool_envelope.recipients.len();
+            match ctx.shared.spool.store(spool_envelope, message).await {
+                Ok(id) => {
+                    info!(queue_id = %id, from = %from, rcpts, size, "queued");
+                    session.queued(&id.to_string())?;
+                }
+                Err(e) => {
+                    warn!(error = %e, "spool write failed");
+                    session.reject(static_reply(451, "4.3.0", "Temporary local problem: could not queue the message"))?;
+                }
+            }
+        }
+        Event::Close => debug!("close requested"),
+        Event::StartTls => session.reject(static_reply(454, "4.7.0", "TLS not available"))?,
+    }
+    Ok(())
+}
+
+fn reverse_path(p: &ReversePath) -> String {
+    match p {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    }
+}
+
+fn forward_path(p: &ForwardPath) -> String {
+    match p {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+/// Builds the spool entry: the envelope, and the message with our Received header on top.
+fn to_spool(ctx: &SessionCtx, client: &Client, session: &Session, envelope: smtp::Envelope) -> (Envelope, Vec<u8>) {
+    let now = SystemTime::now();
+    let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
+    let user = session.authenticated().map(str::to_owned);
+    let smtp::Envelope { from, mail_params, recipients, data } = envelope;
+    let received = received_header(ctx, client, session, &helo, &mail_params, &recipients, now);
+    let mut message = Vec::with_capacity(received.len() + data.len());
+    message.extend_from_slice(received.as_bytes());
+    message.extend_from_slice(&data);
+    let MailParams { size, body, smtputf8, ret, envid, .. } = mail_params;
+    let envelope = Envelope {
+        received_at_unix_ms: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        mail_from: reverse_path(&from),
+        smtputf8,
+        body: body.map(|b| match b {
+            Body::SevenBit => "7BIT".to_owned(),
+            Body::EightBitMime => "8BITMIME".to_owned(),
+        }),
+        ret: ret.map(|r| match r {
+            Ret::Full => "FULL".to_owned(),
+            Ret::Hdrs => "HDRS".to_owned(),
+        }),
+        envid,
+        size_param: size,
+        recipients: recipients.iter().map(|(to, params)| recipient(to, params)).collect(),
+        client: ClientInfo {
+            ip: ctx.peer.ip(),
+            port: ctx.peer.port(),
+            listener: ctx.listener.name.clone(),
+            helo,
+            tls: client.tls.clone(),
+            authenticated: user,
+            reverse_dns: None,
+        },
+    };
+    (envelope, message)
+}
+
+fn recipient(to: &ForwardPath, params: &RcptParams) -> Recipient {
+    Recipient {
+        address: forward_path(to),
+        notify: params.notify.as_ref().map(notify_keywords),
+        orcpt: params.orcpt.as_ref().map(|(kind, addr)| format!("{kind};{addr}")),
+    }
+}
+
+fn notify_keywords(notify: &Notify) -> Vec<String> {
+    match notify {
+        Notify::Never => vec!["NEVER".to_owned()],
+        Notify::On(on) => [(on.success, "SUCCESS"), (on.failure, "FAILURE"), (on.delay, "DELAY")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, k)| k.to_owned())
+            .collect(),
+    }
+}
+
+/// The Received trace header (RFC 5321 section 4.4, protocol names from RFC 3848).
+fn received_header(
+    ctx: &SessionCtx,
+    client: &Client,
+    session: &Session,
+    helo: &str,
+    params: &MailParams,
+    recipients: &[(ForwardPath, RcptParams)],
+    now: SystemTime,
+) -> String {
+    let mut protocol = String::from(if params.smtputf8 { "UTF8SMTP" } else if session.is_esmtp() { "ESMTP" } else { "SMTP" });
+    if client.tls.is_some() {
+        protocol.push('S');
+    }
+    if session.authenticated().is_some() {
+        protocol.push('A');
+    }
+    let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
+    let tls = client.tls.as_ref().map(|t| format!("\r\n\t(using {t})")).unwrap_or_default();
+    let rcpt = match recipients {
+        [(one, _)] => format!("\r\n\tfor <{}>", forward_path(one)),
+        _ => String::new(),
+    };
+    format!(
+        "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (Postrider) with {protocol}{rcpt};\r\n\t{date}\r\n",
+        ip = ctx.peer.ip(),
+        host = ctx.shared.config.hostname,
+    )
+}

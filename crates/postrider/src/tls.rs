@@ -1,0 +1,42 @@
+//! TLS server configuration from PEM files (rustls with the ring provider).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use postrider_config::TlsFiles;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Builds an acceptor for a listener's certificate chain and key (TLS 1.2 and 1.3).
+pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificate chain {}", files.cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{}: no certificate found", files.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading private key {}", files.key.display()))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| format!("certificate {} and key {} do not make a usable pair", files.cert.display(), files.key.display()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// "TLSv1.3 TLS13_AES_256_GCM_SHA384" for logs, Received headers and the spool.
+pub fn describe(conn: &rustls::ServerConnection) -> String {
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS");
+    let suite = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    format!("{version} {suite}")
+}

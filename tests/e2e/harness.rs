@@ -1,0 +1,254 @@
+//! Starts the real `postrider` binary on free loopback ports and talks SMTP to it.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postrider_queue::{Envelope, Spool, SpoolOptions};
+
+/// Path of the binary under test, built by cargo for this test target.
+pub const BIN: &str = env!("CARGO_BIN_EXE_postrider");
+
+/// A running relay in its own temporary directory. Killed on drop.
+pub struct Relay {
+    child: Option<Child>,
+    /// The temporary directory holding config, spool and certificates.
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    /// Bound address of each listener, by name.
+    pub listeners: HashMap<String, SocketAddr>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A config with one plain `smtp` listener on a free port; `extra` is appended (TOML).
+pub fn config(extra: &str) -> String {
+    format!(
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}"
+    )
+}
+
+impl Relay {
+    /// Starts a relay with `config_text` written to `postrider.toml` in a new temp dir.
+    pub fn start(config_text: &str) -> Relay {
+        Relay::start_tmp(tempfile::tempdir().unwrap(), config_text)
+    }
+
+    /// Starts a relay in `tmp`, which is removed when the relay is dropped.
+    pub fn start_tmp(tmp: tempfile::TempDir, config_text: &str) -> Relay {
+        let mut relay = Relay::start_in(tmp.path(), config_text);
+        relay._tmp = Some(tmp);
+        relay
+    }
+
+    /// Starts a relay in an existing directory (to restart on the same spool).
+    pub fn start_in(dir: &Path, config_text: &str) -> Relay {
+        std::fs::write(dir.join("postrider.toml"), config_text).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.join("postrider.toml"))
+            .env("POSTRIDER_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut listeners = HashMap::new();
+        let mut relay = Relay { child: Some(child), dir: dir.to_owned(), _tmp: None, listeners: HashMap::new(), stderr: Some(stderr) };
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line == "postrider: ready" => break,
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("postrider: listening ") {
+                        let (name, addr) = rest.split_once(' ').unwrap();
+                        listeners.insert(name.to_owned(), addr.parse().unwrap());
+                    }
+                }
+                Err(_) => {
+                    let logs = relay.stop_and_logs();
+                    panic!("relay did not become ready:\n{logs}");
+                }
+            }
+        }
+        relay.listeners = listeners;
+        relay
+    }
+
+    /// Address of the listener called `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    /// A raw SMTP client connected to the `smtp` listener, greeting already read.
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(self.addr("smtp"));
+        assert_eq!(c.reply().0, 220);
+        c
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal to the relay (e.g. "TERM", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (bounded), returning whether it exited successfully.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<bool> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the relay and returns what it logged.
+    pub fn stop_and_logs(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Stops the relay (SIGKILL) and returns every message in its spool.
+    pub fn stop_and_read_spool(&mut self) -> Vec<(Envelope, Vec<u8>)> {
+        self.stop_and_logs();
+        read_spool(&self.dir.join("spool"))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every message in a spool directory (the relay must be stopped).
+pub fn read_spool(dir: &Path) -> Vec<(Envelope, Vec<u8>)> {
+    let (spool, _) = Spool::open(dir, SpoolOptions::default()).unwrap();
+    spool.list().unwrap().iter().map(|id| spool.load(id).unwrap()).collect()
+}
+
+/// A blocking SMTP client that sends raw bytes and parses replies.
+pub struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects (bounded by a read timeout, so a test never hangs).
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client { stream: BufReader::new(stream) }
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one (possibly multi-line) reply: code and text lines.
+    pub fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stream.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed while waiting for a reply (got {lines:?})");
+            assert!(line.ends_with("\r\n"), "reply line not ending in CRLF: {line:?}");
+            let code: u16 = line[..3].parse().unwrap();
+            let last = line.as_bytes()[3] == b' ';
+            lines.push(line[4..].trim_end().to_owned());
+            if last {
+                return (code, lines);
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply's code and enhanced code ("2.1.0", or "").
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        let (code, lines) = self.reply();
+        (code, enhanced(&lines[0]))
+    }
+
+    /// Whether the server has closed the connection (reads EOF within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.stream.read(&mut buf), Ok(0))
+    }
+}
+
+/// The enhanced status code at the start of a reply line, or "".
+pub fn enhanced(line: &str) -> String {
+    let first = line.split(' ').next().unwrap_or("");
+    let parts: Vec<_> = first.split('.').collect();
+    if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        first.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// Runs a whole transaction and returns the final reply to the message content.
+pub fn send_message(c: &mut Client, from: &str, to: &[&str], body: &str) -> (u16, Vec<String>) {
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+    for rcpt in to {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).0, 250, "RCPT {rcpt}");
+    }
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(body.as_bytes());
+    c.send(b"\r\n.\r\n");
+    c.reply()
+}
+
+/// The queue ID named in a "250 2.0.0 Ok: queued as ID" reply.
+pub fn queue_id(lines: &[String]) -> String {
+    lines[0].rsplit(' ').next().unwrap().to_owned()
+}
+
+/// A self-signed certificate for `localhost`, written as PEM into `dir`: (cert, key).
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "mx.relay.test".to_owned()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// Runs a Python 3 script with arguments; panics with its output unless it exits 0.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}

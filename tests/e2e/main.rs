@@ -1,0 +1,12 @@
+//! End-to-end tests: each starts the real `postrider` binary on free loopback ports and
+//! talks SMTP to it over TCP with real clients (this crate's raw client, swaks, Python's
+//! smtplib), then inspects the spool the binary wrote.
+
+mod harness;
+
+mod durability;
+mod limits;
+mod relay_control;
+mod smtp;
+mod smuggling;
+mod tls_auth;
