@@ -13,7 +13,12 @@ fn message_survives_kill_9_right_after_250() {
         let relay = Relay::start_in(tmp.path(), &cfg);
         for i in 0..5 {
             let mut c = relay.client();
-            let (code, lines) = send_message(&mut c, "a@client.test", &["b@relay.test"], &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
+            let (code, lines) = send_message(
+                &mut c,
+                "a@client.test",
+                &["b@relay.test"],
+                &format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
+            );
             assert_eq!(code, 250);
             ids.push(queue_id(&lines));
         }
@@ -22,14 +27,25 @@ fn message_survives_kill_9_right_after_250() {
     let mut relay = Relay::start_in(tmp.path(), &cfg);
     // The restarted relay recovered the spool and still accepts mail.
     let mut c = relay.client();
-    assert_eq!(send_message(&mut c, "a@client.test", &["b@relay.test"], "Subject: after\r\n\r\nx\r\n").0, 250);
+    assert_eq!(
+        send_message(
+            &mut c,
+            "a@client.test",
+            &["b@relay.test"],
+            "Subject: after\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
     drop(c);
     let logs = relay.stop_and_logs();
     assert!(logs.contains("recovered=5"), "{logs}");
     let spool = read_spool(&tmp.path().join("spool"));
     assert_eq!(spool.len(), 6);
     for (i, id) in ids.iter().enumerate() {
-        let found = spool.iter().any(|(_, msg)| String::from_utf8_lossy(msg).contains(&format!("body {i}\r\n")));
+        let found = spool
+            .iter()
+            .any(|(_, msg)| String::from_utf8_lossy(msg).contains(&format!("body {i}\r\n")));
         assert!(found, "message {id} lost after kill -9");
     }
 }
@@ -45,7 +61,12 @@ fn concurrent_clients_all_get_unique_ids() {
                     .map(|i| {
                         let mut c = crate::harness::Client::connect(addr);
                         assert_eq!(c.reply().0, 220);
-                        let (code, lines) = send_message(&mut c, "a@client.test", &["b@relay.test"], &format!("Subject: {t}-{i}\r\n\r\nx\r\n"));
+                        let (code, lines) = send_message(
+                            &mut c,
+                            "a@client.test",
+                            &["b@relay.test"],
+                            &format!("Subject: {t}-{i}\r\n\r\nx\r\n"),
+                        );
                         assert_eq!(code, 250);
                         queue_id(&lines)
                     })
@@ -53,7 +74,10 @@ fn concurrent_clients_all_get_unique_ids() {
             })
         })
         .collect();
-    let mut ids: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut ids: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(50));
     ids.sort();
     ids.dedup();

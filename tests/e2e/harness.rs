@@ -71,7 +71,13 @@ impl Relay {
             }
         });
         let mut listeners = HashMap::new();
-        let mut relay = Relay { child: Some(child), dir: dir.to_owned(), _tmp: None, listeners: HashMap::new(), stderr: Some(stderr) };
+        let mut relay = Relay {
+            child: Some(child),
+            dir: dir.to_owned(),
+            _tmp: None,
+            listeners: HashMap::new(),
+            stderr: Some(stderr),
+        };
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line == "postrider: ready" => break,
@@ -110,7 +116,12 @@ impl Relay {
 
     /// Sends a signal to the relay (e.g. "TERM", "KILL").
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap().success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill -{sig} failed");
     }
 
@@ -133,7 +144,10 @@ impl Relay {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Stops the relay (SIGKILL) and returns every message in its spool.
@@ -155,7 +169,12 @@ impl Drop for Relay {
 /// Every message in a spool directory (the relay must be stopped).
 pub fn read_spool(dir: &Path) -> Vec<(Envelope, Vec<u8>)> {
     let (spool, _) = Spool::open(dir, SpoolOptions::default()).unwrap();
-    spool.list().unwrap().iter().map(|id| spool.load(id).unwrap()).collect()
+    spool
+        .list()
+        .unwrap()
+        .iter()
+        .map(|id| spool.load(id).unwrap())
+        .collect()
 }
 
 /// A blocking SMTP client that sends raw bytes and parses replies.
@@ -167,8 +186,12 @@ impl Client {
     /// Connects (bounded by a read timeout, so a test never hangs).
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Client { stream: BufReader::new(stream) }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream: BufReader::new(stream),
+        }
     }
 
     /// Writes raw bytes.
@@ -182,8 +205,14 @@ impl Client {
         loop {
             let mut line = String::new();
             let n = self.stream.read_line(&mut line).unwrap();
-            assert!(n > 0, "connection closed while waiting for a reply (got {lines:?})");
-            assert!(line.ends_with("\r\n"), "reply line not ending in CRLF: {line:?}");
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply (got {lines:?})"
+            );
+            assert!(
+                line.ends_with("\r\n"),
+                "reply line not ending in CRLF: {line:?}"
+            );
             let code: u16 = line[..3].parse().unwrap();
             let last = line.as_bytes()[3] == b' ';
             lines.push(line[4..].trim_end().to_owned());
@@ -211,7 +240,11 @@ impl Client {
 pub fn enhanced(line: &str) -> String {
     let first = line.split(' ').next().unwrap_or("");
     let parts: Vec<_> = first.split('.').collect();
-    if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
         first.to_owned()
     } else {
         String::new()
@@ -238,7 +271,11 @@ pub fn queue_id(lines: &[String]) -> String {
 
 /// A self-signed certificate for `localhost`, written as PEM into `dir`: (cert, key).
 pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "mx.relay.test".to_owned()]).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_owned(),
+        "mx.relay.test".to_owned(),
+    ])
+    .unwrap();
     let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&c, cert.cert.pem()).unwrap();
     std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
@@ -247,8 +284,17 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Runs a Python 3 script with arguments; panics with its output unless it exits 0.
 pub fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3").arg("-c").arg(script).args(args).output().expect("python3 must be installed");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }

@@ -25,7 +25,10 @@ fn relay_test_forms_are_refused() {
     assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);
     for form in FORMS {
         let (code, enhanced) = c.cmd(&format!("RCPT TO:{form}"));
-        assert!(code >= 500, "{form}: expected refusal, got {code} {enhanced}");
+        assert!(
+            code >= 500,
+            "{form}: expected refusal, got {code} {enhanced}"
+        );
         if code == 554 {
             assert_eq!(enhanced, "5.7.1", "{form}");
         }
@@ -37,11 +40,16 @@ fn relay_test_forms_are_refused() {
 
 #[test]
 fn relay_networks_may_relay() {
-    let mut relay = Relay::start(&config("[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.0/8\"]\n"));
+    let mut relay = Relay::start(&config(
+        "[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.0/8\"]\n",
+    ));
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);
-    assert_eq!(c.cmd("RCPT TO:<user@elsewhere.test>"), (250, "2.1.5".into()));
+    assert_eq!(
+        c.cmd("RCPT TO:<user@elsewhere.test>"),
+        (250, "2.1.5".into())
+    );
     assert_eq!(c.cmd("DATA").0, 354);
     c.send(b"Subject: x\r\n\r\nx\r\n.\r\n");
     assert_eq!(c.reply().0, 250);

@@ -15,7 +15,7 @@ const SEQUENCES: [&[u8]; 10] = [
     b"\r\n.\x00\r\n",
 ];
 
-const SMUGGLED: &[u8] = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@relay.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n";
+const SMUGGLED: &[u8] = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@relay.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled";
 
 /// Sends one message whose body holds `seq` and a smuggled transaction; returns the replies
 /// seen after the real end of data.
@@ -52,22 +52,41 @@ fn no_sequence_smuggles_a_second_message() {
         let codes = smuggle(&relay, seq);
         // One reply for the whole message (refused: it contains a bare CR/LF or NUL), then NOOP.
         assert_eq!(codes.len(), 2, "{seq:?}: replies {codes:?}");
-        assert!((500..600).contains(&codes[0]), "{seq:?}: message must be refused, got {codes:?}");
+        assert!(
+            (500..600).contains(&codes[0]),
+            "{seq:?}: message must be refused, got {codes:?}"
+        );
     }
     let spool = relay.stop_and_read_spool();
-    assert!(spool.iter().all(|(e, _)| e.mail_from != "evil@attacker.test"), "smuggled message in spool");
-    assert_eq!(spool.len(), 0, "every carrier message had a bare CR/LF or NUL and must be refused");
+    assert!(
+        spool
+            .iter()
+            .all(|(e, _)| e.mail_from != "evil@attacker.test"),
+        "smuggled message in spool"
+    );
+    assert_eq!(
+        spool.len(),
+        0,
+        "every carrier message had a bare CR/LF or NUL and must be refused"
+    );
 }
 
 #[test]
 fn normalize_mode_keeps_one_message_per_sequence() {
-    let mut relay = Relay::start(&config("[relay]\nlocal_domains = [\"relay.test\"]\n[limits]\nline_endings = \"normalize\"\n"));
+    let mut relay = Relay::start(&config(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n[limits]\nline_endings = \"normalize\"\n",
+    ));
     for seq in SEQUENCES {
         let codes = smuggle(&relay, seq);
         assert_eq!(codes.len(), 2, "{seq:?}: replies {codes:?}");
     }
     let spool = relay.stop_and_read_spool();
-    assert!(spool.iter().all(|(e, _)| e.mail_from == "sender@client.test"), "smuggled message in spool");
+    assert!(
+        spool
+            .iter()
+            .all(|(e, _)| e.mail_from == "sender@client.test"),
+        "smuggled message in spool"
+    );
     // The two sequences with a NUL are refused in any mode; the other eight are kept whole.
     assert_eq!(spool.len(), 8);
     for (_, msg) in &spool {

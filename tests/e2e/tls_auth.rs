@@ -22,8 +22,16 @@ fn tls_relay() -> Relay {
         })
         .unwrap();
     assert!(out.status.success());
-    std::fs::write(dir.join("passwords"), format!("alice:{}", String::from_utf8(out.stdout).unwrap())).unwrap();
-    let tls = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    std::fs::write(
+        dir.join("passwords"),
+        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
+    )
+    .unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
     let cfg = format!(
         "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n\
          [[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{tls}\
@@ -111,7 +119,12 @@ print("ok")
 #[test]
 fn starttls_auth_submission_and_implicit_tls() {
     let mut relay = tls_relay();
-    for (mode, listener) in [("starttls", "smtp"), ("inject", "smtp"), ("submission", "submission"), ("submissions", "submissions")] {
+    for (mode, listener) in [
+        ("starttls", "smtp"),
+        ("inject", "smtp"),
+        ("submission", "submission"),
+        ("submissions", "submissions"),
+    ] {
         python(PY_TLS, &[mode, &relay.addr(listener).port().to_string()]);
     }
     let spool = relay.stop_and_read_spool();
@@ -119,10 +132,25 @@ fn starttls_auth_submission_and_implicit_tls() {
         .iter()
         .map(|(env, msg)| {
             let text = String::from_utf8_lossy(msg);
-            let subject = text.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_owned();
-            assert!(env.client.tls.as_deref().is_some_and(|t| t.starts_with("TLSv1")), "{subject}: {:?}", env.client.tls);
+            let subject = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or("")
+                .to_owned();
+            assert!(
+                env.client
+                    .tls
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("TLSv1")),
+                "{subject}: {:?}",
+                env.client.tls
+            );
             if subject != "tls" {
-                assert_eq!(env.client.authenticated.as_deref(), Some("alice"), "{subject}");
+                assert_eq!(
+                    env.client.authenticated.as_deref(),
+                    Some("alice"),
+                    "{subject}"
+                );
                 assert!(text.contains("with ESMTPSA"), "{text}");
             }
             subject
@@ -137,12 +165,29 @@ fn swaks_starttls() {
     let mut relay = tls_relay();
     let addr = relay.addr("smtp");
     let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &addr.port().to_string(), "--tls"])
-        .args(["--from", "swaks@client.test", "--to", "carol@relay.test", "--helo", "swaks.test"])
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &addr.port().to_string(),
+            "--tls",
+        ])
+        .args([
+            "--from",
+            "swaks@client.test",
+            "--to",
+            "carol@relay.test",
+            "--helo",
+            "swaks.test",
+        ])
         .output()
         .expect("swaks must be installed");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "swaks --tls failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "swaks --tls failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let spool = relay.stop_and_read_spool();
     assert_eq!(spool.len(), 1);
     assert!(spool[0].0.client.tls.is_some());

@@ -275,7 +275,12 @@ impl Source<'_> {
         (line, column)
     }
 
-    fn invalid<T>(&self, span: std::ops::Range<usize>, key: &str, message: impl fmt::Display) -> Result<T, ConfigError> {
+    fn invalid<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl fmt::Display,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError::Invalid {
             file: self.name.to_owned(),
             line: self.line_col(span.start).0,
@@ -298,7 +303,11 @@ impl Source<'_> {
                     return None;
                 }
                 if line.starts_with('[') {
-                    return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+                    return Some(
+                        line.trim_matches(|c| c == '[' || c == ']')
+                            .trim()
+                            .to_owned(),
+                    );
                 }
                 line.split_once('=').map(|(k, _)| k.trim().to_owned())
             })
@@ -336,7 +345,13 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
 
         let hostname = raw.hostname.get_ref().trim().to_owned();
         if hostname.is_empty()
@@ -344,7 +359,11 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         {
-            return src.invalid(raw.hostname.span(), "hostname", "must be a host name (letters, digits, '-', '.')");
+            return src.invalid(
+                raw.hostname.span(),
+                "hostname",
+                "must be a host name (letters, digits, '-', '.')",
+            );
         }
 
         if raw.listener.is_empty() {
@@ -355,12 +374,22 @@ impl Config {
             let key = |k: &str| format!("listener[{i}].{k}");
             let address: SocketAddr = match l.address.get_ref().parse() {
                 Ok(a) => a,
-                Err(e) => return src.invalid(l.address.span(), &key("address"), format!("not an IP:port socket address: {e}")),
+                Err(e) => {
+                    return src.invalid(
+                        l.address.span(),
+                        &key("address"),
+                        format!("not an IP:port socket address: {e}"),
+                    );
+                }
             };
             let name_span = l.name.span();
             let name = l.name.into_inner();
             if name.is_empty() || listeners.iter().any(|x: &Listener| x.name == name) {
-                return src.invalid(name_span, &key("name"), "listener names must be non-empty and unique");
+                return src.invalid(
+                    name_span,
+                    &key("name"),
+                    "listener names must be non-empty and unique",
+                );
             }
             let tls = match (l.tls_cert, l.tls_key) {
                 (Some(cert), Some(key_file)) => Some(TlsFiles {
@@ -368,20 +397,37 @@ impl Config {
                     key: resolve(key_file.get_ref()),
                 }),
                 (None, None) => None,
-                (Some(c), None) => return src.invalid(c.span(), &key("tls_key"), "tls_cert needs tls_key"),
-                (None, Some(k)) => return src.invalid(k.span(), &key("tls_cert"), "tls_key needs tls_cert"),
+                (Some(c), None) => {
+                    return src.invalid(c.span(), &key("tls_key"), "tls_cert needs tls_key");
+                }
+                (None, Some(k)) => {
+                    return src.invalid(k.span(), &key("tls_cert"), "tls_key needs tls_cert");
+                }
             };
             if tls.is_none() && l.kind != ListenerKind::Smtp {
                 return src.invalid(name_span, &key("kind"), "submission and submissions listeners need tls_cert and tls_key (AUTH is only offered over TLS)");
             }
-            listeners.push(Listener { name, address, kind: l.kind, tls });
+            listeners.push(Listener {
+                name,
+                address,
+                kind: l.kind,
+                tls,
+            });
         }
 
         let mut local_domains = Vec::new();
         for (i, d) in raw.relay.local_domains.iter().enumerate() {
-            let domain = d.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            let domain = d
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '@') {
-                return src.invalid(d.span(), &format!("relay.local_domains[{i}]"), "not a domain name");
+                return src.invalid(
+                    d.span(),
+                    &format!("relay.local_domains[{i}]"),
+                    "not a domain name",
+                );
             }
             local_domains.push(domain);
         }
@@ -393,12 +439,22 @@ impl Config {
                 .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
             match net {
                 Ok(net) => relay_networks.push(net.trunc()),
-                Err(_) => return src.invalid(n.span(), &format!("relay.relay_networks[{i}]"), "not an IP address or CIDR network"),
+                Err(_) => {
+                    return src.invalid(
+                        n.span(),
+                        &format!("relay.relay_networks[{i}]"),
+                        "not an IP address or CIDR network",
+                    );
+                }
             }
         }
 
         let limits = raw.limits;
-        if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_connections == 0 || limits.max_connections_per_ip == 0 {
+        if limits.max_message_size == 0
+            || limits.max_recipients == 0
+            || limits.max_connections == 0
+            || limits.max_connections_per_ip == 0
+        {
             return src.invalid(0..0, "limits", "limits must be greater than zero");
         }
         let timeouts = raw.timeouts;
@@ -430,15 +486,22 @@ mod tests {
         Config::parse(text, "test.toml", Path::new("/etc/postrider"))
     }
 
-    const MINIMAL: &str = "[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n";
+    const MINIMAL: &str =
+        "[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n";
 
     #[test]
     fn embedded_default_is_valid_and_loopback_only() {
         let config = Config::embedded().unwrap();
         assert_eq!(config.listeners.len(), 1);
-        assert_eq!(config.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(
+            config.listeners[0].address,
+            "127.0.0.1:2525".parse().unwrap()
+        );
         assert!(config.listeners[0].address.ip().is_loopback());
-        assert!(config.relay.relay_networks.is_empty(), "default must not relay for anyone");
+        assert!(
+            config.relay.relay_networks.is_empty(),
+            "default must not relay for anyone"
+        );
         assert!(config.relay.passwords.is_none());
         assert_eq!(config.limits.line_endings, LineEndings::Reject);
     }
@@ -483,19 +546,27 @@ mod tests {
     fn bad_address_names_listener_key_and_line() {
         let text = "[[listener]]\nname = \"a\"\nkind = \"smtp\"\naddress = \"localhost:25\"\n";
         let err = parse(text).unwrap_err().to_string();
-        assert!(err.starts_with("test.toml:4: key `listener[0].address`"), "{err}");
+        assert!(
+            err.starts_with("test.toml:4: key `listener[0].address`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_network_names_index_and_line() {
-        let text = format!("{MINIMAL}[relay]\nrelay_networks = [\"10.0.0.0/8\",\n  \"300.1.1.1\"]\n");
+        let text =
+            format!("{MINIMAL}[relay]\nrelay_networks = [\"10.0.0.0/8\",\n  \"300.1.1.1\"]\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("test.toml:7: key `relay.relay_networks[1]`"), "{err}");
+        assert!(
+            err.starts_with("test.toml:7: key `relay.relay_networks[1]`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn submission_needs_tls() {
-        let text = "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
+        let text =
+            "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains("listener[0].kind"), "{err}");
     }
@@ -503,12 +574,19 @@ mod tests {
     #[test]
     fn duplicate_listener_names_refused() {
         let text = format!("{MINIMAL}{MINIMAL}");
-        assert!(parse(&text).unwrap_err().to_string().contains("listener[1].name"));
+        assert!(
+            parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("listener[1].name")
+        );
     }
 
     #[test]
     fn relay_checks() {
-        let text = format!("{MINIMAL}[relay]\nlocal_domains = [\"Example.ORG.\"]\nrelay_networks = [\"192.0.2.0/24\", \"::1\"]\n");
+        let text = format!(
+            "{MINIMAL}[relay]\nlocal_domains = [\"Example.ORG.\"]\nrelay_networks = [\"192.0.2.0/24\", \"::1\"]\n"
+        );
         let relay = parse(&text).unwrap().relay;
         assert!(relay.is_local_domain("example.org"));
         assert!(relay.is_local_domain("EXAMPLE.org."));

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_json } => serve(config, log_json),
-        Command::CheckConfig { file } => Config::load(&file).map(|_| println!("{}: ok", file.display())).map_err(Into::into),
+        Command::CheckConfig { file } => Config::load(&file)
+            .map(|_| println!("{}: ok", file.display()))
+            .map_err(Into::into),
         Command::HashPassword => hash_password(),
     };
     match result {
@@ -59,8 +61,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTRIDER_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTRIDER_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     if log_json {
         builder.json().init();
@@ -81,7 +86,10 @@ fn serve(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
 
 fn hash_password() -> anyhow::Result<()> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     let password = line.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
         anyhow::bail!("empty password");

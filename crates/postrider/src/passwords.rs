@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use password_hash::rand_core::OsRng;
+use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Users and their argon2 password hashes (PHC strings), loaded once at start.
 #[derive(Debug, Default)]
@@ -18,7 +19,8 @@ pub struct Passwords {
 impl Passwords {
     /// Reads `path`; errors name the file and the line.
     pub fn load(path: &Path) -> anyhow::Result<Passwords> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading password file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading password file {}", path.display()))?;
         Passwords::parse(&text, &path.display().to_string())
     }
 
@@ -34,13 +36,19 @@ impl Passwords {
                 bail!("{name}:{}: expected `user:$argon2id$...`", i + 1);
             };
             if let Err(e) = PasswordHash::new(hash) {
-                bail!("{name}:{}: user `{user}`: not a PHC password hash: {e}", i + 1);
+                bail!(
+                    "{name}:{}: user `{user}`: not a PHC password hash: {e}",
+                    i + 1
+                );
             }
             if users.insert(user.to_owned(), hash.to_owned()).is_some() {
                 bail!("{name}:{}: user `{user}` appears twice", i + 1);
             }
         }
-        Ok(Passwords { users, dummy: hash_password("dummy password for timing")? })
+        Ok(Passwords {
+            users,
+            dummy: hash_password("dummy password for timing")?,
+        })
     }
 
     /// Whether `password` is right for `user`. Slow on purpose (argon2): call off the async threads.
@@ -52,7 +60,9 @@ impl Passwords {
         let Ok(parsed) = PasswordHash::new(hash) else {
             return false;
         };
-        let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
         ok && known
     }
 }
@@ -82,7 +92,9 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = Passwords::parse("\nalice:notahash\n", "pw").unwrap_err().to_string();
+        let err = Passwords::parse("\nalice:notahash\n", "pw")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("pw:2: user `alice`"), "{err}");
         let err = Passwords::parse("nocolon\n", "pw").unwrap_err().to_string();
         assert!(err.starts_with("pw:1:"), "{err}");

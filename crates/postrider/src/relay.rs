@@ -23,7 +23,12 @@ pub fn static_reply(code: u16, enhanced: &str, text: &str) -> Reply {
 }
 
 /// Decides whether a client may send to `to`: `Ok` to accept, or the refusal reply.
-pub fn check_recipient(to: &ForwardPath, source_route: bool, trusted: bool, relay: &Relay) -> Result<(), Reply> {
+pub fn check_recipient(
+    to: &ForwardPath,
+    source_route: bool,
+    trusted: bool,
+    relay: &Relay,
+) -> Result<(), Reply> {
     let mailbox = match to {
         ForwardPath::Postmaster => return Ok(()),
         ForwardPath::Mailbox(m) => m,
@@ -57,9 +62,9 @@ mod tests {
     /// Parses `RCPT TO:<...>` the way the session does and applies the relay check.
     fn check(rcpt: &str, trusted: bool) -> Result<(), u16> {
         match Command::parse(format!("RCPT TO:{rcpt}").as_bytes()) {
-            Ok(Command::Rcpt { to, source_route, .. }) => {
-                check_recipient(&to, source_route, trusted, &relay()).map_err(|r| r.code())
-            }
+            Ok(Command::Rcpt {
+                to, source_route, ..
+            }) => check_recipient(&to, source_route, trusted, &relay()).map_err(|r| r.code()),
             Ok(other) => panic!("parsed as {other:?}"),
             Err(e) => Err(Reply::from(e).code()),
         }

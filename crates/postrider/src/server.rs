@@ -57,7 +57,10 @@ impl PerIp {
             return None;
         }
         *n += 1;
-        Some(PerIpGuard { table: Arc::clone(self), ip })
+        Some(PerIpGuard {
+            table: Arc::clone(self),
+            ip,
+        })
     }
 }
 
@@ -95,14 +98,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listener {}: binding {}", listener.name, listener.address))?;
         let tls = match &listener.tls {
-            Some(files) => Some(crate::tls::acceptor(files).with_context(|| format!("listener {}", listener.name))?),
+            Some(files) => Some(
+                crate::tls::acceptor(files)
+                    .with_context(|| format!("listener {}", listener.name))?,
+            ),
             None => None,
         };
-        bound.push(Bound { config: listener.clone(), socket, tls });
+        bound.push(Bound {
+            config: listener.clone(),
+            socket,
+            tls,
+        });
     }
 
     let (force_tx, force_rx) = watch::channel(false);
-    let shared = Arc::new(Shared { config, spool, passwords, force_close: force_rx });
+    let shared = Arc::new(Shared {
+        config,
+        spool,
+        passwords,
+        force_close: force_rx,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
@@ -113,7 +128,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // The stable contract tests and scripts wait for (see tests/e2e).
         println!("postrider: listening {} {}", b.config.name, address);
         info!(listener = %b.config.name, %address, kind = ?b.config.kind, tls = b.tls.is_some(), "listening");
-        let (shared, connections, per_ip, stop) = (Arc::clone(&shared), Arc::clone(&connections), Arc::clone(&per_ip), stop_rx.clone());
+        let (shared, connections, per_ip, stop) = (
+            Arc::clone(&shared),
+            Arc::clone(&connections),
+            Arc::clone(&per_ip),
+            stop_rx.clone(),
+        );
         acceptors.spawn(accept_loop(b, shared, connections, per_ip, stop));
     }
     println!("postrider: ready");
@@ -128,7 +148,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let max = shared.config.limits.max_connections as u32;
     let drained = tokio::time::timeout(grace, connections.acquire_many(max)).await;
     if drained.is_err() {
-        warn!(grace_secs = grace.as_secs(), "sessions still open after the grace period: closing them with 421");
+        warn!(
+            grace_secs = grace.as_secs(),
+            "sessions still open after the grace period: closing them with 421"
+        );
         let _ = force_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), connections.acquire_many(max)).await;
     }
@@ -136,8 +159,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(b: Bound, shared: Arc<Shared>, connections: Arc<Semaphore>, per_ip: Arc<PerIp>, mut stop: watch::Receiver<bool>) {
-    let Bound { config, socket, tls } = b;
+async fn accept_loop(
+    b: Bound,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Bound {
+        config,
+        socket,
+        tls,
+    } = b;
     let listener = Arc::new(config);
     loop {
         let accepted = tokio::select! {
@@ -156,15 +189,28 @@ async fn accept_loop(b: Bound, shared: Arc<Shared>, connections: Arc<Semaphore>,
         let _ = stream.set_nodelay(true);
         let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
             warn!(listener = %listener.name, %peer, "too many connections");
-            tokio::spawn(refuse(stream, "421 4.7.0 Too many connections, try again later\r\n"));
+            tokio::spawn(refuse(
+                stream,
+                "421 4.7.0 Too many connections, try again later\r\n",
+            ));
             continue;
         };
-        let Some(ip_slot) = per_ip.try_acquire(peer.ip(), shared.config.limits.max_connections_per_ip) else {
+        let Some(ip_slot) =
+            per_ip.try_acquire(peer.ip(), shared.config.limits.max_connections_per_ip)
+        else {
             warn!(listener = %listener.name, %peer, "too many connections from this address");
-            tokio::spawn(refuse(stream, "421 4.7.0 Too many connections from your address\r\n"));
+            tokio::spawn(refuse(
+                stream,
+                "421 4.7.0 Too many connections from your address\r\n",
+            ));
             continue;
         };
-        let ctx = SessionCtx { shared: Arc::clone(&shared), listener: Arc::clone(&listener), tls: tls.clone(), peer };
+        let ctx = SessionCtx {
+            shared: Arc::clone(&shared),
+            listener: Arc::clone(&listener),
+            tls: tls.clone(),
+            peer,
+        };
         tokio::spawn(async move {
             session::run(ctx, stream).await;
             drop(ip_slot);

@@ -118,9 +118,15 @@ struct Client {
 async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
     let timeouts = &ctx.shared.config.timeouts;
     let implicit_tls = ctx.listener.kind == ListenerKind::Submissions;
-    let mut client = Client { tls: None, trusted_network: ctx.shared.config.relay.is_relay_client(ctx.peer.ip()) };
+    let mut client = Client {
+        tls: None,
+        trusted_network: ctx.shared.config.relay.is_relay_client(ctx.peer.ip()),
+    };
     let mut conn = if implicit_tls {
-        let acceptor = ctx.tls.as_ref().ok_or_else(|| SessionEnd::Handshake("listener has no certificate".into()))?;
+        let acceptor = ctx
+            .tls
+            .as_ref()
+            .ok_or_else(|| SessionEnd::Handshake("listener has no certificate".into()))?;
         let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
         client.tls = Some(crate::tls::describe(stream.get_ref().1));
         Conn::Tls(Box::new(stream))
@@ -138,7 +144,9 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
                 Event::StartTls => {
                     conn.write_all(&session.take_output()).await?;
                     let Some(acceptor) = ctx.tls.as_ref() else {
-                        return Err(SessionEnd::Handshake("STARTTLS without a certificate".into()));
+                        return Err(SessionEnd::Handshake(
+                            "STARTTLS without a certificate".into(),
+                        ));
                     };
                     let Conn::Plain(tcp) = conn else {
                         return Err(SessionEnd::Handshake("STARTTLS inside TLS".into()));
@@ -185,7 +193,11 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
     }
 }
 
-async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, secs: u64) -> Result<TlsStream<TcpStream>, SessionEnd> {
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    secs: u64,
+) -> Result<TlsStream<TcpStream>, SessionEnd> {
     match tokio::time::timeout(Duration::from_secs(secs), acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(SessionEnd::Handshake(e.to_string())),
@@ -194,10 +206,17 @@ async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, secs: u64) -> Result<
 }
 
 /// Answers one decision event of the state machine.
-async fn decide(ctx: &SessionCtx, client: &Client, session: &mut Session, event: Event) -> Result<(), SessionEnd> {
+async fn decide(
+    ctx: &SessionCtx,
+    client: &Client,
+    session: &mut Session,
+    event: Event,
+) -> Result<(), SessionEnd> {
     match event {
         Event::Helo { .. } | Event::MailFrom { .. } | Event::DataStart => session.accept()?,
-        Event::RcptTo { to, source_route, .. } => {
+        Event::RcptTo {
+            to, source_route, ..
+        } => {
             let trusted = client.trusted_network || session.authenticated().is_some();
             match check_recipient(&to, source_route, trusted, &ctx.shared.config.relay) {
                 Ok(()) => session.accept()?,
@@ -207,14 +226,21 @@ async fn decide(ctx: &SessionCtx, client: &Client, session: &mut Session, event:
                 }
             }
         }
-        Event::Auth { username, password, .. } => {
+        Event::Auth {
+            username, password, ..
+        } => {
             let ok = match &ctx.shared.passwords {
                 Some(_) => {
                     let shared = Arc::clone(&ctx.shared);
                     let user = username.clone();
-                    tokio::task::spawn_blocking(move || shared.passwords.as_ref().is_some_and(|p| p.verify(&user, &password)))
-                        .await
-                        .unwrap_or(false)
+                    tokio::task::spawn_blocking(move || {
+                        shared
+                            .passwords
+                            .as_ref()
+                            .is_some_and(|p| p.verify(&user, &password))
+                    })
+                    .await
+                    .unwrap_or(false)
                 }
                 None => false,
             };
@@ -223,7 +249,11 @@ async fn decide(ctx: &SessionCtx, client: &Client, session: &mut Session, event:
                 session.auth_succeeded(&username)?;
             } else {
                 warn!(user = %username, "authentication failed");
-                session.reject(static_reply(535, "5.7.8", "Authentication credentials invalid"))?;
+                session.reject(static_reply(
+                    535,
+                    "5.7.8",
+                    "Authentication credentials invalid",
+                ))?;
             }
         }
         Event::Message(envelope) => {
@@ -238,7 +268,11 @@ async fn decide(ctx: &SessionCtx, client: &Client, session: &mut Session, event:
                 }
                 Err(e) => {
                     warn!(error = %e, "spool write failed");
-                    session.reject(static_reply(451, "4.3.0", "Temporary local problem: could not queue the message"))?;
+                    session.reject(static_reply(
+                        451,
+                        "4.3.0",
+                        "Temporary local problem: could not queue the message",
+                    ))?;
                 }
             }
         }
@@ -263,18 +297,37 @@ fn forward_path(p: &ForwardPath) -> String {
 }
 
 /// Builds the spool entry: the envelope, and the message with our Received header on top.
-fn to_spool(ctx: &SessionCtx, client: &Client, session: &Session, envelope: smtp::Envelope) -> (Envelope, Vec<u8>) {
+fn to_spool(
+    ctx: &SessionCtx,
+    client: &Client,
+    session: &Session,
+    envelope: smtp::Envelope,
+) -> (Envelope, Vec<u8>) {
     let now = SystemTime::now();
     let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
     let user = session.authenticated().map(str::to_owned);
-    let smtp::Envelope { from, mail_params, recipients, data } = envelope;
+    let smtp::Envelope {
+        from,
+        mail_params,
+        recipients,
+        data,
+    } = envelope;
     let received = received_header(ctx, client, session, &helo, &mail_params, &recipients, now);
     let mut message = Vec::with_capacity(received.len() + data.len());
     message.extend_from_slice(received.as_bytes());
     message.extend_from_slice(&data);
-    let MailParams { size, body, smtputf8, ret, envid, .. } = mail_params;
+    let MailParams {
+        size,
+        body,
+        smtputf8,
+        ret,
+        envid,
+        ..
+    } = mail_params;
     let envelope = Envelope {
-        received_at_unix_ms: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        received_at_unix_ms: now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         mail_from: reverse_path(&from),
         smtputf8,
         body: body.map(|b| match b {
@@ -287,7 +340,10 @@ fn to_spool(ctx: &SessionCtx, client: &Client, session: &Session, envelope: smtp
         }),
         envid,
         size_param: size,
-        recipients: recipients.iter().map(|(to, params)| recipient(to, params)).collect(),
+        recipients: recipients
+            .iter()
+            .map(|(to, params)| recipient(to, params))
+            .collect(),
         client: ClientInfo {
             ip: ctx.peer.ip(),
             port: ctx.peer.port(),
@@ -305,18 +361,25 @@ fn recipient(to: &ForwardPath, params: &RcptParams) -> Recipient {
     Recipient {
         address: forward_path(to),
         notify: params.notify.as_ref().map(notify_keywords),
-        orcpt: params.orcpt.as_ref().map(|(kind, addr)| format!("{kind};{addr}")),
+        orcpt: params
+            .orcpt
+            .as_ref()
+            .map(|(kind, addr)| format!("{kind};{addr}")),
     }
 }
 
 fn notify_keywords(notify: &Notify) -> Vec<String> {
     match notify {
         Notify::Never => vec!["NEVER".to_owned()],
-        Notify::On(on) => [(on.success, "SUCCESS"), (on.failure, "FAILURE"), (on.delay, "DELAY")]
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, k)| k.to_owned())
-            .collect(),
+        Notify::On(on) => [
+            (on.success, "SUCCESS"),
+            (on.failure, "FAILURE"),
+            (on.delay, "DELAY"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, k)| k.to_owned())
+        .collect(),
     }
 }
 
@@ -330,7 +393,13 @@ fn received_header(
     recipients: &[(ForwardPath, RcptParams)],
     now: SystemTime,
 ) -> String {
-    let mut protocol = String::from(if params.smtputf8 { "UTF8SMTP" } else if session.is_esmtp() { "ESMTP" } else { "SMTP" });
+    let mut protocol = String::from(if params.smtputf8 {
+        "UTF8SMTP"
+    } else if session.is_esmtp() {
+        "ESMTP"
+    } else {
+        "SMTP"
+    });
     if client.tls.is_some() {
         protocol.push('S');
     }
@@ -338,7 +407,11 @@ fn received_header(
         protocol.push('A');
     }
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
-    let tls = client.tls.as_ref().map(|t| format!("\r\n\t(using {t})")).unwrap_or_default();
+    let tls = client
+        .tls
+        .as_ref()
+        .map(|t| format!("\r\n\t(using {t})"))
+        .unwrap_or_default();
     let rcpt = match recipients {
         [(one, _)] => format!("\r\n\tfor <{}>", forward_path(one)),
         _ => String::new(),

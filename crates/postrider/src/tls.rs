@@ -19,12 +19,19 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("reading private key {}", files.key.display()))?;
-    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| format!("certificate {} and key {} do not make a usable pair", files.cert.display(), files.key.display()))?;
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .with_context(|| {
+                format!(
+                    "certificate {} and key {} do not make a usable pair",
+                    files.cert.display(),
+                    files.key.display()
+                )
+            })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,0 +1,60 @@
+//! The SMTP envelope stored with every message.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the SMTP transaction said about a message besides its content.
+///
+/// Stored as JSON in the spool file; see the crate docs for the compatibility rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// When the message was accepted, in milliseconds since the Unix epoch.
+    pub received_at_unix_ms: u64,
+    /// The reverse-path without angle brackets; `""` is the null sender (bounces).
+    pub mail_from: String,
+    /// Whether the client asked for `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+    /// The `BODY=` parameter (`"7BIT"` or `"8BITMIME"`), if given.
+    pub body: Option<String>,
+    /// The DSN `RET=` parameter (`"FULL"` or `"HDRS"`), if given (RFC 3461).
+    pub ret: Option<String>,
+    /// The DSN `ENVID=` parameter, if given (RFC 3461).
+    pub envid: Option<String>,
+    /// The `SIZE=` parameter the client declared, if any (RFC 1870).
+    pub size_param: Option<u64>,
+    /// The accepted recipients, in `RCPT TO` order.
+    pub recipients: Vec<Recipient>,
+    /// Who submitted the message.
+    pub client: ClientInfo,
+}
+
+/// One accepted `RCPT TO` with its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path without angle brackets.
+    pub address: String,
+    /// The DSN `NOTIFY=` keywords: `["NEVER"]` or a subset of `SUCCESS`, `FAILURE`, `DELAY`.
+    pub notify: Option<Vec<String>>,
+    /// The DSN `ORCPT=` parameter as given, e.g. `"rfc822;user@example.org"`.
+    pub orcpt: Option<String>,
+}
+
+/// The connection a message arrived on, for `Received:` headers, logs and policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The client's IP address.
+    pub ip: IpAddr,
+    /// The client's TCP port.
+    pub port: u16,
+    /// The name of the listener that accepted the connection.
+    pub listener: String,
+    /// The `HELO`/`EHLO` argument.
+    pub helo: String,
+    /// The TLS version and cipher suite, e.g. `"TLSv1.3 TLS13_AES_256_GCM_SHA384"`; `None` if cleartext.
+    pub tls: Option<String>,
+    /// The SMTP AUTH identity, if the client authenticated.
+    pub authenticated: Option<String>,
+    /// The verified reverse DNS name of the client, if any.
+    pub reverse_dns: Option<String>,
+}

@@ -1,0 +1,20 @@
+//! Sans-IO SMTP server protocol for Postrider.
+//!
+//! This crate parses commands and addresses, receives message content and drives the
+//! server session state machine. It performs no IO and reads no clock: the caller
+//! feeds received bytes, sends the output, applies timeouts and makes policy decisions.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+mod sasl;
+pub mod server;
+
+pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
+pub use command::{Body, Command, CommandError, MailParams, Notify, NotifyOn, RcptParams, Ret};
+pub use data::{DataError, LineEndings};
+pub use reply::{EnhancedCode, Reply, ReplyError};
+pub use server::{
+    AuthMechanism, Envelope, Event, Misuse, Session, SessionConfig, TimeoutPhase, Transaction,
+};

@@ -1,0 +1,1001 @@
+//! Session tests: every command, every error path, smuggling and split-input invariance.
+
+use super::*;
+
+type Decide = Box<dyn FnMut(&Event) -> Option<Reply>>;
+
+/// Drives a session with scripted input, deciding events with `decide`
+/// (`None` accepts; Message is queued as "Q1", Auth succeeds, StartTls completes).
+struct Harness {
+    session: Session,
+    events: Vec<Event>,
+    output: Vec<u8>,
+    decide: Decide,
+}
+
+impl Harness {
+    fn new(config: SessionConfig, tls: bool) -> Self {
+        let mut session = Session::new(config, tls);
+        session.greet();
+        let mut h = Self {
+            session,
+            events: Vec::new(),
+            output: Vec::new(),
+            decide: Box::new(|event| match event {
+                Event::Auth { password, .. } if password != "secret" => {
+                    Some(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+                }
+                _ => None,
+            }),
+        };
+        h.pump();
+        h
+    }
+
+    fn with_decide(mut self, decide: impl FnMut(&Event) -> Option<Reply> + 'static) -> Self {
+        self.decide = Box::new(decide);
+        self
+    }
+
+    fn pump(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match (&event, (self.decide)(&event)) {
+                (Event::Close, _) => {}
+                (Event::StartTls, _) => self.session.tls_established().unwrap(),
+                (_, Some(r)) => self.session.reject(r).unwrap(),
+                (Event::Message(_), None) => self.session.queued("Q1").unwrap(),
+                (Event::Auth { username, .. }, None) => {
+                    let user = username.clone();
+                    self.session.auth_succeeded(&user).unwrap();
+                }
+                (_, None) => self.session.accept().unwrap(),
+            }
+            self.events.push(event);
+        }
+        self.output.extend(self.session.take_output());
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> &mut Self {
+        self.session.feed(bytes);
+        self.pump();
+        self
+    }
+
+    /// Replies as "code[ enhanced]", one per (possibly multiline) reply.
+    fn replies(&self) -> Vec<String> {
+        replies(&self.output)
+    }
+
+    fn messages(&self) -> Vec<&Envelope> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(env) => Some(&**env),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn replies(output: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(output).unwrap();
+    assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
+    let mut out = Vec::new();
+    for line in text.split_terminator("\r\n") {
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        if line.as_bytes().get(3) == Some(&b'-') {
+            continue;
+        }
+        let code = &line[..3];
+        let enhanced = line
+            .get(4..)
+            .and_then(|rest| rest.split(' ').next())
+            .filter(|tok| tok.parse::<EnhancedCode>().is_ok());
+        out.push(match enhanced {
+            Some(e) => format!("{code} {e}"),
+            None => code.to_owned(),
+        });
+    }
+    out
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".into(),
+        ..SessionConfig::default()
+    }
+}
+
+fn run(input: &[u8]) -> Harness {
+    let mut h = Harness::new(config(), false);
+    h.feed(input);
+    h
+}
+
+fn run_with(config: SessionConfig, tls: bool, input: &[u8]) -> Harness {
+    let mut h = Harness::new(config, tls);
+    h.feed(input);
+    h
+}
+
+const TX: &[u8] = b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nDATA\r\n";
+
+#[test]
+fn greeting_and_ehlo_extensions() {
+    let h = run(b"EHLO client.test\r\n");
+    assert_eq!(
+        String::from_utf8(h.output.clone()).unwrap(),
+        "220 mx.test ESMTP Postrider\r\n\
+         250-mx.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n250-8BITMIME\r\n\
+         250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"
+    );
+    assert_eq!(
+        h.events,
+        [Event::Helo {
+            domain: Domain::Name("client.test".into()),
+            extended: true
+        }]
+    );
+    assert!(h.session.is_esmtp());
+    assert_eq!(h.session.helo(), Some(&Domain::Name("client.test".into())));
+
+    let cfg = SessionConfig {
+        starttls: true,
+        auth: true,
+        chunking: false,
+        ..config()
+    };
+    let text = String::from_utf8(run_with(cfg.clone(), false, b"EHLO c\r\n").output).unwrap();
+    assert!(text.contains("250-STARTTLS\r\n") || text.contains("250 STARTTLS\r\n"));
+    assert!(!text.contains("AUTH") && !text.contains("CHUNKING"));
+    let text = String::from_utf8(run_with(cfg, true, b"EHLO c\r\n").output).unwrap();
+    assert!(text.ends_with("250 AUTH PLAIN LOGIN\r\n"));
+    assert!(!text.contains("STARTTLS"));
+}
+
+#[test]
+fn helo_session() {
+    let h = run(b"HELO client.test\r\nMAIL FROM:<a@b> SIZE=10\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=NEVER\r\nRCPT TO:<c@d>\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "555 5.5.4",
+            "250 2.1.0",
+            "555 5.5.4",
+            "250 2.1.5"
+        ]
+    );
+    assert!(h.output.windows(11).any(|w| w == b"250 mx.test"));
+    assert!(!h.session.is_esmtp());
+}
+
+#[test]
+fn full_pipelined_transaction() {
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n");
+    let h = run(&input);
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    let msgs = h.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].data, b"Subject: hi\r\n\r\n.dot\r\nbody\r\n");
+    assert_eq!(msgs[0].from.to_string(), "<a@b.test>");
+    assert_eq!(msgs[0].recipients.len(), 1);
+    assert!(
+        h.output
+            .ends_with(b"250 2.0.0 Ok: queued as Q1\r\n221 2.0.0 Bye\r\n")
+    );
+    assert_eq!(h.events.last(), Some(&Event::Close));
+    assert!(h.session.is_closed());
+    assert!(!h.session.wants_input());
+}
+
+#[test]
+fn sequence_errors() {
+    let h = run(b"MAIL FROM:<a@b>\r\nRCPT TO:<a@b>\r\nDATA\r\nBDAT 0 LAST\r\nEHLO c\r\nRCPT TO:<a@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\nDATA\r\nMAIL FROM:<a@b>\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.1.0",
+            "503 5.5.1",
+            "503 5.5.1",
+        ]
+    );
+}
+
+#[test]
+fn data_after_all_recipients_rejected() {
+    let h = Harness::new(config(), false).with_decide(|e| {
+        matches!(e, Event::RcptTo { .. }).then(|| reply(550, (5, 1, 1), "No such user"))
+    });
+    let mut h = h;
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@b>\r\nDATA\r\nBDAT 3 LAST\r\nabcNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "550 5.1.1",
+            "554 5.5.1",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+}
+
+#[test]
+fn size_param_and_recipient_limit() {
+    let cfg = SessionConfig {
+        max_message_size: 1000,
+        max_recipients: 2,
+        ..config()
+    };
+    let h = run_with(
+        cfg,
+        false,
+        b"EHLO c\r\nMAIL FROM:<a@b> SIZE=1001\r\nMAIL FROM:<a@b> SIZE=1000\r\nRCPT TO:<1@b>\r\nRCPT TO:<2@b>\r\nRCPT TO:<3@b>\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "552 5.3.4",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3"
+        ]
+    );
+    assert_eq!(h.session.transaction().unwrap().recipients.len(), 2);
+}
+
+#[test]
+fn smtputf8_addresses() {
+    let h = run("EHLO c\r\nMAIL FROM:<jö@b>\r\nMAIL FROM:<a@b>\r\nRCPT TO:<jö@b>\r\nRSET\r\nMAIL FROM:<jö@b> SMTPUTF8\r\nRCPT TO:<用户@例子.广告>\r\n".as_bytes());
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "553 5.6.7",
+            "250 2.1.0",
+            "553 5.6.7",
+            "250 2.0.0",
+            "250 2.1.0",
+            "250 2.1.5"
+        ]
+    );
+}
+
+#[test]
+fn simple_commands() {
+    let h = run(b"NOOP\r\nRSET\r\nHELP\r\nVRFY bob\r\nEXPN staff\r\nFOO\r\nRSET x\r\nEHLO\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250 2.0.0",
+            "250 2.0.0",
+            "214 2.0.0",
+            "252 2.5.2",
+            "502 5.5.1",
+            "500 5.5.2",
+            "501 5.5.4",
+            "501 5.5.4",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(h.events, [Event::Close]);
+}
+
+#[test]
+fn parse_errors_in_mail_and_rcpt() {
+    let h = run(b"EHLO c\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b> FOO=1\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nMAIL FROM: <a@b>\r\nRCPT TO:<x@-y>\r\nRCPT TO:<x@y> ORCPT=bad\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "501 5.1.7",
+            "555 5.5.4",
+            "555 5.5.4",
+            "250 2.1.0",
+            "501 5.1.3",
+            "555 5.5.4"
+        ]
+    );
+}
+
+#[test]
+fn source_routes_and_special_paths() {
+    let h = run(b"EHLO c\r\nMAIL FROM:<@relay.test:a@b>\r\nRCPT TO:<@r1,@r2:x@y>\r\nRCPT TO:<Postmaster>\r\nRSET\r\nMAIL FROM:<>\r\n");
+    let mail = h
+        .events
+        .iter()
+        .find(|e| matches!(e, Event::MailFrom { .. }))
+        .unwrap();
+    assert!(
+        matches!(mail, Event::MailFrom { source_route: true, from, .. } if from.to_string() == "<a@b>")
+    );
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::RcptTo {
+            source_route: true,
+            ..
+        }
+    )));
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::RcptTo {
+            to: ForwardPath::Postmaster,
+            ..
+        }
+    )));
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::MailFrom {
+            from: ReversePath::Null,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn ehlo_resets_transaction_but_rejected_ehlo_does_not() {
+    let mut h = Harness::new(config(), false).with_decide(|e| match e {
+        Event::Helo { domain, .. } if domain.to_string() == "bad.test" => {
+            Some(reply(550, (5, 7, 1), "Go away"))
+        }
+        _ => None,
+    });
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\nEHLO bad.test\r\n");
+    assert!(h.session.transaction().is_some());
+    h.feed(b"EHLO c\r\n");
+    assert!(h.session.transaction().is_none());
+    h.feed(b"MAIL FROM:<a@b>\r\nHELO c\r\n");
+    assert!(h.session.transaction().is_none());
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "550 5.7.1",
+            "250",
+            "250 2.1.0",
+            "250"
+        ]
+    );
+}
+
+#[test]
+fn command_line_limits() {
+    // 512 octets including CRLF is fine; 513 is too long.
+    let ok = format!("NOOP {}\r\n", "x".repeat(505));
+    assert_eq!(ok.len(), 512);
+    let long = format!("NOOP {}\r\n", "x".repeat(506));
+    let huge = format!("NOOP {}\r\n", "x".repeat(5000));
+    let h = run(format!("{ok}{long}{huge}NOOP\r\n").as_bytes());
+    assert_eq!(
+        h.replies(),
+        ["220", "250 2.0.0", "500 5.5.2", "500 5.5.2", "250 2.0.0"]
+    );
+    // The buffer does not keep an overlong line.
+    let mut h = Harness::new(config(), false);
+    h.feed(&vec![b'x'; 10_000]);
+    assert!(h.session.input.len() < MAX_COMMAND_LINE);
+    h.feed(b"\r\nNOOP\r\n");
+    assert_eq!(h.replies(), ["220", "500 5.5.2", "250 2.0.0"]);
+}
+
+#[test]
+fn bare_lf_and_nul_in_commands() {
+    let h = run(b"NOOP\nNO\0OP\r\nNOOP\rX\r\nNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        ["220", "500 5.5.2", "500 5.5.2", "500 5.5.2", "250 2.0.0"]
+    );
+}
+
+#[test]
+fn too_many_bad_commands() {
+    let cfg = SessionConfig {
+        max_bad_commands: 3,
+        ..config()
+    };
+    let h = run_with(cfg, false, b"A\r\nB\r\nC\r\nD\r\nNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "500 5.5.2",
+            "500 5.5.2",
+            "500 5.5.2",
+            "500 5.5.2",
+            "421 4.7.0"
+        ]
+    );
+    assert_eq!(h.events, [Event::Close]);
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn rejected_greeting() {
+    let mut s = Session::new(config(), false);
+    s.greet_reject(Reply::new(554, Some("5.7.1".parse().unwrap()), "No service").unwrap());
+    s.feed(b"EHLO c\r\nNOOP\r\nQUIT\r\n");
+    assert_eq!(s.poll_event(), Some(Event::Close));
+    assert_eq!(
+        replies(&s.take_output()),
+        ["554 5.7.1", "503 5.5.1", "503 5.5.1", "221 2.0.0"]
+    );
+
+    let mut s = Session::new(config(), false);
+    s.greet_reject(Reply::new(421, Some("4.3.2".parse().unwrap()), "mx.test busy").unwrap());
+    assert!(s.is_closed());
+    assert_eq!(s.poll_event(), Some(Event::Close));
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn timeouts_and_shutdown() {
+    let mut h = run(TX);
+    assert_eq!(h.session.timeout_phase(), TimeoutPhase::DataBlock);
+    h.session.timed_out();
+    h.pump();
+    assert!(
+        h.output
+            .ends_with(b"421 4.4.2 mx.test Error: timeout exceeded\r\n")
+    );
+    assert_eq!(h.events.last(), Some(&Event::Close));
+
+    let mut h = run(b"EHLO c\r\n");
+    assert_eq!(h.session.timeout_phase(), TimeoutPhase::Command);
+    h.session.shutdown();
+    h.pump();
+    assert!(
+        h.output
+            .ends_with(b"421 4.3.2 mx.test Service shutting down\r\n")
+    );
+    h.session.shutdown();
+    assert!(h.session.take_output().is_empty());
+}
+
+#[test]
+fn decisions_and_misuse() {
+    let mut s = Session::new(config(), false);
+    assert!(s.accept().is_err());
+    assert!(s.queued("x").is_err());
+    assert!(s.auth_succeeded("u").is_err());
+    assert!(s.tls_established().is_err());
+    assert!(s.reject(reply(550, (5, 0, 0), "x")).is_err());
+    s.feed(b"EHLO c\r\nNOOP\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Helo { .. })));
+    assert!(!s.wants_input());
+    assert_eq!(s.poll_event(), None);
+    assert!(s.queued("x").is_err());
+    assert!(s.reject(reply(250, (2, 0, 0), "x")).is_err());
+    // Nothing after EHLO was processed while the decision was pending.
+    assert_eq!(replies(s.output()), Vec::<String>::new());
+    s.reject(Reply::new(421, Some("4.7.0".parse().unwrap()), "mx.test go away").unwrap())
+        .unwrap();
+    assert_eq!(s.poll_event(), Some(Event::Close));
+    assert_eq!(replies(&s.take_output()), ["421 4.7.0"]);
+}
+
+#[test]
+fn message_rejected_by_caller() {
+    let mut h = Harness::new(config(), false)
+        .with_decide(|e| matches!(e, Event::Message(_)).then(|| reply(554, (5, 7, 1), "Spam")));
+    h.feed(TX).feed(b"x\r\n.\r\nRCPT TO:<a@b>\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "554 5.7.1",
+            "503 5.5.1"
+        ]
+    );
+}
+
+#[test]
+fn data_start_rejected() {
+    let mut h = Harness::new(config(), false)
+        .with_decide(|e| matches!(e, Event::DataStart).then(|| reply(451, (4, 3, 0), "Try later")));
+    h.feed(TX);
+    assert_eq!(
+        h.replies(),
+        ["220", "250", "250 2.1.0", "250 2.1.5", "451 4.3.0"]
+    );
+    assert_eq!(h.session.timeout_phase(), TimeoutPhase::Command);
+    assert!(h.session.transaction().is_some());
+}
+
+// The ten SMTP smuggling sequences: none may end the message.
+const SMUGGLING: [&[u8]; 10] = [
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r\n",
+    b"\r\n.\n",
+    b"\n.\r",
+    b"\r.\n",
+    b"\r.\r",
+    b"\r\n\x00.\r\n",
+    b"\r\n.\r",
+    b"\r\n.\x00\r\n",
+];
+
+fn smuggle(seq: &[u8], policy: LineEndings) -> Harness {
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"hello");
+    input.extend_from_slice(seq);
+    input.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n");
+    input.extend_from_slice(b"\r\n.\r\n");
+    let cfg = SessionConfig {
+        line_endings: policy,
+        ..config()
+    };
+    run_with(cfg, false, &input)
+}
+
+fn no_evil_mail(h: &Harness) -> bool {
+    !h.events
+        .iter()
+        .any(|e| matches!(e, Event::MailFrom { from, .. } if from.to_string().contains("evil")))
+}
+
+#[test]
+fn smuggling_rejected() {
+    for seq in SMUGGLING {
+        let h = smuggle(seq, LineEndings::Reject);
+        assert!(h.messages().is_empty(), "{seq:?}");
+        assert!(no_evil_mail(&h), "{seq:?}");
+        assert_eq!(
+            h.replies(),
+            [
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                "550 5.6.0",
+                "500 5.5.2",
+                "500 5.5.2"
+            ],
+            "{seq:?}"
+        );
+    }
+}
+
+#[test]
+fn smuggling_normalized() {
+    for seq in SMUGGLING {
+        let h = smuggle(seq, LineEndings::Normalize);
+        assert!(no_evil_mail(&h), "{seq:?}");
+        let has_nul = seq.contains(&0);
+        assert_eq!(h.messages().len(), usize::from(!has_nul), "{seq:?}");
+        if let Some(msg) = h.messages().first() {
+            // The smuggled commands stayed inside the one message, all lines CRLF.
+            let data = &msg.data;
+            assert!(data.windows(18).any(|w| w == b"MAIL FROM:<evil@x>"));
+            assert!(data.ends_with(b"smuggled\r\n"));
+            for (i, &b) in data.iter().enumerate() {
+                if b == b'\n' {
+                    assert_eq!(data[i - 1], b'\r', "{seq:?}");
+                }
+                if b == b'\r' {
+                    assert_eq!(data[i + 1], b'\n', "{seq:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn normalize_policy_via_session() {
+    let cfg = SessionConfig {
+        line_endings: LineEndings::Normalize,
+        ..config()
+    };
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"a\nb\r\n..c\r\n.\r\n");
+    let h = run_with(cfg, false, &input);
+    assert_eq!(h.messages()[0].data, b"a\r\nb\r\n.c\r\n");
+}
+
+#[test]
+fn data_limits() {
+    let cfg = SessionConfig {
+        max_message_size: 100,
+        max_header_size: 20,
+        ..config()
+    };
+    let cases: [(Vec<u8>, &str); 5] = [
+        (b"Subject: x\r\n\r\nshort\r\n.\r\n".to_vec(), "250 2.0.0"),
+        (
+            [
+                b"A: b\r\n\r\n".to_vec(),
+                vec![b'x'; 200],
+                b"\r\n.\r\n".to_vec(),
+            ]
+            .concat(),
+            "552 5.3.4",
+        ),
+        (
+            b"A-Long-Header: 123456789\r\n\r\nb\r\n.\r\n".to_vec(),
+            "552 5.3.4",
+        ),
+        (b"a\0b\r\n.\r\n".to_vec(), "550 5.6.0"),
+        (b"a\nb\r\n.\r\n".to_vec(), "550 5.6.0"),
+    ];
+    for (body, expected) in cases {
+        let mut input = TX.to_vec();
+        input.extend_from_slice(&body);
+        input.extend_from_slice(b"NOOP\r\n");
+        let h = run_with(cfg.clone(), false, &input);
+        assert_eq!(
+            h.replies(),
+            [
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                expected,
+                "250 2.0.0"
+            ],
+            "{body:?}"
+        );
+    }
+    let mut input = TX.to_vec();
+    input.extend_from_slice(&[vec![b'x'; 999], b"\r\n.\r\n".to_vec()].concat());
+    let h = run(&input);
+    assert_eq!(h.replies().last().map(String::as_str), Some("500 5.5.2"));
+    assert!(h.messages().is_empty());
+    assert!(h.session.transaction().is_none());
+}
+
+const BDAT_TX: &[u8] = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 6\r\nhello\rBDAT 9 LAST\r\n\n world\r\nQUIT\r\n";
+
+#[test]
+fn bdat_pipelined_chunks() {
+    let h = run(BDAT_TX);
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(h.messages()[0].data, b"hello\r\n world\r\n");
+    assert!(h.output.windows(20).any(|w| w == b"Ok: 6 octets receive"));
+}
+
+#[test]
+fn bdat_errors() {
+    // Failure inside a chunk: error for that chunk, 503 for the following ones.
+    let h = run(
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 3\r\na\nbBDAT 2 LAST\r\nxyNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.6.0",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    assert!(h.messages().is_empty());
+    // DATA inside a BDAT transaction.
+    let h =
+        run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 1\r\naDATA\r\nBDAT 1 LAST\r\nb");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    assert_eq!(h.messages()[0].data, b"ab");
+    // CHUNKING disabled: refused but the chunk is still skipped.
+    let cfg = SessionConfig {
+        chunking: false,
+        ..config()
+    };
+    let h = run_with(cfg, false, b"EHLO c\r\nBDAT 4\r\nQUITNOOP\r\n");
+    assert_eq!(h.replies(), ["220", "250", "502 5.5.1", "250 2.0.0"]);
+    // BDAT size limit applies across chunks.
+    let cfg = SessionConfig {
+        max_message_size: 5,
+        ..config()
+    };
+    let h = run_with(
+        cfg,
+        false,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 3\r\nabcBDAT 3 LAST\r\ndefNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "552 5.3.4",
+            "250 2.0.0"
+        ]
+    );
+}
+
+/// Feeding `input` split anywhere gives the same events and output as feeding it whole.
+fn assert_split_invariant(input: &[u8]) {
+    let whole = run(input);
+    for cut in 0..=input.len() {
+        let mut h = Harness::new(config(), false);
+        h.feed(&input[..cut]).feed(&input[cut..]);
+        assert_eq!(h.events, whole.events, "cut at {cut}");
+        assert_eq!(h.output, whole.output, "cut at {cut}");
+    }
+    let mut h = Harness::new(config(), false);
+    for b in input {
+        h.feed(std::slice::from_ref(b));
+    }
+    assert_eq!(h.events, whole.events);
+    assert_eq!(h.output, whole.output);
+}
+
+#[test]
+fn split_input_full_transaction() {
+    let mut input = TX.to_vec();
+    input.extend_from_slice(b"Subject: x\r\n\r\n..a\r\n.b\r\n\r\n.\r\nMAIL FROM:<c@d>\r\nRCPT TO:<e@f>\r\nRCPT TO:<bad\r\nDATA\r\n.\r\nNOOP\n");
+    input.extend_from_slice(format!("NOOP {}\r\nRSET\r\nQUIT\r\n", "x".repeat(600)).as_bytes());
+    assert_split_invariant(&input);
+}
+
+#[test]
+fn split_input_bdat() {
+    assert_split_invariant(BDAT_TX);
+}
+
+#[test]
+fn split_input_smuggling() {
+    for seq in SMUGGLING {
+        let mut input = TX.to_vec();
+        input.extend_from_slice(seq);
+        input.extend_from_slice(b"x\r\n.\r\nQUIT\r\n");
+        assert_split_invariant(&input);
+    }
+}
+
+fn tls_config() -> SessionConfig {
+    SessionConfig {
+        starttls: true,
+        auth: true,
+        ..config()
+    }
+}
+
+#[test]
+fn starttls_discards_pipelined_input() {
+    let h = run_with(
+        tls_config(),
+        false,
+        b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n",
+    );
+    assert_eq!(h.replies(), ["220", "250", "220 2.0.0"]);
+    assert!(h.events.contains(&Event::StartTls));
+    assert!(!h.events.iter().any(|e| matches!(e, Event::MailFrom { .. })));
+    assert!(h.session.tls());
+    assert_eq!(h.session.helo(), None);
+    let mut h = h;
+    h.feed(b"MAIL FROM:<a@b>\r\nEHLO c\r\nSTARTTLS\r\n");
+    assert_eq!(h.replies()[3..], ["503 5.5.1", "250", "503 5.5.1"]);
+    assert!(!String::from_utf8_lossy(&h.output).contains("250-STARTTLS"));
+}
+
+#[test]
+fn starttls_pending_drops_fed_bytes() {
+    let mut s = Session::new(tls_config(), false);
+    s.feed(b"EHLO c\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Helo { .. })));
+    s.accept().unwrap();
+    s.feed(b"STARTTLS\r\n");
+    assert_eq!(s.poll_event(), Some(Event::StartTls));
+    assert!(!s.wants_input());
+    s.feed(b"NOOP\r\n");
+    s.tls_established().unwrap();
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(replies(&s.take_output()), ["250", "220 2.0.0"]);
+    assert!(s.tls_established().is_err());
+}
+
+#[test]
+fn starttls_errors() {
+    let h = run_with(tls_config(), false, b"STARTTLS now\r\n");
+    assert_eq!(h.replies(), ["220", "501 5.5.4"]);
+    let h = run(b"STARTTLS\r\n");
+    assert_eq!(h.replies(), ["220", "503 5.5.1"]);
+    let h = run_with(tls_config(), true, b"STARTTLS\r\n");
+    assert_eq!(h.replies(), ["220", "503 5.5.1"]);
+}
+
+fn b64(s: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn auth_events(h: &Harness) -> Vec<(AuthMechanism, String, String, String)> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Auth {
+                mechanism,
+                authzid,
+                username,
+                password,
+            } => Some((
+                *mechanism,
+                authzid.clone(),
+                username.clone(),
+                password.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn auth_plain() {
+    let input = format!("EHLO c\r\nAUTH PLAIN {}\r\n", b64(b"\0bob\0secret"));
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "235 2.7.0"]);
+    assert_eq!(h.session.authenticated(), Some("bob"));
+    assert_eq!(
+        auth_events(&h),
+        [(
+            AuthMechanism::Plain,
+            String::new(),
+            "bob".into(),
+            "secret".into()
+        )]
+    );
+
+    let input = format!(
+        "EHLO c\r\nAUTH plain\r\n{}\r\nAUTH PLAIN\r\n",
+        b64(b"admin\0bob\0wrong")
+    );
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert!(String::from_utf8_lossy(&h.output).contains("\r\n334 \r\n"));
+    assert_eq!(h.replies(), ["220", "250", "334", "535 5.7.8", "334"]);
+    assert_eq!(auth_events(&h)[0].1, "admin");
+    let debug = format!("{:?}", h.events);
+    assert!(debug.contains("bob") && !debug.contains("wrong"));
+    assert_eq!(h.session.authenticated(), None);
+}
+
+#[test]
+fn auth_login() {
+    let input = format!(
+        "EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\n",
+        b64(b"bob"),
+        b64(b"secret")
+    );
+    let h = run_with(tls_config(), true, input.as_bytes());
+    let text = String::from_utf8_lossy(&h.output).into_owned();
+    assert!(text.contains("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0"));
+    assert_eq!(
+        auth_events(&h),
+        [(
+            AuthMechanism::Login,
+            String::new(),
+            "bob".into(),
+            "secret".into()
+        )]
+    );
+    let input = format!(
+        "EHLO c\r\nAUTH LOGIN {}\r\n{}\r\n",
+        b64(b"bob"),
+        b64(b"secret")
+    );
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "334", "235 2.7.0"]);
+}
+
+#[test]
+fn auth_errors() {
+    let h = run(b"EHLO c\r\nAUTH PLAIN\r\n");
+    assert_eq!(h.replies(), ["220", "250", "503 5.5.1"]);
+    let h = run_with(tls_config(), false, b"EHLO c\r\nAUTH PLAIN\r\n");
+    assert_eq!(h.replies(), ["220", "250", "538 5.7.11"]);
+    let h = run_with(
+        tls_config(),
+        true,
+        b"AUTH PLAIN\r\nEHLO c\r\nAUTH CRAM-MD5\r\nAUTH PLAIN\r\n*\r\nAUTH LOGIN\r\n!!!\r\nAUTH PLAIN\r\nYm9i\r\nMAIL FROM:<a@b>\r\nAUTH PLAIN\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "503 5.5.1",
+            "250",
+            "504 5.5.4",
+            "334",
+            "501 5.0.0",
+            "334",
+            "501 5.5.2",
+            "334",
+            "501 5.5.2",
+            "250 2.1.0",
+            "503 5.5.1"
+        ]
+    );
+    let input = format!(
+        "EHLO c\r\nAUTH PLAIN {}\r\nAUTH PLAIN {}\r\n",
+        b64(b"\0bob\0secret"),
+        b64(b"\0bob\0secret")
+    );
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "235 2.7.0", "503 5.5.1"]);
+    // SASL lines may be long, but not endless.
+    let long = format!("EHLO c\r\nAUTH PLAIN\r\n{}\r\nNOOP\r\n", "A".repeat(20_000));
+    let h = run_with(tls_config(), true, long.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "334", "500 5.5.2", "250 2.0.0"]);
+}
+
+#[test]
+fn auth_required_for_mail() {
+    let cfg = SessionConfig {
+        auth_required: true,
+        ..tls_config()
+    };
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@b>\r\n",
+        b64(b"\0bob\0secret")
+    );
+    let h = run_with(cfg, true, input.as_bytes());
+    assert_eq!(
+        h.replies(),
+        ["220", "250", "530 5.7.0", "235 2.7.0", "250 2.1.0"]
+    );
+}
