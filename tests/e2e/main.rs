@@ -2,6 +2,8 @@
 //! talks SMTP to it over TCP with real clients (this crate's raw client, swaks, Python's
 //! smtplib), then inspects the spool the binary wrote.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 mod harness;
 
 mod durability;

@@ -264,7 +264,7 @@ async fn decide(
             match ctx.shared.spool.store(spool_envelope, message).await {
                 Ok(id) => {
                     info!(queue_id = %id, from = %from, rcpts, size, "queued");
-                    session.queued(&id.to_string())?;
+                    session.queued(id.as_str())?;
                 }
                 Err(e) => {
                     warn!(error = %e, "spool write failed");
