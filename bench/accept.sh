@@ -39,10 +39,10 @@ for _ in $(seq 100); do grep -q "postrider: ready" "$work/out" && break; sleep 0
 
 # Postfix: a loopback smtpd on $pf_port that accepts for bench.test and holds every message.
 [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
-postconf -e "inet_interfaces = loopback-only" "mydestination = bench.test" \
+postconf -e "inet_interfaces = loopback-only" "mydestination = bench.test" "local_recipient_maps =" "alias_maps =" "alias_database =" \
   "smtpd_client_restrictions = check_client_access static:HOLD" \
   "smtpd_client_connection_count_limit = 0" "default_process_limit = 200" \
-  "maillog_file = /dev/null" "compatibility_level = 3.6"
+  "maillog_file = /var/log/postfix-bench.log" "compatibility_level = 3.6"
 postconf -M "$pf_port/inet=$pf_port inet n - n - - smtpd"
 postfix stop >/dev/null 2>&1 || true
 postfix start >/dev/null 2>&1
