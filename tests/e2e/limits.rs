@@ -151,3 +151,16 @@ fn sigterm_closes_idle_sessions_with_421_after_grace() {
     );
     assert_eq!(relay.wait_exit(Duration::from_secs(15)), Some(true));
 }
+
+#[test]
+fn total_connection_limit() {
+    let relay = Relay::start(&config("[limits]\nmax_connections = 1\n"));
+    let _a = relay.client();
+    let mut b = Client::connect(relay.addr("smtp"));
+    let (code, lines) = b.reply();
+    assert_eq!(
+        (code, crate::harness::enhanced(&lines[0]).as_str()),
+        (421, "4.7.0")
+    );
+    assert!(b.is_closed());
+}

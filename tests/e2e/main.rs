@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod cli;
 mod durability;
 mod limits;
 mod relay_control;

@@ -161,6 +161,44 @@ fn starttls_auth_submission_and_implicit_tls() {
 }
 
 #[test]
+fn swaks_auth_login_on_submission() {
+    let mut relay = tls_relay();
+    let addr = relay.addr("submission");
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &addr.port().to_string(),
+            "--tls",
+        ])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "s3cret",
+        ])
+        .args([
+            "--from",
+            "alice@relay.test",
+            "--to",
+            "someone@elsewhere.test",
+            "--helo",
+            "swaks.test",
+        ])
+        .output()
+        .expect("swaks must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks --auth LOGIN failed:\n{text}");
+    assert!(text.contains("<~  235 2.7.0"), "{text}");
+    let spool = relay.stop_and_read_spool();
+    assert_eq!(spool.len(), 1);
+    assert_eq!(spool[0].0.client.authenticated.as_deref(), Some("alice"));
+}
+
+#[test]
 fn swaks_starttls() {
     let mut relay = tls_relay();
     let addr = relay.addr("smtp");
