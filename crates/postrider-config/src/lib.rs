@@ -74,6 +74,56 @@ pub struct Config {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Settings shared by all plugins.
+    pub plugin_settings: PluginSettings,
+    /// The plugin chain, in call order.
+    pub plugins: Vec<PluginConfig>,
+    /// Nameservers for the relay's resolver ("ip:port"); empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Settings shared by all plugins.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Where compiled plugins are cached (by content hash and engine version).
+    pub cache_dir: PathBuf,
+    /// The embedded kv store's file.
+    pub kv_path: PathBuf,
+    /// Most plugin instances alive at once.
+    pub max_instances: u32,
+    /// Bound on each kv call a plugin makes.
+    pub kv_timeout_ms: u64,
+    /// Bound on each DNS lookup a plugin makes.
+    pub dns_timeout_ms: u64,
+}
+
+/// What the relay does when a plugin call fails (trap, timeout, invalid answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// 451 4.3.0 (the default).
+    Tempfail,
+    /// Ignore the plugin for that call.
+    Continue,
+    /// 550 5.7.1.
+    Reject,
+}
+
+/// One `[[plugin]]`: a WebAssembly component called at the stages it asks for, in config order.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// Name in logs; also its kv namespace.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Its `config` table, as JSON text for its `init`.
+    pub config_json: String,
+    /// What a failed call means.
+    pub failure_policy: FailurePolicy,
+    /// Deadline of each call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory cap of each instance, in MiB.
+    pub memory_mb: u32,
 }
 
 /// What a listener is for, which decides TLS and AUTH behaviour.
@@ -231,6 +281,68 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     timeouts: Timeouts,
+    #[serde(default)]
+    plugins: RawPluginSettings,
+    #[serde(default)]
+    plugin: Vec<RawPlugin>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPluginSettings {
+    cache_dir: PathBuf,
+    kv_path: PathBuf,
+    max_instances: u32,
+    kv_timeout_ms: u64,
+    dns_timeout_ms: u64,
+}
+
+impl Default for RawPluginSettings {
+    fn default() -> Self {
+        RawPluginSettings {
+            cache_dir: PathBuf::from("var/plugin-cache"),
+            kv_path: PathBuf::from("var/kv.redb"),
+            max_instances: 1000,
+            kv_timeout_ms: 250,
+            dns_timeout_ms: 3000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    path: PathBuf,
+    #[serde(default)]
+    config: Option<toml::Table>,
+    #[serde(default = "default_failure_policy")]
+    failure_policy: FailurePolicy,
+    #[serde(default = "default_plugin_timeout")]
+    timeout_ms: Spanned<u64>,
+    #[serde(default = "default_plugin_memory")]
+    memory_mb: Spanned<u32>,
+}
+
+fn default_failure_policy() -> FailurePolicy {
+    FailurePolicy::Tempfail
+}
+
+fn default_plugin_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 200)
+}
+
+fn default_plugin_memory() -> Spanned<u32> {
+    Spanned::new(0..0, 32)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<Spanned<String>>,
 }
 
 fn default_hostname() -> Spanned<String> {
@@ -462,6 +574,51 @@ impl Config {
             return src.invalid(0..0, "timeouts", "timeouts must be greater than zero");
         }
 
+        let settings = raw.plugins;
+        if settings.max_instances == 0 || settings.kv_timeout_ms == 0 || settings.dns_timeout_ms == 0 {
+            return src.invalid(0..0, "plugins", "max_instances and timeouts must be greater than zero");
+        }
+        let mut plugins: Vec<PluginConfig> = Vec::new();
+        for (i, p) in raw.plugin.into_iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            let name_span = p.name.span();
+            let name = p.name.into_inner();
+            let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok || plugins.iter().any(|x| x.name == name) {
+                return src.invalid(name_span, &key("name"), "plugin names must be unique and made of letters, digits, '-' and '_'");
+            }
+            if !(1..=60_000).contains(p.timeout_ms.get_ref()) {
+                return src.invalid(p.timeout_ms.span(), &key("timeout_ms"), "must be between 1 and 60000");
+            }
+            if !(1..=4096).contains(p.memory_mb.get_ref()) {
+                return src.invalid(p.memory_mb.span(), &key("memory_mb"), "must be between 1 and 4096");
+            }
+            let config_json = match &p.config {
+                Some(table) => match serde_json::to_string(table) {
+                    Ok(json) => json,
+                    Err(e) => return src.invalid(name_span, &key("config"), format!("cannot be passed to the plugin: {e}")),
+                },
+                None => "{}".to_owned(),
+            };
+            plugins.push(PluginConfig {
+                name,
+                path: resolve(&p.path),
+                config_json,
+                failure_policy: p.failure_policy,
+                timeout_ms: *p.timeout_ms.get_ref(),
+                memory_mb: *p.memory_mb.get_ref(),
+            });
+        }
+        let mut nameservers = Vec::new();
+        for (i, n) in raw.dns.nameservers.iter().enumerate() {
+            let text = n.get_ref().trim();
+            let addr = text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match addr {
+                Ok(a) => nameservers.push(a),
+                Err(_) => return src.invalid(n.span(), &format!("dns.nameservers[{i}]"), "not an IP address or IP:port"),
+            }
+        }
+
         Ok(Config {
             origin: name.to_owned(),
             hostname,
@@ -474,6 +631,15 @@ impl Config {
             },
             limits,
             timeouts,
+            plugin_settings: PluginSettings {
+                cache_dir: resolve(&settings.cache_dir),
+                kv_path: resolve(&settings.kv_path),
+                max_instances: settings.max_instances,
+                kv_timeout_ms: settings.kv_timeout_ms,
+                dns_timeout_ms: settings.dns_timeout_ms,
+            },
+            plugins,
+            nameservers,
         })
     }
 }
@@ -595,6 +761,37 @@ mod tests {
         assert!(relay.is_relay_client("::ffff:192.0.2.7".parse().unwrap()));
         assert!(relay.is_relay_client("::1".parse().unwrap()));
         assert!(!relay.is_relay_client("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn plugins_in_order_with_config_as_json() {
+        let text = format!(
+            "{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\nconfig = {{ zones = [\"x.test\"], n = 3 }}\n\
+             [[plugin]]\nname = \"b\"\npath = \"/p/b.wasm\"\nfailure_policy = \"continue\"\ntimeout_ms = 50\nmemory_mb = 8\n\
+             [dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n"
+        );
+        let config = parse(&text).unwrap();
+        let names: Vec<_> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(config.plugins[0].path, Path::new("/etc/postrider/a.wasm"));
+        assert_eq!(config.plugins[0].config_json, r#"{"n":3,"zones":["x.test"]}"#);
+        assert_eq!(config.plugins[0].failure_policy, FailurePolicy::Tempfail);
+        assert_eq!((config.plugins[1].timeout_ms, config.plugins[1].memory_mb), (50, 8));
+        assert_eq!(config.plugins[1].failure_policy, FailurePolicy::Continue);
+        assert_eq!(config.plugins[1].config_json, "{}");
+        assert_eq!(config.nameservers, ["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+        assert_eq!(config.plugin_settings.kv_path, Path::new("/etc/postrider/var/kv.redb"));
+    }
+
+    #[test]
+    fn bad_plugin_settings_are_located() {
+        let base = format!("{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\n");
+        let err = parse(&format!("{base}timeout_ms = 0\n")).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:8: key `plugin[0].timeout_ms`"), "{err}");
+        let err = parse(&format!("{base}failure_policy = \"explode\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:8:"), "{err}");
+        let err = parse(&format!("{base}[[plugin]]\nname = \"a\"\npath = \"b.wasm\"\n")).unwrap_err().to_string();
+        assert!(err.contains("plugin[1].name"), "{err}");
     }
 
     #[test]

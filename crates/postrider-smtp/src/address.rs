@@ -254,6 +254,16 @@ pub fn parse_domain(input: &str, smtputf8: bool) -> Result<Domain, AddressError>
     Ok(domain)
 }
 
+/// Parses an EHLO/HELO argument: like [`parse_domain`] (ASCII only), but `_` is also
+/// accepted in domain labels for interoperability (`EHLO my_pc`).
+pub(crate) fn parse_helo_domain(input: &str) -> Result<Domain, AddressError> {
+    let mut cur = Cursor::new(input, false);
+    cur.underscore = true;
+    let domain = cur.domain_or_literal()?;
+    cur.finish()?;
+    Ok(domain)
+}
+
 /// Parses a reverse-path at the start of `input`; returns it and the octets used.
 pub(crate) fn reverse_path_prefix(
     input: &str,
@@ -330,6 +340,8 @@ struct Cursor<'a> {
     input: &'a str,
     pos: usize,
     smtputf8: bool,
+    /// Accept `_` in domain labels (EHLO/HELO arguments only).
+    underscore: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -338,6 +350,7 @@ impl<'a> Cursor<'a> {
             input,
             pos: 0,
             smtputf8,
+            underscore: false,
         }
     }
 
@@ -489,7 +502,7 @@ impl<'a> Cursor<'a> {
     fn domain_name(&mut self) -> Result<String, AddressError> {
         let start = self.pos;
         while let Some(c) = self.peek() {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || (c == '_' && self.underscore) {
                 self.bump();
             } else if !c.is_ascii() {
                 self.non_ascii()?;
@@ -715,6 +728,22 @@ mod tests {
             parse_domain(&format!("a{label63}.com"), false),
             Err(AddressError::LabelTooLong)
         );
+    }
+
+    #[test]
+    fn helo_domain_allows_underscore() {
+        assert_eq!(parse_helo_domain("my_pc"), Ok(Domain::Name("my_pc".into())));
+        assert_eq!(
+            parse_helo_domain("host_1.corp.example"),
+            Ok(Domain::Name("host_1.corp.example".into()))
+        );
+        for bad in ["-a_b", "a_b-", "a..b", "a b", "bücher.example", ""] {
+            assert!(parse_helo_domain(bad).is_err(), "{bad:?}");
+        }
+        // Mail addresses stay strict.
+        assert!(parse_domain("my_pc", false).is_err());
+        assert!(parse_mailbox("a@my_pc", false).is_err());
+        assert!(parse_forward_path("<a@my_pc.example>", false).is_err());
     }
 
     #[test]

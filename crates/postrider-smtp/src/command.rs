@@ -168,13 +168,14 @@ pub enum CommandError {
     /// Unparsable recipient (501 5.1.3, or 553 5.6.7 for UTF-8 without SMTPUTF8).
     #[error("bad recipient address: {0}")]
     BadRecipient(AddressError),
-    /// A parameter we do not support (555 5.5.4).
+    /// A parameter we do not recognize (555 5.5.4, RFC 5321 §4.1.1.11).
     #[error("unsupported parameter {0}")]
     UnknownParameter(String),
-    /// A parameter given twice (555 5.5.4).
+    /// A parameter given twice (501 5.5.4).
     #[error("duplicate parameter {0}")]
     DuplicateParameter(String),
-    /// A parameter with a malformed value (555 5.5.4).
+    /// A malformed parameter: bad esmtp-keyword/esmtp-value syntax, or a value a
+    /// known parameter does not allow (501 5.5.4).
     #[error("invalid parameter {0}")]
     InvalidParameter(String),
     /// `BODY=BINARYMIME`, which we do not offer (555 5.5.4).
@@ -196,8 +197,8 @@ impl CommandError {
             Self::BadSender(_) => (501, (5, 1, 7), "Bad sender address syntax"),
             Self::BadRecipient(_) => (501, (5, 1, 3), "Bad recipient address syntax"),
             Self::UnknownParameter(_) => (555, (5, 5, 4), "Unsupported parameter"),
-            Self::DuplicateParameter(_) => (555, (5, 5, 4), "Duplicate parameter"),
-            Self::InvalidParameter(_) => (555, (5, 5, 4), "Invalid parameter value"),
+            Self::DuplicateParameter(_) => (501, (5, 5, 4), "Duplicate parameter"),
+            Self::InvalidParameter(_) => (501, (5, 5, 4), "Invalid parameter value"),
             Self::BinaryMime => (555, (5, 5, 4), "BODY=BINARYMIME is not supported"),
         };
         Reply::fixed(code, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
@@ -284,7 +285,9 @@ fn parse_hello(args: &str, usage: &'static str) -> Result<Domain, CommandError> 
     if args.is_empty() || args.contains(' ') {
         return Err(CommandError::Syntax(usage));
     }
-    address::parse_domain(args, false).map_err(|_| CommandError::Syntax(usage))
+    // `_` is tolerated in labels here (not in mail addresses): Windows clients send
+    // their NetBIOS name, e.g. `EHLO my_pc`, and Postfix accepts it.
+    address::parse_helo_domain(args).map_err(|_| CommandError::Syntax(usage))
 }
 
 /// Strips `prefix` (case-insensitive) and one optional space after it.
@@ -719,12 +722,11 @@ mod tests {
         for s in [
             "MAIL FROM:<a@b> SIZE=1 SIZE=2",
             "MAIL FROM:<a@b> SMTPUTF8 SMTPUTF8",
-            "MAIL FROM:<a@b> FOO=BAR",
+            "MAIL FROM:<a@b> BODY=7BIT BODY=7BIT",
             "MAIL FROM:<a@b> SIZE=abc",
             "MAIL FROM:<a@b> SIZE",
             "MAIL FROM:<a@b> SIZE=",
             "MAIL FROM:<a@b> SIZE=99999999999999999999999",
-            "MAIL FROM:<a@b> BODY=BINARYMIME",
             "MAIL FROM:<a@b> BODY=9BIT",
             "MAIL FROM:<a@b> RET=ALL",
             "MAIL FROM:<a@b> ENVID=a+zz",
@@ -734,10 +736,19 @@ mod tests {
             "MAIL FROM:<a@b> =1",
             "MAIL FROM:<a@b> A=1=2",
         ] {
-            assert_eq!(code(s), (555, "5.5.4".into()), "{s}");
+            assert_eq!(code(s), (501, "5.5.4".into()), "{s}");
         }
         let long = format!("MAIL FROM:<a@b> ENVID={}", "x".repeat(101));
-        assert_eq!(code(&long), (555, "5.5.4".into()));
+        assert_eq!(code(&long), (501, "5.5.4".into()));
+        // Unrecognized or unimplemented parameters keep 555 (RFC 5321 §4.1.1.11).
+        for s in [
+            "MAIL FROM:<a@b> FOO=BAR",
+            "MAIL FROM:<a@b> XFOO",
+            "MAIL FROM:<a@b> BODY=BINARYMIME",
+            "MAIL FROM:<a@b> NOTIFY=NEVER",
+        ] {
+            assert_eq!(code(s), (555, "5.5.4".into()), "{s}");
+        }
         assert_eq!(
             parse("MAIL FROM:<a@b> BODY=BINARYMIME"),
             Err(CommandError::BinaryMime)
@@ -785,10 +796,27 @@ mod tests {
             "RCPT TO:<a@b> NOTIFY=NEVER NOTIFY=NEVER",
             "RCPT TO:<a@b> ORCPT=rfc822",
             "RCPT TO:<a@b> ORCPT=;a@b",
-            "RCPT TO:<a@b> SIZE=1",
+            "RCPT TO:<a@b> ORCPT=rfc822;a+zz",
+            "RCPT TO:<a@b> ORCPT=rfc822;a+0Ab",
         ] {
-            assert_eq!(code(s), (555, "5.5.4".into()), "{s}");
+            assert_eq!(code(s), (501, "5.5.4".into()), "{s}");
         }
+        assert_eq!(code("RCPT TO:<a@b> SIZE=1"), (555, "5.5.4".into()));
+    }
+
+    #[test]
+    fn hello_allows_underscore_in_labels() {
+        assert_eq!(
+            parse("EHLO my_pc"),
+            Ok(Command::Ehlo(Domain::Name("my_pc".into())))
+        );
+        assert_eq!(
+            parse("HELO my_pc.corp.example"),
+            Ok(Command::Helo(Domain::Name("my_pc.corp.example".into())))
+        );
+        // Only in the EHLO/HELO argument, not in addresses.
+        assert_eq!(code("MAIL FROM:<a@my_pc>"), (501, "5.1.7".into()));
+        assert_eq!(code("RCPT TO:<a@my_pc>"), (501, "5.1.3".into()));
     }
 
     #[test]

@@ -40,9 +40,15 @@ pub(crate) fn decode_response(text: &str) -> Result<Vec<u8>, SaslError> {
     }
 }
 
-/// Decodes a text field, which must be UTF-8 without NUL.
+/// Decodes a text field (authzid, username or password), which must be UTF-8 without
+/// any control character (NUL, CR, LF, ESC, DEL, C1, ...): such characters would reach
+/// logs and credential back ends. PLAIN's NUL separators are split off before this.
 pub(crate) fn utf8(bytes: Vec<u8>) -> Result<String, SaslError> {
-    String::from_utf8(bytes).map_err(|_| SaslError::Malformed)
+    let text = String::from_utf8(bytes).map_err(|_| SaslError::Malformed)?;
+    if text.chars().any(char::is_control) {
+        return Err(SaslError::Malformed);
+    }
+    Ok(text)
 }
 
 /// Splits a PLAIN message `authzid NUL authcid NUL passwd` (RFC 4616 §2).
@@ -84,8 +90,26 @@ mod tests {
             b"\0bob\0",
             b"a\0b\0c\0d",
             b"\0b\xff\0pw",
+            b"\0bob\0pw\r\n",
+            b"\0bob\npw\0pw",
+            b"\0bob\x1b[0m\0pw",
+            b"ad\rmin\0bob\0pw",
+            b"\0bob\0p\x7fw",
+            "\0bob\0p\u{85}w".as_bytes(),
         ] {
             assert_eq!(parse_plain(bad), Err(SaslError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_fields_refuse_control_characters() {
+        assert_eq!(utf8(b"bob".to_vec()), Ok("bob".into()));
+        assert_eq!(
+            utf8("j\u{f6}rg".as_bytes().to_vec()),
+            Ok("j\u{f6}rg".into())
+        );
+        for bad in [&b"b\0b"[..], b"b\rb", b"b\nb", b"b\x1bb", b"b\tb", b"b\x7f"] {
+            assert_eq!(utf8(bad.to_vec()), Err(SaslError::Malformed), "{bad:?}");
         }
     }
 

@@ -219,6 +219,9 @@ enum Mode {
         remaining: u64,
         /// The reply for the refused BDAT.
         reply: Reply,
+        /// Whether `reply` counts toward `max_bad_commands` (not for the chunks
+        /// skipped after a failed BDAT: one failure, one count).
+        counted: bool,
     },
     /// Waiting for the TLS handshake after STARTTLS; input is discarded.
     TlsHandshake,
@@ -265,10 +268,10 @@ enum Pending {
 enum LineRead {
     /// A line, CRLF removed.
     Line(Vec<u8>),
-    /// The line exceeded the limit and was discarded.
-    TooLong,
-    /// The line ended in LF without CR.
-    BareLf,
+    /// The line exceeded the limit and was discarded; `bdat` if its verb was BDAT.
+    TooLong { bdat: bool },
+    /// The line ended in LF without CR; `bdat` if its verb was BDAT.
+    BareLf { bdat: bool },
     /// No complete line buffered yet.
     NeedMore,
 }
@@ -287,7 +290,8 @@ pub struct Session {
     tls: bool,
     input: Vec<u8>,
     pos: usize,
-    discarding_line: bool,
+    /// An overlong line is being dropped; `Some(true)` if its verb is BDAT.
+    discarding_line: Option<bool>,
     output: Vec<u8>,
     mode: Mode,
     pending: Option<Pending>,
@@ -297,9 +301,23 @@ pub struct Session {
     transaction: Option<Transaction>,
     rcpt_attempted: bool,
     bdat: Option<BdatReceiver>,
+    /// A non-last BDAT chunk failed: the client's pipelined follow-up chunks are
+    /// refused without counting as bad commands, until a LAST chunk or another command.
+    bdat_failed: bool,
     greeting_rejected: bool,
     bad_commands: u32,
     close_reported: bool,
+}
+
+/// True if the verb of a raw command line (the octets up to the first space or
+/// control character) is `verb`, case-insensitively, whether or not the line parses.
+fn has_verb(line: &[u8], verb: &str) -> bool {
+    let end = line
+        .iter()
+        .position(|&b| b <= b' ' || b == 0x7f)
+        .unwrap_or(line.len());
+    line.get(..end)
+        .is_some_and(|v| v.eq_ignore_ascii_case(verb.as_bytes()))
 }
 
 /// Shorthand for the crate's fixed replies.
@@ -317,7 +335,7 @@ impl Session {
             tls,
             input: Vec::new(),
             pos: 0,
-            discarding_line: false,
+            discarding_line: None,
             output: Vec::new(),
             mode: Mode::Command,
             pending: None,
@@ -327,6 +345,7 @@ impl Session {
             transaction: None,
             rcpt_attempted: false,
             bdat: None,
+            bdat_failed: false,
             greeting_rejected: false,
             bad_commands: 0,
             close_reported: false,
@@ -476,6 +495,35 @@ impl Session {
         Ok(())
     }
 
+    /// Accepts a pending RcptTo but records `to` instead of the address the client
+    /// gave (e.g. a plugin rewrote the recipient); replies `250 2.1.5 Ok`. The RCPT
+    /// parameters are kept.
+    ///
+    /// A non-ASCII `to` needs a transaction with SMTPUTF8; otherwise this is a
+    /// [`Misuse`] and the decision stays pending.
+    pub fn accept_rcpt_as(&mut self, to: ForwardPath) -> Result<(), Misuse> {
+        if !matches!(self.pending, Some(Pending::Rcpt { .. })) {
+            return Err(Misuse("accept_rcpt_as() without a pending RcptTo"));
+        }
+        let smtputf8 = self
+            .transaction
+            .as_ref()
+            .is_some_and(|tx| tx.mail_params.smtputf8);
+        if !smtputf8 && !to.is_ascii() {
+            return Err(Misuse(
+                "accept_rcpt_as() with a non-ASCII address in a transaction without SMTPUTF8",
+            ));
+        }
+        let Some(Pending::Rcpt { params, .. }) = self.pending.take() else {
+            return Err(Misuse("accept_rcpt_as() without a pending RcptTo"));
+        };
+        if let Some(tx) = &mut self.transaction {
+            tx.recipients.push((to, params));
+        }
+        self.send(&reply(250, (2, 1, 5), "Ok"));
+        Ok(())
+    }
+
     /// Refuses any pending decision except StartTls with a 4xx/5xx reply; 421 closes.
     pub fn reject(&mut self, reply: Reply) -> Result<(), Misuse> {
         if reply.is_positive() {
@@ -501,6 +549,8 @@ impl Session {
         }
         self.pending = None;
         self.reset_transaction();
+        // A delivered message shows the client is not just probing: forgive past errors.
+        self.bad_commands = 0;
         let text = format!("Ok: queued as {queue_id}");
         self.send(&Reply::sanitized(
             250,
@@ -534,7 +584,7 @@ impl Session {
         self.reset_transaction();
         self.input.clear();
         self.pos = 0;
-        self.discarding_line = false;
+        self.discarding_line = None;
         self.mode = Mode::Command;
         Ok(())
     }
@@ -564,6 +614,12 @@ impl Session {
         self.transaction.as_ref()
     }
 
+    /// Octets received but not yet processed (for tests).
+    #[cfg(test)]
+    fn buffered_input_len(&self) -> usize {
+        self.input.len().saturating_sub(self.pos)
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             max_size: self.config.max_message_size,
@@ -586,7 +642,15 @@ impl Session {
     }
 
     /// Writes a reply, counting errors; 421 closes the session.
+    ///
+    /// `452` (e.g. 4.5.3 too many recipients) is not counted: it is flow control that
+    /// a client legitimately hits by pipelining many RCPTs, not a sign of abuse.
     fn send(&mut self, r: &Reply) {
+        self.send_counted(r, true);
+    }
+
+    /// Writes a reply; an error counts toward `max_bad_commands` only if `count`.
+    fn send_counted(&mut self, r: &Reply, count: bool) {
         if self.is_closed() {
             return;
         }
@@ -595,7 +659,7 @@ impl Session {
             self.close();
             return;
         }
-        if r.code() >= 400 {
+        if count && r.code() >= 400 && r.code() != 452 {
             self.bad_commands = self.bad_commands.saturating_add(1);
             if self.bad_commands > self.config.max_bad_commands {
                 let text = format!("{} Error: too many errors", self.config.hostname);
@@ -634,9 +698,13 @@ impl Session {
     fn read_line(&mut self, max: usize) -> LineRead {
         let buf = self.input.get(self.pos..).unwrap_or_default();
         let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() >= max {
-                // The line cannot fit: drop it now so the buffer stays bounded.
-                self.discarding_line = true;
+            if buf.len() >= max && self.discarding_line.is_none() {
+                // The line cannot fit: drop it now so the buffer stays bounded,
+                // remembering whether it was a BDAT command.
+                self.discarding_line = Some(has_verb(buf, "BDAT"));
+                self.input.clear();
+                self.pos = 0;
+            } else if self.discarding_line.is_some() {
                 self.input.clear();
                 self.pos = 0;
             }
@@ -644,12 +712,19 @@ impl Session {
         };
         let line = buf.get(..lf).unwrap_or_default();
         self.pos += lf + 1;
-        if std::mem::take(&mut self.discarding_line) || lf + 1 > max {
-            return LineRead::TooLong;
+        if let Some(bdat) = self.discarding_line.take() {
+            return LineRead::TooLong { bdat };
+        }
+        if lf + 1 > max {
+            return LineRead::TooLong {
+                bdat: has_verb(line, "BDAT"),
+            };
         }
         match line.split_last() {
             Some((b'\r', text)) => LineRead::Line(text.to_vec()),
-            _ => LineRead::BareLf,
+            _ => LineRead::BareLf {
+                bdat: has_verb(line, "BDAT"),
+            },
         }
     }
 
@@ -657,16 +732,26 @@ impl Session {
         match &mut self.mode {
             Mode::Command => match self.read_line(MAX_COMMAND_LINE) {
                 LineRead::Line(line) => self.command_line(&line),
-                LineRead::TooLong => self.respond(500, (5, 5, 2), "Line too long"),
-                LineRead::BareLf => {
+                LineRead::TooLong { bdat: true } | LineRead::BareLf { bdat: true }
+                    if !self.greeting_rejected =>
+                {
+                    self.malformed_bdat()
+                }
+                LineRead::TooLong { .. } => self.respond(500, (5, 5, 2), "Line too long"),
+                LineRead::BareLf { .. } => {
                     self.respond(500, (5, 5, 2), "Bare LF in command line not allowed")
                 }
                 LineRead::NeedMore => Flow::NeedInput,
             },
             Mode::Sasl(_) => match self.read_line(MAX_SASL_LINE) {
                 LineRead::Line(line) => self.sasl_line(&line),
-                LineRead::TooLong => self.sasl_abort(reply(500, (5, 5, 2), "Line too long")),
-                LineRead::BareLf => {
+                // RFC 4954 §6.
+                LineRead::TooLong { .. } => self.sasl_abort(reply(
+                    500,
+                    (5, 5, 6),
+                    "Authentication Exchange line is too long",
+                )),
+                LineRead::BareLf { .. } => {
                     self.sasl_abort(reply(500, (5, 5, 2), "Bare LF in command line not allowed"))
                 }
                 LineRead::NeedMore => Flow::NeedInput,
@@ -708,10 +793,10 @@ impl Session {
                 if *remaining > 0 {
                     return Flow::NeedInput;
                 }
-                if let Mode::Discard { reply, .. } =
+                if let Mode::Discard { reply, counted, .. } =
                     std::mem::replace(&mut self.mode, Mode::Command)
                 {
-                    self.send(&reply);
+                    self.send_counted(&reply, counted);
                 }
                 Flow::Continue
             }
@@ -738,9 +823,18 @@ impl Session {
                 _ => self.respond(503, (5, 5, 1), "Error: only QUIT is allowed"),
             };
         }
+        if !matches!(parsed, Ok(Command::Bdat { .. })) {
+            self.bdat_failed = false;
+        }
         let command = match parsed {
             Ok(command) => command,
             Err(err) => {
+                if has_verb(line, "BDAT") {
+                    return self.malformed_bdat();
+                }
+                if has_verb(line, "RCPT") && self.transaction.is_some() {
+                    self.rcpt_attempted = true;
+                }
                 self.send(&err.reply());
                 return Flow::Continue;
             }
@@ -850,6 +944,9 @@ impl Session {
         let smtputf8 = tx.mail_params.smtputf8;
         let full = tx.recipients.len() >= self.config.max_recipients;
         self.rcpt_attempted = true;
+        if self.bdat.is_some() {
+            return self.respond(503, (5, 5, 1), "Error: BDAT transaction in progress");
+        }
         if !self.esmtp && !params.is_empty() {
             return self.respond(555, (5, 5, 4), "ESMTP parameters require EHLO");
         }
@@ -880,14 +977,39 @@ impl Session {
         if self.bdat.is_some() {
             return self.respond(503, (5, 5, 1), "Error: BDAT transaction in progress");
         }
-        if tx.recipients.is_empty() {
-            return if self.rcpt_attempted {
-                self.respond(554, (5, 5, 1), "Error: no valid recipients")
-            } else {
-                self.respond(503, (5, 5, 1), "Error: need RCPT command")
-            };
+        if let Some(refusal) = self.no_recipients_refusal(tx) {
+            self.send(&refusal);
+            return Flow::Continue;
         }
         self.ask(Pending::Data, Event::DataStart)
+    }
+
+    /// DATA or BDAT without an accepted recipient: 554 if RCPTs were attempted
+    /// (all refused or unparsable), 503 if none was sent.
+    fn no_recipients_refusal(&self, tx: &Transaction) -> Option<Reply> {
+        if !tx.recipients.is_empty() {
+            None
+        } else if self.rcpt_attempted {
+            Some(reply(554, (5, 5, 1), "Error: no valid recipients"))
+        } else {
+            Some(reply(503, (5, 5, 1), "Error: need RCPT command"))
+        }
+    }
+
+    /// A BDAT command line that does not parse (bad size, extra words, bare LF,
+    /// overlong): the chunk length is unknown, so the chunk octets that follow
+    /// cannot be skipped and must not run as commands. `421 4.5.0` and close.
+    fn malformed_bdat(&mut self) -> Flow {
+        let text = format!(
+            "{} Error: malformed BDAT command, closing connection",
+            self.config.hostname
+        );
+        self.send(&Reply::sanitized(
+            421,
+            Some(EnhancedCode::new(4, 5, 0)),
+            &text,
+        ));
+        Flow::Continue
     }
 
     fn bdat(&mut self, size: u64, last: bool) -> Flow {
@@ -896,16 +1018,19 @@ impl Session {
         } else {
             match &self.transaction {
                 None => Some(reply(503, (5, 5, 1), "Error: need MAIL command")),
-                Some(tx) if tx.recipients.is_empty() => {
-                    Some(reply(503, (5, 5, 1), "Error: need RCPT command"))
-                }
-                Some(_) => None,
+                Some(tx) => self.no_recipients_refusal(tx),
             }
         };
         if let Some(reply) = refusal {
+            // Chunks pipelined after a failed BDAT were already paid for by its error.
+            let counted = !self.bdat_failed;
+            if last {
+                self.bdat_failed = false;
+            }
             self.mode = Mode::Discard {
                 remaining: size,
                 reply,
+                counted,
             };
             return Flow::Continue;
         }
@@ -939,6 +1064,7 @@ impl Session {
         if let Some(err) = rx.failure() {
             self.reset_transaction();
             self.send(&err.reply());
+            self.bdat_failed = !rx.is_last();
             return Flow::Continue;
         }
         if !rx.is_last() {
@@ -983,7 +1109,7 @@ impl Session {
         // Anything pipelined after STARTTLS is plaintext injection (CVE-2011-0411).
         self.input.clear();
         self.pos = 0;
-        self.discarding_line = false;
+        self.discarding_line = None;
         self.mode = Mode::TlsHandshake;
         self.ask(Pending::StartTls, Event::StartTls)
     }

@@ -45,21 +45,31 @@ impl Conn {
         }
     }
 
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.write_all(data).await,
-            Conn::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
+    /// Writes everything, or fails once `limit` passes: a client that stops reading must
+    /// not hold its connection slot forever.
+    async fn write_all(&mut self, data: &[u8], limit: Duration) -> std::io::Result<()> {
+        let write = async {
+            match self {
+                Conn::Plain(s) => s.write_all(data).await,
+                Conn::Tls(s) => {
+                    s.write_all(data).await?;
+                    s.flush().await
+                }
             }
-        }
+        };
+        tokio::time::timeout(limit, write)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))?
     }
 
-    async fn shutdown(&mut self) {
-        let _ = match self {
-            Conn::Plain(s) => s.shutdown().await,
-            Conn::Tls(s) => s.shutdown().await,
-        };
+    async fn shutdown(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            match self {
+                Conn::Plain(s) => s.shutdown().await,
+                Conn::Tls(s) => s.shutdown().await,
+            }
+        })
+        .await;
     }
 }
 
@@ -134,6 +144,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
         Conn::Plain(tcp)
     };
 
+    let write_limit = Duration::from_secs(timeouts.command);
     let mut session = Session::new(session_config(ctx), implicit_tls);
     session.greet();
     let mut force_close = ctx.shared.force_close.clone();
@@ -142,7 +153,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
         while let Some(event) = session.poll_event() {
             match event {
                 Event::StartTls => {
-                    conn.write_all(&session.take_output()).await?;
+                    conn.write_all(&session.take_output(), write_limit).await?;
                     let Some(acceptor) = ctx.tls.as_ref() else {
                         return Err(SessionEnd::Handshake(
                             "STARTTLS without a certificate".into(),
@@ -164,10 +175,10 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
         }
         let out = session.take_output();
         if !out.is_empty() {
-            conn.write_all(&out).await?;
+            conn.write_all(&out, write_limit).await?;
         }
         if session.is_closed() {
-            conn.shutdown().await;
+            conn.shutdown(write_limit).await;
             return Ok(());
         }
         let wait = Duration::from_secs(match session.timeout_phase() {

@@ -41,7 +41,15 @@ impl Harness {
         while let Some(event) = self.session.poll_event() {
             match (&event, (self.decide)(&event)) {
                 (Event::Close, _) => {}
-                (Event::StartTls, _) => self.session.tls_established().unwrap(),
+                (Event::StartTls, _) => {
+                    // Pipelined plaintext must be gone before the handshake (CVE-2011-0411).
+                    assert_eq!(
+                        self.session.buffered_input_len(),
+                        0,
+                        "input survived STARTTLS"
+                    );
+                    self.session.tls_established().unwrap();
+                }
                 (_, Some(r)) => self.session.reject(r).unwrap(),
                 (Event::Message(_), None) => self.session.queued("Q1").unwrap(),
                 (Event::Auth { username, .. }, None) => {
@@ -238,7 +246,7 @@ fn data_after_all_recipients_rejected() {
             "250 2.1.0",
             "550 5.1.1",
             "554 5.5.1",
-            "503 5.5.1",
+            "554 5.5.1",
             "250 2.0.0"
         ]
     );
@@ -323,7 +331,7 @@ fn parse_errors_in_mail_and_rcpt() {
             "555 5.5.4",
             "250 2.1.0",
             "501 5.1.3",
-            "555 5.5.4"
+            "501 5.5.4"
         ]
     );
 }
@@ -829,9 +837,18 @@ fn starttls_discards_pipelined_input() {
     assert!(h.session.tls());
     assert_eq!(h.session.helo(), None);
     let mut h = h;
+    let before_tls = h.output.len();
     h.feed(b"MAIL FROM:<a@b>\r\nEHLO c\r\nSTARTTLS\r\n");
     assert_eq!(h.replies()[3..], ["503 5.5.1", "250", "503 5.5.1"]);
-    assert!(!String::from_utf8_lossy(&h.output).contains("250-STARTTLS"));
+    // No EHLO line after TLS advertises STARTTLS, wherever it would be listed.
+    let after = String::from_utf8(h.output[before_tls..].to_vec()).unwrap();
+    assert!(after.lines().any(|l| l.starts_with("250")));
+    for line in after.lines() {
+        assert!(
+            !line.get(4..).unwrap_or("").eq_ignore_ascii_case("STARTTLS"),
+            "{line}"
+        );
+    }
 }
 
 #[test]
@@ -840,10 +857,12 @@ fn starttls_pending_drops_fed_bytes() {
     s.feed(b"EHLO c\r\n");
     assert!(matches!(s.poll_event(), Some(Event::Helo { .. })));
     s.accept().unwrap();
-    s.feed(b"STARTTLS\r\n");
+    s.feed(b"STARTTLS\r\nNOOP\r\n");
     assert_eq!(s.poll_event(), Some(Event::StartTls));
+    assert_eq!(s.buffered_input_len(), 0);
     assert!(!s.wants_input());
     s.feed(b"NOOP\r\n");
+    assert_eq!(s.buffered_input_len(), 0);
     s.tls_established().unwrap();
     assert_eq!(s.poll_event(), None);
     assert_eq!(replies(&s.take_output()), ["250", "220 2.0.0"]);
@@ -980,7 +999,11 @@ fn auth_errors() {
     // SASL lines may be long, but not endless.
     let long = format!("EHLO c\r\nAUTH PLAIN\r\n{}\r\nNOOP\r\n", "A".repeat(20_000));
     let h = run_with(tls_config(), true, long.as_bytes());
-    assert_eq!(h.replies(), ["220", "250", "334", "500 5.5.2", "250 2.0.0"]);
+    assert_eq!(h.replies(), ["220", "250", "334", "500 5.5.6", "250 2.0.0"]);
+    assert!(
+        String::from_utf8_lossy(&h.output)
+            .contains("\r\n500 5.5.6 Authentication Exchange line is too long\r\n")
+    );
 }
 
 #[test]
@@ -998,4 +1021,394 @@ fn auth_required_for_mail() {
         h.replies(),
         ["220", "250", "530 5.7.0", "235 2.7.0", "250 2.1.0"]
     );
+}
+
+// --- Review fixes ---
+
+#[test]
+fn bad_command_counter_ignores_452_and_skipped_chunks() {
+    let cfg = SessionConfig {
+        max_bad_commands: 2,
+        max_recipients: 1,
+        ..config()
+    };
+    // Too many recipients: 452 4.5.3 is flow control, not abuse.
+    let h = run_with(
+        cfg.clone(),
+        false,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@b>\r\nRCPT TO:<2@b>\r\nRCPT TO:<3@b>\r\nRCPT TO:<4@b>\r\nRCPT TO:<5@b>\r\nNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "452 4.5.3",
+            "250 2.0.0"
+        ]
+    );
+    assert!(!h.session.is_closed());
+    // One failed BDAT chunk counts once; the pipelined chunks skipped after it do not.
+    let h = run_with(
+        cfg.clone(),
+        false,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 3\r\na\nbBDAT 1\r\nxBDAT 1\r\nxBDAT 1\r\nxBDAT 1 LAST\r\nyNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.6.0",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    // ... but a BDAT without a transaction, later on, counts again.
+    let h = run_with(
+        cfg,
+        false,
+        b"EHLO c\r\nBDAT 1\r\nxBDAT 1\r\nxBDAT 1\r\nxNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "503 5.5.1",
+            "503 5.5.1",
+            "503 5.5.1",
+            "421 4.7.0"
+        ]
+    );
+}
+
+#[test]
+fn bad_command_counter_policy_rejects_and_reset_on_queue() {
+    let cfg = SessionConfig {
+        max_bad_commands: 2,
+        ..config()
+    };
+    // reject() counts (spam-relay signal), except 452.
+    let mut h = Harness::new(cfg.clone(), false).with_decide(|e| match e {
+        Event::RcptTo { to, .. } if to.to_string().starts_with("<full") => {
+            Some(reply(452, (4, 2, 2), "Mailbox full"))
+        }
+        Event::RcptTo { to, .. } if to.to_string().starts_with("<x") => {
+            Some(reply(550, (5, 7, 1), "Relay denied"))
+        }
+        _ => None,
+    });
+    h.feed(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    for _ in 0..5 {
+        h.feed(b"RCPT TO:<full@b>\r\n");
+    }
+    h.feed(b"RCPT TO:<x1@b>\r\nRCPT TO:<x2@b>\r\nRCPT TO:<x3@b>\r\nNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "452 4.2.2",
+            "452 4.2.2",
+            "452 4.2.2",
+            "452 4.2.2",
+            "452 4.2.2",
+            "550 5.7.1",
+            "550 5.7.1",
+            "550 5.7.1",
+            "421 4.7.0"
+        ]
+    );
+    // A queued message resets the counter.
+    let mut input = b"FOO\r\nFOO\r\n".to_vec();
+    input.extend_from_slice(TX);
+    input.extend_from_slice(b"x\r\n.\r\nFOO\r\nFOO\r\nNOOP\r\nFOO\r\n");
+    let h = run_with(cfg, false, &input);
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "500 5.5.2",
+            "500 5.5.2",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "250 2.0.0",
+            "500 5.5.2",
+            "500 5.5.2",
+            "250 2.0.0",
+            "500 5.5.2",
+            "421 4.7.0"
+        ]
+    );
+}
+
+#[test]
+fn malformed_bdat_closes_session() {
+    let overlong = format!("BDAT 5 {}\r\n", "x".repeat(600));
+    let huge = format!("bdat 5{}\r\n", " ".repeat(5000));
+    for bad in [
+        "BDAT 5 X\r\n",
+        "BDAT 99999999999999999999\r\n",
+        "BDAT 5\n",
+        "bdat 5 last\n",
+        "BDAT\r\n",
+        "BDAT -1\r\n",
+        "BDAT 5\t\r\n",
+        "Bdat\t5\r\n",
+        &overlong,
+        &huge,
+    ] {
+        for prefix in [
+            &b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\n"[..],
+            b"EHLO c\r\n",
+        ] {
+            let mut input = prefix.to_vec();
+            input.extend_from_slice(bad.as_bytes());
+            // The chunk octets must not run as commands.
+            input.extend_from_slice(b"RSET\r\nMAIL FROM:<evil@x>\r\n");
+            let h = run(&input);
+            let replies = h.replies();
+            assert_eq!(
+                replies.last().map(String::as_str),
+                Some("421 4.5.0"),
+                "{bad:?}"
+            );
+            // Greeting, one reply per prefix line, then 421: nothing after it.
+            let lines = prefix.iter().filter(|&&b| b == b'\n').count();
+            assert_eq!(replies.len(), lines + 2, "{bad:?}");
+            assert!(h.session.is_closed(), "{bad:?}");
+            assert_eq!(h.events.last(), Some(&Event::Close), "{bad:?}");
+            assert!(no_evil_mail(&h), "{bad:?}");
+        }
+    }
+    let h = run(b"EHLO c\r\nBDAT 5 X\r\n");
+    assert!(
+        String::from_utf8_lossy(&h.output)
+            .ends_with("421 4.5.0 mx.test Error: malformed BDAT command, closing connection\r\n")
+    );
+    // Other malformed lines are not affected.
+    let h = run(b"EHLO c\r\nBDATX 5\r\nBDA 5\r\nNOOP\n");
+    assert_eq!(
+        h.replies(),
+        ["220", "250", "500 5.5.2", "500 5.5.2", "500 5.5.2"]
+    );
+}
+
+#[test]
+fn split_input_malformed_bdat() {
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@b>\r\nNOOP {}\r\nBDAT 3 {}\r\nabcNOOP\r\n",
+        "y".repeat(520),
+        "x".repeat(520)
+    );
+    assert_split_invariant(input.as_bytes());
+    assert_eq!(run(input.as_bytes()).replies().last().unwrap(), "421 4.5.0");
+}
+
+#[test]
+fn rcpt_between_bdat_chunks() {
+    let h = run(
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@d>\r\nBDAT 1\r\naRCPT TO:<x@d>\r\nBDAT 1 LAST\r\nb",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::RcptTo { to, .. } if to.to_string() == "<x@d>"))
+    );
+    let msgs = h.messages();
+    assert_eq!(msgs[0].data, b"ab");
+    assert_eq!(msgs[0].recipients.len(), 1);
+}
+
+#[test]
+fn auth_control_characters_refused() {
+    for creds in [
+        &b"\0bob\0sec\0ret"[..],
+        b"\0bob\0secret\r\n",
+        b"\0b\nob\0secret",
+        b"\0bob\x1b[2J\0secret",
+        b"ad\rmin\0bob\0secret",
+    ] {
+        let input = format!("EHLO c\r\nAUTH PLAIN {}\r\n", b64(creds));
+        let h = run_with(tls_config(), true, input.as_bytes());
+        assert_eq!(h.replies(), ["220", "250", "501 5.5.2"], "{creds:?}");
+        assert!(auth_events(&h).is_empty(), "{creds:?}");
+    }
+    // LOGIN: a bad username ends the exchange at once (the password line is then
+    // an unknown command); a bad password ends it after the second challenge.
+    let input = format!("EHLO c\r\nAUTH LOGIN\r\n{}\r\n", b64(b"bo\0b"));
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "334", "501 5.5.2"]);
+    let input = format!(
+        "EHLO c\r\nAUTH LOGIN\r\n{}\r\n{}\r\n",
+        b64(b"bob"),
+        b64(b"sec\r\nret")
+    );
+    let h = run_with(tls_config(), true, input.as_bytes());
+    assert_eq!(h.replies(), ["220", "250", "334", "334", "501 5.5.2"]);
+    assert!(auth_events(&h).is_empty());
+}
+
+#[test]
+fn no_valid_recipients_after_unparsable_rcpts() {
+    let h = run(
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bad\r\nRCPT TO <x@y>\r\nRCPT TO:<x@y> FOO=1\r\nDATA\r\nBDAT 3 LAST\r\nabcNOOP\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "501 5.1.3",
+            "501 5.5.4",
+            "555 5.5.4",
+            "554 5.5.1",
+            "554 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    // No RCPT at all: 503, for DATA and BDAT alike (the chunk is still skipped).
+    let h = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nDATA\r\nBDAT 4 LAST\r\nQUITNOOP\r\n");
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "250 2.1.0",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.0.0"
+        ]
+    );
+    // A new MAIL forgets the attempts.
+    let h =
+        run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bad\r\nRSET\r\nMAIL FROM:<a@b>\r\nDATA\r\n");
+    assert_eq!(h.replies().last().unwrap(), "503 5.5.1");
+}
+
+#[test]
+fn malformed_parameter_values_session() {
+    let h = run(
+        b"EHLO c\r\nMAIL FROM:<a@b> SIZE=abc\r\nMAIL FROM:<a@b> RET=X\r\nMAIL FROM:<a@b> BODY=X\r\nMAIL FROM:<a@b> ENVID=a+zz\r\nMAIL FROM:<a@b> SIZE=1 SIZE=1\r\nMAIL FROM:<a@b> XFOO=1\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=\r\nRCPT TO:<c@d> NOTIFY=NEVER,SUCCESS\r\nRCPT TO:<c@d> ORCPT=rfc822;a+zz\r\nRCPT TO:<c@d> XFOO\r\n",
+    );
+    assert_eq!(
+        h.replies(),
+        [
+            "220",
+            "250",
+            "501 5.5.4",
+            "501 5.5.4",
+            "501 5.5.4",
+            "501 5.5.4",
+            "501 5.5.4",
+            "555 5.5.4",
+            "555 5.5.4",
+            "250 2.1.0",
+            "501 5.5.4",
+            "501 5.5.4",
+            "501 5.5.4",
+            "555 5.5.4"
+        ]
+    );
+}
+
+fn pending_rcpt(mail: &[u8]) -> Session {
+    let mut s = Session::new(config(), false);
+    s.feed(b"EHLO c\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Helo { .. })));
+    s.accept().unwrap();
+    s.feed(mail);
+    assert!(matches!(s.poll_event(), Some(Event::MailFrom { .. })));
+    s.accept().unwrap();
+    s.feed(b"RCPT TO:<alias@d.test> NOTIFY=NEVER\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::RcptTo { .. })));
+    s.take_output();
+    s
+}
+
+#[test]
+fn accept_rcpt_as_records_rewritten_recipient() {
+    let target = ForwardPath::Mailbox(crate::Mailbox::new("real", Domain::Name("d.test".into())));
+    let mut s = pending_rcpt(b"MAIL FROM:<a@b>\r\n");
+    s.accept_rcpt_as(target.clone()).unwrap();
+    assert_eq!(replies(&s.take_output()), ["250 2.1.5"]);
+    let tx = s.transaction().unwrap();
+    assert_eq!(tx.recipients.len(), 1);
+    assert_eq!(tx.recipients[0].0, target);
+    assert_eq!(tx.recipients[0].1.notify, Some(crate::Notify::Never));
+    // Only while an RcptTo decision is pending.
+    assert!(s.accept_rcpt_as(target.clone()).is_err());
+    s.feed(b"DATA\r\n");
+    assert_eq!(s.poll_event(), Some(Event::DataStart));
+    assert!(s.accept_rcpt_as(target.clone()).is_err());
+    let mut s = Session::new(config(), false);
+    s.feed(b"EHLO c\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Helo { .. })));
+    assert!(s.accept_rcpt_as(target).is_err());
+    s.accept().unwrap();
+    assert_eq!(replies(&s.take_output()), ["250"]);
+}
+
+#[test]
+fn accept_rcpt_as_utf8_needs_smtputf8() {
+    let utf8 = ForwardPath::Mailbox(crate::Mailbox::new("jörg", Domain::Name("d.test".into())));
+    let mut s = pending_rcpt(b"MAIL FROM:<a@b>\r\n");
+    assert!(s.accept_rcpt_as(utf8.clone()).is_err());
+    // The decision is still pending.
+    assert!(!s.wants_input());
+    assert_eq!(s.output(), b"");
+    s.accept().unwrap();
+    assert_eq!(replies(&s.take_output()), ["250 2.1.5"]);
+    assert_eq!(
+        s.transaction().unwrap().recipients[0].0.to_string(),
+        "<alias@d.test>"
+    );
+    let mut s = pending_rcpt(b"MAIL FROM:<a@b> SMTPUTF8\r\n");
+    s.accept_rcpt_as(utf8.clone()).unwrap();
+    assert_eq!(replies(&s.take_output()), ["250 2.1.5"]);
+    assert_eq!(s.transaction().unwrap().recipients[0].0, utf8);
+}
+
+#[test]
+fn ehlo_with_underscore() {
+    let h = run(b"EHLO my_pc\r\nHELO my_pc.corp\r\nMAIL FROM:<a@my_pc>\r\nMAIL FROM:<a@b>\r\nRCPT TO:<r@my_pc>\r\n");
+    assert_eq!(
+        h.replies(),
+        ["220", "250", "250", "501 5.1.7", "250 2.1.0", "501 5.1.3"]
+    );
+    assert_eq!(
+        h.events[0],
+        Event::Helo {
+            domain: Domain::Name("my_pc".into()),
+            extended: true
+        }
+    );
+    assert_eq!(h.session.helo(), Some(&Domain::Name("my_pc.corp".into())));
 }

@@ -1,0 +1,416 @@
+//! The stage chain: plugins run in config order; the first verdict other than `continue`
+//! decides; header edits accumulate; a failed call is answered by that plugin's policy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postrider_smtp::reply::{EnhancedCode, Reply};
+use wasmtime::component::Resource;
+
+use crate::bindings::postrider::plugin::types as wit;
+use crate::engine::PluginEngine;
+use crate::error::CallFailure;
+use crate::message::MessageView;
+use crate::plugin::{FailurePolicy, Instance, LoadedPlugin, Stage};
+use crate::state::{HostCall, Services};
+use crate::{ConnInfo, Decision, EnvelopeInfo, HeaderEdit, RouteDecision, validate};
+
+/// One plugin's part in a stage, for logs and the test harness.
+#[derive(Debug, Clone)]
+pub struct PluginCall {
+    /// Plugin name.
+    pub plugin: String,
+    /// Stage.
+    pub stage: Stage,
+    /// What it answered (or what its failure policy made of a failure).
+    pub outcome: String,
+    /// The failure, if the call failed.
+    pub failure: Option<CallFailure>,
+    /// Wall time of the call, instantiation included.
+    pub elapsed: Duration,
+    /// Host calls it made (when tracing).
+    pub host_calls: Vec<HostCall>,
+}
+
+/// The result of a connect, helo or mail-from stage.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    /// The chain's decision.
+    pub decision: Decision,
+    /// Each plugin call, in order.
+    pub calls: Vec<PluginCall>,
+}
+
+/// The result of a rcpt stage.
+#[derive(Debug, Clone)]
+pub struct RcptOutcome {
+    /// The chain's decision.
+    pub decision: Decision,
+    /// The recipient to use instead of the one given, if a plugin rewrote it.
+    pub rewrite: Option<String>,
+    /// Each plugin call, in order.
+    pub calls: Vec<PluginCall>,
+}
+
+/// The result of a data stage.
+#[derive(Debug, Clone)]
+pub struct DataOutcome {
+    /// The chain's decision.
+    pub decision: Decision,
+    /// Header edits of every plugin that ran, in order.
+    pub edits: Vec<HeaderEdit>,
+    /// Quarantine reason, if a plugin asked for it.
+    pub quarantine: Option<String>,
+    /// Each plugin call, in order.
+    pub calls: Vec<PluginCall>,
+}
+
+/// The ordered plugins of one config generation, and what they need to run.
+pub struct Pipeline {
+    engine: Arc<PluginEngine>,
+    plugins: Vec<Arc<LoadedPlugin>>,
+    services: Services,
+}
+
+impl Pipeline {
+    /// A pipeline of already loaded plugins, in call order.
+    pub fn new(engine: Arc<PluginEngine>, plugins: Vec<Arc<LoadedPlugin>>, services: Services) -> Pipeline {
+        Pipeline { engine, plugins, services }
+    }
+
+    /// The plugins, in order.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Whether any plugin asked for `stage` (callers skip building inputs otherwise).
+    pub fn wants(&self, stage: Stage) -> bool {
+        self.plugins.iter().any(|p| p.wants(stage))
+    }
+
+    /// A chain for one SMTP session; `trace` records host calls (for the harness).
+    pub fn session(self: &Arc<Self>, trace: bool) -> ChainSession {
+        ChainSession { pipeline: Arc::clone(self), instances: self.plugins.iter().map(|_| None).collect(), trace }
+    }
+
+    /// Routes one recipient of a queued message; each plugin gets a fresh instance.
+    pub async fn route(self: &Arc<Self>, conn: &ConnInfo, env: &EnvelopeInfo, rcpt: &str, trace: bool) -> (RouteDecision, Vec<PluginCall>) {
+        let mut session = self.session(trace);
+        let conn = wit_conn(conn);
+        let env = wit_env(env);
+        let mut calls = Vec::new();
+        for i in 0..self.plugins.len() {
+            let plugin = Arc::clone(&self.plugins[i]);
+            if !plugin.wants(Stage::Route) {
+                continue;
+            }
+            let started = Instant::now();
+            let result = session.call(i, Stage::Route, Call::Route(&conn, &env, rcpt)).await;
+            let (decision, failure) = match result {
+                Ok(Answer::Route(r)) => match validate::route(&r) {
+                    Ok(d) => (Some(d), None),
+                    Err(e) => (None, Some(CallFailure::Invalid(e))),
+                },
+                Ok(_) => (None, Some(CallFailure::Invalid("wrong answer kind".into()))),
+                Err(f) => (None, Some(f)),
+            };
+            let decision = match (decision, &failure) {
+                (Some(d), _) => d,
+                (None, Some(f)) => {
+                    session.instances[i] = None;
+                    RouteDecision::Defer(format!("plugin {}: {f}", plugin.spec.name))
+                }
+                (None, None) => RouteDecision::Mx,
+            };
+            calls.push(session.record(i, Stage::Route, format!("{decision:?}"), failure, started));
+            // Mx is "no opinion": the next routing plugin may pick something else.
+            if decision != RouteDecision::Mx {
+                return (decision, calls);
+            }
+            session.instances[i] = None;
+        }
+        (RouteDecision::Mx, calls)
+    }
+}
+
+/// What a plugin is asked.
+enum Call<'a> {
+    Connect(&'a wit::Connection),
+    Helo(&'a wit::Connection, &'a str),
+    MailFrom(&'a wit::Connection, &'a wit::Envelope),
+    Rcpt(&'a wit::Connection, &'a wit::Envelope, &'a str),
+    Data(&'a wit::Connection, &'a wit::Envelope, MessageView),
+    Route(&'a wit::Connection, &'a wit::Envelope, &'a str),
+}
+
+/// What a plugin answered, before validation.
+enum Answer {
+    Verdict(wit::Verdict),
+    Rcpt(wit::RcptOutcome),
+    Data(wit::DataOutcome),
+    Route(wit::Route),
+}
+
+/// The plugin instances of one SMTP transaction, created on first use and dropped at its end.
+pub struct ChainSession {
+    pipeline: Arc<Pipeline>,
+    instances: Vec<Option<Instance>>,
+    trace: bool,
+}
+
+fn policy_decision(policy: FailurePolicy) -> Decision {
+    match policy {
+        FailurePolicy::Continue => Decision::Continue,
+        FailurePolicy::Tempfail => Decision::Tempfail(fixed(451, (4, 3, 0), "Temporary local problem, try again later")),
+        FailurePolicy::Reject => Decision::Reject(fixed(550, (5, 7, 1), "Refused by policy")),
+    }
+}
+
+fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
+    let enhanced = EnhancedCode { class: e.0, subject: e.1, detail: e.2 };
+    Reply::new(code, Some(enhanced), text).unwrap_or_else(|_| unreachable!("constant reply is valid"))
+}
+
+impl ChainSession {
+    /// Ends the current transaction: its instances (and any state they kept) are dropped.
+    pub fn end_transaction(&mut self) {
+        for slot in &mut self.instances {
+            *slot = None;
+        }
+    }
+
+    /// The pipeline this session runs (a reload does not change it mid-session).
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Connect stage.
+    pub async fn on_connect(&mut self, conn: &ConnInfo) -> StageOutcome {
+        let conn = wit_conn(conn);
+        self.verdict_stage(Stage::Connect, |_| Call::Connect(&conn)).await
+    }
+
+    /// HELO/EHLO stage.
+    pub async fn on_helo(&mut self, conn: &ConnInfo, helo: &str) -> StageOutcome {
+        let conn = wit_conn(conn);
+        self.verdict_stage(Stage::Helo, |_| Call::Helo(&conn, helo)).await
+    }
+
+    /// MAIL FROM stage.
+    pub async fn on_mail_from(&mut self, conn: &ConnInfo, env: &EnvelopeInfo) -> StageOutcome {
+        let conn = wit_conn(conn);
+        let env = wit_env(env);
+        self.verdict_stage(Stage::MailFrom, |_| Call::MailFrom(&conn, &env)).await
+    }
+
+    async fn verdict_stage<'a>(&mut self, stage: Stage, make: impl Fn(usize) -> Call<'a>) -> StageOutcome {
+        let mut calls = Vec::new();
+        for i in 0..self.pipeline.plugins.len() {
+            if !self.pipeline.plugins[i].wants(stage) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = self.call(i, stage, make(i)).await;
+            let checked = match answer {
+                Ok(Answer::Verdict(v)) => validate::verdict(&v).map_err(CallFailure::Invalid),
+                Ok(_) => Err(CallFailure::Invalid("wrong answer kind".into())),
+                Err(f) => Err(f),
+            };
+            let (decision, failure) = self.settle(i, checked);
+            calls.push(self.record(i, stage, format!("{decision:?}"), failure, started));
+            if decision != Decision::Continue {
+                return StageOutcome { decision, calls };
+            }
+        }
+        StageOutcome { decision: Decision::Continue, calls }
+    }
+
+    /// RCPT TO stage; a rewrite from one plugin is what later plugins see.
+    pub async fn on_rcpt(&mut self, conn: &ConnInfo, env: &EnvelopeInfo, rcpt: &str) -> RcptOutcome {
+        let conn = wit_conn(conn);
+        let wenv = wit_env(env);
+        let mut current = rcpt.to_owned();
+        let mut rewrite = None;
+        let mut calls = Vec::new();
+        for i in 0..self.pipeline.plugins.len() {
+            if !self.pipeline.plugins[i].wants(Stage::Rcpt) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = self.call(i, Stage::Rcpt, Call::Rcpt(&conn, &wenv, &current)).await;
+            let checked = match answer {
+                Ok(Answer::Rcpt(out)) => validate::verdict(&out.verdict).and_then(|d| {
+                    let new = match (&d, &out.rewrite) {
+                        (Decision::Accept | Decision::Continue, Some(addr)) => Some(validate::rewrite(addr, env.smtputf8)?),
+                        _ => None,
+                    };
+                    Ok((d, new))
+                }),
+                Ok(_) => Err("wrong answer kind".to_owned()),
+                Err(f) => Err(f.to_string()),
+            };
+            let (decision, failure) = match checked {
+                Ok((d, new)) => {
+                    if let Some(addr) = new {
+                        current = addr.clone();
+                        rewrite = Some(addr);
+                    }
+                    (d, None)
+                }
+                Err(e) => {
+                    let failure = CallFailure::Invalid(e);
+                    self.instances[i] = None;
+                    (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(failure))
+                }
+            };
+            calls.push(self.record(i, Stage::Rcpt, format!("{decision:?} rewrite {rewrite:?}"), failure, started));
+            if decision != Decision::Continue {
+                return RcptOutcome { decision, rewrite, calls };
+            }
+        }
+        RcptOutcome { decision: Decision::Continue, rewrite, calls }
+    }
+
+    /// DATA stage: the message is lent to each plugin as a resource.
+    pub async fn on_data(&mut self, conn: &ConnInfo, env: &EnvelopeInfo, message: &MessageView) -> DataOutcome {
+        let conn = wit_conn(conn);
+        let env = wit_env(env);
+        let mut out = DataOutcome { decision: Decision::Continue, edits: Vec::new(), quarantine: None, calls: Vec::new() };
+        for i in 0..self.pipeline.plugins.len() {
+            if !self.pipeline.plugins[i].wants(Stage::Data) {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = self.call(i, Stage::Data, Call::Data(&conn, &env, message.clone())).await;
+            let checked = match answer {
+                Ok(Answer::Data(d)) => validate::verdict(&d.verdict).and_then(|decision| {
+                    let edits = validate::edits(&d.edits)?;
+                    let quarantine = d.quarantine.as_deref().map(validate::reason).transpose()?;
+                    Ok((decision, edits, quarantine))
+                }),
+                Ok(_) => Err("wrong answer kind".to_owned()),
+                Err(f) => Err(f.to_string()),
+            };
+            let (decision, failure) = match checked {
+                Ok((decision, edits, quarantine)) => {
+                    out.edits.extend(edits);
+                    if out.quarantine.is_none() {
+                        out.quarantine = quarantine;
+                    }
+                    (decision, None)
+                }
+                Err(e) => {
+                    self.instances[i] = None;
+                    (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(CallFailure::Invalid(e)))
+                }
+            };
+            out.calls.push(self.record(i, Stage::Data, format!("{decision:?}"), failure, started));
+            if decision != Decision::Continue {
+                out.decision = decision;
+                return out;
+            }
+        }
+        out
+    }
+
+    /// Applies the failure policy to a failed or invalid call.
+    fn settle(&mut self, i: usize, checked: Result<Decision, CallFailure>) -> (Decision, Option<CallFailure>) {
+        match checked {
+            Ok(d) => (d, None),
+            Err(f) => {
+                self.instances[i] = None;
+                (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(f))
+            }
+        }
+    }
+
+    fn record(&mut self, i: usize, stage: Stage, outcome: String, failure: Option<CallFailure>, started: Instant) -> PluginCall {
+        let plugin = &self.pipeline.plugins[i].spec.name;
+        let elapsed = started.elapsed();
+        match &failure {
+            Some(f) => tracing::warn!(plugin = %plugin, stage = stage.name(), failure = %f, outcome = %outcome, "plugin call failed"),
+            None => tracing::debug!(plugin = %plugin, stage = stage.name(), us = elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict"),
+        }
+        let host_calls = self.instances[i].as_mut().map(|inst| inst.store.data_mut().take_trace()).unwrap_or_default();
+        PluginCall { plugin: plugin.clone(), stage, outcome, failure, elapsed, host_calls }
+    }
+
+    /// Calls plugin `i`, creating and initialising its instance first if needed. On any
+    /// failure the instance is dropped (a trapped store must never be entered again).
+    async fn call(&mut self, i: usize, stage: Stage, call: Call<'_>) -> Result<Answer, CallFailure> {
+        let plugin = Arc::clone(&self.pipeline.plugins[i]);
+        if self.instances[i].is_none() {
+            let mut instance = plugin.instantiate(&self.pipeline.engine, &self.pipeline.services, self.trace).await?;
+            plugin.init(&mut instance).await.map_err(CallFailure::Trap)?;
+            self.instances[i] = Some(instance);
+        }
+        let Some(instance) = self.instances[i].as_mut() else {
+            return Err(CallFailure::Busy);
+        };
+        plugin.arm(&mut instance.store);
+        let timeout = plugin.spec.timeout;
+        let result = tokio::time::timeout(timeout, invoke(instance, call)).await;
+        let result = match result {
+            Err(_) => Err(CallFailure::Timeout(timeout.as_millis())),
+            Ok(Err(e)) => Err(classify(&e, timeout)),
+            Ok(Ok(answer)) => Ok(answer),
+        };
+        if result.is_err() {
+            tracing::debug!(plugin = %plugin.spec.name, stage = stage.name(), "dropping failed instance");
+            self.instances[i] = None;
+        }
+        result
+    }
+}
+
+fn classify(e: &wasmtime::Error, timeout: Duration) -> CallFailure {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => CallFailure::Timeout(timeout.as_millis()),
+        _ => CallFailure::Trap(format!("{e:#}")),
+    }
+}
+
+async fn invoke(instance: &mut Instance, call: Call<'_>) -> wasmtime::Result<Answer> {
+    let filter = instance.bindings.postrider_plugin_filter();
+    let store = &mut instance.store;
+    Ok(match call {
+        Call::Connect(c) => Answer::Verdict(filter.call_on_connect(&mut *store, c).await?),
+        Call::Helo(c, h) => Answer::Verdict(filter.call_on_helo(&mut *store, c, h).await?),
+        Call::MailFrom(c, e) => Answer::Verdict(filter.call_on_mail_from(&mut *store, c, e).await?),
+        Call::Rcpt(c, e, r) => Answer::Rcpt(filter.call_on_rcpt(&mut *store, c, e, r).await?),
+        Call::Route(c, e, r) => Answer::Route(filter.call_on_route(&mut *store, c, e, r).await?),
+        Call::Data(c, e, view) => {
+            let owned: Resource<MessageView> = store.data_mut().table.push(view)?;
+            let borrow = Resource::<MessageView>::new_borrow(owned.rep());
+            let result = filter.call_on_data(&mut *store, c, e, borrow).await;
+            // Remove the host's entry whether or not the call succeeded.
+            let _ = store.data_mut().table.delete(owned);
+            Answer::Data(result?)
+        }
+    })
+}
+
+fn wit_conn(c: &ConnInfo) -> wit::Connection {
+    wit::Connection {
+        id: c.id.clone(),
+        client_ip: c.client_ip.to_string(),
+        client_port: c.client_port,
+        client_name: c.client_name.clone(),
+        listener: c.listener.clone(),
+        server_ip: c.server_ip.to_string(),
+        server_port: c.server_port,
+        helo: c.helo.clone(),
+        tls: c.tls.as_ref().map(|t| wit::TlsInfo { protocol: t.protocol.clone(), cipher: t.cipher.clone(), sni: t.sni.clone() }),
+        auth_user: c.auth_user.clone(),
+    }
+}
+
+fn wit_env(e: &EnvelopeInfo) -> wit::Envelope {
+    wit::Envelope {
+        queue_id: e.queue_id.clone(),
+        mail_from: e.mail_from.clone(),
+        mail_params: e.mail_params.clone(),
+        recipients: e.recipients.clone(),
+        spf: None,
+    }
+}

@@ -1,0 +1,168 @@
+//! Runs Postrider's WebAssembly filter plugins.
+//!
+//! One [`PluginEngine`] (pooling allocator, epoch deadlines) compiles each plugin once into a
+//! [`LoadedPlugin`] (cached on disk by content hash and engine version); a [`Pipeline`] is the
+//! ordered chain of plugins from the config. Each SMTP transaction gets a [`ChainSession`]
+//! that instantiates every plugin once and reuses that instance across the transaction's
+//! stages; each routing call gets a fresh instance. A trap, a timeout or an answer the host
+//! refuses is contained to that call: the instance is dropped and the plugin's
+//! [`FailurePolicy`] decides.
+
+mod bindings;
+mod chain;
+mod dns;
+mod edits;
+mod engine;
+mod error;
+mod host;
+mod message;
+mod plugin;
+mod state;
+mod validate;
+
+use postrider_smtp::reply::Reply;
+
+pub use chain::{ChainSession, DataOutcome, Pipeline, RcptOutcome, StageOutcome};
+pub use dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns};
+pub use edits::apply_edits;
+pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
+pub use error::{CallFailure, HostError};
+pub use message::MessageView;
+pub use plugin::{FailurePolicy, LoadedPlugin, PluginSpec, Stage};
+pub use state::{HostCall, Services};
+
+/// What the chain decided at a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No plugin objected: the relay's own rules decide.
+    Continue,
+    /// A plugin accepted: later plugins at this stage were not asked.
+    Accept,
+    /// Refuse with this 5xx reply.
+    Reject(Reply),
+    /// Refuse with this 4xx reply.
+    Tempfail(Reply),
+    /// Send this reply (421 or 554) and close the connection.
+    Disconnect(Reply),
+}
+
+/// A header change from the data stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Insert at the top of the header block.
+    Prepend {
+        /// Header name.
+        name: String,
+        /// Header value (one line).
+        value: String,
+    },
+    /// Add at the end of the header block.
+    Append {
+        /// Header name.
+        name: String,
+        /// Header value (one line).
+        value: String,
+    },
+    /// Remove every header of this name.
+    Remove {
+        /// Header name (case-insensitive).
+        name: String,
+    },
+    /// Replace the value of the `index`th (0-based) header of this name.
+    Replace {
+        /// Header name (case-insensitive).
+        name: String,
+        /// Which one.
+        index: u32,
+        /// The new value.
+        value: String,
+    },
+}
+
+/// TLS policy towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Plain text.
+    None,
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// STARTTLS or fail.
+    Require,
+}
+
+/// Where one recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// The recipient domain's MX hosts.
+    Mx,
+    /// A fixed relay host.
+    Relay {
+        /// Host name or IP.
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS policy.
+        tls: TlsPolicy,
+    },
+    /// LMTP to "host:port" or "unix:/path".
+    Lmtp(String),
+    /// Keep in the queue until released.
+    Hold(String),
+    /// Drop without delivery.
+    Discard,
+    /// Bounce with this reply.
+    Bounce(Reply),
+    /// The routing plugin failed: keep the recipient queued and try again later.
+    Defer(String),
+}
+
+/// TLS details of the client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. "TLSv1.3".
+    pub protocol: String,
+    /// e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+}
+
+/// The client connection as plugins see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Unique per connection; also in the relay's logs.
+    pub id: String,
+    /// Client address.
+    pub client_ip: std::net::IpAddr,
+    /// Client port.
+    pub client_port: u16,
+    /// Verified reverse DNS name.
+    pub client_name: Option<String>,
+    /// Listener name.
+    pub listener: String,
+    /// Our address.
+    pub server_ip: std::net::IpAddr,
+    /// Our port.
+    pub server_port: u16,
+    /// HELO/EHLO argument.
+    pub helo: Option<String>,
+    /// TLS, once up.
+    pub tls: Option<TlsInfo>,
+    /// Authenticated user.
+    pub auth_user: Option<String>,
+}
+
+/// The transaction's envelope as plugins see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvelopeInfo {
+    /// Queue id, once spooled.
+    pub queue_id: Option<String>,
+    /// Reverse path; empty for `<>`.
+    pub mail_from: String,
+    /// MAIL FROM parameters, names upper-case.
+    pub mail_params: Vec<(String, Option<String>)>,
+    /// Recipients accepted so far.
+    pub recipients: Vec<String>,
+    /// Whether the transaction has SMTPUTF8 (rewrites may then use UTF-8).
+    pub smtputf8: bool,
+}

@@ -1,0 +1,167 @@
+//! The message a data-stage plugin reads on demand, backed by mail-parser on the host, so a
+//! plugin that reads one header copies nothing else into its memory.
+
+use std::sync::Arc;
+
+use mail_parser::{MessageParser, MimeHeaders};
+
+use crate::bindings::postrider::plugin::message::{Attachment, Authentication};
+use crate::bindings::postrider::plugin::types::AuthResult;
+
+/// The host side of the `message` resource: the raw bytes, shared, plus verification results.
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    raw: Arc<[u8]>,
+    auth: Authentication,
+}
+
+impl MessageView {
+    /// A view of `raw` (the message as received, CRLF line ends).
+    pub fn new(raw: Arc<[u8]>) -> MessageView {
+        MessageView {
+            raw,
+            auth: Authentication { dkim: Vec::new(), dmarc: AuthResult::None, arc: AuthResult::None },
+        }
+    }
+
+    /// Size in octets.
+    pub fn size(&self) -> u64 {
+        self.raw.len() as u64
+    }
+
+    /// Every header, in order, unfolded and RFC 2047-decoded.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let Some(msg) = MessageParser::new().parse_headers(&self.raw[..]) else {
+            return Vec::new();
+        };
+        msg.headers()
+            .iter()
+            .map(|h| {
+                let raw = &self.raw[h.offset_start() as usize..h.offset_end() as usize];
+                (h.name().to_owned(), unfold(raw))
+            })
+            .collect()
+    }
+
+    /// Values of the headers called `name` (case-insensitive), in order.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers()
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// The decoded body text (text/plain, or HTML reduced to text), cut at `max` bytes on a
+    /// character boundary.
+    pub fn text(&self, max: u32) -> String {
+        let Some(msg) = MessageParser::default().parse(&self.raw[..]) else {
+            return String::new();
+        };
+        let text = msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
+        truncate(text, max as usize)
+    }
+
+    /// The attachments: file name, content type, decoded size.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let Some(msg) = MessageParser::default().parse(&self.raw[..]) else {
+            return Vec::new();
+        };
+        msg.attachments()
+            .map(|part| Attachment {
+                name: part.attachment_name().map(str::to_owned),
+                content_type: part
+                    .content_type()
+                    .map(|ct| match ct.subtype() {
+                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                        None => ct.ctype().to_owned(),
+                    })
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                size: part.contents().len() as u64,
+            })
+            .collect()
+    }
+
+    /// At most `len` raw bytes from `offset` (empty past the end).
+    pub fn raw(&self, offset: u64, len: u32) -> Vec<u8> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.raw.len());
+        let end = start.saturating_add(len as usize).min(self.raw.len());
+        self.raw[start..end].to_vec()
+    }
+
+    /// DKIM, DMARC and ARC results (none until the authentication stage fills them in).
+    pub fn authentication(&self) -> Authentication {
+        self.auth.clone()
+    }
+}
+
+/// A raw header value without its folding and surrounding white space, decoded per RFC 2047
+/// where it is an encoded word.
+fn unfold(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let unfolded: String = text.split("\r\n").map(|l| l.trim_end_matches('\n')).collect::<Vec<_>>().join("");
+    let trimmed = unfolded.trim();
+    if trimmed.contains("=?") {
+        // Parsed as an unstructured field (like Subject), which decodes encoded words.
+        let header = format!("Subject: {trimmed}\r\n\r\n");
+        if let Some(msg) = MessageParser::new().parse_headers(header.as_bytes()) {
+            if let Some(value) = msg.subject() {
+                return value.to_owned();
+            }
+        }
+    }
+    trimmed.to_owned()
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nX-Folded: one\r\n two\r\nTo: a@b.test\r\nx-folded: three\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello world\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b--\r\n";
+
+    fn view() -> MessageView {
+        MessageView::new(Arc::from(MSG))
+    }
+
+    #[test]
+    fn headers_in_order_unfolded_and_decoded() {
+        let headers = view().headers();
+        assert_eq!(headers[0], ("Subject".to_owned(), "Grüße".to_owned()));
+        assert_eq!(headers[1], ("X-Folded".to_owned(), "one two".to_owned()));
+        assert_eq!(view().header("X-FOLDED"), ["one two", "three"]);
+        assert!(view().header("Missing").is_empty());
+    }
+
+    #[test]
+    fn body_text_attachments_raw() {
+        let v = view();
+        assert_eq!(v.text(1000).trim(), "hello world");
+        assert_eq!(v.text(5), "hello");
+        let atts = v.attachments();
+        assert_eq!(atts.len(), 1);
+        assert_eq!(atts[0].name.as_deref(), Some("r.pdf"));
+        assert_eq!(atts[0].content_type, "application/pdf");
+        assert_eq!(atts[0].size, 3);
+        assert_eq!(v.raw(0, 8), b"Subject:");
+        assert!(v.raw(10_000, 8).is_empty());
+        assert_eq!(v.raw(u64::MAX, u32::MAX).len(), 0);
+        assert_eq!(v.size(), MSG.len() as u64);
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        let v = MessageView::new(Arc::from(&b"\xff\xfe\r\n\r\n:::"[..]));
+        let _ = (v.headers(), v.text(10), v.attachments());
+    }
+}

@@ -1,0 +1,237 @@
+//! Loading one plugin: read, compile (or reuse the on-disk cache), link, and a canary
+//! instance whose `init` validates the config and names the stages the plugin wants.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use crate::bindings::exports::postrider::plugin::filter::Stages;
+use crate::bindings::{Plugin, PluginPre};
+use crate::engine::{EPOCH_TICK, PluginEngine};
+use crate::error::{CallFailure, HostError};
+use crate::state::{HostState, Services};
+
+/// What the relay does when a plugin call traps, times out or answers something invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// 451 4.3.0: the client retries later (the default: nothing is lost, nothing slips by).
+    #[default]
+    Tempfail,
+    /// Ignore the plugin for this call, as if it answered `continue`.
+    Continue,
+    /// 550 5.7.1: refuse.
+    Reject,
+}
+
+/// A stage of the SMTP transaction a plugin can be called at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Client connected.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    MailFrom,
+    /// Each RCPT TO.
+    Rcpt,
+    /// Message received.
+    Data,
+    /// Routing of a queued recipient.
+    Route,
+}
+
+impl Stage {
+    pub(crate) fn flag(self) -> Stages {
+        match self {
+            Stage::Connect => Stages::CONNECT,
+            Stage::Helo => Stages::HELO,
+            Stage::MailFrom => Stages::MAIL_FROM,
+            Stage::Rcpt => Stages::RCPT,
+            Stage::Data => Stages::DATA,
+            Stage::Route => Stages::ROUTE,
+        }
+    }
+
+    /// Name used in logs and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::MailFrom => "mail-from",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Route => "route",
+        }
+    }
+}
+
+/// One `[[plugin]]` of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// Name in logs; also its kv namespace.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Its config table as JSON text, passed to `init`.
+    pub config_json: String,
+    /// What a failed call means.
+    pub failure_policy: FailurePolicy,
+    /// Deadline of each call.
+    pub timeout: Duration,
+    /// Memory cap of each instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+/// A compiled, validated plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    pub(crate) spec: PluginSpec,
+    pub(crate) pre: PluginPre<HostState>,
+    pub(crate) stages: Stages,
+    pub(crate) namespace: Arc<str>,
+    /// SHA-256 of the component file, hex.
+    pub hash: String,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.spec.name).field("hash", &self.hash).field("stages", &self.stages).finish()
+    }
+}
+
+/// A live instance: its store and bindings; dropped after a failure.
+pub(crate) struct Instance {
+    pub(crate) store: Store<HostState>,
+    pub(crate) bindings: Plugin,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles (through `cache_dir` when given) and canary-initialises a plugin.
+    pub async fn load(engine: &Arc<PluginEngine>, spec: PluginSpec, cache_dir: Option<&Path>, services: &Services) -> Result<LoadedPlugin, HostError> {
+        let bytes = tokio::fs::read(&spec.path).await.map_err(|e| HostError::Read {
+            plugin: spec.name.clone(),
+            path: spec.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let hash = hex(&Sha256::digest(&bytes));
+        let component = {
+            let engine = Arc::clone(engine);
+            let cache = cache_dir.map(|d| d.join(format!("{hash}-{:016x}.cwasm", compat_hash(&engine))));
+            let name = spec.name.clone();
+            tokio::task::spawn_blocking(move || compile(&engine, &bytes, cache.as_deref()))
+                .await
+                .map_err(|e| HostError::Compile { plugin: name.clone(), message: e.to_string() })?
+                .map_err(|message| HostError::Compile { plugin: name, message })?
+        };
+        let instance_pre = engine.linker.instantiate_pre(&component).map_err(|e| HostError::Compile {
+            plugin: spec.name.clone(),
+            message: format!("does not fit the host's interface: {e:#}"),
+        })?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| HostError::Compile {
+            plugin: spec.name.clone(),
+            message: format!("does not export postrider:plugin/filter: {e:#}"),
+        })?;
+        let mut plugin = LoadedPlugin { namespace: Arc::from(spec.name.as_str()), spec, pre, stages: Stages::empty(), hash };
+        let mut canary = plugin.instantiate(engine, services, false).await.map_err(|e| HostError::Init {
+            plugin: plugin.spec.name.clone(),
+            message: e.to_string(),
+        })?;
+        plugin.stages = plugin.init(&mut canary).await.map_err(|message| HostError::Init { plugin: plugin.spec.name.clone(), message })?;
+        Ok(plugin)
+    }
+
+    /// The plugin's config entry.
+    pub fn spec(&self) -> &PluginSpec {
+        &self.spec
+    }
+
+    /// Whether the plugin asked for `stage`.
+    pub fn wants(&self, stage: Stage) -> bool {
+        self.stages.contains(stage.flag())
+    }
+
+    /// A fresh instance with this plugin's limits (not yet initialised).
+    pub(crate) async fn instantiate(&self, engine: &PluginEngine, services: &Services, trace: bool) -> Result<Instance, CallFailure> {
+        let slot = tokio::time::timeout(self.spec.timeout, Arc::clone(&engine.instance_slots).acquire_owned())
+            .await
+            .map_err(|_| CallFailure::Busy)?
+            .map_err(|_| CallFailure::Busy)?;
+        let state = HostState::new(Arc::clone(&self.namespace), services.clone(), self.spec.memory_bytes, trace);
+        let mut store = Store::new(&engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        self.arm(&mut store);
+        let bindings = tokio::time::timeout(self.spec.timeout, self.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| CallFailure::Timeout(self.spec.timeout.as_millis()))?
+            .map_err(|e| CallFailure::Trap(format!("{e:#}")))?;
+        Ok(Instance { store, bindings, _slot: slot })
+    }
+
+    /// Sets the epoch deadline for the next call.
+    pub(crate) fn arm(&self, store: &mut Store<HostState>) {
+        let ticks = (self.spec.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+    }
+
+    /// Calls `init` with the plugin's config in a new instance.
+    pub(crate) async fn init(&self, instance: &mut Instance) -> Result<Stages, String> {
+        self.arm(&mut instance.store);
+        let call = instance.bindings.postrider_plugin_filter().call_init(&mut instance.store, &self.spec.config_json);
+        match tokio::time::timeout(self.spec.timeout, call).await {
+            Err(_) => Err(format!("timed out after {} ms", self.spec.timeout.as_millis())),
+            Ok(Err(trap)) => Err(format!("trap: {trap:#}")),
+            Ok(Ok(Err(message))) => Err(message),
+            Ok(Ok(Ok(stages))) => Ok(stages),
+        }
+    }
+}
+
+/// Compiles a component, reading and writing the artifact cache when given.
+fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<Component, String> {
+    if let Some(path) = cache {
+        if path.exists() {
+            // SAFETY: `path` is in the relay's own cache directory, named by the SHA-256 of
+            // the component and the engine's compatibility hash, and only ever written by
+            // `write_cache` below from wasmtime's own precompile output.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&engine.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled plugin cache"),
+            }
+        }
+    }
+    let component = Component::new(&engine.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    if let Some(path) = cache {
+        if let Err(e) = write_cache(&component, path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write compiled plugin cache");
+        }
+    }
+    Ok(component)
+}
+
+/// Writes the artifact atomically (temp file, then rename), so a half-written file is never read.
+fn write_cache(component: &Component, path: &Path) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn compat_hash(engine: &PluginEngine) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.engine.precompile_compatibility_hash().hash(&mut h);
+    h.finish()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,88 @@
+//! What one plugin instance's store holds: its capabilities (kv namespace, dns, clock), an
+//! empty WASI context (Rust std guests import WASI; they get no files, sockets, env or args),
+//! the resource table and the memory limiter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postrider_kv::{Clock, KvStore};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::dns::Dns;
+
+/// The relay services plugins reach through their imports, shared by every store.
+#[derive(Clone)]
+pub struct Services {
+    /// The kv store (each plugin sees only its own namespace).
+    pub kv: Arc<dyn KvStore>,
+    /// The relay's resolver.
+    pub dns: Arc<dyn Dns>,
+    /// Wall clock for the `clock` import and kv expiry.
+    pub clock: Arc<dyn Clock>,
+    /// Bound on every kv call, so a slow backend cannot hang a session.
+    pub kv_timeout: Duration,
+    /// Bound on every DNS lookup.
+    pub dns_timeout: Duration,
+}
+
+/// One host call a plugin made, kept when tracing (the plugin test harness shows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCall {
+    /// "kv.get", "dns.lookup-ip", "log.info", ...
+    pub call: String,
+    /// The arguments, rendered for people.
+    pub args: String,
+    /// The result, rendered for people.
+    pub result: String,
+    /// How long the host took.
+    pub elapsed: Duration,
+}
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) services: Services,
+    pub(crate) trace: Option<Vec<HostCall>>,
+}
+
+impl HostState {
+    pub(crate) fn new(namespace: Arc<str>, services: Services, memory_bytes: usize, trace: bool) -> HostState {
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .table_elements(100_000)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            namespace,
+            services,
+            trace: trace.then(Vec::new),
+        }
+    }
+
+    /// Records a host call when tracing.
+    pub(crate) fn record(&mut self, call: &str, args: String, result: String, started: Instant) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(HostCall { call: call.to_owned(), args, result, elapsed: started.elapsed() });
+        }
+    }
+
+    pub(crate) fn take_trace(&mut self) -> Vec<HostCall> {
+        self.trace.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
