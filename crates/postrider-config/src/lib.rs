@@ -575,28 +575,56 @@ impl Config {
         }
 
         let settings = raw.plugins;
-        if settings.max_instances == 0 || settings.kv_timeout_ms == 0 || settings.dns_timeout_ms == 0 {
-            return src.invalid(0..0, "plugins", "max_instances and timeouts must be greater than zero");
+        if settings.max_instances == 0
+            || settings.kv_timeout_ms == 0
+            || settings.dns_timeout_ms == 0
+        {
+            return src.invalid(
+                0..0,
+                "plugins",
+                "max_instances and timeouts must be greater than zero",
+            );
         }
         let mut plugins: Vec<PluginConfig> = Vec::new();
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
             let name_span = p.name.span();
             let name = p.name.into_inner();
-            let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !name_ok || plugins.iter().any(|x| x.name == name) {
-                return src.invalid(name_span, &key("name"), "plugin names must be unique and made of letters, digits, '-' and '_'");
+                return src.invalid(
+                    name_span,
+                    &key("name"),
+                    "plugin names must be unique and made of letters, digits, '-' and '_'",
+                );
             }
             if !(1..=60_000).contains(p.timeout_ms.get_ref()) {
-                return src.invalid(p.timeout_ms.span(), &key("timeout_ms"), "must be between 1 and 60000");
+                return src.invalid(
+                    p.timeout_ms.span(),
+                    &key("timeout_ms"),
+                    "must be between 1 and 60000",
+                );
             }
             if !(1..=4096).contains(p.memory_mb.get_ref()) {
-                return src.invalid(p.memory_mb.span(), &key("memory_mb"), "must be between 1 and 4096");
+                return src.invalid(
+                    p.memory_mb.span(),
+                    &key("memory_mb"),
+                    "must be between 1 and 4096",
+                );
             }
             let config_json = match &p.config {
                 Some(table) => match serde_json::to_string(table) {
                     Ok(json) => json,
-                    Err(e) => return src.invalid(name_span, &key("config"), format!("cannot be passed to the plugin: {e}")),
+                    Err(e) => {
+                        return src.invalid(
+                            name_span,
+                            &key("config"),
+                            format!("cannot be passed to the plugin: {e}"),
+                        );
+                    }
                 },
                 None => "{}".to_owned(),
             };
@@ -612,10 +640,18 @@ impl Config {
         let mut nameservers = Vec::new();
         for (i, n) in raw.dns.nameservers.iter().enumerate() {
             let text = n.get_ref().trim();
-            let addr = text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            let addr = text
+                .parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
             match addr {
                 Ok(a) => nameservers.push(a),
-                Err(_) => return src.invalid(n.span(), &format!("dns.nameservers[{i}]"), "not an IP address or IP:port"),
+                Err(_) => {
+                    return src.invalid(
+                        n.span(),
+                        &format!("dns.nameservers[{i}]"),
+                        "not an IP address or IP:port",
+                    );
+                }
             }
         }
 
@@ -774,23 +810,49 @@ mod tests {
         let names: Vec<_> = config.plugins.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(config.plugins[0].path, Path::new("/etc/postrider/a.wasm"));
-        assert_eq!(config.plugins[0].config_json, r#"{"n":3,"zones":["x.test"]}"#);
+        assert_eq!(
+            config.plugins[0].config_json,
+            r#"{"n":3,"zones":["x.test"]}"#
+        );
         assert_eq!(config.plugins[0].failure_policy, FailurePolicy::Tempfail);
-        assert_eq!((config.plugins[1].timeout_ms, config.plugins[1].memory_mb), (50, 8));
+        assert_eq!(
+            (config.plugins[1].timeout_ms, config.plugins[1].memory_mb),
+            (50, 8)
+        );
         assert_eq!(config.plugins[1].failure_policy, FailurePolicy::Continue);
         assert_eq!(config.plugins[1].config_json, "{}");
-        assert_eq!(config.nameservers, ["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()]);
-        assert_eq!(config.plugin_settings.kv_path, Path::new("/etc/postrider/var/kv.redb"));
+        assert_eq!(
+            config.nameservers,
+            [
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            config.plugin_settings.kv_path,
+            Path::new("/etc/postrider/var/kv.redb")
+        );
     }
 
     #[test]
     fn bad_plugin_settings_are_located() {
         let base = format!("{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\n");
-        let err = parse(&format!("{base}timeout_ms = 0\n")).unwrap_err().to_string();
-        assert!(err.starts_with("test.toml:8: key `plugin[0].timeout_ms`"), "{err}");
-        let err = parse(&format!("{base}failure_policy = \"explode\"\n")).unwrap_err().to_string();
+        let err = parse(&format!("{base}timeout_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:8: key `plugin[0].timeout_ms`"),
+            "{err}"
+        );
+        let err = parse(&format!("{base}failure_policy = \"explode\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("test.toml:8:"), "{err}");
-        let err = parse(&format!("{base}[[plugin]]\nname = \"a\"\npath = \"b.wasm\"\n")).unwrap_err().to_string();
+        let err = parse(&format!(
+            "{base}[[plugin]]\nname = \"a\"\npath = \"b.wasm\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("plugin[1].name"), "{err}");
     }
 

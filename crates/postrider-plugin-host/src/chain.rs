@@ -74,8 +74,16 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline of already loaded plugins, in call order.
-    pub fn new(engine: Arc<PluginEngine>, plugins: Vec<Arc<LoadedPlugin>>, services: Services) -> Pipeline {
-        Pipeline { engine, plugins, services }
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        plugins: Vec<Arc<LoadedPlugin>>,
+        services: Services,
+    ) -> Pipeline {
+        Pipeline {
+            engine,
+            plugins,
+            services,
+        }
     }
 
     /// The plugins, in order.
@@ -90,11 +98,21 @@ impl Pipeline {
 
     /// A chain for one SMTP session; `trace` records host calls (for the harness).
     pub fn session(self: &Arc<Self>, trace: bool) -> ChainSession {
-        ChainSession { pipeline: Arc::clone(self), instances: self.plugins.iter().map(|_| None).collect(), trace }
+        ChainSession {
+            pipeline: Arc::clone(self),
+            instances: self.plugins.iter().map(|_| None).collect(),
+            trace,
+        }
     }
 
     /// Routes one recipient of a queued message; each plugin gets a fresh instance.
-    pub async fn route(self: &Arc<Self>, conn: &ConnInfo, env: &EnvelopeInfo, rcpt: &str, trace: bool) -> (RouteDecision, Vec<PluginCall>) {
+    pub async fn route(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        env: &EnvelopeInfo,
+        rcpt: &str,
+        trace: bool,
+    ) -> (RouteDecision, Vec<PluginCall>) {
         let mut session = self.session(trace);
         let conn = wit_conn(conn);
         let env = wit_env(env);
@@ -105,7 +123,9 @@ impl Pipeline {
                 continue;
             }
             let started = Instant::now();
-            let result = session.call(i, Stage::Route, Call::Route(&conn, &env, rcpt)).await;
+            let result = session
+                .call(i, Stage::Route, Call::Route(&conn, &env, rcpt))
+                .await;
             let (decision, failure) = match result {
                 Ok(Answer::Route(r)) => match validate::route(&r) {
                     Ok(d) => (Some(d), None),
@@ -161,14 +181,23 @@ pub struct ChainSession {
 fn policy_decision(policy: FailurePolicy) -> Decision {
     match policy {
         FailurePolicy::Continue => Decision::Continue,
-        FailurePolicy::Tempfail => Decision::Tempfail(fixed(451, (4, 3, 0), "Temporary local problem, try again later")),
+        FailurePolicy::Tempfail => Decision::Tempfail(fixed(
+            451,
+            (4, 3, 0),
+            "Temporary local problem, try again later",
+        )),
         FailurePolicy::Reject => Decision::Reject(fixed(550, (5, 7, 1), "Refused by policy")),
     }
 }
 
 fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    let enhanced = EnhancedCode { class: e.0, subject: e.1, detail: e.2 };
-    Reply::new(code, Some(enhanced), text).unwrap_or_else(|_| unreachable!("constant reply is valid"))
+    let enhanced = EnhancedCode {
+        class: e.0,
+        subject: e.1,
+        detail: e.2,
+    };
+    Reply::new(code, Some(enhanced), text)
+        .unwrap_or_else(|_| unreachable!("constant reply is valid"))
 }
 
 impl ChainSession {
@@ -187,23 +216,30 @@ impl ChainSession {
     /// Connect stage.
     pub async fn on_connect(&mut self, conn: &ConnInfo) -> StageOutcome {
         let conn = wit_conn(conn);
-        self.verdict_stage(Stage::Connect, |_| Call::Connect(&conn)).await
+        self.verdict_stage(Stage::Connect, |_| Call::Connect(&conn))
+            .await
     }
 
     /// HELO/EHLO stage.
     pub async fn on_helo(&mut self, conn: &ConnInfo, helo: &str) -> StageOutcome {
         let conn = wit_conn(conn);
-        self.verdict_stage(Stage::Helo, |_| Call::Helo(&conn, helo)).await
+        self.verdict_stage(Stage::Helo, |_| Call::Helo(&conn, helo))
+            .await
     }
 
     /// MAIL FROM stage.
     pub async fn on_mail_from(&mut self, conn: &ConnInfo, env: &EnvelopeInfo) -> StageOutcome {
         let conn = wit_conn(conn);
         let env = wit_env(env);
-        self.verdict_stage(Stage::MailFrom, |_| Call::MailFrom(&conn, &env)).await
+        self.verdict_stage(Stage::MailFrom, |_| Call::MailFrom(&conn, &env))
+            .await
     }
 
-    async fn verdict_stage<'a>(&mut self, stage: Stage, make: impl Fn(usize) -> Call<'a>) -> StageOutcome {
+    async fn verdict_stage<'a>(
+        &mut self,
+        stage: Stage,
+        make: impl Fn(usize) -> Call<'a>,
+    ) -> StageOutcome {
         let mut calls = Vec::new();
         for i in 0..self.pipeline.plugins.len() {
             if !self.pipeline.plugins[i].wants(stage) {
@@ -222,11 +258,19 @@ impl ChainSession {
                 return StageOutcome { decision, calls };
             }
         }
-        StageOutcome { decision: Decision::Continue, calls }
+        StageOutcome {
+            decision: Decision::Continue,
+            calls,
+        }
     }
 
     /// RCPT TO stage; a rewrite from one plugin is what later plugins see.
-    pub async fn on_rcpt(&mut self, conn: &ConnInfo, env: &EnvelopeInfo, rcpt: &str) -> RcptOutcome {
+    pub async fn on_rcpt(
+        &mut self,
+        conn: &ConnInfo,
+        env: &EnvelopeInfo,
+        rcpt: &str,
+    ) -> RcptOutcome {
         let conn = wit_conn(conn);
         let wenv = wit_env(env);
         let mut current = rcpt.to_owned();
@@ -237,11 +281,15 @@ impl ChainSession {
                 continue;
             }
             let started = Instant::now();
-            let answer = self.call(i, Stage::Rcpt, Call::Rcpt(&conn, &wenv, &current)).await;
+            let answer = self
+                .call(i, Stage::Rcpt, Call::Rcpt(&conn, &wenv, &current))
+                .await;
             let checked = match answer {
                 Ok(Answer::Rcpt(out)) => validate::verdict(&out.verdict).and_then(|d| {
                     let new = match (&d, &out.rewrite) {
-                        (Decision::Accept | Decision::Continue, Some(addr)) => Some(validate::rewrite(addr, env.smtputf8)?),
+                        (Decision::Accept | Decision::Continue, Some(addr)) => {
+                            Some(validate::rewrite(addr, env.smtputf8)?)
+                        }
                         _ => None,
                     };
                     Ok((d, new))
@@ -260,28 +308,57 @@ impl ChainSession {
                 Err(e) => {
                     let failure = CallFailure::Invalid(e);
                     self.instances[i] = None;
-                    (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(failure))
+                    (
+                        policy_decision(self.pipeline.plugins[i].spec.failure_policy),
+                        Some(failure),
+                    )
                 }
             };
-            calls.push(self.record(i, Stage::Rcpt, format!("{decision:?} rewrite {rewrite:?}"), failure, started));
+            calls.push(self.record(
+                i,
+                Stage::Rcpt,
+                format!("{decision:?} rewrite {rewrite:?}"),
+                failure,
+                started,
+            ));
             if decision != Decision::Continue {
-                return RcptOutcome { decision, rewrite, calls };
+                return RcptOutcome {
+                    decision,
+                    rewrite,
+                    calls,
+                };
             }
         }
-        RcptOutcome { decision: Decision::Continue, rewrite, calls }
+        RcptOutcome {
+            decision: Decision::Continue,
+            rewrite,
+            calls,
+        }
     }
 
     /// DATA stage: the message is lent to each plugin as a resource.
-    pub async fn on_data(&mut self, conn: &ConnInfo, env: &EnvelopeInfo, message: &MessageView) -> DataOutcome {
+    pub async fn on_data(
+        &mut self,
+        conn: &ConnInfo,
+        env: &EnvelopeInfo,
+        message: &MessageView,
+    ) -> DataOutcome {
         let conn = wit_conn(conn);
         let env = wit_env(env);
-        let mut out = DataOutcome { decision: Decision::Continue, edits: Vec::new(), quarantine: None, calls: Vec::new() };
+        let mut out = DataOutcome {
+            decision: Decision::Continue,
+            edits: Vec::new(),
+            quarantine: None,
+            calls: Vec::new(),
+        };
         for i in 0..self.pipeline.plugins.len() {
             if !self.pipeline.plugins[i].wants(Stage::Data) {
                 continue;
             }
             let started = Instant::now();
-            let answer = self.call(i, Stage::Data, Call::Data(&conn, &env, message.clone())).await;
+            let answer = self
+                .call(i, Stage::Data, Call::Data(&conn, &env, message.clone()))
+                .await;
             let checked = match answer {
                 Ok(Answer::Data(d)) => validate::verdict(&d.verdict).and_then(|decision| {
                     let edits = validate::edits(&d.edits)?;
@@ -301,10 +378,14 @@ impl ChainSession {
                 }
                 Err(e) => {
                     self.instances[i] = None;
-                    (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(CallFailure::Invalid(e)))
+                    (
+                        policy_decision(self.pipeline.plugins[i].spec.failure_policy),
+                        Some(CallFailure::Invalid(e)),
+                    )
                 }
             };
-            out.calls.push(self.record(i, Stage::Data, format!("{decision:?}"), failure, started));
+            out.calls
+                .push(self.record(i, Stage::Data, format!("{decision:?}"), failure, started));
             if decision != Decision::Continue {
                 out.decision = decision;
                 return out;
@@ -314,34 +395,72 @@ impl ChainSession {
     }
 
     /// Applies the failure policy to a failed or invalid call.
-    fn settle(&mut self, i: usize, checked: Result<Decision, CallFailure>) -> (Decision, Option<CallFailure>) {
+    fn settle(
+        &mut self,
+        i: usize,
+        checked: Result<Decision, CallFailure>,
+    ) -> (Decision, Option<CallFailure>) {
         match checked {
             Ok(d) => (d, None),
             Err(f) => {
                 self.instances[i] = None;
-                (policy_decision(self.pipeline.plugins[i].spec.failure_policy), Some(f))
+                (
+                    policy_decision(self.pipeline.plugins[i].spec.failure_policy),
+                    Some(f),
+                )
             }
         }
     }
 
-    fn record(&mut self, i: usize, stage: Stage, outcome: String, failure: Option<CallFailure>, started: Instant) -> PluginCall {
+    fn record(
+        &mut self,
+        i: usize,
+        stage: Stage,
+        outcome: String,
+        failure: Option<CallFailure>,
+        started: Instant,
+    ) -> PluginCall {
         let plugin = &self.pipeline.plugins[i].spec.name;
         let elapsed = started.elapsed();
         match &failure {
-            Some(f) => tracing::warn!(plugin = %plugin, stage = stage.name(), failure = %f, outcome = %outcome, "plugin call failed"),
-            None => tracing::debug!(plugin = %plugin, stage = stage.name(), us = elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict"),
+            Some(f) => {
+                tracing::warn!(plugin = %plugin, stage = stage.name(), failure = %f, outcome = %outcome, "plugin call failed")
+            }
+            None => {
+                tracing::debug!(plugin = %plugin, stage = stage.name(), us = elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict")
+            }
         }
-        let host_calls = self.instances[i].as_mut().map(|inst| inst.store.data_mut().take_trace()).unwrap_or_default();
-        PluginCall { plugin: plugin.clone(), stage, outcome, failure, elapsed, host_calls }
+        let host_calls = self.instances[i]
+            .as_mut()
+            .map(|inst| inst.store.data_mut().take_trace())
+            .unwrap_or_default();
+        PluginCall {
+            plugin: plugin.clone(),
+            stage,
+            outcome,
+            failure,
+            elapsed,
+            host_calls,
+        }
     }
 
     /// Calls plugin `i`, creating and initialising its instance first if needed. On any
     /// failure the instance is dropped (a trapped store must never be entered again).
-    async fn call(&mut self, i: usize, stage: Stage, call: Call<'_>) -> Result<Answer, CallFailure> {
+    async fn call(
+        &mut self,
+        i: usize,
+        stage: Stage,
+        call: Call<'_>,
+    ) -> Result<Answer, CallFailure> {
         let plugin = Arc::clone(&self.pipeline.plugins[i]);
         if self.instances[i].is_none() {
-            let mut instance = plugin.instantiate(&self.pipeline.engine, &self.pipeline.services, self.trace).await?;
-            plugin.init(&mut instance).await.map_err(CallFailure::Trap)?;
+            let mut instance = plugin
+                .instantiate(&self.pipeline.engine, &self.pipeline.services, self.trace)
+                .await?;
+            plugin
+                .init(&mut instance)
+                .await
+                .map_err(CallFailure::Trap)?;
             self.instances[i] = Some(instance);
         }
         let Some(instance) = self.instances[i].as_mut() else {
@@ -400,7 +519,11 @@ fn wit_conn(c: &ConnInfo) -> wit::Connection {
         server_ip: c.server_ip.to_string(),
         server_port: c.server_port,
         helo: c.helo.clone(),
-        tls: c.tls.as_ref().map(|t| wit::TlsInfo { protocol: t.protocol.clone(), cipher: t.cipher.clone(), sni: t.sni.clone() }),
+        tls: c.tls.as_ref().map(|t| wit::TlsInfo {
+            protocol: t.protocol.clone(),
+            cipher: t.cipher.clone(),
+            sni: t.sni.clone(),
+        }),
         auth_user: c.auth_user.clone(),
     }
 }

@@ -60,14 +60,21 @@ impl HickoryDns {
         use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
         let mut group = NameServerConfigGroup::new();
         for s in servers {
-            group.merge(NameServerConfigGroup::from_ips_clear(&[s.ip()], s.port(), true));
+            group.merge(NameServerConfigGroup::from_ips_clear(
+                &[s.ip()],
+                s.port(),
+                true,
+            ));
         }
         let config = ResolverConfig::from_parts(None, Vec::new(), group);
         let mut opts = ResolverOpts::default();
         opts.attempts = 1;
-        let resolver = hickory_resolver::Resolver::builder_with_config(config, hickory_resolver::name_server::TokioConnectionProvider::default())
-            .with_options(opts)
-            .build();
+        let resolver = hickory_resolver::Resolver::builder_with_config(
+            config,
+            hickory_resolver::name_server::TokioConnectionProvider::default(),
+        )
+        .with_options(opts)
+        .build();
         HickoryDns { resolver }
     }
 }
@@ -76,7 +83,11 @@ fn map_err(e: hickory_resolver::ResolveError) -> DnsError {
     if let ResolveErrorKind::Proto(proto) = e.kind() {
         match proto.kind() {
             ProtoErrorKind::NoRecordsFound { response_code, .. } => {
-                return if *response_code == ResponseCode::NXDomain { DnsError::NxDomain } else { DnsError::NoData };
+                return if *response_code == ResponseCode::NXDomain {
+                    DnsError::NxDomain
+                } else {
+                    DnsError::NoData
+                };
             }
             ProtoErrorKind::Timeout => return DnsError::Timeout,
             _ => {}
@@ -87,13 +98,24 @@ fn map_err(e: hickory_resolver::ResolveError) -> DnsError {
 
 impl Dns for HickoryDns {
     fn lookup_ip<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Vec<IpAddr>> {
-        Box::pin(async move { Ok(self.resolver.lookup_ip(name).await.map_err(map_err)?.iter().collect()) })
+        Box::pin(async move {
+            Ok(self
+                .resolver
+                .lookup_ip(name)
+                .await
+                .map_err(map_err)?
+                .iter()
+                .collect())
+        })
     }
 
     fn lookup_mx<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Vec<(u16, String)>> {
         Box::pin(async move {
             let mx = self.resolver.mx_lookup(name).await.map_err(map_err)?;
-            Ok(mx.iter().map(|m| (m.preference(), m.exchange().to_utf8())).collect())
+            Ok(mx
+                .iter()
+                .map(|m| (m.preference(), m.exchange().to_utf8()))
+                .collect())
         })
     }
 
@@ -102,7 +124,11 @@ impl Dns for HickoryDns {
             let txt = self.resolver.txt_lookup(name).await.map_err(map_err)?;
             Ok(txt
                 .iter()
-                .map(|t| t.iter().map(|part| String::from_utf8_lossy(part)).collect::<String>())
+                .map(|t| {
+                    t.iter()
+                        .map(|part| String::from_utf8_lossy(part))
+                        .collect::<String>()
+                })
                 .collect())
         })
     }

@@ -26,7 +26,11 @@ pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
             HeaderEdit::Append { name, value } => fields.push(field(name, value)),
             HeaderEdit::Remove { name } => fields.retain(|f| !f.name.eq_ignore_ascii_case(name)),
             HeaderEdit::Replace { name, index, value } => {
-                if let Some(f) = fields.iter_mut().filter(|f| f.name.eq_ignore_ascii_case(name)).nth(*index as usize) {
+                if let Some(f) = fields
+                    .iter_mut()
+                    .filter(|f| f.name.eq_ignore_ascii_case(name))
+                    .nth(*index as usize)
+                {
                     let name = f.name;
                     f.raw = format!("{name}: {value}\r\n").into_bytes();
                 }
@@ -42,7 +46,10 @@ pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
 }
 
 fn field<'a>(name: &'a str, value: &str) -> Field<'a> {
-    Field { name, raw: format!("{name}: {value}\r\n").into_bytes() }
+    Field {
+        name,
+        raw: format!("{name}: {value}\r\n").into_bytes(),
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -65,7 +72,10 @@ fn split_fields(head: &[u8]) -> Vec<Field<'_>> {
                     .position(|&b| b == b':')
                     .and_then(|i| std::str::from_utf8(&line[..i]).ok())
                     .map_or("", str::trim);
-                fields.push(Field { name, raw: line.to_vec() });
+                fields.push(Field {
+                    name,
+                    raw: line.to_vec(),
+                });
             }
         }
     }
@@ -85,26 +95,58 @@ mod tests {
     #[test]
     fn prepend_append_remove_replace() {
         let out = apply(&[
-            HeaderEdit::Prepend { name: "X-First".into(), value: "1".into() },
-            HeaderEdit::Append { name: "X-Last".into(), value: "2".into() },
-            HeaderEdit::Remove { name: "x-SPAM".into() },
-            HeaderEdit::Replace { name: "subject".into(), index: 0, value: "changed".into() },
+            HeaderEdit::Prepend {
+                name: "X-First".into(),
+                value: "1".into(),
+            },
+            HeaderEdit::Append {
+                name: "X-Last".into(),
+                value: "2".into(),
+            },
+            HeaderEdit::Remove {
+                name: "x-SPAM".into(),
+            },
+            HeaderEdit::Replace {
+                name: "subject".into(),
+                index: 0,
+                value: "changed".into(),
+            },
         ]);
-        assert_eq!(out, "X-First: 1\r\nReceived: from a\r\n\tby b\r\nSubject: changed\r\nX-Last: 2\r\n\r\nbody\r\nX-Spam: not a header\r\n");
+        assert_eq!(
+            out,
+            "X-First: 1\r\nReceived: from a\r\n\tby b\r\nSubject: changed\r\nX-Last: 2\r\n\r\nbody\r\nX-Spam: not a header\r\n"
+        );
     }
 
     #[test]
     fn replace_out_of_range_changes_nothing() {
-        let out = apply(&[HeaderEdit::Replace { name: "X-Spam".into(), index: 5, value: "v".into() }]);
+        let out = apply(&[HeaderEdit::Replace {
+            name: "X-Spam".into(),
+            index: 5,
+            value: "v".into(),
+        }]);
         assert_eq!(out.as_bytes(), MSG);
-        let out = apply(&[HeaderEdit::Replace { name: "X-Spam".into(), index: 1, value: "v".into() }]);
+        let out = apply(&[HeaderEdit::Replace {
+            name: "X-Spam".into(),
+            index: 1,
+            value: "v".into(),
+        }]);
         assert!(out.contains("X-Spam: yes\r\nx-spam: v\r\n\r\n"), "{out}");
     }
 
     #[test]
     fn message_without_body_or_headers() {
-        let edits = [HeaderEdit::Append { name: "X-A".into(), value: "1".into() }];
-        assert_eq!(apply_edits(b"Subject: x\r\n", &edits), b"Subject: x\r\nX-A: 1\r\n");
-        assert_eq!(apply_edits(b"\r\nbody\r\n", &edits), b"X-A: 1\r\n\r\nbody\r\n");
+        let edits = [HeaderEdit::Append {
+            name: "X-A".into(),
+            value: "1".into(),
+        }];
+        assert_eq!(
+            apply_edits(b"Subject: x\r\n", &edits),
+            b"Subject: x\r\nX-A: 1\r\n"
+        );
+        assert_eq!(
+            apply_edits(b"\r\nbody\r\n", &edits),
+            b"X-A: 1\r\n\r\nbody\r\n"
+        );
     }
 }

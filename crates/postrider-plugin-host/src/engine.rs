@@ -26,7 +26,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_instances: 1000, max_memory_bytes: 64 << 20 }
+        EngineOptions {
+            max_instances: 1000,
+            max_memory_bytes: 64 << 20,
+        }
     }
 }
 
@@ -59,7 +62,8 @@ impl PluginEngine {
         let engine = Engine::new(&config).map_err(HostError::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(HostError::engine)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(HostError::engine)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(HostError::engine)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.weak();

@@ -23,7 +23,10 @@ impl types::Host for HostState {}
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let started = Instant::now();
-        let mut text: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let mut text: String = message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         if text.len() > MAX_LOG_LEN {
             let mut cut = MAX_LOG_LEN;
             while !text.is_char_boundary(cut) {
@@ -39,7 +42,12 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(plugin, "{text}"),
             log::Level::Error => tracing::error!(plugin, "{text}"),
         }
-        self.record(&format!("log.{level:?}").to_lowercase(), text, String::new(), started);
+        self.record(
+            &format!("log.{level:?}").to_lowercase(),
+            text,
+            String::new(),
+            started,
+        );
         Ok(())
     }
 }
@@ -52,10 +60,16 @@ fn kv_err(e: postrider_kv::KvError) -> kv::KvError {
 }
 
 /// Runs a kv operation with the configured timeout.
-async fn bounded<T>(limit: Duration, op: impl Future<Output = Result<T, postrider_kv::KvError>>) -> Result<T, kv::KvError> {
+async fn bounded<T>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, postrider_kv::KvError>>,
+) -> Result<T, kv::KvError> {
     match tokio::time::timeout(limit, op).await {
         Ok(r) => r.map_err(kv_err),
-        Err(_) => Err(kv::KvError::Unavailable(format!("no answer within {} ms", limit.as_millis()))),
+        Err(_) => Err(kv::KvError::Unavailable(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 
@@ -68,24 +82,54 @@ impl kv::Host for HostState {
         let started = Instant::now();
         let s = self.services.clone();
         let r = bounded(s.kv_timeout, s.kv.get(&self.namespace, &key)).await;
-        self.record("kv.get", key, format!("{:?}", r.as_ref().map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))), started);
+        self.record(
+            "kv.get",
+            key,
+            format!(
+                "{:?}",
+                r.as_ref()
+                    .map(|v| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+            ),
+            started,
+        );
         Ok(r)
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: Option<u32>) -> wasmtime::Result<Result<(), kv::KvError>> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<(), kv::KvError>> {
         let started = Instant::now();
         let s = self.services.clone();
-        let args = format!("{key} = {:?} ttl {ttl_seconds:?}", String::from_utf8_lossy(&value));
-        let r = bounded(s.kv_timeout, s.kv.set(&self.namespace, &key, value, ttl(ttl_seconds))).await;
+        let args = format!(
+            "{key} = {:?} ttl {ttl_seconds:?}",
+            String::from_utf8_lossy(&value)
+        );
+        let r = bounded(
+            s.kv_timeout,
+            s.kv.set(&self.namespace, &key, value, ttl(ttl_seconds)),
+        )
+        .await;
         self.record("kv.set", args, format!("{r:?}"), started);
         Ok(r)
     }
 
-    async fn incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> wasmtime::Result<Result<i64, kv::KvError>> {
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_seconds: Option<u32>,
+    ) -> wasmtime::Result<Result<i64, kv::KvError>> {
         let started = Instant::now();
         let s = self.services.clone();
         let args = format!("{key} += {delta} ttl {ttl_seconds:?}");
-        let r = bounded(s.kv_timeout, s.kv.incr(&self.namespace, &key, delta, ttl(ttl_seconds))).await;
+        let r = bounded(
+            s.kv_timeout,
+            s.kv.incr(&self.namespace, &key, delta, ttl(ttl_seconds)),
+        )
+        .await;
         self.record("kv.incr", args, format!("{r:?}"), started);
         Ok(r)
     }
@@ -109,7 +153,10 @@ fn dns_err(e: crate::dns::DnsError) -> dns::DnsError {
 }
 
 /// Runs a lookup with the configured timeout.
-async fn lookup<T>(limit: Duration, op: impl Future<Output = Result<T, crate::dns::DnsError>>) -> Result<T, dns::DnsError> {
+async fn lookup<T>(
+    limit: Duration,
+    op: impl Future<Output = Result<T, crate::dns::DnsError>>,
+) -> Result<T, dns::DnsError> {
     match tokio::time::timeout(limit, op).await {
         Ok(r) => r.map_err(dns_err),
         Err(_) => Err(dns::DnsError::Timeout),
@@ -117,15 +164,23 @@ async fn lookup<T>(limit: Duration, op: impl Future<Output = Result<T, crate::dn
 }
 
 impl dns::Host for HostState {
-    async fn lookup_ip(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+    async fn lookup_ip(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         let started = Instant::now();
         let s = self.services.clone();
-        let r = lookup(s.dns_timeout, s.dns.lookup_ip(&name)).await.map(|ips| ips.iter().map(IpAddr::to_string).collect::<Vec<_>>());
+        let r = lookup(s.dns_timeout, s.dns.lookup_ip(&name))
+            .await
+            .map(|ips| ips.iter().map(IpAddr::to_string).collect::<Vec<_>>());
         self.record("dns.lookup-ip", name, format!("{r:?}"), started);
         Ok(r)
     }
 
-    async fn lookup_mx(&mut self, name: String) -> wasmtime::Result<Result<Vec<(u16, String)>, dns::DnsError>> {
+    async fn lookup_mx(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Vec<(u16, String)>, dns::DnsError>> {
         let started = Instant::now();
         let s = self.services.clone();
         let r = lookup(s.dns_timeout, s.dns.lookup_mx(&name)).await;
@@ -133,7 +188,10 @@ impl dns::Host for HostState {
         Ok(r)
     }
 
-    async fn lookup_txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+    async fn lookup_txt(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         let started = Instant::now();
         let s = self.services.clone();
         let r = lookup(s.dns_timeout, s.dns.lookup_txt(&name)).await;
@@ -141,7 +199,10 @@ impl dns::Host for HostState {
         Ok(r)
     }
 
-    async fn lookup_ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
+    async fn lookup_ptr(
+        &mut self,
+        ip: String,
+    ) -> wasmtime::Result<Result<Vec<String>, dns::DnsError>> {
         let started = Instant::now();
         let r = match ip.parse::<IpAddr>() {
             Ok(addr) => {
@@ -168,27 +229,49 @@ impl message::HostMessage for HostState {
         Ok(self.table.get(&msg)?.size())
     }
 
-    async fn headers(&mut self, msg: Resource<MessageView>) -> wasmtime::Result<Vec<(String, String)>> {
+    async fn headers(
+        &mut self,
+        msg: Resource<MessageView>,
+    ) -> wasmtime::Result<Vec<(String, String)>> {
         Ok(self.table.get(&msg)?.headers())
     }
 
-    async fn header(&mut self, msg: Resource<MessageView>, name: String) -> wasmtime::Result<Vec<String>> {
+    async fn header(
+        &mut self,
+        msg: Resource<MessageView>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&msg)?.header(&name))
     }
 
-    async fn text(&mut self, msg: Resource<MessageView>, max_bytes: u32) -> wasmtime::Result<String> {
+    async fn text(
+        &mut self,
+        msg: Resource<MessageView>,
+        max_bytes: u32,
+    ) -> wasmtime::Result<String> {
         Ok(self.table.get(&msg)?.text(max_bytes.min(MAX_TEXT)))
     }
 
-    async fn attachments(&mut self, msg: Resource<MessageView>) -> wasmtime::Result<Vec<message::Attachment>> {
+    async fn attachments(
+        &mut self,
+        msg: Resource<MessageView>,
+    ) -> wasmtime::Result<Vec<message::Attachment>> {
         Ok(self.table.get(&msg)?.attachments())
     }
 
-    async fn raw(&mut self, msg: Resource<MessageView>, offset: u64, len: u32) -> wasmtime::Result<Vec<u8>> {
+    async fn raw(
+        &mut self,
+        msg: Resource<MessageView>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
         Ok(self.table.get(&msg)?.raw(offset, len.min(MAX_RAW_CHUNK)))
     }
 
-    async fn authentication(&mut self, msg: Resource<MessageView>) -> wasmtime::Result<message::Authentication> {
+    async fn authentication(
+        &mut self,
+        msg: Resource<MessageView>,
+    ) -> wasmtime::Result<message::Authentication> {
         Ok(self.table.get(&msg)?.authentication())
     }
 

@@ -20,7 +20,11 @@ impl MessageView {
     pub fn new(raw: Arc<[u8]>) -> MessageView {
         MessageView {
             raw,
-            auth: Authentication { dkim: Vec::new(), dmarc: AuthResult::None, arc: AuthResult::None },
+            auth: Authentication {
+                dkim: Vec::new(),
+                dmarc: AuthResult::None,
+                arc: AuthResult::None,
+            },
         }
     }
 
@@ -84,7 +88,9 @@ impl MessageView {
 
     /// At most `len` raw bytes from `offset` (empty past the end).
     pub fn raw(&self, offset: u64, len: u32) -> Vec<u8> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.raw.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.raw.len());
         let end = start.saturating_add(len as usize).min(self.raw.len());
         self.raw[start..end].to_vec()
     }
@@ -99,7 +105,11 @@ impl MessageView {
 /// where it is an encoded word.
 fn unfold(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
-    let unfolded: String = text.split("\r\n").map(|l| l.trim_end_matches('\n')).collect::<Vec<_>>().join("");
+    let unfolded: String = text
+        .split("\r\n")
+        .map(|l| l.trim_end_matches('\n'))
+        .collect::<Vec<_>>()
+        .join("");
     let trimmed = unfolded.trim();
     if trimmed.contains("=?") {
         // Parsed as an unstructured field (like Subject), which decodes encoded words.

@@ -98,7 +98,11 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.spec.name).field("hash", &self.hash).field("stages", &self.stages).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.spec.name)
+            .field("hash", &self.hash)
+            .field("stages", &self.stages)
+            .finish()
     }
 }
 
@@ -111,36 +115,69 @@ pub(crate) struct Instance {
 
 impl LoadedPlugin {
     /// Reads, compiles (through `cache_dir` when given) and canary-initialises a plugin.
-    pub async fn load(engine: &Arc<PluginEngine>, spec: PluginSpec, cache_dir: Option<&Path>, services: &Services) -> Result<LoadedPlugin, HostError> {
-        let bytes = tokio::fs::read(&spec.path).await.map_err(|e| HostError::Read {
-            plugin: spec.name.clone(),
-            path: spec.path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    pub async fn load(
+        engine: &Arc<PluginEngine>,
+        spec: PluginSpec,
+        cache_dir: Option<&Path>,
+        services: &Services,
+    ) -> Result<LoadedPlugin, HostError> {
+        let bytes = tokio::fs::read(&spec.path)
+            .await
+            .map_err(|e| HostError::Read {
+                plugin: spec.name.clone(),
+                path: spec.path.display().to_string(),
+                message: e.to_string(),
+            })?;
         let hash = hex(&Sha256::digest(&bytes));
         let component = {
             let engine = Arc::clone(engine);
-            let cache = cache_dir.map(|d| d.join(format!("{hash}-{:016x}.cwasm", compat_hash(&engine))));
+            let cache =
+                cache_dir.map(|d| d.join(format!("{hash}-{:016x}.cwasm", compat_hash(&engine))));
             let name = spec.name.clone();
             tokio::task::spawn_blocking(move || compile(&engine, &bytes, cache.as_deref()))
                 .await
-                .map_err(|e| HostError::Compile { plugin: name.clone(), message: e.to_string() })?
-                .map_err(|message| HostError::Compile { plugin: name, message })?
+                .map_err(|e| HostError::Compile {
+                    plugin: name.clone(),
+                    message: e.to_string(),
+                })?
+                .map_err(|message| HostError::Compile {
+                    plugin: name,
+                    message,
+                })?
         };
-        let instance_pre = engine.linker.instantiate_pre(&component).map_err(|e| HostError::Compile {
-            plugin: spec.name.clone(),
-            message: format!("does not fit the host's interface: {e:#}"),
-        })?;
+        let instance_pre =
+            engine
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| HostError::Compile {
+                    plugin: spec.name.clone(),
+                    message: format!("does not fit the host's interface: {e:#}"),
+                })?;
         let pre = PluginPre::new(instance_pre).map_err(|e| HostError::Compile {
             plugin: spec.name.clone(),
             message: format!("does not export postrider:plugin/filter: {e:#}"),
         })?;
-        let mut plugin = LoadedPlugin { namespace: Arc::from(spec.name.as_str()), spec, pre, stages: Stages::empty(), hash };
-        let mut canary = plugin.instantiate(engine, services, false).await.map_err(|e| HostError::Init {
-            plugin: plugin.spec.name.clone(),
-            message: e.to_string(),
-        })?;
-        plugin.stages = plugin.init(&mut canary).await.map_err(|message| HostError::Init { plugin: plugin.spec.name.clone(), message })?;
+        let mut plugin = LoadedPlugin {
+            namespace: Arc::from(spec.name.as_str()),
+            spec,
+            pre,
+            stages: Stages::empty(),
+            hash,
+        };
+        let mut canary = plugin
+            .instantiate(engine, services, false)
+            .await
+            .map_err(|e| HostError::Init {
+                plugin: plugin.spec.name.clone(),
+                message: e.to_string(),
+            })?;
+        plugin.stages = plugin
+            .init(&mut canary)
+            .await
+            .map_err(|message| HostError::Init {
+                plugin: plugin.spec.name.clone(),
+                message,
+            })?;
         Ok(plugin)
     }
 
@@ -155,20 +192,38 @@ impl LoadedPlugin {
     }
 
     /// A fresh instance with this plugin's limits (not yet initialised).
-    pub(crate) async fn instantiate(&self, engine: &PluginEngine, services: &Services, trace: bool) -> Result<Instance, CallFailure> {
-        let slot = tokio::time::timeout(self.spec.timeout, Arc::clone(&engine.instance_slots).acquire_owned())
-            .await
-            .map_err(|_| CallFailure::Busy)?
-            .map_err(|_| CallFailure::Busy)?;
-        let state = HostState::new(Arc::clone(&self.namespace), services.clone(), self.spec.memory_bytes, trace);
+    pub(crate) async fn instantiate(
+        &self,
+        engine: &PluginEngine,
+        services: &Services,
+        trace: bool,
+    ) -> Result<Instance, CallFailure> {
+        let slot = tokio::time::timeout(
+            self.spec.timeout,
+            Arc::clone(&engine.instance_slots).acquire_owned(),
+        )
+        .await
+        .map_err(|_| CallFailure::Busy)?
+        .map_err(|_| CallFailure::Busy)?;
+        let state = HostState::new(
+            Arc::clone(&self.namespace),
+            services.clone(),
+            self.spec.memory_bytes,
+            trace,
+        );
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|s| &mut s.limits);
         self.arm(&mut store);
-        let bindings = tokio::time::timeout(self.spec.timeout, self.pre.instantiate_async(&mut store))
-            .await
-            .map_err(|_| CallFailure::Timeout(self.spec.timeout.as_millis()))?
-            .map_err(|e| CallFailure::Trap(format!("{e:#}")))?;
-        Ok(Instance { store, bindings, _slot: slot })
+        let bindings =
+            tokio::time::timeout(self.spec.timeout, self.pre.instantiate_async(&mut store))
+                .await
+                .map_err(|_| CallFailure::Timeout(self.spec.timeout.as_millis()))?
+                .map_err(|e| CallFailure::Trap(format!("{e:#}")))?;
+        Ok(Instance {
+            store,
+            bindings,
+            _slot: slot,
+        })
     }
 
     /// Sets the epoch deadline for the next call.
@@ -181,9 +236,15 @@ impl LoadedPlugin {
     /// Calls `init` with the plugin's config in a new instance.
     pub(crate) async fn init(&self, instance: &mut Instance) -> Result<Stages, String> {
         self.arm(&mut instance.store);
-        let call = instance.bindings.postrider_plugin_filter().call_init(&mut instance.store, &self.spec.config_json);
+        let call = instance
+            .bindings
+            .postrider_plugin_filter()
+            .call_init(&mut instance.store, &self.spec.config_json);
         match tokio::time::timeout(self.spec.timeout, call).await {
-            Err(_) => Err(format!("timed out after {} ms", self.spec.timeout.as_millis())),
+            Err(_) => Err(format!(
+                "timed out after {} ms",
+                self.spec.timeout.as_millis()
+            )),
             Ok(Err(trap)) => Err(format!("trap: {trap:#}")),
             Ok(Ok(Err(message))) => Err(message),
             Ok(Ok(Ok(stages))) => Ok(stages),
@@ -201,11 +262,14 @@ fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&engine.engine, path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled plugin cache"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled plugin cache")
+                }
             }
         }
     }
-    let component = Component::new(&engine.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    let component = Component::new(&engine.engine, bytes)
+        .map_err(|e| format!("not a valid component: {e:#}"))?;
     if let Some(path) = cache {
         if let Err(e) = write_cache(&component, path) {
             tracing::warn!(path = %path.display(), error = %e, "could not write compiled plugin cache");

@@ -51,7 +51,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(namespace: Arc<str>, services: Services, memory_bytes: usize, trace: bool) -> HostState {
+    pub(crate) fn new(
+        namespace: Arc<str>,
+        services: Services,
+        memory_bytes: usize,
+        trace: bool,
+    ) -> HostState {
         HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -72,7 +77,12 @@ impl HostState {
     /// Records a host call when tracing.
     pub(crate) fn record(&mut self, call: &str, args: String, result: String, started: Instant) {
         if let Some(trace) = &mut self.trace {
-            trace.push(HostCall { call: call.to_owned(), args, result, elapsed: started.elapsed() });
+            trace.push(HostCall {
+                call: call.to_owned(),
+                args,
+                result,
+                elapsed: started.elapsed(),
+            });
         }
     }
 
@@ -83,6 +93,9 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }

@@ -41,13 +41,24 @@ fn reply(r: &wit::Reply, kind: Kind) -> Result<Reply, String> {
         Some(e) => {
             let parsed: EnhancedCode = e.parse().map_err(|_| format!("bad enhanced code {e:?}"))?;
             if parsed.class != class {
-                return Err(format!("enhanced code {e} does not match reply code {}", r.code));
+                return Err(format!(
+                    "enhanced code {e} does not match reply code {}",
+                    r.code
+                ));
             }
             parsed
         }
-        None => EnhancedCode { class, subject: 7, detail: if class == 5 { 1 } else { 0 } },
+        None => EnhancedCode {
+            class,
+            subject: 7,
+            detail: if class == 5 { 1 } else { 0 },
+        },
     };
-    let text = if r.text.is_empty() { "Refused by policy" } else { &r.text };
+    let text = if r.text.is_empty() {
+        "Refused by policy"
+    } else {
+        &r.text
+    };
     Reply::new(r.code, Some(enhanced), text).map_err(|e| format!("bad reply text: {e}"))
 }
 
@@ -71,8 +82,14 @@ pub fn rewrite(addr: &str, smtputf8: bool) -> Result<String, String> {
 }
 
 fn header_name(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty() && name.len() <= MAX_HEADER_NAME && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
-    if ok { Ok(name.to_owned()) } else { Err(format!("bad header name {name:?}")) }
+    let ok = !name.is_empty()
+        && name.len() <= MAX_HEADER_NAME
+        && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("bad header name {name:?}"))
+    }
 }
 
 fn header_value(value: &str) -> Result<String, String> {
@@ -91,10 +108,22 @@ pub fn edits(edits: &[wit::HeaderEdit]) -> Result<Vec<HeaderEdit>, String> {
         .iter()
         .map(|e| {
             Ok(match e {
-                wit::HeaderEdit::Prepend(h) => HeaderEdit::Prepend { name: header_name(&h.name)?, value: header_value(&h.value)? },
-                wit::HeaderEdit::Append(h) => HeaderEdit::Append { name: header_name(&h.name)?, value: header_value(&h.value)? },
-                wit::HeaderEdit::Remove(n) => HeaderEdit::Remove { name: header_name(n)? },
-                wit::HeaderEdit::Replace(r) => HeaderEdit::Replace { name: header_name(&r.name)?, index: r.index, value: header_value(&r.value)? },
+                wit::HeaderEdit::Prepend(h) => HeaderEdit::Prepend {
+                    name: header_name(&h.name)?,
+                    value: header_value(&h.value)?,
+                },
+                wit::HeaderEdit::Append(h) => HeaderEdit::Append {
+                    name: header_name(&h.name)?,
+                    value: header_value(&h.value)?,
+                },
+                wit::HeaderEdit::Remove(n) => HeaderEdit::Remove {
+                    name: header_name(n)?,
+                },
+                wit::HeaderEdit::Replace(r) => HeaderEdit::Replace {
+                    name: header_name(&r.name)?,
+                    index: r.index,
+                    value: header_value(&r.value)?,
+                },
             })
         })
         .collect()
@@ -131,14 +160,19 @@ pub fn route(r: &wit::Route) -> Result<RouteDecision, String> {
                 wit::TlsPolicy::Opportunistic => TlsPolicy::Opportunistic,
                 wit::TlsPolicy::Require => TlsPolicy::Require,
             };
-            RouteDecision::Relay { host: host(&hop.host)?, port: hop.port, tls }
+            RouteDecision::Relay {
+                host: host(&hop.host)?,
+                port: hop.port,
+                tls,
+            }
         }
         wit::Route::Lmtp(target) => {
             let ok = match target.strip_prefix("unix:") {
                 Some(path) => path.starts_with('/') && !path.contains('\0'),
-                None => target
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| host(h.trim_matches(['[', ']'])).is_ok() && p.parse::<u16>().is_ok_and(|p| p != 0)),
+                None => target.rsplit_once(':').is_some_and(|(h, p)| {
+                    host(h.trim_matches(['[', ']'])).is_ok()
+                        && p.parse::<u16>().is_ok_and(|p| p != 0)
+                }),
             };
             if !ok {
                 return Err(format!("bad LMTP target {target:?}"));
@@ -156,7 +190,11 @@ mod tests {
     use super::*;
 
     fn r(code: u16, enhanced: Option<&str>, text: &str) -> wit::Reply {
-        wit::Reply { code, enhanced: enhanced.map(str::to_owned), text: text.to_owned() }
+        wit::Reply {
+            code,
+            enhanced: enhanced.map(str::to_owned),
+            text: text.to_owned(),
+        }
     }
 
     #[test]
@@ -175,18 +213,35 @@ mod tests {
 
     #[test]
     fn reply_text_cannot_break_the_protocol() {
-        for text in ["a\r\n250 ok", "a\nb", "a\rb", "nul\0", &"x".repeat(MAX_REPLY_TEXT + 1)] {
-            assert!(verdict(&wit::Verdict::Reject(r(550, None, text))).is_err(), "{text:?}");
+        for text in [
+            "a\r\n250 ok",
+            "a\nb",
+            "a\rb",
+            "nul\0",
+            &"x".repeat(MAX_REPLY_TEXT + 1),
+        ] {
+            assert!(
+                verdict(&wit::Verdict::Reject(r(550, None, text))).is_err(),
+                "{text:?}"
+            );
         }
         match verdict(&wit::Verdict::Tempfail(r(451, None, ""))).unwrap() {
-            Decision::Tempfail(reply) => assert_eq!(reply.enhanced().map(|e| e.to_string()).as_deref(), Some("4.7.0")),
+            Decision::Tempfail(reply) => assert_eq!(
+                reply.enhanced().map(|e| e.to_string()).as_deref(),
+                Some("4.7.0")
+            ),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn header_edits_are_checked() {
-        let h = |n: &str, v: &str| wit::HeaderEdit::Append(wit::Header { name: n.into(), value: v.into() });
+        let h = |n: &str, v: &str| {
+            wit::HeaderEdit::Append(wit::Header {
+                name: n.into(),
+                value: v.into(),
+            })
+        };
         assert!(edits(&[h("X-Ok", "fine\tvalue")]).is_ok());
         assert!(edits(&[h("X Bad", "v")]).is_err());
         assert!(edits(&[h("X:Bad", "v")]).is_err());
@@ -197,7 +252,13 @@ mod tests {
 
     #[test]
     fn routes_are_checked() {
-        let relay = |host: &str, port| wit::Route::Relay(wit::NextHop { host: host.into(), port, tls: wit::TlsPolicy::Require });
+        let relay = |host: &str, port| {
+            wit::Route::Relay(wit::NextHop {
+                host: host.into(),
+                port,
+                tls: wit::TlsPolicy::Require,
+            })
+        };
         assert!(route(&relay("smtp.example.org", 25)).is_ok());
         assert!(route(&relay("127.0.0.1", 2525)).is_ok());
         assert!(route(&relay("bad host", 25)).is_err());

@@ -92,7 +92,7 @@ mod types;
 
 pub use config::Config;
 pub use plugin::Plugin;
-pub use types::{disconnect, reject, tempfail};
+pub use types::{MAX_REPLY_TEXT, disconnect, reject, tempfail};
 
 pub use bindings::postrider::plugin::message::{Attachment, Authentication, DkimCheck, Message};
 pub use bindings::postrider::plugin::types::{

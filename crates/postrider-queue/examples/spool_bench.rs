@@ -112,5 +112,6 @@ fn envelope() -> Envelope {
             authenticated: None,
             reverse_dns: None,
         },
+        quarantine: None,
     }
 }

@@ -27,6 +27,10 @@ pub struct Envelope {
     pub recipients: Vec<Recipient>,
     /// Who submitted the message.
     pub client: ClientInfo,
+    /// Why a data-stage plugin quarantined the message: it is kept, not delivered, until an
+    /// operator releases it. Absent in older v1 files, which means not quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 /// One accepted `RCPT TO` with its DSN parameters.

@@ -301,6 +301,7 @@ mod tests {
                 authenticated: None,
                 reverse_dns: Some("mail.example.org".into()),
             },
+            quarantine: None,
         }
     }
 

@@ -40,6 +40,7 @@ fn envelope(n: usize) -> Envelope {
             authenticated: Some("alice".into()),
             reverse_dns: None,
         },
+        quarantine: None,
     }
 }
 

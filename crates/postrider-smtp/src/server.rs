@@ -542,6 +542,22 @@ impl Session {
         Ok(())
     }
 
+    /// Answers any pending decision (or none, e.g. at connect) with `reply` (4xx/5xx), then
+    /// closes the session: a policy that wants the client gone (plugin `disconnect`).
+    pub fn disconnect(&mut self, reply: Reply) -> Result<(), Misuse> {
+        if reply.is_positive() {
+            return Err(Misuse("disconnect() needs a 4xx or 5xx reply"));
+        }
+        if matches!(self.pending, Some(Pending::StartTls)) {
+            return Err(Misuse("disconnect() while a TLS handshake is pending"));
+        }
+        self.pending = None;
+        self.reset_transaction();
+        reply.write_to(&mut self.output);
+        self.close();
+        Ok(())
+    }
+
     /// Reports a stored message: `250 2.0.0 Ok: queued as <id>`.
     pub fn queued(&mut self, queue_id: &str) -> Result<(), Misuse> {
         if !matches!(self.pending, Some(Pending::Message)) {

@@ -1,6 +1,7 @@
 //! The Postrider mail relay.
 
 mod passwords;
+mod plugins;
 mod relay;
 mod server;
 mod session;

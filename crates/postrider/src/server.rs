@@ -17,7 +17,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::passwords::Passwords;
+use crate::plugins;
 use crate::session::{self, SessionCtx};
+use postrider_plugin_host::Pipeline;
 
 /// Everything a session needs that is shared by the whole server.
 pub struct Shared {
@@ -27,6 +29,8 @@ pub struct Shared {
     pub spool: Spool,
     /// AUTH users, when a password file is configured.
     pub passwords: Option<Passwords>,
+    /// The plugin chain, when plugins are configured.
+    pub pipeline: Option<Arc<Pipeline>>,
     /// Set to true when sessions must close now (end of the shutdown grace period).
     pub force_close: watch::Receiver<bool>,
 }
@@ -92,6 +96,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let pipeline = plugins::load(&config).await?;
+
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address)
@@ -116,6 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config,
         spool,
         passwords,
+        pipeline,
         force_close: force_rx,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -210,6 +217,7 @@ async fn accept_loop(
             listener: Arc::clone(&listener),
             tls: tls.clone(),
             peer,
+            local: stream.local_addr().unwrap_or(listener.address),
         };
         tokio::spawn(async move {
             session::run(ctx, stream).await;

@@ -7,8 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postrider_config::{LineEndings, Listener, ListenerKind};
 use postrider_queue::{ClientInfo, Envelope, Recipient};
-use postrider_smtp::address::{ForwardPath, ReversePath};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use postrider_plugin_host::{
+    ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, TlsInfo, apply_edits,
+};
+use postrider_smtp::address::{self, ForwardPath, ReversePath};
 use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
+use postrider_smtp::reply::Reply;
 use postrider_smtp::server::{self as smtp, Event, Session, SessionConfig, TimeoutPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,6 +35,8 @@ pub struct SessionCtx {
     pub tls: Option<TlsAcceptor>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// Our address on this connection.
+    pub local: SocketAddr,
 }
 
 /// The transport under the session, upgraded in place by STARTTLS.
@@ -57,9 +65,9 @@ impl Conn {
                 }
             }
         };
-        tokio::time::timeout(limit, write)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))?
+        tokio::time::timeout(limit, write).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+        })?
     }
 
     async fn shutdown(&mut self, limit: Duration) {
@@ -121,16 +129,37 @@ fn session_config(ctx: &SessionCtx) -> SessionConfig {
 
 /// Session state the server keeps beside the protocol state machine.
 struct Client {
-    tls: Option<String>,
+    id: String,
+    tls: Option<(String, String)>,
     trusted_network: bool,
+    /// The plugin chain of this session (the pipeline current when it connected).
+    chain: Option<ChainSession>,
+    /// Whether a MAIL FROM started a transaction whose plugin instances are still alive.
+    in_transaction: bool,
 }
+
+impl Client {
+    fn tls_text(&self) -> Option<String> {
+        self.tls.as_ref().map(|(v, c)| format!("{v} {c}"))
+    }
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
     let timeouts = &ctx.shared.config.timeouts;
     let implicit_tls = ctx.listener.kind == ListenerKind::Submissions;
+    let id = format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+    );
     let mut client = Client {
+        id,
         tls: None,
         trusted_network: ctx.shared.config.relay.is_relay_client(ctx.peer.ip()),
+        chain: ctx.shared.pipeline.as_ref().map(|p| p.session(false)),
+        in_transaction: false,
     };
     let mut conn = if implicit_tls {
         let acceptor = ctx
@@ -146,7 +175,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
 
     let write_limit = Duration::from_secs(timeouts.command);
     let mut session = Session::new(session_config(ctx), implicit_tls);
-    session.greet();
+    greet(ctx, &mut client, &mut session).await?;
     let mut force_close = ctx.shared.force_close.clone();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -166,11 +195,11 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
                     // discarded its buffer, and we hand the raw socket over without a read buffer.
                     let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
                     client.tls = Some(crate::tls::describe(stream.get_ref().1));
-                    info!(tls = client.tls.as_deref().unwrap_or(""), "STARTTLS");
+                    info!(tls = client.tls_text().unwrap_or_default(), "STARTTLS");
                     conn = Conn::Tls(Box::new(stream));
                     session.tls_established()?;
                 }
-                other => decide(ctx, &client, &mut session, other).await?,
+                other => decide(ctx, &mut client, &mut session, other).await?,
             }
         }
         let out = session.take_output();
@@ -216,25 +245,116 @@ async fn handshake(
     }
 }
 
-/// Answers one decision event of the state machine.
+/// Runs the connect stage, then greets (or refuses) the client.
+async fn greet(
+    ctx: &SessionCtx,
+    client: &mut Client,
+    session: &mut Session,
+) -> Result<(), SessionEnd> {
+    let conn = conn_info(ctx, client, session);
+    let Some(chain) = client.chain.as_mut() else {
+        session.greet();
+        return Ok(());
+    };
+    match chain.on_connect(&conn).await.decision {
+        Decision::Continue | Decision::Accept => session.greet(),
+        // A refused greeting is 554 (then only QUIT works) or 421 (closed), RFC 5321 3.1.
+        Decision::Reject(r) => session.greet_reject(with_code(&r, 554)),
+        Decision::Tempfail(r) => session.disconnect(with_code(&r, 421))?,
+        Decision::Disconnect(r) => session.disconnect(r)?,
+    }
+    Ok(())
+}
+
+/// The same reply with another code of its class (greetings allow only 554 and 421).
+fn with_code(reply: &Reply, code: u16) -> Reply {
+    Reply::new(code, reply.enhanced(), reply.text()).unwrap_or_else(|_| reply.clone())
+}
+
+/// Applies a plugin decision that refuses; false when the built-in default should go on.
+fn refused(session: &mut Session, decision: Decision) -> Result<bool, SessionEnd> {
+    match decision {
+        Decision::Continue | Decision::Accept => Ok(false),
+        Decision::Reject(r) | Decision::Tempfail(r) => {
+            session.reject(r)?;
+            Ok(true)
+        }
+        Decision::Disconnect(r) => {
+            session.disconnect(r)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Answers one decision event of the state machine: built-in policy first, then plugins.
 async fn decide(
     ctx: &SessionCtx,
-    client: &Client,
+    client: &mut Client,
     session: &mut Session,
     event: Event,
 ) -> Result<(), SessionEnd> {
     match event {
-        Event::Helo { .. } | Event::MailFrom { .. } | Event::DataStart => session.accept()?,
+        Event::Helo { domain, .. } => {
+            let conn = conn_info(ctx, client, session);
+            if let Some(chain) = client.chain.as_mut() {
+                let helo = domain.to_string();
+                let conn = postrider_plugin_host::ConnInfo {
+                    helo: Some(helo.clone()),
+                    ..conn
+                };
+                if refused(session, chain.on_helo(&conn, &helo).await.decision)? {
+                    return Ok(());
+                }
+            }
+            session.accept()?;
+        }
+        Event::MailFrom { from, params, .. } => {
+            let conn = conn_info(ctx, client, session);
+            if let Some(chain) = client.chain.as_mut() {
+                if client.in_transaction {
+                    chain.end_transaction();
+                }
+                client.in_transaction = true;
+                let env = envelope_info(&from, &params, &[]);
+                if refused(session, chain.on_mail_from(&conn, &env).await.decision)? {
+                    return Ok(());
+                }
+            }
+            session.accept()?;
+        }
+        Event::DataStart => session.accept()?,
         Event::RcptTo {
             to, source_route, ..
         } => {
             let trusted = client.trusted_network || session.authenticated().is_some();
-            match check_recipient(&to, source_route, trusted, &ctx.shared.config.relay) {
-                Ok(()) => session.accept()?,
-                Err(reply) => {
-                    info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused");
-                    session.reject(reply)?;
-                }
+            if let Err(reply) =
+                check_recipient(&to, source_route, trusted, &ctx.shared.config.relay)
+            {
+                info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused");
+                session.reject(reply)?;
+                return Ok(());
+            }
+            let conn = conn_info(ctx, client, session);
+            let (Some(chain), Some(tx)) = (client.chain.as_mut(), session.transaction()) else {
+                session.accept()?;
+                return Ok(());
+            };
+            let env = envelope_info(&tx.from, &tx.mail_params, &tx.recipients);
+            let outcome = chain.on_rcpt(&conn, &env, &forward_path(&to)).await;
+            if refused(session, outcome.decision)? {
+                return Ok(());
+            }
+            match outcome.rewrite {
+                Some(new) => match address::parse_forward_path(&format!("<{new}>"), env.smtputf8) {
+                    Ok(parsed) => {
+                        info!(rcpt = %forward_path(&to), rewritten = %new, "recipient rewritten by plugin");
+                        session.accept_rcpt_as(parsed.path)?;
+                    }
+                    Err(_) => {
+                        session.reject(static_reply(451, "4.3.0", "Temporary local problem"))?
+                    }
+                },
+                None => session.accept()?,
             }
         }
         Event::Auth {
@@ -269,12 +389,36 @@ async fn decide(
         }
         Event::Message(envelope) => {
             let size = envelope.data.len();
-            let (spool_envelope, message) = to_spool(ctx, client, session, *envelope);
+            let (mut spool_envelope, mut message) = to_spool(ctx, client, session, *envelope);
+            let conn = conn_info(ctx, client, session);
+            if let Some(chain) = client.chain.as_mut() {
+                let env = EnvelopeInfo {
+                    queue_id: None,
+                    mail_from: spool_envelope.mail_from.clone(),
+                    mail_params: Vec::new(),
+                    recipients: spool_envelope
+                        .recipients
+                        .iter()
+                        .map(|r| r.address.clone())
+                        .collect(),
+                    smtputf8: spool_envelope.smtputf8,
+                };
+                let view = MessageView::new(Arc::from(message.as_slice()));
+                let outcome = chain.on_data(&conn, &env, &view).await;
+                chain.end_transaction();
+                client.in_transaction = false;
+                if refused(session, outcome.decision)? {
+                    return Ok(());
+                }
+                message = apply_edits(&message, &outcome.edits);
+                spool_envelope.quarantine = outcome.quarantine;
+            }
             let from = spool_envelope.mail_from.clone();
             let rcpts = spool_envelope.recipients.len();
+            let quarantined = spool_envelope.quarantine.is_some();
             match ctx.shared.spool.store(spool_envelope, message).await {
                 Ok(id) => {
-                    info!(queue_id = %id, from = %from, rcpts, size, "queued");
+                    info!(queue_id = %id, from = %from, rcpts, size, quarantined, "queued");
                     session.queued(id.as_str())?;
                 }
                 Err(e) => {
@@ -291,6 +435,71 @@ async fn decide(
         Event::StartTls => session.reject(static_reply(454, "4.7.0", "TLS not available"))?,
     }
     Ok(())
+}
+
+/// The connection as plugins see it.
+fn conn_info(ctx: &SessionCtx, client: &Client, session: &Session) -> ConnInfo {
+    ConnInfo {
+        id: client.id.clone(),
+        client_ip: ctx.peer.ip(),
+        client_port: ctx.peer.port(),
+        client_name: None,
+        listener: ctx.listener.name.clone(),
+        server_ip: ctx.local.ip(),
+        server_port: ctx.local.port(),
+        helo: session.helo().map(|d| d.to_string()),
+        tls: client.tls.as_ref().map(|(protocol, cipher)| TlsInfo {
+            protocol: protocol.clone(),
+            cipher: cipher.clone(),
+            sni: None,
+        }),
+        auth_user: session.authenticated().map(str::to_owned),
+    }
+}
+
+/// The envelope as plugins see it: MAIL FROM parameters by upper-case name.
+fn envelope_info(
+    from: &ReversePath,
+    params: &MailParams,
+    recipients: &[(ForwardPath, RcptParams)],
+) -> EnvelopeInfo {
+    let mut list = Vec::new();
+    if let Some(size) = params.size {
+        list.push(("SIZE".to_owned(), Some(size.to_string())));
+    }
+    if let Some(body) = params.body {
+        list.push(("BODY".to_owned(), Some(body_keyword(body).to_owned())));
+    }
+    if params.smtputf8 {
+        list.push(("SMTPUTF8".to_owned(), None));
+    }
+    if let Some(ret) = params.ret {
+        list.push(("RET".to_owned(), Some(ret_keyword(ret).to_owned())));
+    }
+    if let Some(envid) = &params.envid {
+        list.push(("ENVID".to_owned(), Some(envid.clone())));
+    }
+    EnvelopeInfo {
+        queue_id: None,
+        mail_from: reverse_path(from),
+        mail_params: list,
+        recipients: recipients.iter().map(|(to, _)| forward_path(to)).collect(),
+        smtputf8: params.smtputf8,
+    }
+}
+
+fn body_keyword(body: Body) -> &'static str {
+    match body {
+        Body::SevenBit => "7BIT",
+        Body::EightBitMime => "8BITMIME",
+    }
+}
+
+fn ret_keyword(ret: Ret) -> &'static str {
+    match ret {
+        Ret::Full => "FULL",
+        Ret::Hdrs => "HDRS",
+    }
 }
 
 fn reverse_path(p: &ReversePath) -> String {
@@ -341,14 +550,8 @@ fn to_spool(
             .map_or(0, |d| d.as_millis() as u64),
         mail_from: reverse_path(&from),
         smtputf8,
-        body: body.map(|b| match b {
-            Body::SevenBit => "7BIT".to_owned(),
-            Body::EightBitMime => "8BITMIME".to_owned(),
-        }),
-        ret: ret.map(|r| match r {
-            Ret::Full => "FULL".to_owned(),
-            Ret::Hdrs => "HDRS".to_owned(),
-        }),
+        body: body.map(|b| body_keyword(b).to_owned()),
+        ret: ret.map(|r| ret_keyword(r).to_owned()),
         envid,
         size_param: size,
         recipients: recipients
@@ -360,10 +563,11 @@ fn to_spool(
             port: ctx.peer.port(),
             listener: ctx.listener.name.clone(),
             helo,
-            tls: client.tls.clone(),
+            tls: client.tls_text(),
             authenticated: user,
             reverse_dns: None,
         },
+        quarantine: None,
     };
     (envelope, message)
 }
@@ -419,8 +623,7 @@ fn received_header(
     }
     let date = chrono::DateTime::<chrono::Utc>::from(now).to_rfc2822();
     let tls = client
-        .tls
-        .as_ref()
+        .tls_text()
         .map(|t| format!("\r\n\t(using {t})"))
         .unwrap_or_default();
     let rcpt = match recipients {

@@ -35,8 +35,8 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// "TLSv1.3 TLS13_AES_256_GCM_SHA384" for logs, Received headers and the spool.
-pub fn describe(conn: &rustls::ServerConnection) -> String {
+/// Protocol and cipher suite, e.g. ("TLSv1.3", "TLS13_AES_256_GCM_SHA384").
+pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
     let version = conn
         .protocol_version()
         .and_then(|v| v.as_str())
@@ -45,5 +45,5 @@ pub fn describe(conn: &rustls::ServerConnection) -> String {
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str())
         .unwrap_or("unknown");
-    format!("{version} {suite}")
+    (version.to_owned(), suite.to_owned())
 }

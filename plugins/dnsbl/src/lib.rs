@@ -88,20 +88,31 @@ fn parse_config(config: &Config) -> Result<Dnsbl, String> {
         let name = z.zone.trim().trim_end_matches('.').to_ascii_lowercase();
         validate_zone_name(&name).map_err(|e| format!("dnsbl: zones[{i}].zone: {e}"))?;
         if !z.ipv4 && !z.ipv6 {
-            return Err(format!("dnsbl: zones[{i}] ({name}) has both ipv4 and ipv6 off"));
+            return Err(format!(
+                "dnsbl: zones[{i}] ({name}) has both ipv4 and ipv6 off"
+            ));
         }
-        let message = z.message.or_else(|| raw.message.clone()).unwrap_or_else(|| DEFAULT_MESSAGE.into());
+        let message = z
+            .message
+            .or_else(|| raw.message.clone())
+            .unwrap_or_else(|| DEFAULT_MESSAGE.into());
         validate_message(&message).map_err(|e| format!("dnsbl: zones[{i}].message: {e}"))?;
         zones.push(Zone {
             name,
             ipv4: z.ipv4,
             ipv6: z.ipv6,
             answers: z.answers,
-            require_loopback_answer: z.require_loopback_answer.unwrap_or(raw.require_loopback_answer),
+            require_loopback_answer: z
+                .require_loopback_answer
+                .unwrap_or(raw.require_loopback_answer),
             message,
         });
     }
-    Ok(Dnsbl { zones, skip_non_public: raw.skip_non_public, skip_networks: raw.skip_networks })
+    Ok(Dnsbl {
+        zones,
+        skip_non_public: raw.skip_non_public,
+        skip_networks: raw.skip_networks,
+    })
 }
 
 /// A DNS zone name: labels of letters, digits, `-` and `_`, 1–63 bytes each, at most 190
@@ -115,10 +126,17 @@ fn validate_zone_name(name: &str) -> Result<(), String> {
     }
     for label in name.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(format!("zone name {name:?} has an empty or over-long label"));
+            return Err(format!(
+                "zone name {name:?} has an empty or over-long label"
+            ));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("zone name {name:?} has characters outside letters, digits, '-' and '_'"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "zone name {name:?} has characters outside letters, digits, '-' and '_'"
+            ));
         }
     }
     Ok(())
@@ -186,12 +204,15 @@ fn render(template: &str, ip: IpAddr, zone: &str, answer: IpAddr) -> String {
 impl Dnsbl {
     /// The zones that apply to this address family.
     fn zones_for(&self, ip: IpAddr) -> impl Iterator<Item = &Zone> {
-        self.zones.iter().filter(move |z| if ip.is_ipv4() { z.ipv4 } else { z.ipv6 })
+        self.zones
+            .iter()
+            .filter(move |z| if ip.is_ipv4() { z.ipv4 } else { z.ipv6 })
     }
 
     /// True when the client is exempt from lookups.
     fn skipped(&self, ip: IpAddr) -> bool {
-        (self.skip_non_public && net::is_non_public(ip)) || net::any_contains(&self.skip_networks, ip)
+        (self.skip_non_public && net::is_non_public(ip))
+            || net::any_contains(&self.skip_networks, ip)
     }
 }
 
@@ -206,7 +227,10 @@ impl Plugin for Dnsbl {
 
     fn on_connect(&mut self, conn: &Connection) -> Verdict {
         let Some(ip) = conn.client_addr() else {
-            log::warn(format!("dnsbl: unparsable client address {:?}, not checked", conn.client_ip));
+            log::warn(format!(
+                "dnsbl: unparsable client address {:?}, not checked",
+                conn.client_ip
+            ));
             return Verdict::Continue;
         };
         if self.skipped(ip) {
@@ -218,7 +242,11 @@ impl Plugin for Dnsbl {
                 Ok(answers) => match classify(zone, &answers) {
                     Listing::Listed(answer) => {
                         log::info(format!("dnsbl: {ip} listed in {} ({answer})", zone.name));
-                        return postrider_plugin::reject(554, "5.7.1", render(&zone.message, ip, &zone.name, answer));
+                        return postrider_plugin::reject(
+                            554,
+                            "5.7.1",
+                            render(&zone.message, ip, &zone.name, answer),
+                        );
                     }
                     Listing::QueryRefused(answer) => {
                         log::warn(format!(
@@ -229,7 +257,9 @@ impl Plugin for Dnsbl {
                     Listing::Ignored => {}
                 },
                 Err(e) if e.is_not_found() => {}
-                Err(e) => log::warn(format!("dnsbl: lookup of {query} failed ({e}); not listed (fail open)")),
+                Err(e) => log::warn(format!(
+                    "dnsbl: lookup of {query} failed ({e}); not listed (fail open)"
+                )),
             }
         }
         Verdict::Continue
@@ -271,12 +301,27 @@ mod tests {
             ("{}", "missing field `zones`"),
             (r#"{"zones": []}"#, "at least one zone"),
             (r#"{"zones": [{"zone": ""}]}"#, "empty zone name"),
-            (r#"{"zones": [{"zone": "a..b"}]}"#, "empty or over-long label"),
+            (
+                r#"{"zones": [{"zone": "a..b"}]}"#,
+                "empty or over-long label",
+            ),
             (r#"{"zones": [{"zone": "a b"}]}"#, "characters outside"),
-            (r#"{"zones": [{"zone": "x", "ipv4": false, "ipv6": false}]}"#, "both ipv4 and ipv6 off"),
-            (r#"{"zones": [{"zone": "x", "answers": ["127.0.0.300"]}]}"#, "bad IP address"),
-            (r#"{"zones": [{"zone": "x", "answer": []}]}"#, "unknown field `answer`"),
-            (r#"{"zones": [{"zone": "x"}], "message": "a\nb"}"#, "one line"),
+            (
+                r#"{"zones": [{"zone": "x", "ipv4": false, "ipv6": false}]}"#,
+                "both ipv4 and ipv6 off",
+            ),
+            (
+                r#"{"zones": [{"zone": "x", "answers": ["127.0.0.300"]}]}"#,
+                "bad IP address",
+            ),
+            (
+                r#"{"zones": [{"zone": "x", "answer": []}]}"#,
+                "unknown field `answer`",
+            ),
+            (
+                r#"{"zones": [{"zone": "x"}], "message": "a\nb"}"#,
+                "one line",
+            ),
             (r#"{"zones": ["x"]}"#, "invalid type"),
         ] {
             let err = cfg(json).unwrap_err();
@@ -298,27 +343,50 @@ mod tests {
     #[test]
     fn classification() {
         let any = zone(&[], true);
-        assert_eq!(classify(&any, &[ip("127.0.0.2")]), Listing::Listed(ip("127.0.0.2")));
+        assert_eq!(
+            classify(&any, &[ip("127.0.0.2")]),
+            Listing::Listed(ip("127.0.0.2"))
+        );
         assert_eq!(classify(&any, &[ip("10.0.0.1")]), Listing::Ignored);
         assert_eq!(classify(&any, &[]), Listing::Ignored);
-        assert_eq!(classify(&any, &[ip("127.255.255.254")]), Listing::QueryRefused(ip("127.255.255.254")));
+        assert_eq!(
+            classify(&any, &[ip("127.255.255.254")]),
+            Listing::QueryRefused(ip("127.255.255.254"))
+        );
         assert_eq!(
             classify(&any, &[ip("127.255.255.254"), ip("127.0.0.4")]),
             Listing::Listed(ip("127.0.0.4"))
         );
         let open = zone(&[], false);
-        assert_eq!(classify(&open, &[ip("10.0.0.1")]), Listing::Listed(ip("10.0.0.1")));
+        assert_eq!(
+            classify(&open, &[ip("10.0.0.1")]),
+            Listing::Listed(ip("10.0.0.1"))
+        );
         let only = zone(&["127.0.0.2", "127.0.0.4/30"], true);
         assert_eq!(classify(&only, &[ip("127.0.0.10")]), Listing::Ignored);
-        assert_eq!(classify(&only, &[ip("127.0.0.6")]), Listing::Listed(ip("127.0.0.6")));
-        assert_eq!(classify(&only, &[ip("127.0.0.2")]), Listing::Listed(ip("127.0.0.2")));
+        assert_eq!(
+            classify(&only, &[ip("127.0.0.6")]),
+            Listing::Listed(ip("127.0.0.6"))
+        );
+        assert_eq!(
+            classify(&only, &[ip("127.0.0.2")]),
+            Listing::Listed(ip("127.0.0.2"))
+        );
     }
 
     #[test]
     fn query_names_and_messages() {
-        assert_eq!(net::dnsbl_name(ip("192.0.2.99"), "zen.example"), "99.2.0.192.zen.example");
         assert_eq!(
-            render(DEFAULT_MESSAGE, ip("192.0.2.99"), "zen.example", ip("127.0.0.2")),
+            net::dnsbl_name(ip("192.0.2.99"), "zen.example"),
+            "99.2.0.192.zen.example"
+        );
+        assert_eq!(
+            render(
+                DEFAULT_MESSAGE,
+                ip("192.0.2.99"),
+                "zen.example",
+                ip("127.0.0.2")
+            ),
             "Service unavailable; client host [192.0.2.99] blocked using zen.example"
         );
     }

@@ -23,7 +23,9 @@
 //! ```
 
 use postrider_plugin::net::{self, Cidr};
-use postrider_plugin::{Config, Connection, Envelope, Plugin, RcptOutcome, Stages, addr, clock, kv, log};
+use postrider_plugin::{
+    Config, Connection, Envelope, Plugin, RcptOutcome, Stages, addr, clock, kv, log,
+};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -130,13 +132,22 @@ pub struct Greylist {
 fn parse_config(config: &Config) -> Result<Greylist, String> {
     let raw: RawConfig = config.parse()?;
     if raw.delay_seconds > 86_400 {
-        return Err(format!("greylist: delay_seconds = {} is over a day", raw.delay_seconds));
+        return Err(format!(
+            "greylist: delay_seconds = {} is over a day",
+            raw.delay_seconds
+        ));
     }
     if !(1..=3650).contains(&raw.pass_ttl_days) {
-        return Err(format!("greylist: pass_ttl_days must be 1..=3650, not {}", raw.pass_ttl_days));
+        return Err(format!(
+            "greylist: pass_ttl_days must be 1..=3650, not {}",
+            raw.pass_ttl_days
+        ));
     }
     if !(1..=720).contains(&raw.retry_window_hours) {
-        return Err(format!("greylist: retry_window_hours must be 1..=720, not {}", raw.retry_window_hours));
+        return Err(format!(
+            "greylist: retry_window_hours must be 1..=720, not {}",
+            raw.retry_window_hours
+        ));
     }
     if raw.retry_window_hours * 3600 <= raw.delay_seconds {
         return Err("greylist: retry_window_hours must be longer than delay_seconds".into());
@@ -170,7 +181,9 @@ fn parse_config(config: &Config) -> Result<Greylist, String> {
 /// (`prvs=TAG=user@domain`, `btv1==TAG==user@domain`) removed.
 fn normalize_sender(mail_from: &str) -> String {
     let a = addr::normalize(mail_from);
-    let Some((local, domain)) = addr::split(&a) else { return a };
+    let Some((local, domain)) = addr::split(&a) else {
+        return a;
+    };
     let local = if let Some(rest) = local.strip_prefix("prvs=") {
         rest.split_once('=').map_or(local, |(_, user)| user)
     } else if let Some(rest) = local.strip_prefix("btv1==") {
@@ -201,18 +214,24 @@ enum Decision {
 
 /// The state machine, on the stored value (`w:<unix secs>` waiting, `p:<unix secs>` passed).
 fn decide(stored: Option<&str>, now: u64, delay: u64) -> Decision {
-    let Some(stored) = stored else { return Decision::New };
+    let Some(stored) = stored else {
+        return Decision::New;
+    };
     let parse = |t: &str| t.parse::<u64>().ok();
     if let Some(first) = stored.strip_prefix("w:").and_then(parse) {
         let elapsed = now.saturating_sub(first);
         return if first <= now && elapsed >= delay {
             Decision::FirstPass
         } else {
-            Decision::Wait { remaining_secs: delay.saturating_sub(elapsed).max(1) }
+            Decision::Wait {
+                remaining_secs: delay.saturating_sub(elapsed).max(1),
+            }
         };
     }
     if let Some(last) = stored.strip_prefix("p:").and_then(parse) {
-        return Decision::Passed { refresh: now.saturating_sub(last) >= 86_400 };
+        return Decision::Passed {
+            refresh: now.saturating_sub(last) >= 86_400,
+        };
     }
     Decision::New
 }
@@ -221,7 +240,9 @@ impl Greylist {
     /// True when this transaction or recipient is exempt.
     fn skipped(&self, conn: &Connection, sender: &str, rcpt: &str) -> bool {
         (self.skip_authenticated && conn.is_authenticated())
-            || conn.client_addr().is_some_and(|ip| net::any_contains(&self.skip_networks, ip))
+            || conn
+                .client_addr()
+                .is_some_and(|ip| net::any_contains(&self.skip_networks, ip))
             || self.skip_senders.iter().any(|p| p.matches(sender))
             || self.skip_recipients.iter().any(|p| p.matches(rcpt))
     }
@@ -247,14 +268,23 @@ impl Plugin for Greylist {
             return RcptOutcome::default();
         }
         let Some(ip) = conn.client_addr() else {
-            log::warn(format!("greylist: unparsable client address {:?}, not greylisting", conn.client_ip));
+            log::warn(format!(
+                "greylist: unparsable client address {:?}, not greylisting",
+                conn.client_ip
+            ));
             return RcptOutcome::default();
         };
-        let key = triplet_key(&net::network_key(ip, self.ipv4_prefix, self.ipv6_prefix), &sender, &rcpt);
+        let key = triplet_key(
+            &net::network_key(ip, self.ipv4_prefix, self.ipv6_prefix),
+            &sender,
+            &rcpt,
+        );
         let stored = match kv::get_string(&key) {
             Ok(v) => v,
             Err(e) => {
-                log::warn(format!("greylist: kv get failed ({e}); not greylisting (fail open)"));
+                log::warn(format!(
+                    "greylist: kv get failed ({e}); not greylisting (fail open)"
+                ));
                 return RcptOutcome::default();
             }
         };
@@ -271,7 +301,9 @@ impl Plugin for Greylist {
                 self.greylisted()
             }
             Decision::Wait { remaining_secs } => {
-                log::debug(format!("greylist: early retry of {key}, {remaining_secs}s to go"));
+                log::debug(format!(
+                    "greylist: early retry of {key}, {remaining_secs}s to go"
+                ));
                 self.greylisted()
             }
             Decision::FirstPass => {
@@ -324,7 +356,10 @@ mod tests {
             (r#"{"delay_seconds": -1}"#, "invalid value"),
             (r#"{"delay_seconds": 90000}"#, "over a day"),
             (r#"{"pass_ttl_days": 0}"#, "pass_ttl_days"),
-            (r#"{"retry_window_hours": 1, "delay_seconds": 3600}"#, "longer than"),
+            (
+                r#"{"retry_window_hours": 1, "delay_seconds": 3600}"#,
+                "longer than",
+            ),
             (r#"{"ipv4_prefix": 33}"#, "ipv4_prefix"),
             (r#"{"skip_networks": ["10/8"]}"#, "bad IP address"),
             (r#"{"skip_senders": [" "]}"#, "empty address pattern"),
@@ -350,12 +385,18 @@ mod tests {
 
     #[test]
     fn skipping() {
-        let g = cfg(r#"{"skip_networks": ["10.0.0.0/8"], "skip_senders": ["@partner.example"],
-                       "skip_recipients": ["postmaster@"]}"#)
+        let g = cfg(
+            r#"{"skip_networks": ["10.0.0.0/8"], "skip_senders": ["@partner.example"],
+                       "skip_recipients": ["postmaster@"]}"#,
+        )
         .unwrap();
         let outside = conn("198.51.100.7", None);
         assert!(g.skipped(&conn("10.1.2.3", None), "a@b.example", "c@d.example"));
-        assert!(g.skipped(&conn("198.51.100.7", Some("alice")), "a@b.example", "c@d.example"));
+        assert!(g.skipped(
+            &conn("198.51.100.7", Some("alice")),
+            "a@b.example",
+            "c@d.example"
+        ));
         assert!(g.skipped(&outside, "x@partner.example", "c@d.example"));
         assert!(g.skipped(&outside, "a@b.example", "postmaster@d.example"));
         assert!(!g.skipped(&outside, "a@b.example", "c@d.example"));
@@ -363,8 +404,14 @@ mod tests {
 
     #[test]
     fn senders_and_keys() {
-        assert_eq!(normalize_sender("prvs=1234abcd=Bob@Example.org"), "bob@example.org");
-        assert_eq!(normalize_sender("btv1==0a1b2c3d==bob@example.org"), "bob@example.org");
+        assert_eq!(
+            normalize_sender("prvs=1234abcd=Bob@Example.org"),
+            "bob@example.org"
+        );
+        assert_eq!(
+            normalize_sender("btv1==0a1b2c3d==bob@example.org"),
+            "bob@example.org"
+        );
         assert_eq!(normalize_sender("Alice@Example.org"), "alice@example.org");
         assert_eq!(normalize_sender(""), "");
         let ip = "192.0.2.77".parse().unwrap();
@@ -379,11 +426,27 @@ mod tests {
         assert_eq!(decide(None, 1000, 300), Decision::New);
         assert_eq!(decide(Some("garbage"), 1000, 300), Decision::New);
         assert_eq!(decide(Some("w:x"), 1000, 300), Decision::New);
-        assert_eq!(decide(Some("w:1000"), 1100, 300), Decision::Wait { remaining_secs: 200 });
+        assert_eq!(
+            decide(Some("w:1000"), 1100, 300),
+            Decision::Wait {
+                remaining_secs: 200
+            }
+        );
         assert_eq!(decide(Some("w:1000"), 1300, 300), Decision::FirstPass);
-        assert_eq!(decide(Some("w:2000"), 1000, 300), Decision::Wait { remaining_secs: 300 });
+        assert_eq!(
+            decide(Some("w:2000"), 1000, 300),
+            Decision::Wait {
+                remaining_secs: 300
+            }
+        );
         assert_eq!(decide(Some("w:1000"), 1000, 0), Decision::FirstPass);
-        assert_eq!(decide(Some("p:1000"), 2000, 300), Decision::Passed { refresh: false });
-        assert_eq!(decide(Some("p:1000"), 1000 + 86_400, 300), Decision::Passed { refresh: true });
+        assert_eq!(
+            decide(Some("p:1000"), 2000, 300),
+            Decision::Passed { refresh: false }
+        );
+        assert_eq!(
+            decide(Some("p:1000"), 1000 + 86_400, 300),
+            Decision::Passed { refresh: true }
+        );
     }
 }

@@ -47,7 +47,12 @@ fn yes() -> bool {
     true
 }
 fn default_report() -> Vec<Item> {
-    vec![Item::QueueId, Item::MessageId, Item::SubjectLength, Item::Size]
+    vec![
+        Item::QueueId,
+        Item::MessageId,
+        Item::SubjectLength,
+        Item::Size,
+    ]
 }
 
 /// Where the stamp goes in the header block.
@@ -101,7 +106,9 @@ fn validate_header_name(name: &str) -> Result<(), String> {
         return Err(format!("header name {name:?} must be 1 to 76 characters"));
     }
     if !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
-        return Err(format!("header name {name:?} may only hold printable ASCII without ':'"));
+        return Err(format!(
+            "header name {name:?} may only hold printable ASCII without ':'"
+        ));
     }
     Ok(())
 }
@@ -163,7 +170,10 @@ fn stamp_value(base: &str, report: &[Item], f: &Facts) -> String {
     for item in report {
         parts.push(match item {
             Item::QueueId => format!("queue-id={}", f.queue_id.as_deref().unwrap_or("none")),
-            Item::MessageId => format!("message-id={}", if f.message_id { "present" } else { "missing" }),
+            Item::MessageId => format!(
+                "message-id={}",
+                if f.message_id { "present" } else { "missing" }
+            ),
             Item::SubjectLength => match f.subject_chars {
                 Some(n) => format!("subject-length={n}"),
                 None => "subject-length=none".into(),
@@ -177,7 +187,11 @@ fn stamp_value(base: &str, report: &[Item], f: &Facts) -> String {
         });
     }
     // Header values are one line: keep only printable text from the host's strings.
-    parts.join("; ").chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    parts
+        .join("; ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 impl HeaderStamp {
@@ -194,7 +208,9 @@ impl HeaderStamp {
             f.message_id = msg.has_header("Message-ID");
         }
         if wants(Item::SubjectLength) {
-            f.subject_chars = msg.first_header("Subject").map(|s| s.trim().chars().count());
+            f.subject_chars = msg
+                .first_header("Subject")
+                .map(|s| s.trim().chars().count());
         }
         if wants(Item::Size) {
             f.size = msg.size();
@@ -255,9 +271,18 @@ mod tests {
         assert_eq!(s.position, Position::Prepend);
         assert_eq!(s.report, default_report());
         let edits = s.edits("v".into());
-        assert_eq!(edits, vec![HeaderEdit::remove("X-Postrider-Stamp"), HeaderEdit::prepend("X-Postrider-Stamp", "v")]);
+        assert_eq!(
+            edits,
+            vec![
+                HeaderEdit::remove("X-Postrider-Stamp"),
+                HeaderEdit::prepend("X-Postrider-Stamp", "v")
+            ]
+        );
         let a = cfg(r#"{"position": "append", "remove_existing": false}"#).unwrap();
-        assert_eq!(a.edits("v".into()), vec![HeaderEdit::append("X-Postrider-Stamp", "v")]);
+        assert_eq!(
+            a.edits("v".into()),
+            vec![HeaderEdit::append("X-Postrider-Stamp", "v")]
+        );
     }
 
     #[test]
@@ -306,7 +331,11 @@ mod tests {
              dkim=pass; dmarc=fail; tls=TLSv1.3; auth=no"
         );
         assert_eq!(
-            stamp_value("mx1", &[Item::MessageId, Item::SubjectLength], &Facts::default()),
+            stamp_value(
+                "mx1",
+                &[Item::MessageId, Item::SubjectLength],
+                &Facts::default()
+            ),
             "mx1; message-id=missing; subject-length=none"
         );
         assert_eq!(stamp_value("mx1", &[], &Facts::default()), "mx1");

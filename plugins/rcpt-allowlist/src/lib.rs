@@ -71,7 +71,11 @@ fn parse_config(config: &Config) -> Result<RcptAllowlist, String> {
     if raw.strip_detail && raw.detail_separators.is_empty() {
         return Err("rcpt-allowlist: `detail_separators` is empty but `strip_detail` is on".into());
     }
-    if raw.detail_separators.chars().any(|c| c == '@' || c.is_whitespace() || c.is_control()) {
+    if raw
+        .detail_separators
+        .chars()
+        .any(|c| c == '@' || c.is_whitespace() || c.is_control())
+    {
         return Err("rcpt-allowlist: `detail_separators` may not contain '@' or whitespace".into());
     }
     if raw.message.trim().is_empty() || raw.message.chars().any(char::is_control) {
@@ -86,7 +90,10 @@ fn parse_config(config: &Config) -> Result<RcptAllowlist, String> {
         let mut set = BTreeSet::new();
         for local in locals {
             let l = local.trim().to_lowercase();
-            if l.is_empty() || l.contains('@') || l.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if l.is_empty()
+                || l.contains('@')
+                || l.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(format!(
                     "rcpt-allowlist: domains.{domain:?}: {local:?} is not a local part (give \"alice\", not \"alice@{d}\")"
                 ));
@@ -99,7 +106,11 @@ fn parse_config(config: &Config) -> Result<RcptAllowlist, String> {
     }
     Ok(RcptAllowlist {
         domains,
-        separators: if raw.strip_detail { raw.detail_separators } else { String::new() },
+        separators: if raw.strip_detail {
+            raw.detail_separators
+        } else {
+            String::new()
+        },
         allow_postmaster: raw.allow_postmaster,
         message: raw.message,
     })
@@ -116,7 +127,10 @@ impl RcptAllowlist {
         };
         let local = local.to_lowercase();
         let base = addr::strip_detail(&local, &self.separators);
-        if allowed.contains(&local) || allowed.contains(base) || (self.allow_postmaster && base == "postmaster") {
+        if allowed.contains(&local)
+            || allowed.contains(base)
+            || (self.allow_postmaster && base == "postmaster")
+        {
             Check::Known
         } else {
             Check::Unknown
@@ -136,7 +150,9 @@ impl Plugin for RcptAllowlist {
     fn on_rcpt(&mut self, _conn: &Connection, _env: &Envelope, rcpt: &str) -> RcptOutcome {
         match self.check(rcpt) {
             Check::OtherDomain | Check::Known => RcptOutcome::default(),
-            Check::Unknown => postrider_plugin::reject(550, "5.1.1", format!("<{rcpt}>: {}", self.message)).into(),
+            Check::Unknown => {
+                postrider_plugin::reject(550, "5.1.1", format!("<{rcpt}>: {}", self.message)).into()
+            }
         }
     }
 }
@@ -153,7 +169,8 @@ mod tests {
 
     #[test]
     fn checks() {
-        let a = cfg(r#"{"domains": {"Example.ORG": ["Alice", "bob"], "example.net": []}}"#).unwrap();
+        let a =
+            cfg(r#"{"domains": {"Example.ORG": ["Alice", "bob"], "example.net": []}}"#).unwrap();
         assert_eq!(a.check("alice@example.org"), Check::Known);
         assert_eq!(a.check("ALICE@EXAMPLE.ORG."), Check::Known);
         assert_eq!(a.check("alice+news@example.org"), Check::Known);
@@ -168,13 +185,16 @@ mod tests {
 
     #[test]
     fn detail_off_and_postmaster_off() {
-        let a = cfg(r#"{"domains": {"example.org": ["alice", "a+b"]}, "strip_detail": false,
-                       "allow_postmaster": false}"#)
+        let a = cfg(
+            r#"{"domains": {"example.org": ["alice", "a+b"]}, "strip_detail": false,
+                       "allow_postmaster": false}"#,
+        )
         .unwrap();
         assert_eq!(a.check("alice+news@example.org"), Check::Unknown);
         assert_eq!(a.check("a+b@example.org"), Check::Known);
         assert_eq!(a.check("postmaster@example.org"), Check::Unknown);
-        let b = cfg(r#"{"domains": {"example.org": ["alice"]}, "detail_separators": "+-"}"#).unwrap();
+        let b =
+            cfg(r#"{"domains": {"example.org": ["alice"]}, "detail_separators": "+-"}"#).unwrap();
         assert_eq!(b.check("alice-lists@example.org"), Check::Known);
     }
 
@@ -183,12 +203,21 @@ mod tests {
         for (json, needle) in [
             ("{}", "missing field `domains`"),
             (r#"{"domains": {}}"#, "at least one domain"),
-            (r#"{"domains": {"example.org": ["alice@example.org"]}}"#, "not a local part"),
+            (
+                r#"{"domains": {"example.org": ["alice@example.org"]}}"#,
+                "not a local part",
+            ),
             (r#"{"domains": {"example.org": [""]}}"#, "not a local part"),
             (r#"{"domains": {"a b": ["x"]}}"#, "not a domain name"),
-            (r#"{"domains": {"Example.org": ["x"], "example.org.": ["y"]}}"#, "listed twice"),
+            (
+                r#"{"domains": {"Example.org": ["x"], "example.org.": ["y"]}}"#,
+                "listed twice",
+            ),
             (r#"{"domains": {"example.org": "alice"}}"#, "invalid type"),
-            (r#"{"domains": {"example.org": ["a"]}, "detail_separators": ""}"#, "detail_separators"),
+            (
+                r#"{"domains": {"example.org": ["a"]}, "detail_separators": ""}"#,
+                "detail_separators",
+            ),
             (r#"{"domain": {}}"#, "unknown field `domain`"),
         ] {
             let err = cfg(json).unwrap_err();

@@ -1412,3 +1412,34 @@ fn ehlo_with_underscore() {
     );
     assert_eq!(h.session.helo(), Some(&Domain::Name("my_pc.corp".into())));
 }
+
+#[test]
+fn disconnect_answers_pending_decision_and_closes() {
+    let mut session = Session::new(config(), false);
+    session.greet();
+    session.feed(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n");
+    assert!(matches!(session.poll_event(), Some(Event::Helo { .. })));
+    session.accept().unwrap();
+    assert!(matches!(session.poll_event(), Some(Event::MailFrom { .. })));
+    session
+        .disconnect(reply(554, (5, 7, 1), "go away"))
+        .unwrap();
+    assert!(session.is_closed());
+    let out = replies(&session.take_output());
+    assert_eq!(
+        out,
+        ["220", "250", "554 5.7.1"],
+        "the pipelined NOOP must not be answered"
+    );
+    assert!(session.disconnect(reply(250, (2, 0, 0), "ok")).is_err());
+}
+
+#[test]
+fn disconnect_without_pending_decision_at_connect() {
+    let mut session = Session::new(config(), false);
+    session
+        .disconnect(reply(421, (4, 7, 0), "not now"))
+        .unwrap();
+    assert!(session.is_closed());
+    assert_eq!(replies(&session.take_output()), ["421 4.7.0"]);
+}
