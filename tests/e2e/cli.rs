@@ -69,11 +69,13 @@ fn check_config_names_file_line_and_key() {
 fn serve_refuses_a_bad_config_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        crate::harness::config("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n"),
-    )
-    .unwrap();
+    let text = crate::harness::config("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("relay_networks"))
+        .unwrap()
+        + 1;
+    std::fs::write(&path, &text).unwrap();
     let out = Command::new(BIN)
         .arg("serve")
         .arg("--config")
@@ -82,5 +84,8 @@ fn serve_refuses_a_bad_config_and_says_why() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":9: key `relay.relay_networks[0]`"), "{err}");
+    assert!(
+        err.contains(&format!(":{line}: key `relay.relay_networks[0]`")),
+        "{err}"
+    );
 }

@@ -24,10 +24,16 @@ pub struct Relay {
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
+/// Compiled plugins are cached across tests and runs (debug-built Cranelift compiles slowly).
+pub fn plugin_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
 /// A config with one plain `smtp` listener on a free port; `extra` is appended (TOML).
 pub fn config(extra: &str) -> String {
     format!(
-        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}"
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
+        cache = plugin_cache().display()
     )
 }
 

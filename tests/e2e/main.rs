@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod durability;
 mod limits;
+mod plugins;
 mod relay_control;
 mod smtp;
 mod smuggling;

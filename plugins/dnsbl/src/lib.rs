@@ -5,15 +5,23 @@
 //! that lists it. DNS timeouts and failures never refuse mail: they are logged and the next
 //! zone is asked (fail open).
 //!
-//! Config (all keys but `zones` optional):
+//! Config (all keys but `zones` optional), under the plugin's `[[plugin]]` entry:
 //!
 //! ```toml
-//! config = { zones = [
+//! [plugin.config]
+//! zones = [
 //!     { zone = "zen.spamhaus.org", answers = ["127.0.0.2", "127.0.0.3", "127.0.0.4/30", "127.0.0.9"] },
 //!     { zone = "bl.spamcop.net", ipv6 = false },
-//! ], require_loopback_answer = true, skip_non_public = true, skip_networks = ["192.0.2.0/24"],
-//!   message = "Client host [{ip}] blocked using {zone}" }
+//! ]
+//! require_loopback_answer = true   # only answers in 127.0.0.0/8 count (per zone too)
+//! skip_non_public = true           # never look up loopback, private, link-local, ... clients
+//! skip_networks = ["192.0.2.0/24"]
+//! message = "Client host [{ip}] blocked using {zone}"   # also per zone; {answer} too
 //! ```
+//!
+//! Per zone: `zone` (required), `ipv4`/`ipv6` (default true), `answers` (addresses or CIDR
+//! networks an answer must fall in; default: any, except the lists' error codes
+//! 127.255.255.0/24, which are logged), `require_loopback_answer`, `message`.
 
 use postrider_plugin::net::{self, Cidr};
 use postrider_plugin::{Config, Connection, Plugin, Stages, Verdict, dns, log};

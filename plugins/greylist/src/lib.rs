@@ -11,15 +11,20 @@
 //!
 //! A kv error never refuses mail: it is logged and the recipient passes (fail open).
 //!
-//! Config (every key optional):
+//! Config (every key optional), under the plugin's `[[plugin]]` entry:
 //!
 //! ```toml
-//! config = { delay_seconds = 300, pass_ttl_days = 36, retry_window_hours = 24,
-//!            ipv4_prefix = 24, ipv6_prefix = 64, skip_authenticated = true,
-//!            skip_networks = ["10.0.0.0/8", "2001:db8::/32"],
-//!            skip_senders = ["@partner.example", "alerts@vendor.example"],
-//!            skip_recipients = ["postmaster@", "abuse@example.org"],
-//!            message = "Greylisted, please try again later" }
+//! [plugin.config]
+//! delay_seconds = 300         # a retry passes after this long
+//! pass_ttl_days = 36          # a passed triplet is remembered this long (refreshed daily on use)
+//! retry_window_hours = 24     # a first attempt is remembered this long, waiting for its retry
+//! ipv4_prefix = 24            # the client is its /24 ...
+//! ipv6_prefix = 64            # ... or its /64
+//! skip_authenticated = true   # never greylist after AUTH
+//! skip_networks = ["10.0.0.0/8", "2001:db8::/32"]
+//! skip_senders = ["@partner.example", "alerts@vendor.example"]   # address, @domain or domain
+//! skip_recipients = ["postmaster@", "abuse@example.org"]        # ... or local@ (any domain)
+//! message = "Greylisted, please try again later"
 //! ```
 
 use postrider_plugin::net::{self, Cidr};

@@ -5,13 +5,16 @@
 //! `Subject`, the size, attachment count, DKIM/DMARC results. By default any incoming header
 //! of the same name is removed first, so a sender cannot forge the stamp.
 //!
-//! Config (every key optional):
+//! Config (every key optional), under the plugin's `[[plugin]]` entry:
 //!
 //! ```toml
-//! config = { header = "X-Postrider-Stamp", value = "mx1.example.org", position = "prepend",
-//!            remove_existing = true,
-//!            report = ["queue-id", "message-id", "subject-length", "size", "attachments",
-//!                      "dkim", "dmarc", "tls", "auth"] }
+//! [plugin.config]
+//! header = "X-Postrider-Stamp"
+//! value = "mx1.example.org"
+//! position = "prepend"        # or "append"
+//! remove_existing = true      # drop incoming headers of that name first
+//! report = ["queue-id", "message-id", "subject-length", "size", "attachments",
+//!           "dkim", "dmarc", "tls", "auth"]   # default: the first four
 //! ```
 //!
 //! gives e.g. `X-Postrider-Stamp: mx1.example.org; queue-id=7QK2B4; message-id=present;

@@ -7,13 +7,17 @@
 //! the null sender (bounces) is not limited per sender. A kv error never refuses mail: it is
 //! logged and the command passes (fail open).
 //!
-//! Config (at least one of `per_client_ip` and `per_sender`):
+//! Config (at least one of `per_client_ip` and `per_sender`), under the plugin's `[[plugin]]` entry:
 //!
 //! ```toml
-//! config = { per_client_ip = { limit = 100, window_seconds = 3600 },
-//!            per_sender = { limit = 500, window_seconds = 3600 },
-//!            ipv4_prefix = 32, ipv6_prefix = 64, skip_networks = ["127.0.0.0/8"],
-//!            skip_authenticated = false, message = "Rate limit exceeded, try again later" }
+//! [plugin.config]
+//! per_client_ip = { limit = 100, window_seconds = 3600 }   # MAIL FROMs per client network
+//! per_sender = { limit = 500, window_seconds = 3600 }      # RCPTs per user or sender address
+//! ipv4_prefix = 32                 # the client network: the address itself ...
+//! ipv6_prefix = 64                 # ... or its /64
+//! skip_networks = ["127.0.0.0/8"]
+//! skip_authenticated = false
+//! message = "Rate limit exceeded, try again later"
 //! ```
 
 use postrider_plugin::net::{self, Cidr};

@@ -7,12 +7,18 @@
 //! `alice+news` is checked as `alice`. `postmaster` is always valid at a listed domain
 //! (RFC 5321 §4.5.1) unless `allow_postmaster = false`.
 //!
-//! Config (`domains` required):
+//! Config (`domains` required), under the plugin's `[[plugin]]` entry:
 //!
 //! ```toml
-//! config = { domains = { "example.org" = ["alice", "bob"], "example.net" = ["info"] },
-//!            strip_detail = true, detail_separators = "+", allow_postmaster = true,
-//!            message = "Recipient address rejected: user unknown" }
+//! [plugin.config]
+//! strip_detail = true         # check alice+news as alice
+//! detail_separators = "+"
+//! allow_postmaster = true
+//! message = "Recipient address rejected: user unknown"
+//!
+//! [plugin.config.domains]
+//! "example.org" = ["alice", "bob"]
+//! "example.net" = ["info"]
 //! ```
 
 use postrider_plugin::{Config, Connection, Envelope, Plugin, RcptOutcome, Stages, addr};

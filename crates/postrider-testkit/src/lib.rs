@@ -1,0 +1,58 @@
+//! Test support shared by Postrider's test suites.
+//!
+//! The example plugins in `plugins/` are their own cargo workspace built for `wasm32-wasip2`;
+//! tests that run real guests call [`plugin_wasm`], which builds that workspace once per test
+//! process (cargo's own lock serialises concurrent test binaries) and returns the component.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds `plugins/` (release, wasm32-wasip2) once and returns the path of plugin `name`'s
+/// component (`name` as in its crate name, e.g. "header-stamp").
+///
+/// # Panics
+/// If the build fails: a test that needs a plugin cannot run without it.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_plugins);
+    match dir {
+        Ok(dir) => {
+            let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+            assert!(path.exists(), "no plugin component at {}", path.display());
+            path
+        }
+        Err(e) => panic!("building the plugins failed:\n{e}"),
+    }
+}
+
+fn build_plugins() -> Result<PathBuf, String> {
+    let plugins = repo_root().join("plugins");
+    let target = plugins.join("target");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&plugins)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        // The outer cargo's settings are for the host target, not for the plugin build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(target.join("wasm32-wasip2/release"))
+}
