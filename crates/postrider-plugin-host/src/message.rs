@@ -114,10 +114,10 @@ fn unfold(raw: &[u8]) -> String {
     if trimmed.contains("=?") {
         // Parsed as an unstructured field (like Subject), which decodes encoded words.
         let header = format!("Subject: {trimmed}\r\n\r\n");
-        if let Some(msg) = MessageParser::new().parse_headers(header.as_bytes()) {
-            if let Some(value) = msg.subject() {
-                return value.to_owned();
-            }
+        if let Some(msg) = MessageParser::new().parse_headers(header.as_bytes())
+            && let Some(value) = msg.subject()
+        {
+            return value.to_owned();
         }
     }
     trimmed.to_owned()

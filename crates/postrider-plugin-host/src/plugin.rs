@@ -254,8 +254,10 @@ impl LoadedPlugin {
 
 /// Compiles a component, reading and writing the artifact cache when given.
 fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<Component, String> {
-    if let Some(path) = cache {
-        if path.exists() {
+    if let Some(path) = cache
+        && path.exists()
+    {
+        {
             // SAFETY: `path` is in the relay's own cache directory, named by the SHA-256 of
             // the component and the engine's compatibility hash, and only ever written by
             // `write_cache` below from wasmtime's own precompile output.
@@ -270,10 +272,10 @@ fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<
     }
     let component = Component::new(&engine.engine, bytes)
         .map_err(|e| format!("not a valid component: {e:#}"))?;
-    if let Some(path) = cache {
-        if let Err(e) = write_cache(&component, path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not write compiled plugin cache");
-        }
+    if let Some(path) = cache
+        && let Err(e) = write_cache(&component, path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not write compiled plugin cache");
     }
     Ok(component)
 }

@@ -1,6 +1,7 @@
 //! Real guests (the example plugins and a misbehaving fixture) through the real host: the
 //! chain semantics, and proof that traps, deadlines, memory caps and invalid answers are
 //! contained and answered by the failure policy.
+#![allow(clippy::unwrap_used)] // helpers of tests fail loudly on purpose
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -393,11 +394,13 @@ async fn greylist_uses_namespaced_kv_and_the_clock() {
 
 #[tokio::test]
 async fn dnsbl_rejects_listed_clients_via_the_dns_import() {
-    let mut dns = StaticDns::default();
-    dns.ip = HashMap::from([(
-        "160.69.2.81.bl.test".to_owned(),
-        Ok(vec!["127.0.0.2".parse().unwrap()]),
-    )]);
+    let dns = StaticDns {
+        ip: HashMap::from([(
+            "160.69.2.81.bl.test".to_owned(),
+            Ok(vec!["127.0.0.2".parse().unwrap()]),
+        )]),
+        ..StaticDns::default()
+    };
     let env = env_with_dns(dns);
     let p = pipeline(
         &env,
