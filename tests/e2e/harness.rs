@@ -30,9 +30,11 @@ pub fn plugin_cache() -> PathBuf {
 }
 
 /// A config with one plain `smtp` listener on a free port; `extra` is appended (TOML).
+/// Its resolver points at a closed loopback port, so outbound delivery of the accepted mail
+/// fails temporarily and messages stay in the spool for the test to inspect.
 pub fn config(extra: &str) -> String {
     format!(
-        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
         cache = plugin_cache().display()
     )
 }

@@ -80,6 +80,10 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Nameservers for the relay's resolver ("ip:port"); empty: the system's.
     pub nameservers: Vec<SocketAddr>,
+    /// Outbound delivery settings.
+    pub delivery: Delivery,
+    /// Static routes, in config order.
+    pub routes: Vec<Route>,
 }
 
 /// Settings shared by all plugins.
@@ -124,6 +128,103 @@ pub struct PluginConfig {
     pub timeout_ms: u64,
     /// Memory cap of each instance, in MiB.
     pub memory_mb: u32,
+}
+
+/// Outbound delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Port used for MX hosts (25; tests point it elsewhere).
+    pub smtp_port: u16,
+    /// Seconds to connect to one address.
+    pub connect_timeout: u64,
+    /// Seconds to wait for each reply.
+    pub reply_timeout: u64,
+    /// Most delivery attempts at once.
+    pub concurrency: usize,
+    /// Most attempts at once to one destination (domain, relay host or LMTP target).
+    pub per_destination: usize,
+    /// Retry intervals in seconds after the 1st, 2nd, ... failure; the last repeats.
+    pub retry_intervals: Vec<u64>,
+    /// After this many seconds in the queue a message is bounced.
+    pub max_age: u64,
+    /// Send a delay warning after this many seconds (0: never).
+    pub delay_warning: u64,
+    /// A message with more Received headers than this is bounced as a mail loop.
+    pub max_hops: usize,
+    /// TLS towards MX hosts: "none", "opportunistic" or "require".
+    pub tls: TlsPolicy,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            smtp_port: 25,
+            connect_timeout: 30,
+            reply_timeout: 300,
+            concurrency: 20,
+            per_destination: 5,
+            retry_intervals: vec![300, 600, 1200, 2400, 3600],
+            max_age: 5 * 24 * 3600,
+            delay_warning: 4 * 3600,
+            max_hops: 50,
+            tls: TlsPolicy::Opportunistic,
+        }
+    }
+}
+
+/// TLS towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never.
+    None,
+    /// STARTTLS when offered (the default).
+    Opportunistic,
+    /// STARTTLS or no delivery.
+    Require,
+}
+
+/// A static route: mail for these domains goes to a fixed next hop instead of their MX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Recipient domains (lower case; "*.example.org" matches subdomains).
+    pub domains: Vec<String>,
+    /// Where to.
+    pub to: RouteTarget,
+}
+
+/// The next hop of a static route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// SMTP relay (smarthost).
+    Relay {
+        /// Host name or IP.
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS policy.
+        tls: TlsPolicy,
+        /// AUTH user and password, sent only over TLS.
+        auth: Option<(String, String)>,
+    },
+    /// LMTP at "host:port" or "unix:/path".
+    Lmtp(String),
+}
+
+impl Config {
+    /// The static route for `domain`, if any (first match in config order).
+    pub fn route_for(&self, domain: &str) -> Option<&Route> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.routes.iter().find(|r| {
+            r.domains.iter().any(|d| match d.strip_prefix("*.") {
+                Some(suffix) => {
+                    domain.len() > suffix.len() + 1 && domain.ends_with(&format!(".{suffix}"))
+                }
+                None => *d == domain,
+            })
+        })
+    }
 }
 
 /// What a listener is for, which decides TLS and AUTH behaviour.
@@ -287,6 +388,26 @@ struct RawConfig {
     plugin: Vec<RawPlugin>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    delivery: Delivery,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    domains: Spanned<Vec<String>>,
+    relay: Option<Spanned<String>>,
+    lmtp: Option<Spanned<String>>,
+    #[serde(default = "default_route_tls")]
+    tls: TlsPolicy,
+    auth_user: Option<String>,
+    auth_password: Option<String>,
+}
+
+fn default_route_tls() -> TlsPolicy {
+    TlsPolicy::Opportunistic
 }
 
 #[derive(Deserialize)]
@@ -306,7 +427,7 @@ impl Default for RawPluginSettings {
             kv_path: PathBuf::from("var/kv.redb"),
             max_instances: 1000,
             kv_timeout_ms: 250,
-            dns_timeout_ms: 3000,
+            dns_timeout_ms: 1500,
         }
     }
 }
@@ -331,7 +452,7 @@ fn default_failure_policy() -> FailurePolicy {
 }
 
 fn default_plugin_timeout() -> Spanned<u64> {
-    Spanned::new(0..0, 200)
+    Spanned::new(0..0, 2000)
 }
 
 fn default_plugin_memory() -> Spanned<u32> {
@@ -655,6 +776,108 @@ impl Config {
             }
         }
 
+        let delivery = raw.delivery;
+        if delivery.concurrency == 0
+            || delivery.per_destination == 0
+            || delivery.retry_intervals.contains(&0)
+            || delivery.retry_intervals.is_empty()
+            || delivery.max_age == 0
+            || delivery.smtp_port == 0
+        {
+            return src.invalid(0..0, "delivery", "concurrency, per_destination, smtp_port, max_age and each retry interval must be greater than zero");
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            let domains_span = r.domains.span();
+            let domains: Vec<String> = r
+                .domains
+                .into_inner()
+                .iter()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            if domains.is_empty()
+                || domains
+                    .iter()
+                    .any(|d| d.is_empty() || d.contains(['@', ' ']))
+            {
+                return src.invalid(
+                    domains_span,
+                    &key("domains"),
+                    "a non-empty list of domain names",
+                );
+            }
+            let to = match (r.relay, r.lmtp) {
+                (Some(relay), None) => {
+                    let text = relay.get_ref();
+                    let (host, port) = match text.rsplit_once(':') {
+                        Some((h, p)) if !h.contains(':') || h.starts_with('[') => match p
+                            .parse::<u16>()
+                        {
+                            Ok(port) if port > 0 => (h.trim_matches(['[', ']']).to_owned(), port),
+                            _ => {
+                                return src.invalid(
+                                    relay.span(),
+                                    &key("relay"),
+                                    "expected host or host:port",
+                                );
+                            }
+                        },
+                        _ => (text.clone(), 25),
+                    };
+                    if host.is_empty() {
+                        return src.invalid(
+                            relay.span(),
+                            &key("relay"),
+                            "expected host or host:port",
+                        );
+                    }
+                    let auth = match (r.auth_user, r.auth_password) {
+                        (Some(u), Some(p)) => Some((u, p)),
+                        (None, None) => None,
+                        _ => {
+                            return src.invalid(
+                                relay.span(),
+                                &key("auth_user"),
+                                "auth_user and auth_password go together",
+                            );
+                        }
+                    };
+                    RouteTarget::Relay {
+                        host,
+                        port,
+                        tls: r.tls,
+                        auth,
+                    }
+                }
+                (None, Some(lmtp)) => {
+                    let t = lmtp.get_ref();
+                    let ok = match t.strip_prefix("unix:") {
+                        Some(path) => path.starts_with('/'),
+                        None => t.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        }),
+                    };
+                    if !ok {
+                        return src.invalid(
+                            lmtp.span(),
+                            &key("lmtp"),
+                            "expected host:port or unix:/path",
+                        );
+                    }
+                    RouteTarget::Lmtp(t.clone())
+                }
+                _ => {
+                    return src.invalid(
+                        domains_span,
+                        &key("relay"),
+                        "a route needs exactly one of relay and lmtp",
+                    );
+                }
+            };
+            routes.push(Route { domains, to });
+        }
+
         Ok(Config {
             origin: name.to_owned(),
             hostname,
@@ -676,6 +899,8 @@ impl Config {
             },
             plugins,
             nameservers,
+            delivery,
+            routes,
         })
     }
 }
@@ -854,6 +1079,41 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("plugin[1].name"), "{err}");
+    }
+
+    #[test]
+    fn routes_and_delivery_settings() {
+        let text = format!(
+            "{MINIMAL}[delivery]\nsmtp_port = 2525\nretry_intervals = [1, 2]\n\
+             [[route]]\ndomains = [\"Relay.Test\", \"*.corp.test\"]\nrelay = \"127.0.0.2:2526\"\ntls = \"none\"\n\
+             [[route]]\ndomains = [\"local.test\"]\nlmtp = \"unix:/run/lmtp\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.delivery.smtp_port, 2525);
+        assert_eq!(config.delivery.retry_intervals, [1, 2]);
+        let relay = RouteTarget::Relay {
+            host: "127.0.0.2".into(),
+            port: 2526,
+            tls: TlsPolicy::None,
+            auth: None,
+        };
+        assert_eq!(config.route_for("relay.test.").map(|r| &r.to), Some(&relay));
+        assert_eq!(config.route_for("a.corp.test").map(|r| &r.to), Some(&relay));
+        assert_eq!(config.route_for("corp.test"), None);
+        assert_eq!(
+            config.route_for("LOCAL.test").map(|r| &r.to),
+            Some(&RouteTarget::Lmtp("unix:/run/lmtp".into()))
+        );
+        let err = parse(&format!(
+            "{MINIMAL}[[route]]\ndomains = [\"x.test\"]\nrelay = \"h:0\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("route[0].relay"), "{err}");
+        let err = parse(&format!("{MINIMAL}[[route]]\ndomains = [\"x.test\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one of relay and lmtp"), "{err}");
     }
 
     #[test]

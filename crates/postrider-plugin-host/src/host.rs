@@ -143,19 +143,19 @@ impl kv::Host for HostState {
     }
 }
 
-fn dns_err(e: crate::dns::DnsError) -> dns::DnsError {
+fn dns_err(e: postrider_dns::DnsError) -> dns::DnsError {
     match e {
-        crate::dns::DnsError::NxDomain => dns::DnsError::NxDomain,
-        crate::dns::DnsError::NoData => dns::DnsError::NoData,
-        crate::dns::DnsError::Timeout => dns::DnsError::Timeout,
-        crate::dns::DnsError::Failure(m) => dns::DnsError::Failure(m),
+        postrider_dns::DnsError::NxDomain => dns::DnsError::NxDomain,
+        postrider_dns::DnsError::NoData => dns::DnsError::NoData,
+        postrider_dns::DnsError::Timeout => dns::DnsError::Timeout,
+        postrider_dns::DnsError::Failure(m) => dns::DnsError::Failure(m),
     }
 }
 
 /// Runs a lookup with the configured timeout.
 async fn lookup<T>(
     limit: Duration,
-    op: impl Future<Output = Result<T, crate::dns::DnsError>>,
+    op: impl Future<Output = Result<T, postrider_dns::DnsError>>,
 ) -> Result<T, dns::DnsError> {
     match tokio::time::timeout(limit, op).await {
         Ok(r) => r.map_err(dns_err),

@@ -10,7 +10,6 @@
 
 mod bindings;
 mod chain;
-mod dns;
 mod edits;
 mod engine;
 mod error;
@@ -23,12 +22,12 @@ mod validate;
 use postrider_smtp::reply::Reply;
 
 pub use chain::{ChainSession, DataOutcome, Pipeline, RcptOutcome, StageOutcome};
-pub use dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns};
 pub use edits::apply_edits;
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
 pub use message::MessageView;
 pub use plugin::{FailurePolicy, LoadedPlugin, PluginSpec, Stage};
+pub use postrider_dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns};
 pub use state::{HostCall, Services};
 
 /// What the chain decided at a stage.

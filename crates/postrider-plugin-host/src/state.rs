@@ -10,7 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::dns::Dns;
+use postrider_dns::Dns;
 
 /// The relay services plugins reach through their imports, shared by every store.
 #[derive(Clone)]

@@ -191,6 +191,14 @@ macro_rules! export {
                 __PostriderExport with_types_in $crate::bindings
             );
         };
+
+        // Natively nothing is exported; name the plugin's entry points so that `cargo test`
+        // does not report the plugin type as dead code.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Plugin>::init;
+            let _ = <$plugin as $crate::Plugin>::stages;
+        };
     };
 }
 

@@ -57,6 +57,15 @@ pub enum CorruptReason {
     /// The checksum matched but the envelope JSON does not describe an [`Envelope`].
     #[error("invalid envelope JSON: {0}")]
     Envelope(#[source] serde_json::Error),
+    /// The checksum matched but a state file's JSON does not describe a `MessageState`.
+    #[error("invalid delivery state JSON: {0}")]
+    State(#[source] serde_json::Error),
+    /// A state file's length field is implausibly large.
+    #[error("state length {len} exceeds the limit of {MAX_ENVELOPE_LEN} bytes")]
+    StateTooLarge {
+        /// The length field as read.
+        len: u32,
+    },
     /// A file in `active/` whose name is not a queue id.
     #[error("file name is not a queue id")]
     BadName,
@@ -101,6 +110,12 @@ pub enum EncodeError {
     /// The envelope serializes to more than [`MAX_ENVELOPE_LEN`] bytes.
     #[error("envelope is {len} bytes, over the limit of {MAX_ENVELOPE_LEN}")]
     EnvelopeTooLarge {
+        /// The serialized size.
+        len: usize,
+    },
+    /// A delivery state serializes to more than [`MAX_ENVELOPE_LEN`] bytes.
+    #[error("delivery state is {len} bytes, over the limit of {MAX_ENVELOPE_LEN}")]
+    StateTooLarge {
         /// The serialized size.
         len: usize,
     },

@@ -13,6 +13,8 @@
 //! DIR/tmp/ID      an entry being written; anything here at open is deleted
 //! DIR/active/ID   a complete entry: queued for delivery
 //! DIR/corrupt/    files from active/ that failed verification, kept as evidence
+//!                 (corrupt state files land here as ID.state)
+//! DIR/state/ID    the delivery state of active/ID, once the queue manager saved one
 //! ```
 //!
 //! `ID` is a [`QueueId`]: 17 Crockford base32 characters, time-sortable, and strictly
@@ -79,16 +81,57 @@
 //! gets [`SpoolError::Sync`]; the server must answer `451 4.3.0`. A failure writing one
 //! entry fails only that entry. [`SyncMode::None`] skips syncing, for tests and benchmarks
 //! only.
+//!
+//! # State files, version 1
+//!
+//! [`Spool::save_state`] records which recipients of `active/ID` were delivered, bounced
+//! or are still pending ([`MessageState`]) in `state/ID`, so a restart never re-delivers a
+//! recipient already delivered. Across a crash in the middle of an attempt delivery is
+//! at-least-once: the state is saved after the attempt. Integers are big-endian:
+//!
+//! ```text
+//! "POSTRIDER-STATE 1\r\n"   magic line; the decimal number is the state format version
+//! u32 json_len              length of the JSON (at most 64 MiB)
+//! json_len bytes            the MessageState as UTF-8 JSON
+//! u32 crc                   CRC-32 (IEEE) of every byte above
+//! ```
+//!
+//! A save writes `tmp/ID.state.N`, fsyncs it, renames it over `state/ID` and fsyncs
+//! `state/` (no syncs in [`SyncMode::None`]), so a reader sees the old or the new state,
+//! never a mix. [`Spool::remove`] deletes the entry first and then its state.
+//!
+//! At open, state files whose entry is gone from `active/` are deleted
+//! ([`Recovery::removed_states`]) and corrupt ones are moved to `corrupt/ID.state`
+//! ([`Recovery::corrupt_states`]). A state file that is missing or corrupt reads as `None`
+//! (corrupt ones with a warning): the message is kept and every recipient counts as
+//! pending, which may deliver a recipient twice but never loses one.
+//!
+//! Versioning follows the spool's rules. The state format version is independent of the
+//! spool's ([`STATE_FORMAT_VERSION`]). Within version 1, new fields must be optional with
+//! absence meaning the old behaviour (`MessageState` is not `deny_unknown_fields`). A new
+//! [`RcptStatus`] variant or a changed meaning needs a new version, since an older reader
+//! would take the file for corrupt and re-deliver. [`Spool::load_state`] reports a state
+//! file of an unknown version as [`SpoolError::UnsupportedVersion`] (never as `None`,
+//! which would re-deliver what a newer build delivered), and open leaves it in place.
 
+pub mod dsn;
 mod envelope;
 mod error;
 mod format;
 mod id;
+pub mod schedule;
 mod spool;
+pub mod state;
 mod writer;
 
+pub use dsn::{
+    DEFAULT_MAX_RETURNED_LEN, DsnKind, DsnOptions, DsnRecipient, build_dsn, build_dsn_with,
+    dsn_needs_smtputf8, wants_dsn,
+};
 pub use envelope::{ClientInfo, Envelope, Recipient};
 pub use error::SpoolError;
 pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};
+pub use schedule::{FALLBACK_INTERVAL, Retry, RetryPolicy};
 pub use spool::{Recovery, Spool, SpoolOptions, SyncMode};
+pub use state::{MessageState, RcptState, RcptStatus, STATE_FORMAT_VERSION};

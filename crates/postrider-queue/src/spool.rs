@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::format::{self, CorruptReason, ReadError};
+use crate::state::{StateReadError, read_state_file};
 use crate::writer::{Reply, Request, Shared, Writer};
 use crate::{Envelope, QueueId, SpoolError};
 
@@ -59,6 +60,11 @@ pub struct Recovery {
     /// Entries written by a newer format version, left in `active/` for a newer build;
     /// [`Spool::list`] skips them and [`Spool::load`] reports [`SpoolError::UnsupportedVersion`].
     pub unsupported: Vec<(QueueId, u32)>,
+    /// State files in `state/` whose message no longer exists, deleted.
+    pub removed_states: usize,
+    /// State files that failed verification, at their new location in `corrupt/`
+    /// (as `ID.state`); their messages are kept and count as never attempted.
+    pub corrupt_states: Vec<PathBuf>,
 }
 
 /// The spool's directory layout.
@@ -68,6 +74,7 @@ pub(crate) struct Paths {
     pub(crate) tmp: PathBuf,
     pub(crate) active: PathBuf,
     pub(crate) corrupt: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
 impl Paths {
@@ -77,6 +84,7 @@ impl Paths {
             tmp: dir.join("tmp"),
             active: dir.join("active"),
             corrupt: dir.join("corrupt"),
+            state: dir.join("state"),
         }
     }
 }
@@ -112,8 +120,10 @@ impl Spool {
     ///
     /// Layout: `dir/lock` (held with an exclusive `flock` so two processes cannot share a
     /// spool), `dir/tmp/` (entries being written), `dir/active/` (queued entries) and
-    /// `dir/corrupt/` (files that failed verification, kept as evidence). Everything in
-    /// `tmp/` is deleted; every file in `active/` is verified and moved to `corrupt/` if bad.
+    /// `dir/corrupt/` (files that failed verification, kept as evidence) and `dir/state/`
+    /// (delivery state). Everything in `tmp/` is deleted; every file in `active/` is verified
+    /// and moved to `corrupt/` if bad; state files of vanished messages are deleted and
+    /// corrupt ones moved to `corrupt/`.
     pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, Recovery), SpoolError> {
         let paths = Arc::new(Paths::new(dir));
         if create_dir(&paths.dir)?
@@ -140,7 +150,7 @@ impl Spool {
             Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io(lock_path, e)),
         }
 
-        for sub in [&paths.tmp, &paths.active, &paths.corrupt] {
+        for sub in [&paths.tmp, &paths.active, &paths.corrupt, &paths.state] {
             create_dir(sub)?;
         }
         let dir_fd = open_dir(&paths.dir)?;
@@ -150,7 +160,11 @@ impl Spool {
             .map_err(|e| SpoolError::io(&paths.dir, e))?;
 
         let (recovery, unsupported) = recover(&paths)?;
-        if recovery.removed_partial > 0 || !recovery.corrupt.is_empty() {
+        if recovery.removed_partial > 0
+            || !recovery.corrupt.is_empty()
+            || recovery.removed_states > 0
+            || !recovery.corrupt_states.is_empty()
+        {
             // Persist the cleanup so the same partial files are not found again.
             sync_fs(&dir_fd).map_err(|source| SpoolError::Sync {
                 path: paths.dir.clone(),
@@ -163,6 +177,8 @@ impl Spool {
             removed_partial = recovery.removed_partial,
             corrupt = recovery.corrupt.len(),
             unsupported = recovery.unsupported.len(),
+            removed_states = recovery.removed_states,
+            corrupt_states = recovery.corrupt_states.len(),
             "spool opened"
         );
 
@@ -260,7 +276,11 @@ impl Spool {
         }
     }
 
-    /// Deletes an entry (after delivery or bounce) and makes the deletion durable.
+    /// Deletes an entry (after delivery or bounce) and makes the deletion durable, then
+    /// deletes its delivery state.
+    ///
+    /// The entry goes first: a crash in between leaves an orphaned state file, which the
+    /// next open deletes, never a message without its state (which would be re-delivered).
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         let path = self.inner.paths.active.join(id.as_str());
         fs::remove_file(&path).map_err(|e| match e.kind() {
@@ -273,7 +293,12 @@ impl Spool {
                 .sync_all()
                 .map_err(|e| SpoolError::io(&self.inner.paths.active, e))?;
         }
-        Ok(())
+        let state = self.inner.paths.state.join(id.as_str());
+        match fs::remove_file(&state) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::io(state, e)),
+        }
     }
 
     /// The ids of all acknowledged entries in `active/`, sorted (oldest first).
@@ -297,6 +322,16 @@ impl Spool {
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.inner.paths.dir
+    }
+
+    /// The directory layout, for the other modules of this crate.
+    pub(crate) fn paths(&self) -> &Paths {
+        &self.inner.paths
+    }
+
+    /// How this spool makes writes durable.
+    pub(crate) fn sync_mode(&self) -> SyncMode {
+        self.inner.sync
     }
 
     /// How many file system syncs the writer has issued; with group commit this grows by
@@ -417,7 +452,65 @@ fn recover(paths: &Paths) -> Result<(Recovery, BTreeSet<QueueId>), SpoolError> {
     }
     recovery.recovered.sort_unstable();
     recovery.unsupported.sort_unstable();
+    recover_states(paths, &mut recovery)?;
     Ok((recovery, unsupported))
+}
+
+/// Deletes state files whose message is gone and quarantines corrupt ones.
+fn recover_states(paths: &Paths, recovery: &mut Recovery) -> Result<(), SpoolError> {
+    let live: BTreeSet<&QueueId> = recovery
+        .recovered
+        .iter()
+        .chain(recovery.unsupported.iter().map(|(id, _)| id))
+        .collect();
+    let mut corrupt_states = Vec::new();
+    for entry in read_dir(&paths.state)? {
+        let path = entry.path();
+        let id = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<QueueId>().ok());
+        let Some(id) = id else {
+            tracing::warn!(path = %path.display(), "ignoring unexpected file in the state directory");
+            continue;
+        };
+        if !live.contains(&id) {
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| SpoolError::io(&path, e))?;
+            tracing::debug!(path = %path.display(), "removed state of a vanished spool entry");
+            recovery.removed_states += 1;
+            continue;
+        }
+        match read_state_file(&path) {
+            Ok(_) => {}
+            Err(StateReadError::Io(e)) if e.kind() == io::ErrorKind::IsADirectory => {
+                corrupt_states.push(quarantine_as(
+                    paths,
+                    &path,
+                    format!("{id}.state"),
+                    &CorruptReason::NotAFile,
+                )?);
+            }
+            Err(StateReadError::Io(e)) => return Err(SpoolError::io(path, e)),
+            Err(StateReadError::Corrupt(reason)) => {
+                corrupt_states.push(quarantine_as(paths, &path, format!("{id}.state"), &reason)?);
+            }
+            Err(StateReadError::UnsupportedVersion(version)) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    version,
+                    supported = crate::STATE_FORMAT_VERSION,
+                    "delivery state has an unsupported format version; left in place for a newer build"
+                );
+            }
+        }
+    }
+    recovery.corrupt_states = corrupt_states;
+    Ok(())
 }
 
 /// Verifies one file without keeping its message in memory.
@@ -430,6 +523,17 @@ fn verify(path: &Path) -> Result<(), ReadError> {
 /// Moves a bad file into `corrupt/` under a name that does not clobber earlier evidence.
 fn quarantine(paths: &Paths, path: &Path, reason: &CorruptReason) -> Result<PathBuf, SpoolError> {
     let name = path.file_name().unwrap_or(path.as_os_str()).to_os_string();
+    quarantine_as(paths, path, name, reason)
+}
+
+/// Moves a bad file into `corrupt/` as `name` (numbered if that is taken).
+fn quarantine_as(
+    paths: &Paths,
+    path: &Path,
+    name: impl Into<std::ffi::OsString>,
+    reason: &CorruptReason,
+) -> Result<PathBuf, SpoolError> {
+    let name: std::ffi::OsString = name.into();
     let mut target = paths.corrupt.join(&name);
     let mut n = 0u32;
     while fs::symlink_metadata(&target).is_ok() {

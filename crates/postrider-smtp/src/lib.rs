@@ -1,10 +1,11 @@
-//! Sans-IO SMTP server protocol for Postrider.
+//! Sans-IO SMTP protocol for Postrider: the server session and the SMTP/LMTP client.
 //!
 //! This crate parses commands and addresses, receives message content and drives the
-//! server session state machine. It performs no IO and reads no clock: the caller
+//! server session state machine and the outbound client session ([`client`]). It performs no IO and reads no clock: the caller
 //! feeds received bytes, sends the output, applies timeouts and makes policy decisions.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;

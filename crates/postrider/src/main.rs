@@ -1,5 +1,6 @@
 //! The Postrider mail relay.
 
+mod outbound;
 mod passwords;
 mod plugins;
 mod relay;

@@ -8,13 +8,12 @@ use anyhow::Context;
 use postrider_config::{Config, FailurePolicy};
 use postrider_kv::{EmbeddedKv, SystemClock};
 use postrider_plugin_host::{
-    self as host, EngineOptions, HickoryDns, LoadedPlugin, Pipeline, PluginEngine, PluginSpec,
-    Services,
+    self as host, Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
 };
 use tracing::info;
 
 /// Loads every configured plugin; `None` when there are none (no engine is built then).
-pub async fn load(config: &Config) -> anyhow::Result<Option<Arc<Pipeline>>> {
+pub async fn load(config: &Config, dns: Arc<dyn Dns>) -> anyhow::Result<Option<Arc<Pipeline>>> {
     if config.plugins.is_empty() {
         return Ok(None);
     }
@@ -39,14 +38,9 @@ pub async fn load(config: &Config) -> anyhow::Result<Option<Arc<Pipeline>>> {
     let clock = Arc::new(SystemClock);
     let kv = EmbeddedKv::open(&settings.kv_path, clock.clone())
         .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
-    let dns = if config.nameservers.is_empty() {
-        HickoryDns::from_system().context("reading the system resolver configuration")?
-    } else {
-        HickoryDns::with_nameservers(&config.nameservers)
-    };
     let services = Services {
         kv: Arc::new(kv),
-        dns: Arc::new(dns),
+        dns,
         clock,
         kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
         dns_timeout: Duration::from_millis(settings.dns_timeout_ms),

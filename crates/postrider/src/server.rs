@@ -16,10 +16,12 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use crate::outbound::{self, QueueHandle};
 use crate::passwords::Passwords;
 use crate::plugins;
 use crate::session::{self, SessionCtx};
-use postrider_plugin_host::Pipeline;
+use postrider_delivery::{Deliverer, DeliveryOptions};
+use postrider_plugin_host::{Dns, HickoryDns, Pipeline};
 
 /// Everything a session needs that is shared by the whole server.
 pub struct Shared {
@@ -31,6 +33,8 @@ pub struct Shared {
     pub passwords: Option<Passwords>,
     /// The plugin chain, when plugins are configured.
     pub pipeline: Option<Arc<Pipeline>>,
+    /// Hands newly spooled messages to the queue manager.
+    pub queue: QueueHandle,
     /// Set to true when sessions must close now (end of the shutdown grace period).
     pub force_close: watch::Receiver<bool>,
 }
@@ -96,7 +100,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let pipeline = plugins::load(&config).await?;
+    let dns: Arc<dyn Dns> = if config.nameservers.is_empty() {
+        Arc::new(HickoryDns::from_system().context("reading the system resolver configuration")?)
+    } else {
+        Arc::new(HickoryDns::with_nameservers(&config.nameservers))
+    };
+    let pipeline = plugins::load(&config, Arc::clone(&dns)).await?;
+    let deliverer = Deliverer::new(
+        dns,
+        DeliveryOptions {
+            helo_name: config.hostname.clone(),
+            smtp_port: config.delivery.smtp_port,
+            connect_timeout: Duration::from_secs(config.delivery.connect_timeout),
+            reply_timeout: Duration::from_secs(config.delivery.reply_timeout),
+        },
+    )
+    .context("TLS client configuration")?;
+    let queue = outbound::start(
+        Arc::new(config.clone()),
+        spool.clone(),
+        deliverer,
+        pipeline.clone(),
+    );
 
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -123,6 +148,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         spool,
         passwords,
         pipeline,
+        queue,
         force_close: force_rx,
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -420,6 +420,7 @@ async fn decide(
                 Ok(id) => {
                     info!(queue_id = %id, from = %from, rcpts, size, quarantined, "queued");
                     session.queued(id.as_str())?;
+                    ctx.shared.queue.submit(id);
                 }
                 Err(e) => {
                     warn!(error = %e, "spool write failed");

@@ -1,4 +1,5 @@
-//! DNS for plugins behind a trait: hickory in the relay, a fixed table in tests and the harness.
+//! DNS behind one trait, for plugins and for delivery: hickory in the relay, a fixed table in
+//! tests and the plugin harness.
 
 use std::collections::HashMap;
 use std::future::Future;

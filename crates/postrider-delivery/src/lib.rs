@@ -1,0 +1,11 @@
+//! Outbound delivery: where a recipient's mail goes (MX resolution, relay hosts, LMTP) and
+//! one delivery attempt over SMTP or LMTP, driving `postrider-smtp`'s sans-IO client over
+//! tokio, with STARTTLS through rustls.
+
+mod attempt;
+mod resolve;
+mod tls;
+
+pub use attempt::{Attempt, Deliverer, DeliveryOptions, Destination};
+pub use resolve::{ResolveError, mail_hosts};
+pub use tls::client_config;

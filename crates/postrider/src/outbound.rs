@@ -1,0 +1,697 @@
+//! The queue manager: schedules spooled messages, routes each recipient (static routes, then
+//! route-stage plugins, then MX), delivers per destination with concurrency limits, retries
+//! with backoff, and bounces (RFC 3464 DSN) what cannot be delivered. A message leaves the
+//! spool only when every recipient is delivered, bounced or discarded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postrider_config::{Config, RouteTarget, TlsPolicy};
+use postrider_delivery::{Deliverer, Destination};
+use postrider_plugin_host::{ConnInfo, EnvelopeInfo, Pipeline, RouteDecision};
+use postrider_queue::dsn::{DsnKind, DsnRecipient, build_dsn, wants_dsn};
+use postrider_queue::schedule::{Retry, RetryPolicy};
+use postrider_queue::state::{MessageState, RcptState, RcptStatus};
+use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool};
+use postrider_smtp::client::{
+    Credentials, OutboundMessage, OutboundRecipient, RcptResult, TlsWanted,
+};
+use postrider_smtp::command::{Notify, NotifyOn, Ret};
+use tokio::sync::{Notify as Wake, Semaphore, mpsc};
+use tracing::{info, warn};
+
+/// Tells the queue manager about new messages.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<QueueId>,
+}
+
+impl QueueHandle {
+    /// Schedules a freshly spooled message for immediate delivery.
+    pub fn submit(&self, id: QueueId) {
+        let _ = self.tx.send(id);
+    }
+}
+
+/// Everything a delivery task needs.
+struct Manager {
+    config: Arc<Config>,
+    spool: Spool,
+    deliverer: Deliverer,
+    pipeline: Option<Arc<Pipeline>>,
+    policy: RetryPolicy,
+    slots: Arc<Semaphore>,
+    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    handle: QueueHandle,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the queue manager: every message already in the spool is scheduled now.
+pub fn start(
+    config: Arc<Config>,
+    spool: Spool,
+    deliverer: Deliverer,
+    pipeline: Option<Arc<Pipeline>>,
+) -> QueueHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle { tx };
+    let d = &config.delivery;
+    let policy = RetryPolicy {
+        intervals: d
+            .retry_intervals
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        max_age: Duration::from_secs(d.max_age),
+        delay_warning: (d.delay_warning > 0).then(|| Duration::from_secs(d.delay_warning)),
+    };
+    let manager = Arc::new(Manager {
+        slots: Arc::new(Semaphore::new(d.concurrency)),
+        config,
+        spool,
+        deliverer,
+        pipeline,
+        policy,
+        per_destination: Mutex::new(HashMap::new()),
+        handle: handle.clone(),
+    });
+    let due: Arc<Mutex<BTreeMap<u64, Vec<QueueId>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let wake = Arc::new(Wake::new());
+    match manager.spool.list() {
+        Ok(ids) => {
+            let now = now_ms();
+            let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
+            due.entry(now).or_default().extend(ids);
+        }
+        Err(e) => warn!(error = %e, "listing the spool failed"),
+    }
+    // New messages: due now.
+    {
+        let (due, wake) = (Arc::clone(&due), Arc::clone(&wake));
+        tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                due.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(now_ms())
+                    .or_default()
+                    .push(id);
+                wake.notify_one();
+            }
+        });
+    }
+    // The scheduler: runs what is due, sleeps until the next due time or a new message.
+    tokio::spawn(async move {
+        loop {
+            let now = now_ms();
+            let (ready, next) = {
+                let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
+                let later = due.split_off(&now.saturating_add(1));
+                let ready: Vec<QueueId> = std::mem::replace(&mut *due, later)
+                    .into_values()
+                    .flatten()
+                    .collect();
+                (ready, due.keys().next().copied())
+            };
+            for id in ready {
+                let (manager, due, wake) =
+                    (Arc::clone(&manager), Arc::clone(&due), Arc::clone(&wake));
+                tokio::spawn(async move {
+                    if let Some(at) = manager.process(&id).await {
+                        due.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(at)
+                            .or_default()
+                            .push(id);
+                        wake.notify_one();
+                    }
+                });
+            }
+            let sleep = next.map_or(Duration::from_secs(3600), |t| {
+                Duration::from_millis(t.saturating_sub(now_ms()))
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = wake.notified() => {}
+            }
+        }
+    });
+    handle
+}
+
+/// One recipient's route, as a destination key plus how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    Deliver(Destination),
+    Hold(String),
+    Discard,
+    Bounce(String, String),
+    Defer(String),
+}
+
+fn tls_wanted(t: TlsPolicy) -> TlsWanted {
+    match t {
+        TlsPolicy::None => TlsWanted::None,
+        TlsPolicy::Opportunistic => TlsWanted::Opportunistic,
+        TlsPolicy::Require => TlsWanted::Require,
+    }
+}
+
+fn host_tls(t: postrider_plugin_host::TlsPolicy) -> TlsWanted {
+    match t {
+        postrider_plugin_host::TlsPolicy::None => TlsWanted::None,
+        postrider_plugin_host::TlsPolicy::Opportunistic => TlsWanted::Opportunistic,
+        postrider_plugin_host::TlsPolicy::Require => TlsWanted::Require,
+    }
+}
+
+fn lmtp_destination(target: &str) -> Option<Destination> {
+    if let Some(path) = target.strip_prefix("unix:") {
+        return Some(Destination::LmtpUnix(path.into()));
+    }
+    let (host, port) = target.rsplit_once(':')?;
+    Some(Destination::LmtpTcp {
+        host: host.trim_matches(['[', ']']).to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
+fn destination_key(d: &Destination) -> String {
+    match d {
+        Destination::Mx { domain, .. } => format!("mx:{domain}"),
+        Destination::Relay { host, port, .. } => format!("relay:{host}:{port}"),
+        Destination::LmtpTcp { host, port } => format!("lmtp:{host}:{port}"),
+        Destination::LmtpUnix(p) => format!("lmtp:unix:{}", p.display()),
+    }
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+impl Manager {
+    /// Attempts the due recipients of one message; returns when to come back, if ever.
+    async fn process(&self, id: &QueueId) -> Option<u64> {
+        let (envelope, message) = {
+            let spool = self.spool.clone();
+            let idc = id.clone();
+            match tokio::task::spawn_blocking(move || spool.load(&idc)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    warn!(queue_id = %id, error = %e, "cannot load queued message");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        };
+        let now = now_ms();
+        let mut state = match self.spool.load_state(id) {
+            Ok(Some(s)) if s.recipients.len() == envelope.recipients.len() => s,
+            _ => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
+        };
+        if state.held || envelope.quarantine.is_some() {
+            return None;
+        }
+        let hops = count_received(&message);
+        let mut bounced: Vec<DsnRecipient> = Vec::new();
+        let mut plans: Vec<(usize, Plan)> = Vec::new();
+        for (i, rcpt) in envelope.recipients.iter().enumerate() {
+            let st = &state.recipients[i];
+            if st.status != RcptStatus::Pending || st.next_attempt_ms > now {
+                continue;
+            }
+            let plan = if hops > self.config.delivery.max_hops {
+                Plan::Bounce(
+                    "5.4.6".into(),
+                    format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
+                )
+            } else {
+                self.route(&envelope, &rcpt.address).await
+            };
+            plans.push((i, plan));
+        }
+
+        // Group deliverable recipients by destination.
+        let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
+        for (i, plan) in plans {
+            match plan {
+                Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
+                    Some((_, v)) => v.push(i),
+                    None => groups.push((dest, vec![i])),
+                },
+                Plan::Hold(reason) => {
+                    // Held recipients wait for an operator (`postrider queue release`).
+                    info!(queue_id = %id, rcpt = %envelope.recipients[i].address, reason = %reason, "held");
+                    state.recipients[i].last_reply = Some(format!("held: {reason}"));
+                    state.recipients[i].next_attempt_ms = u64::MAX;
+                }
+                Plan::Discard => {
+                    info!(queue_id = %id, rcpt = %envelope.recipients[i].address, "discarded by route");
+                    state.recipients[i].status = RcptStatus::Discarded;
+                }
+                Plan::Bounce(status, text) => {
+                    self.fail(
+                        id,
+                        &envelope,
+                        &mut state.recipients[i],
+                        i,
+                        &status,
+                        &text,
+                        None,
+                        &mut bounced,
+                    );
+                }
+                Plan::Defer(reason) => {
+                    let st = &mut state.recipients[i];
+                    st.attempts += 1;
+                    st.last_reply = Some(reason.clone());
+                    self.retry_or_expire(
+                        id,
+                        &envelope,
+                        st,
+                        i,
+                        &format!("451 4.3.0 {reason}"),
+                        None,
+                        now,
+                        &mut bounced,
+                    );
+                }
+            }
+        }
+
+        // Destinations of one message are tried one after another; messages run in parallel.
+        let mut results = Vec::with_capacity(groups.len());
+        for (dest, idx) in groups {
+            results.push(self.attempt(id, &envelope, &message, dest, idx).await);
+        }
+        for (idx, attempt) in results {
+            let remote = attempt.remote.clone();
+            for (k, i) in idx.iter().enumerate() {
+                let Some(outcome) = attempt.outcomes.get(k) else {
+                    continue;
+                };
+                let st = &mut state.recipients[*i];
+                st.attempts += 1;
+                let rcpt = &envelope.recipients[*i].address;
+                match &outcome.result {
+                    RcptResult::Accepted(r) => {
+                        st.status = RcptStatus::Delivered;
+                        st.last_reply = Some(reply_text(r));
+                        info!(queue_id = %id, rcpt = %rcpt, relay = remote.as_deref().unwrap_or("none"), delay_ms = now_ms().saturating_sub(envelope.received_at_unix_ms), dsn = "2.0.0", reply = %reply_text(r), "delivered");
+                    }
+                    RcptResult::Temporary(r) => {
+                        info!(queue_id = %id, rcpt = %rcpt, relay = remote.as_deref().unwrap_or("none"), reply = %reply_text(r), "deferred");
+                        self.retry_or_expire(
+                            id,
+                            &envelope,
+                            st,
+                            *i,
+                            &reply_text(r),
+                            remote.clone(),
+                            now_ms(),
+                            &mut bounced,
+                        );
+                    }
+                    RcptResult::Permanent(r) => {
+                        let status = r
+                            .enhanced()
+                            .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string());
+                        self.fail(
+                            id,
+                            &envelope,
+                            st,
+                            *i,
+                            &status,
+                            &reply_text(r),
+                            remote.clone(),
+                            &mut bounced,
+                        );
+                    }
+                }
+            }
+        }
+
+        // Delay warning, once, for recipients still pending.
+        if !state.delay_warned && self.policy.warn_due(envelope.received_at_unix_ms, now_ms()) {
+            let delayed: Vec<DsnRecipient> = envelope
+                .recipients
+                .iter()
+                .zip(&state.recipients)
+                .filter(|(r, s)| {
+                    s.status == RcptStatus::Pending && wants_dsn(&envelope, r, DsnKind::Delay)
+                })
+                .map(|(r, s)| DsnRecipient {
+                    recipient: r.clone(),
+                    status: "4.0.0".into(),
+                    diagnostic: s.last_reply.clone(),
+                    remote_mta: None,
+                })
+                .collect();
+            if !delayed.is_empty() {
+                self.send_dsn(&envelope, &message, &delayed, DsnKind::Delay)
+                    .await;
+            }
+            state.delay_warned = true;
+        }
+        if !bounced.is_empty() {
+            self.send_dsn(&envelope, &message, &bounced, DsnKind::Failure)
+                .await;
+        }
+
+        if state.is_done() {
+            let spool = self.spool.clone();
+            let idc = id.clone();
+            match tokio::task::spawn_blocking(move || spool.remove(&idc)).await {
+                Ok(Ok(())) => info!(queue_id = %id, "removed"),
+                _ => warn!(queue_id = %id, "could not remove a finished message"),
+            }
+            return None;
+        }
+        let save = {
+            let spool = self.spool.clone();
+            let idc = id.clone();
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || spool.save_state(&idc, &st)).await
+        };
+        if !matches!(save, Ok(Ok(()))) {
+            warn!(queue_id = %id, "could not save delivery state; recipients may be tried again");
+        }
+        if state.held {
+            return None;
+        }
+        state
+            .recipients
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending && r.next_attempt_ms != u64::MAX)
+            .map(|r| r.next_attempt_ms)
+            .min()
+    }
+
+    /// Where one recipient goes: static route, then route plugins, then MX.
+    async fn route(&self, envelope: &Envelope, address: &str) -> Plan {
+        let domain = domain_of(address);
+        if let Some(route) = self.config.route_for(domain) {
+            return match &route.to {
+                RouteTarget::Relay {
+                    host,
+                    port,
+                    tls,
+                    auth,
+                } => Plan::Deliver(Destination::Relay {
+                    host: host.clone(),
+                    port: *port,
+                    tls: tls_wanted(*tls),
+                    auth: auth.as_ref().map(|(u, p)| Credentials {
+                        username: u.clone(),
+                        password: p.clone(),
+                    }),
+                }),
+                RouteTarget::Lmtp(t) => lmtp_destination(t)
+                    .map_or_else(|| Plan::Hold(format!("bad LMTP target {t}")), Plan::Deliver),
+            };
+        }
+        if let Some(pipeline) = &self.pipeline
+            && pipeline.wants(postrider_plugin_host::Stage::Route)
+        {
+            let (decision, _) = pipeline
+                .route(
+                    &conn_info(&envelope.client),
+                    &envelope_info(envelope),
+                    address,
+                    false,
+                )
+                .await;
+            match decision {
+                RouteDecision::Mx => {}
+                RouteDecision::Relay { host, port, tls } => {
+                    return Plan::Deliver(Destination::Relay {
+                        host,
+                        port,
+                        tls: host_tls(tls),
+                        auth: None,
+                    });
+                }
+                RouteDecision::Lmtp(t) => {
+                    return lmtp_destination(&t)
+                        .map_or_else(|| Plan::Hold(format!("bad LMTP target {t}")), Plan::Deliver);
+                }
+                RouteDecision::Hold(r) => return Plan::Hold(r),
+                RouteDecision::Discard => return Plan::Discard,
+                RouteDecision::Bounce(r) => {
+                    return Plan::Bounce(
+                        r.enhanced()
+                            .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string()),
+                        reply_text(&r),
+                    );
+                }
+                RouteDecision::Defer(reason) => return Plan::Defer(reason),
+            }
+        }
+        if self.config.relay.is_local_domain(domain) {
+            // Delivering a local domain by MX would loop back to us.
+            return Plan::Hold(format!(
+                "no route for local domain {domain}: add a [[route]] or a route plugin"
+            ));
+        }
+        Plan::Deliver(Destination::Mx {
+            domain: domain.to_ascii_lowercase(),
+            tls: tls_wanted(self.config.delivery.tls),
+        })
+    }
+
+    /// Delivers to one destination within the global and per-destination limits.
+    async fn attempt(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        message: &[u8],
+        dest: Destination,
+        idx: Vec<usize>,
+    ) -> (Vec<usize>, postrider_delivery::Attempt) {
+        let key = destination_key(&dest);
+        let per =
+            {
+                let mut map = self
+                    .per_destination
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                Arc::clone(map.entry(key.clone()).or_insert_with(|| {
+                    Arc::new(Semaphore::new(self.config.delivery.per_destination))
+                }))
+            };
+        let _global = self.slots.acquire().await;
+        let _local = per.acquire().await;
+        let msg = outbound(envelope, message, &idx);
+        tracing::debug!(queue_id = %id, destination = %key, rcpts = idx.len(), "delivery attempt");
+        let attempt = self.deliverer.deliver(&dest, &msg, message).await;
+        (idx, attempt)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn retry_or_expire(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        st: &mut RcptState,
+        i: usize,
+        reply: &str,
+        remote: Option<String>,
+        now: u64,
+        bounced: &mut Vec<DsnRecipient>,
+    ) {
+        st.last_reply = Some(reply.to_owned());
+        match self
+            .policy
+            .next(envelope.received_at_unix_ms, now, st.attempts)
+        {
+            Retry::At(at) => st.next_attempt_ms = at,
+            Retry::GiveUp => {
+                st.status = RcptStatus::Expired;
+                info!(queue_id = %id, rcpt = %envelope.recipients[i].address, "expired: giving up");
+                let status = reply
+                    .split(' ')
+                    .nth(1)
+                    .filter(|s| s.starts_with("4."))
+                    .map_or("4.4.7".to_owned(), |s| s.replacen('4', "5", 1));
+                if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
+                    bounced.push(DsnRecipient {
+                        recipient: envelope.recipients[i].clone(),
+                        status,
+                        diagnostic: Some(reply.to_owned()),
+                        remote_mta: remote,
+                    });
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        st: &mut RcptState,
+        i: usize,
+        status: &str,
+        reply: &str,
+        remote: Option<String>,
+        bounced: &mut Vec<DsnRecipient>,
+    ) {
+        st.status = RcptStatus::Bounced;
+        st.last_reply = Some(reply.to_owned());
+        info!(queue_id = %id, rcpt = %envelope.recipients[i].address, relay = remote.as_deref().unwrap_or("none"), dsn = %status, reply = %reply, "bounced");
+        if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
+            bounced.push(DsnRecipient {
+                recipient: envelope.recipients[i].clone(),
+                status: status.to_owned(),
+                diagnostic: Some(reply.to_owned()),
+                remote_mta: remote,
+            });
+        }
+    }
+
+    /// Queues a DSN to the original sender (never for the null sender).
+    async fn send_dsn(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        rcpts: &[DsnRecipient],
+        kind: DsnKind,
+    ) {
+        if envelope.mail_from.is_empty() {
+            return;
+        }
+        let dsn = build_dsn(
+            &self.config.hostname,
+            envelope,
+            message,
+            rcpts,
+            kind,
+            SystemTime::now(),
+        );
+        let dsn_envelope = Envelope {
+            received_at_unix_ms: now_ms(),
+            mail_from: String::new(),
+            smtputf8: envelope.smtputf8,
+            body: Some("8BITMIME".into()),
+            ret: None,
+            envid: None,
+            size_param: None,
+            recipients: vec![Recipient {
+                address: envelope.mail_from.clone(),
+                notify: None,
+                orcpt: None,
+            }],
+            client: ClientInfo {
+                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port: 0,
+                listener: "bounce".into(),
+                helo: self.config.hostname.clone(),
+                tls: None,
+                authenticated: None,
+                reverse_dns: None,
+            },
+            quarantine: None,
+        };
+        match self.spool.store(dsn_envelope, dsn).await {
+            Ok(dsn_id) => {
+                info!(queue_id = %dsn_id, to = %envelope.mail_from, kind = ?kind, "DSN queued");
+                self.handle.submit(dsn_id);
+            }
+            Err(e) => warn!(error = %e, "could not queue a DSN"),
+        }
+    }
+}
+
+fn reply_text(r: &postrider_smtp::reply::Reply) -> String {
+    let mut out = Vec::new();
+    r.write_to(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| l.trim_end())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn count_received(message: &[u8]) -> usize {
+    let head = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message, |i| &message[..i + 2]);
+    head.split(|&b| b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
+fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessage {
+    OutboundMessage {
+        from: envelope.mail_from.clone(),
+        recipients: idx
+            .iter()
+            .map(|i| {
+                let r = &envelope.recipients[*i];
+                OutboundRecipient {
+                    address: r.address.clone(),
+                    notify: r.notify.as_ref().map(|n| notify(n)),
+                    orcpt: r
+                        .orcpt
+                        .as_ref()
+                        .and_then(|o| o.split_once(';'))
+                        .map(|(t, a)| (t.to_owned(), a.to_owned())),
+                }
+            })
+            .collect(),
+        size: message.len() as u64,
+        eight_bit: message.iter().any(|b| *b >= 0x80),
+        smtputf8: envelope.smtputf8,
+        ret: envelope.ret.as_deref().map(|r| {
+            if r.eq_ignore_ascii_case("HDRS") {
+                Ret::Hdrs
+            } else {
+                Ret::Full
+            }
+        }),
+        envid: envelope.envid.clone(),
+    }
+}
+
+fn notify(keywords: &[String]) -> Notify {
+    if keywords.iter().any(|k| k == "NEVER") {
+        return Notify::Never;
+    }
+    Notify::On(NotifyOn {
+        success: keywords.iter().any(|k| k == "SUCCESS"),
+        failure: keywords.iter().any(|k| k == "FAILURE"),
+        delay: keywords.iter().any(|k| k == "DELAY"),
+    })
+}
+
+fn conn_info(c: &ClientInfo) -> ConnInfo {
+    ConnInfo {
+        id: String::new(),
+        client_ip: c.ip,
+        client_port: c.port,
+        client_name: c.reverse_dns.clone(),
+        listener: c.listener.clone(),
+        server_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        server_port: 0,
+        helo: Some(c.helo.clone()),
+        tls: None,
+        auth_user: c.authenticated.clone(),
+    }
+}
+
+fn envelope_info(e: &Envelope) -> EnvelopeInfo {
+    EnvelopeInfo {
+        queue_id: None,
+        mail_from: e.mail_from.clone(),
+        mail_params: Vec::new(),
+        recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
+        smtputf8: e.smtputf8,
+    }
+}
