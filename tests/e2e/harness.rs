@@ -33,8 +33,13 @@ pub fn plugin_cache() -> PathBuf {
 /// Its resolver points at a closed loopback port, so outbound delivery of the accepted mail
 /// fails temporarily and messages stay in the spool for the test to inspect.
 pub fn config(extra: &str) -> String {
+    config_dns("127.0.0.1:9", extra)
+}
+
+/// Like [`config`], with the resolver pointed at `nameserver` ("ip:port").
+pub fn config_dns(nameserver: &str, extra: &str) -> String {
     format!(
-        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n[dns]\nnameservers = [\"{nameserver}\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
         cache = plugin_cache().display()
     )
 }

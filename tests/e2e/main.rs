@@ -7,8 +7,10 @@
 mod harness;
 
 mod cli;
+mod delivery;
 mod durability;
 mod limits;
+mod peers;
 mod plugins;
 mod relay_control;
 mod smtp;

@@ -64,7 +64,9 @@ mod tests {
 
     use super::*;
 
-    fn dns(mx: &[(&str, Result<Vec<(u16, &str)>, DnsError>)], ip: &[&str]) -> StaticDns {
+    type MxAnswer<'a> = (&'a str, Result<Vec<(u16, &'a str)>, DnsError>);
+
+    fn dns(mx: &[MxAnswer<'_>], ip: &[&str]) -> StaticDns {
         StaticDns {
             mx: mx
                 .iter()

@@ -1,5 +1,12 @@
 //! Delivery status notifications (RFC 3464 in an RFC 6522 multipart/report).
 //!
+//! A DSN is a `multipart/report; report-type=delivery-status` with three parts: a
+//! text/plain explanation, the `message/delivery-status`, and the original message. A
+//! failure DSN returns the original in full as `message/rfc822`, unless `RET=HDRS` or it is
+//! larger than [`DsnOptions::max_returned_len`], in which case it returns the header
+//! section as `text/rfc822-headers`. A delay DSN always returns headers only: `RET`
+//! governs failure DSNs (RFC 3461 §4.3), and a warning needs no copy of the whole message.
+//!
 //! Built by hand rather than with a MIME builder: every part here needs exact control (a
 //! `message/rfc822` body must not be transfer-encoded, delivery-status fields have their
 //! own syntax, SMTPUTF8 addresses must stay raw UTF-8), leaving a builder only the
@@ -14,7 +21,8 @@
 //! `message/global-delivery-status`, with `utf-8;` as the address type of non-ASCII
 //! addresses; a returned message whose header section is not ASCII is sent as
 //! `message/global` (or `message/global-headers`). Such a DSN needs an SMTPUTF8 transaction:
-//! see [`dsn_needs_smtputf8`].
+//! see [`dsn_needs_smtputf8`]. Any DSN with a non-ASCII byte (`!dsn.is_ascii()`) needs at
+//! least 8BITMIME.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,9 +114,6 @@ pub fn wants_dsn(envelope: &Envelope, recipient: &Recipient, kind: DsnKind) -> b
 
 /// Whether the DSN for these recipients must be sent with SMTPUTF8 (RFC 6531): the sender
 /// or a reported field is non-ASCII, or the original's header section is.
-///
-/// A DSN that needs it should be sent only to a server that offers SMTPUTF8. A DSN holding
-/// any non-ASCII byte (`!dsn.is_ascii()`) needs at least 8BITMIME.
 pub fn dsn_needs_smtputf8(
     envelope: &Envelope,
     original: &[u8],
@@ -126,14 +131,8 @@ pub fn dsn_needs_smtputf8(
         || envelope.envid.as_deref().is_some_and(|e| !e.is_ascii())
 }
 
-/// Builds the DSN message (CRLF line ends, lines ≤ 998 octets) from
-/// `MAILER-DAEMON@<reporting_mta>` to the original sender, with default [`DsnOptions`].
-///
-/// The report has three parts: a text/plain explanation, the `message/delivery-status`,
-/// and the original: in full as `message/rfc822` for a failure unless `RET=HDRS` (or it is
-/// larger than [`DEFAULT_MAX_RETURNED_LEN`]), else its header section as
-/// `text/rfc822-headers`. A delay DSN always returns headers only: `RET` governs failure
-/// DSNs (RFC 3461 §4.3), and a warning needs no copy of the whole message.
+/// Builds the DSN (see the module docs for its layout) from `MAILER-DAEMON@<reporting_mta>`
+/// to the original sender, with default [`DsnOptions`].
 pub fn build_dsn(
     reporting_mta: &str,
     envelope: &Envelope,

@@ -276,11 +276,8 @@ impl Spool {
         }
     }
 
-    /// Deletes an entry (after delivery or bounce) and makes the deletion durable, then
-    /// deletes its delivery state.
-    ///
-    /// The entry goes first: a crash in between leaves an orphaned state file, which the
-    /// next open deletes, never a message without its state (which would be re-delivered).
+    /// Deletes an entry (after delivery or bounce) durably, then its delivery state (a
+    /// crash in between leaves an orphaned state file, which the next open deletes).
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         let path = self.inner.paths.active.join(id.as_str());
         fs::remove_file(&path).map_err(|e| match e.kind() {

@@ -227,11 +227,8 @@ pub(crate) fn read_state_file(path: &Path) -> Result<Option<MessageState>, State
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Spool {
-    /// The saved delivery state of entry `id`; `None` if never saved (a fresh message) or if
-    /// the file is corrupt (logged as a warning; the message itself is never touched).
-    ///
-    /// A state file of a newer format version is an error ([`SpoolError::UnsupportedVersion`]):
-    /// guessing would re-deliver recipients a newer build already delivered.
+    /// The saved delivery state of entry `id`; `None` if never saved or corrupt (logged).
+    /// A newer format version is [`SpoolError::UnsupportedVersion`]: skip the message then.
     pub fn load_state(&self, id: &QueueId) -> Result<Option<MessageState>, SpoolError> {
         let path = self.paths().state.join(id.as_str());
         match read_state_file(&path) {

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postrider_config::{Config, RouteTarget, TlsPolicy};
 use postrider_delivery::{Deliverer, Destination};
 use postrider_plugin_host::{ConnInfo, EnvelopeInfo, Pipeline, RouteDecision};
-use postrider_queue::dsn::{DsnKind, DsnRecipient, build_dsn, wants_dsn};
+use postrider_queue::dsn::{
+    DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
+};
 use postrider_queue::schedule::{Retry, RetryPolicy};
 use postrider_queue::state::{MessageState, RcptState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool};
@@ -212,7 +214,16 @@ impl Manager {
         let now = now_ms();
         let mut state = match self.spool.load_state(id) {
             Ok(Some(s)) if s.recipients.len() == envelope.recipients.len() => s,
-            _ => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
+            Ok(Some(_)) => {
+                warn!(queue_id = %id, "delivery state does not match the envelope; leaving the message for an operator");
+                return None;
+            }
+            Ok(None) => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
+            // Never guess: a fresh state would deliver again to recipients already done.
+            Err(e) => {
+                warn!(queue_id = %id, error = %e, "cannot read delivery state; trying again later");
+                return Some(now.saturating_add(60_000));
+            }
         };
         if state.held || envelope.quarantine.is_some() {
             return None;
@@ -566,18 +577,27 @@ impl Manager {
         if envelope.mail_from.is_empty() {
             return;
         }
-        let dsn = build_dsn(
+        let options = DsnOptions {
+            will_retry_until: Some(
+                UNIX_EPOCH
+                    + Duration::from_millis(self.policy.deadline_ms(envelope.received_at_unix_ms)),
+            ),
+            ..DsnOptions::default()
+        };
+        let dsn = build_dsn_with(
             &self.config.hostname,
             envelope,
             message,
             rcpts,
             kind,
             SystemTime::now(),
+            &options,
         );
+        let smtputf8 = dsn_needs_smtputf8(envelope, message, rcpts);
         let dsn_envelope = Envelope {
             received_at_unix_ms: now_ms(),
             mail_from: String::new(),
-            smtputf8: envelope.smtputf8,
+            smtputf8,
             body: Some("8BITMIME".into()),
             ret: None,
             envid: None,

@@ -1,0 +1,253 @@
+//! Outbound delivery against real peers: dnsmasq for MX and A records, Postfix's smtp-sink
+//! as the receiving MTA, and a scripted receiver for 451-then-250.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::harness::{Relay, config_dns, python, send_message};
+use crate::peers::{Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for};
+
+/// dnsmasq records: dest.test has MX mx1 (10, 127.0.0.2) and mx2 (20, 127.0.0.3);
+/// sender.test has MX 127.0.0.4 (where DSNs go).
+fn records() -> Vec<String> {
+    [
+        "--mx-host=dest.test,mx1.dest.test,10",
+        "--mx-host=dest.test,mx2.dest.test,20",
+        "--host-record=mx1.dest.test,127.0.0.2",
+        "--host-record=mx2.dest.test,127.0.0.3",
+        "--mx-host=sender.test,mx.sender.test,10",
+        "--host-record=mx.sender.test,127.0.0.4",
+        "--mx-host=nomx.test,nomx.test,10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn relay_config(dns: SocketAddr, port: u16) -> String {
+    config_dns(
+        &dns.to_string(),
+        &format!(
+            "[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.0/8\"]\n\
+             [delivery]\nsmtp_port = {port}\nretry_intervals = [1]\nconnect_timeout = 2\nreply_timeout = 10\n"
+        ),
+    )
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+#[test]
+fn delivers_to_the_mx_via_smtp_sink_and_empties_the_spool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    let _sink = smtp_sink(addr("127.0.0.2", port), &tmp.path().join("sink"));
+    let mut relay = Relay::start(&relay_config(dns, port));
+    let mut c = relay.client();
+    let (code, _) = send_message(
+        &mut c,
+        "alice@sender.test",
+        &["bob@dest.test", "carol@dest.test"],
+        "Subject: out\r\n\r\nhello MX\r\n..leading dot",
+    );
+    assert_eq!(code, 250);
+    wait_for("delivery to smtp-sink", Duration::from_secs(20), || {
+        !sunk(&tmp.path().join("sink")).is_empty()
+    });
+    let messages = sunk(&tmp.path().join("sink"));
+    assert_eq!(messages.len(), 1, "one transaction for both recipients");
+    // The client dot-stuffed ".leading dot"; we stored it unstuffed and stuffed it again.
+    assert!(
+        messages[0].contains("hello MX\n.leading dot")
+            || messages[0].contains("hello MX\r\n.leading dot"),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[0].contains("X-Rcpt-Args: <bob@dest.test>")
+            && messages[0].contains("X-Rcpt-Args: <carol@dest.test>"),
+        "{}",
+        messages[0]
+    );
+    wait_for("the spool to empty", Duration::from_secs(10), || {
+        std::fs::read_dir(relay.dir.join("spool/active"))
+            .map(|d| d.count())
+            .unwrap_or(1)
+            == 0
+    });
+    let logs = relay.stop_and_logs();
+    assert_eq!(
+        logs.matches("delivered").count(),
+        2,
+        "one delivery log line per recipient:\n{logs}"
+    );
+}
+
+#[test]
+fn dead_first_mx_falls_back_to_the_second() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    // Nothing listens on mx1 (127.0.0.2); smtp-sink on mx2.
+    let _sink = smtp_sink(addr("127.0.0.3", port), &tmp.path().join("sink"));
+    let relay = Relay::start(&relay_config(dns, port));
+    let mut c = relay.client();
+    assert_eq!(
+        send_message(
+            &mut c,
+            "alice@sender.test",
+            &["bob@dest.test"],
+            "Subject: fallback\r\n\r\nx"
+        )
+        .0,
+        250
+    );
+    wait_for(
+        "delivery via the second MX",
+        Duration::from_secs(20),
+        || sunk(&tmp.path().join("sink")).len() == 1,
+    );
+}
+
+#[test]
+fn temporary_failure_is_retried_and_delivered_once() {
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    let receiver = Receiver::start(
+        addr("127.0.0.2", port),
+        Script(vec!["451 4.3.0 try later", "250 2.0.0 Ok"]),
+    );
+    let relay = Relay::start(&relay_config(dns, port));
+    let mut c = relay.client();
+    assert_eq!(
+        send_message(
+            &mut c,
+            "alice@sender.test",
+            &["bob@dest.test"],
+            "Subject: retry\r\n\r\nx"
+        )
+        .0,
+        250
+    );
+    wait_for("the retry", Duration::from_secs(30), || {
+        receiver.accepted.lock().unwrap().len() == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        receiver.accepted.lock().unwrap().len(),
+        1,
+        "delivered exactly once"
+    );
+    assert_eq!(
+        *receiver.transactions.lock().unwrap(),
+        2,
+        "one 451, then one 250"
+    );
+}
+
+#[test]
+fn permanent_failure_sends_a_parseable_dsn_to_the_sender() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let _rejecter = Receiver::start(
+        addr("127.0.0.2", port),
+        Script(vec!["550 5.1.1 no such user here"]),
+    );
+    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
+    let relay = Relay::start(&relay_config(dns, port));
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<alice@sender.test> RET=HDRS ENVID=env+2D42")
+            .0,
+        250
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<nobody@dest.test> ORCPT=rfc822;nobody@dest.test")
+            .0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: will bounce\r\nMessage-ID: <b1@sender.test>\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    wait_for(
+        "the DSN at the sender's MX",
+        Duration::from_secs(30),
+        || sunk(&tmp.path().join("dsn")).len() == 1,
+    );
+    let dsn = sunk(&tmp.path().join("dsn")).remove(0);
+    let path = tmp.path().join("dsn.eml");
+    std::fs::write(&path, dsn.as_bytes()).unwrap();
+    python(
+        r#"
+import email, sys
+raw = open(sys.argv[1], "rb").read()
+# smtp-sink stores the envelope first; the message starts at the first header line.
+start = raw.find(b"\nFrom:")
+msg = email.message_from_bytes(raw[raw.find(b"\n", 0) + 1:] if start < 0 else raw)
+parts = [p for p in msg.walk()]
+report = [p for p in parts if p.get_content_type() == "multipart/report"]
+assert report, [p.get_content_type() for p in parts]
+status = [p for p in parts if p.get_content_type() == "message/delivery-status"]
+assert status, [p.get_content_type() for p in parts]
+text = status[0].as_string()
+assert "Action: failed" in text, text
+assert "Status: 5.1.1" in text, text
+assert "nobody@dest.test" in text, text
+assert "Original-Envelope-Id: env-42" in text or "env+2D42" in text, text
+assert any(p.get_content_type() == "text/rfc822-headers" for p in parts), "RET=HDRS returns headers only"
+print("ok")
+"#,
+        &[path.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn restart_with_a_full_queue_delivers_everything_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    let cfg = relay_config(dns, port).replace("retry_intervals = [1]", "retry_intervals = [3]");
+    {
+        // No receiver yet: every message is deferred; the relay dies before the retry.
+        let relay = Relay::start_in(tmp.path(), &cfg);
+        for i in 0..5 {
+            let mut c = relay.client();
+            assert_eq!(
+                send_message(
+                    &mut c,
+                    "alice@sender.test",
+                    &["bob@dest.test"],
+                    &format!("Subject: {i}\r\n\r\nqueued {i}")
+                )
+                .0,
+                250
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        relay.signal("KILL");
+    }
+    let receiver = Receiver::start(addr("127.0.0.2", port), Script(vec!["250 2.0.0 Ok"]));
+    let _relay = Relay::start_in(tmp.path(), &cfg);
+    wait_for("all five after restart", Duration::from_secs(30), || {
+        receiver.accepted.lock().unwrap().len() == 5
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let accepted = receiver.accepted.lock().unwrap();
+    assert_eq!(accepted.len(), 5, "none twice");
+    let mut subjects: Vec<_> = accepted
+        .iter()
+        .map(|(_, _, d)| {
+            d.lines()
+                .find(|l| l.starts_with("Subject:"))
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 5);
+}
