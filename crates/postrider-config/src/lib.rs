@@ -66,6 +66,8 @@ pub struct Config {
     pub hostname: String,
     /// Directory of the durable spool.
     pub spool_dir: PathBuf,
+    /// Unix socket of the admin interface (`postrider queue` talks to it; owner-only).
+    pub admin_socket: PathBuf,
     /// The listeners.
     pub listeners: Vec<Listener>,
     /// Who may send mail where.
@@ -374,6 +376,8 @@ struct RawConfig {
     hostname: Spanned<String>,
     #[serde(default = "default_spool_dir")]
     spool_dir: PathBuf,
+    #[serde(default = "default_admin_socket")]
+    admin_socket: PathBuf,
     #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
@@ -468,6 +472,10 @@ struct RawDns {
 
 fn default_hostname() -> Spanned<String> {
     Spanned::new(0..0, "localhost".to_owned())
+}
+
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("var/admin.sock")
 }
 
 fn default_spool_dir() -> PathBuf {
@@ -882,6 +890,7 @@ impl Config {
             origin: name.to_owned(),
             hostname,
             spool_dir: resolve(&raw.spool_dir),
+            admin_socket: resolve(&raw.admin_socket),
             listeners,
             relay: Relay {
                 local_domains,

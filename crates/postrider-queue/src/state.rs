@@ -82,6 +82,9 @@ pub struct MessageState {
     /// Whether the sender has been sent a delay DSN already.
     #[serde(default)]
     pub delay_warned: bool,
+    /// Whether an operator released a message a plugin had quarantined.
+    #[serde(default)]
+    pub quarantine_released: bool,
 }
 
 impl MessageState {
@@ -98,6 +101,7 @@ impl MessageState {
             recipients: vec![fresh; n_recipients],
             held: false,
             delay_warned: false,
+            quarantine_released: false,
         }
     }
 

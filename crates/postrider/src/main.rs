@@ -3,6 +3,7 @@
 mod outbound;
 mod passwords;
 mod plugins;
+mod queue_admin;
 mod relay;
 mod server;
 mod session;
@@ -42,6 +43,49 @@ enum Command {
     },
     /// Read a password on standard input and print its argon2id hash for the password file.
     HashPassword,
+    /// Inspect and manage the queue: through the running relay's admin socket, or directly in
+    /// the spool directory when the relay is stopped.
+    Queue {
+        /// Configuration file (TOML); without it, the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages (ID, age, size, state, pending/all recipients, sender, last reply).
+    List,
+    /// Show one message: envelope, per-recipient state, header.
+    Show {
+        /// Queue ID.
+        id: String,
+    },
+    /// Attempt delivery now: one message, or all.
+    Retry {
+        /// Queue ID (all messages when omitted).
+        id: Option<String>,
+    },
+    /// Remove a message without delivering or bouncing it.
+    Delete {
+        /// Queue ID.
+        id: String,
+    },
+    /// Stop delivery attempts of a message until released.
+    Hold {
+        /// Queue ID.
+        id: String,
+    },
+    /// Release a held or quarantined message and attempt it now.
+    Release {
+        /// Queue ID.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +96,11 @@ fn main() -> ExitCode {
             .map(|_| println!("{}: ok", file.display()))
             .map_err(Into::into),
         Command::HashPassword => hash_password(),
+        Command::Queue {
+            config,
+            json,
+            action,
+        } => queue(config, json, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +133,67 @@ fn serve(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(server::serve(config))
+}
+
+fn queue(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Result<()> {
+    use queue_admin::{Request, Response};
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::embedded()?,
+    };
+    let request = match action {
+        QueueAction::List => Request::List,
+        QueueAction::Show { id } => Request::Show { id },
+        QueueAction::Retry { id } => Request::Retry { id },
+        QueueAction::Delete { id } => Request::Delete { id },
+        QueueAction::Hold { id } => Request::Hold { id },
+        QueueAction::Release { id } => Request::Release { id },
+    };
+    let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
+        Ok(mut stream) => {
+            use std::io::{BufRead, Write};
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                .context("admin socket")?;
+            let mut line = serde_json::to_vec(&request).context("encoding the request")?;
+            line.push(b'\n');
+            stream
+                .write_all(&line)
+                .context("writing to the admin socket")?;
+            let mut answer = String::new();
+            std::io::BufReader::new(stream)
+                .read_line(&mut answer)
+                .context("reading from the admin socket")?;
+            serde_json::from_str::<Response>(&answer).context("decoding the relay's answer")?
+        }
+        // No relay running: work on the spool directly (its lock keeps a relay out meanwhile).
+        Err(_) => {
+            let (spool, _) = postrider_queue::Spool::open(
+                &config.spool_dir,
+                postrider_queue::SpoolOptions::default(),
+            )
+            .with_context(|| {
+                format!(
+                    "the relay is not answering on {} and its spool {} cannot be opened",
+                    config.admin_socket.display(),
+                    config.spool_dir.display()
+                )
+            })?;
+            queue_admin::run_offline(&spool, &request)
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", queue_admin::render(&response));
+    }
+    if let Response::Error { message } = response {
+        anyhow::bail!("{message}");
+    }
+    Ok(())
 }
 
 fn hash_password() -> anyhow::Result<()> {

@@ -23,16 +23,101 @@ use postrider_smtp::command::{Notify, NotifyOn, Ret};
 use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
-/// Tells the queue manager about new messages.
+use crate::queue_admin::{Request, Response, parse_id, run_offline};
+
+/// Tells the queue manager about new messages and carries out admin requests.
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<QueueId>,
+    manager: std::sync::Weak<Manager>,
 }
 
 impl QueueHandle {
-    /// Schedules a freshly spooled message for immediate delivery.
+    /// Schedules a message for immediate delivery (new, retried or released).
     pub fn submit(&self, id: QueueId) {
         let _ = self.tx.send(id);
+    }
+
+    /// Runs an admin request; changes wait for the message's lock, so they never race a
+    /// delivery attempt of the same message.
+    pub async fn admin(&self, request: Request) -> Response {
+        let Some(manager) = self.manager.upgrade() else {
+            return Response::Error {
+                message: "queue manager stopped".into(),
+            };
+        };
+        let ids: Vec<QueueId> = match &request {
+            Request::List | Request::Show { .. } => Vec::new(),
+            Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
+            Request::Retry { id: Some(id) }
+            | Request::Delete { id }
+            | Request::Hold { id }
+            | Request::Release { id } => match parse_id(id) {
+                Ok(id) => vec![id],
+                Err(message) => return Response::Error { message },
+            },
+        };
+        if ids.is_empty() {
+            let spool = manager.spool.clone();
+            return tokio::task::spawn_blocking(move || run_offline(&spool, &request))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    message: e.to_string(),
+                });
+        }
+        let mut count = 0;
+        for id in ids {
+            let Some(_lock) = manager.lock(&id) else {
+                if ids_is_single(&request) {
+                    return Response::Error {
+                        message: format!(
+                            "{id} is being delivered right now; try again in a moment"
+                        ),
+                    };
+                }
+                continue;
+            };
+            let single = match &request {
+                Request::Retry { .. } => Request::Retry {
+                    id: Some(id.to_string()),
+                },
+                other => other.clone(),
+            };
+            let spool = manager.spool.clone();
+            let response = tokio::task::spawn_blocking(move || run_offline(&spool, &single))
+                .await
+                .unwrap_or_else(|e| Response::Error {
+                    message: e.to_string(),
+                });
+            match response {
+                Response::Done { .. } => count += 1,
+                other => return other,
+            }
+            if matches!(request, Request::Retry { .. } | Request::Release { .. }) {
+                self.submit(id);
+            }
+        }
+        Response::Done { count }
+    }
+}
+
+fn ids_is_single(request: &Request) -> bool {
+    !matches!(request, Request::Retry { id: None })
+}
+
+/// Holds a message's lock: one delivery task or admin change at a time.
+struct MessageLock<'a> {
+    manager: &'a Manager,
+    id: QueueId,
+}
+
+impl Drop for MessageLock<'_> {
+    fn drop(&mut self) {
+        self.manager
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -45,7 +130,8 @@ struct Manager {
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
-    handle: QueueHandle,
+    inflight: Mutex<std::collections::HashSet<QueueId>>,
+    tx: mpsc::UnboundedSender<QueueId>,
 }
 
 fn now_ms() -> u64 {
@@ -62,7 +148,6 @@ pub fn start(
     pipeline: Option<Arc<Pipeline>>,
 ) -> QueueHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let handle = QueueHandle { tx };
     let d = &config.delivery;
     let policy = RetryPolicy {
         intervals: d
@@ -81,8 +166,13 @@ pub fn start(
         pipeline,
         policy,
         per_destination: Mutex::new(HashMap::new()),
-        handle: handle.clone(),
+        inflight: Mutex::new(std::collections::HashSet::new()),
+        tx: tx.clone(),
     });
+    let handle = QueueHandle {
+        tx,
+        manager: Arc::downgrade(&manager),
+    };
     let due: Arc<Mutex<BTreeMap<u64, Vec<QueueId>>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let wake = Arc::new(Wake::new());
     match manager.spool.list() {
@@ -197,8 +287,21 @@ fn domain_of(address: &str) -> &str {
 }
 
 impl Manager {
+    /// Takes the message's lock, unless a delivery or admin change holds it.
+    fn lock(&self, id: &QueueId) -> Option<MessageLock<'_>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.insert(id.clone()).then(|| MessageLock {
+            manager: self,
+            id: id.clone(),
+        })
+    }
+
     /// Attempts the due recipients of one message; returns when to come back, if ever.
     async fn process(&self, id: &QueueId) -> Option<u64> {
+        let Some(_lock) = self.lock(id) else {
+            // Another task or an admin change has it; look again shortly.
+            return Some(now_ms().saturating_add(1000));
+        };
         let (envelope, message) = {
             let spool = self.spool.clone();
             let idc = id.clone();
@@ -225,7 +328,7 @@ impl Manager {
                 return Some(now.saturating_add(60_000));
             }
         };
-        if state.held || envelope.quarantine.is_some() {
+        if state.held || (envelope.quarantine.is_some() && !state.quarantine_released) {
             return None;
         }
         let hops = count_received(&message);
@@ -621,7 +724,7 @@ impl Manager {
         match self.spool.store(dsn_envelope, dsn).await {
             Ok(dsn_id) => {
                 info!(queue_id = %dsn_id, to = %envelope.mail_from, kind = ?kind, "DSN queued");
-                self.handle.submit(dsn_id);
+                let _ = self.tx.send(dsn_id);
             }
             Err(e) => warn!(error = %e, "could not queue a DSN"),
         }

@@ -122,6 +122,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         deliverer,
         pipeline.clone(),
     );
+    let admin = admin_socket(&config.admin_socket, queue.clone())?;
 
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -173,6 +174,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!("ready");
 
     wait_for_signal().await?;
+    admin.abort();
+    let _ = std::fs::remove_file(&shared.config.admin_socket);
     info!("shutting down: no new connections");
     let _ = stop_tx.send(true);
     while acceptors.join_next().await.is_some() {}
@@ -251,6 +254,56 @@ async fn accept_loop(
             drop(slot);
         });
     }
+}
+
+/// Serves `postrider queue` on a unix socket only the relay's user can open.
+fn admin_socket(
+    path: &std::path::Path,
+    queue: QueueHandle,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a relay that died; the spool lock already guarantees we are alone.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("securing {}", path.display()))?;
+    info!(path = %path.display(), "admin socket");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(60), admin_request(stream, queue))
+                    .await;
+            });
+        }
+    }))
+}
+
+/// One admin request: a JSON line in, a JSON line out.
+async fn admin_request(stream: tokio::net::UnixStream, queue: QueueHandle) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(64 * 1024))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<crate::queue_admin::Request>(&line) {
+        Ok(request) => queue.admin(request).await,
+        Err(e) => crate::queue_admin::Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
 }
 
 /// Tells a client we cannot serve it now, without reading anything from it.
