@@ -1,9 +1,12 @@
 //! Real peers for delivery tests: dnsmasq serving MX and A records on loopback, Postfix's
 //! smtp-sink as a receiving MTA, and a scripted receiver for failure modes smtp-sink cannot
-//! play (451 then 250). All on 127.0.0.x, killed on drop.
+//! play (451 then 250), which also speaks LMTP over TCP or a unix socket with replies
+//! scripted per recipient. All on 127.0.0.x (or a temp dir), killed on drop.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -137,49 +140,146 @@ pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
 #[derive(Clone)]
 pub struct Script(pub Vec<&'static str>);
 
+/// LMTP replies after the data, per recipient address (as in RCPT TO, without brackets):
+/// the n-th time a recipient reaches the end of data it gets the n-th reply (the last
+/// repeats). Recipients not listed get "250 2.0.0 Ok".
+#[derive(Clone)]
+pub struct RcptScript(pub Vec<(&'static str, Vec<&'static str>)>);
+
+/// Which protocol the scripted receiver speaks.
+#[derive(Clone)]
+enum Mode {
+    /// SMTP: EHLO, one reply after the data, scripted per transaction.
+    Smtp(Script),
+    /// LMTP (RFC 2033): LHLO only, one reply per accepted recipient, scripted per recipient.
+    Lmtp(RcptScript),
+}
+
 /// A message the scripted receiver accepted: MAIL FROM, RCPTs, data.
 pub type Accepted = (String, Vec<String>, String);
 
-/// A scripted SMTP receiver; keeps every message it accepted with 250.
+/// A scripted SMTP or LMTP receiver; keeps every message it accepted with 250.
 pub struct Receiver {
-    /// Accepted messages: (MAIL FROM, RCPTs, data).
+    /// Accepted messages: (MAIL FROM, RCPTs, data). In LMTP mode, one entry per recipient
+    /// accepted after the data (the RCPT list holds just that recipient).
     pub accepted: Arc<Mutex<Vec<Accepted>>>,
     /// Transactions that reached the end of data.
     pub transactions: Arc<Mutex<usize>>,
+    /// The RCPTs of each transaction that reached the end of data, in order.
+    pub rcpts_per_transaction: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The hello verbs the client used ("EHLO", "HELO", "LHLO"), one per use.
+    pub hellos: Arc<Mutex<Vec<String>>>,
+}
+
+/// What every connection of one receiver shares.
+#[derive(Clone)]
+struct Shared {
+    mode: Mode,
+    accepted: Arc<Mutex<Vec<Accepted>>>,
+    transactions: Arc<Mutex<usize>>,
+    rcpts_per_transaction: Arc<Mutex<Vec<Vec<String>>>>,
+    hellos: Arc<Mutex<Vec<String>>>,
+    /// LMTP: how many end-of-data replies each recipient got so far.
+    finals: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Receiver {
     /// Listens on `addr` and answers the end of each message per `script`.
     pub fn start(addr: SocketAddr, script: Script) -> Receiver {
-        let listener = TcpListener::bind(addr).unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let transactions = Arc::new(Mutex::new(0usize));
-        let (acc, tx) = (Arc::clone(&accepted), Arc::clone(&transactions));
+        Receiver::start_tcp(addr, Mode::Smtp(script))
+    }
+
+    /// An LMTP server on `addr` answering each recipient after the data per `script`.
+    pub fn start_lmtp(addr: SocketAddr, script: RcptScript) -> Receiver {
+        Receiver::start_tcp(addr, Mode::Lmtp(script))
+    }
+
+    /// An LMTP server on a unix socket at `path` (created; removed first if present).
+    pub fn start_lmtp_unix(path: &Path, script: RcptScript) -> Receiver {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        let (receiver, shared) = Receiver::new(Mode::Lmtp(script));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (acc, tx, script) = (Arc::clone(&acc), Arc::clone(&tx), script.clone());
+                let shared = shared.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &acc, &tx, &script);
+                    if stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .is_ok()
+                    {
+                        let _ = serve(stream, &shared);
+                    }
                 });
             }
         });
-        Receiver {
-            accepted,
-            transactions,
-        }
+        receiver
+    }
+
+    fn start_tcp(addr: SocketAddr, mode: Mode) -> Receiver {
+        let listener = TcpListener::bind(addr).unwrap();
+        let (receiver, shared) = Receiver::new(mode);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    if stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .is_ok()
+                    {
+                        let _ = serve(stream, &shared);
+                    }
+                });
+            }
+        });
+        receiver
+    }
+
+    fn new(mode: Mode) -> (Receiver, Shared) {
+        let shared = Shared {
+            mode,
+            accepted: Arc::new(Mutex::new(Vec::new())),
+            transactions: Arc::new(Mutex::new(0usize)),
+            rcpts_per_transaction: Arc::new(Mutex::new(Vec::new())),
+            hellos: Arc::new(Mutex::new(Vec::new())),
+            finals: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let receiver = Receiver {
+            accepted: Arc::clone(&shared.accepted),
+            transactions: Arc::clone(&shared.transactions),
+            rcpts_per_transaction: Arc::clone(&shared.rcpts_per_transaction),
+            hellos: Arc::clone(&shared.hellos),
+        };
+        (receiver, shared)
+    }
+
+    /// The recipients accepted after the data, in order (one entry per acceptance).
+    pub fn accepted_rcpts(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, rcpts, _)| rcpts.clone())
+            .collect()
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    acc: &Mutex<Vec<Accepted>>,
-    tx: &Mutex<usize>,
-    script: &Script,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut w = stream.try_clone()?;
+/// An address as the client wrote it in MAIL FROM/RCPT TO, brackets and parameters dropped.
+fn path_of(arg: &str) -> String {
+    let arg = arg.trim();
+    match (arg.find('<'), arg.find('>')) {
+        (Some(a), Some(b)) if a < b => arg[a + 1..b].to_owned(),
+        _ => arg.split(' ').next().unwrap_or("").to_owned(),
+    }
+}
+
+fn serve<S: Read + Write>(stream: S, shared: &Shared) -> std::io::Result<()> {
+    let lmtp = matches!(shared.mode, Mode::Lmtp(_));
     let mut r = BufReader::new(stream);
-    w.write_all(b"220 scripted.test ESMTP\r\n")?;
+    if lmtp {
+        r.get_mut().write_all(b"220 scripted.test LMTP\r\n")?;
+    } else {
+        r.get_mut().write_all(b"220 scripted.test ESMTP\r\n")?;
+    }
     let (mut from, mut rcpts) = (String::new(), Vec::new());
     loop {
         let mut line = String::new();
@@ -187,17 +287,34 @@ fn serve(
             return Ok(());
         }
         let upper = line.to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
-            w.write_all(b"250-scripted.test\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")?;
+        let reply: Vec<String> = if upper.starts_with("EHLO")
+            || upper.starts_with("HELO")
+            || upper.starts_with("LHLO")
+        {
+            let verb = upper[..4].to_owned();
+            shared.hellos.lock().unwrap().push(verb.clone());
+            match (lmtp, verb.as_str()) {
+                // RFC 2033 section 4.1: an LMTP server must not answer EHLO or HELO.
+                // Like Dovecot and Cyrus, the LMTP mode offers PIPELINING.
+                (true, "LHLO") => vec![
+                    "250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+                        .to_owned(),
+                ],
+                (false, "EHLO") => vec![
+                    "250-scripted.test\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n".to_owned(),
+                ],
+                (false, "HELO") => vec!["250 scripted.test\r\n".to_owned()],
+                _ => vec!["500 5.5.1 Command unrecognized\r\n".to_owned()],
+            }
         } else if upper.starts_with("MAIL FROM:") {
             from = line[10..].trim().to_owned();
             rcpts.clear();
-            w.write_all(b"250 2.1.0 Ok\r\n")?;
+            vec!["250 2.1.0 Ok\r\n".to_owned()]
         } else if upper.starts_with("RCPT TO:") {
             rcpts.push(line[8..].trim().to_owned());
-            w.write_all(b"250 2.1.5 Ok\r\n")?;
+            vec!["250 2.1.5 Ok\r\n".to_owned()]
         } else if upper.starts_with("DATA") {
-            w.write_all(b"354 go ahead\r\n")?;
+            r.get_mut().write_all(b"354 go ahead\r\n")?;
             let mut data = String::new();
             loop {
                 let mut l = String::new();
@@ -210,27 +327,66 @@ fn serve(
                 data.push_str(&l);
             }
             let n = {
-                let mut t = tx.lock().unwrap();
+                let mut t = shared.transactions.lock().unwrap();
                 *t += 1;
                 *t
             };
-            let reply = script
-                .0
-                .get(n - 1)
-                .or(script.0.last())
-                .copied()
-                .unwrap_or("250 2.0.0 Ok");
-            if reply.starts_with('2') {
-                acc.lock()
-                    .unwrap()
-                    .push((from.clone(), rcpts.clone(), data));
+            shared
+                .rcpts_per_transaction
+                .lock()
+                .unwrap()
+                .push(rcpts.clone());
+            match &shared.mode {
+                Mode::Smtp(script) => {
+                    let reply = script
+                        .0
+                        .get(n - 1)
+                        .or(script.0.last())
+                        .copied()
+                        .unwrap_or("250 2.0.0 Ok");
+                    if reply.starts_with('2') {
+                        shared
+                            .accepted
+                            .lock()
+                            .unwrap()
+                            .push((from.clone(), rcpts.clone(), data));
+                    }
+                    vec![format!("{reply}\r\n")]
+                }
+                Mode::Lmtp(script) => {
+                    let mut replies = Vec::new();
+                    for rcpt in &rcpts {
+                        let address = path_of(rcpt);
+                        let k = {
+                            let mut finals = shared.finals.lock().unwrap();
+                            let k = finals.entry(address.clone()).or_insert(0);
+                            *k += 1;
+                            *k
+                        };
+                        let reply = script
+                            .0
+                            .iter()
+                            .find(|(a, _)| a.eq_ignore_ascii_case(&address))
+                            .and_then(|(_, rs)| rs.get(k - 1).or(rs.last()).copied())
+                            .unwrap_or("250 2.0.0 Ok");
+                        if reply.starts_with('2') {
+                            shared.accepted.lock().unwrap().push((
+                                from.clone(),
+                                vec![rcpt.clone()],
+                                data.clone(),
+                            ));
+                        }
+                        replies.push(format!("{reply}\r\n"));
+                    }
+                    replies
+                }
             }
-            w.write_all(format!("{reply}\r\n").as_bytes())?;
         } else if upper.starts_with("QUIT") {
-            w.write_all(b"221 2.0.0 Bye\r\n")?;
+            r.get_mut().write_all(b"221 2.0.0 Bye\r\n")?;
             return Ok(());
         } else {
-            w.write_all(b"250 2.0.0 Ok\r\n")?;
-        }
+            vec!["250 2.0.0 Ok\r\n".to_owned()]
+        };
+        r.get_mut().write_all(reply.concat().as_bytes())?;
     }
 }
