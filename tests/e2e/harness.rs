@@ -176,6 +176,12 @@ impl Drop for Relay {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what the relay logged.
+        if std::thread::panicking()
+            && let Some(logs) = self.stderr.take().and_then(|h| h.join().ok())
+        {
+            eprintln!("---- relay log ({}) ----\n{logs}", self.dir.display());
+        }
     }
 }
 

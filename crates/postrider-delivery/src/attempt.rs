@@ -112,9 +112,52 @@ fn failure_result(f: &ConnectionFailure) -> RcptResult {
 enum ConnError {
     /// Could not connect, or the server failed before a message was sent: try the next host.
     NextHost(RcptResult),
+    /// The server cannot take this message (it lacks SMTPUTF8 or 8BITMIME, or its SIZE
+    /// limit is too small); nothing was sent. The client's permanent refusal stands only
+    /// if no other host can take the message either: try the next host.
+    Unsupported(RcptResult),
+    /// STARTTLS failed under opportunistic TLS before a message was sent: try the same
+    /// address once more without TLS, then the next host.
+    TlsFailed(RcptResult),
     /// The connection failed with a message in flight: its recipients get this.
     InFlight(RcptResult),
 }
+
+/// What one session has done with the message so far.
+#[derive(Default)]
+struct Progress {
+    /// The message was sent and its outcome is not known yet.
+    sent: bool,
+    /// The per-recipient outcomes reported by the session.
+    outcomes: Option<Vec<RcptOutcome>>,
+    /// The session refused the message for this peer (a missing extension).
+    unsupported: Option<RcptResult>,
+}
+
+impl Progress {
+    /// The session's result once the connection ends; `lost` is for a message in flight
+    /// (or for the host, if nothing was sent). Known outcomes always stand: a recipient
+    /// the server accepted must never be delivered again.
+    fn finish(self, lost: RcptResult) -> Result<Vec<RcptOutcome>, ConnError> {
+        if let Some(outcomes) = self.outcomes {
+            Ok(outcomes)
+        } else if let Some(refused) = self.unsupported {
+            Err(ConnError::Unsupported(refused))
+        } else if self.sent {
+            Err(ConnError::InFlight(lost))
+        } else {
+            Err(ConnError::NextHost(lost))
+        }
+    }
+
+    /// Nothing was sent yet and nothing is known: another connection may be tried.
+    fn untouched(&self) -> bool {
+        !self.sent && self.outcomes.is_none() && self.unsupported.is_none()
+    }
+}
+
+/// The most written under one `reply_timeout`: progress on a slow link resets the timer.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 impl Deliverer {
     /// A delivery agent using `dns` for MX and address lookups.
@@ -204,7 +247,12 @@ impl Deliverer {
                         .await
                     {
                         Ok(outcomes) => Attempt { outcomes, remote },
-                        Err(ConnError::NextHost(r) | ConnError::InFlight(r)) => Attempt {
+                        Err(
+                            ConnError::NextHost(r)
+                            | ConnError::Unsupported(r)
+                            | ConnError::TlsFailed(r)
+                            | ConnError::InFlight(r),
+                        ) => Attempt {
                             outcomes: all(msg, &r),
                             remote,
                         },
@@ -235,6 +283,10 @@ impl Deliverer {
     }
 
     /// Tries each host's addresses in order until one takes the message.
+    ///
+    /// If none does, the recipients get the last host's failure; but a host that cannot
+    /// take this message (a missing extension) makes it bounce only if no host failed
+    /// temporarily: that one may take it later.
     #[allow(clippy::too_many_arguments)]
     async fn try_hosts(
         &self,
@@ -247,6 +299,8 @@ impl Deliverer {
         data: &[u8],
     ) -> Attempt {
         let mut last = RcptResult::Temporary(reply(451, (4, 4, 1), "No mail host answered"));
+        let mut temporary = None;
+        let mut unsupported = None;
         let mut remote = None;
         for host in hosts {
             let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
@@ -260,6 +314,7 @@ impl Deliverer {
                             (4, 4, 3),
                             &format!("No address for {host}"),
                         ));
+                        temporary = Some(last.clone());
                         continue;
                     }
                 },
@@ -267,55 +322,84 @@ impl Deliverer {
             for ip in addrs {
                 let addr = SocketAddr::new(ip, port);
                 remote = Some(format!("{host}[{ip}]:{port}"));
-                let stream = match tokio::time::timeout(
-                    self.options.connect_timeout,
-                    TcpStream::connect(addr),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        info!(host = %host, %addr, error = %e, "connect failed, trying the next host");
-                        last = RcptResult::Temporary(reply(
-                            451,
-                            (4, 4, 1),
-                            &format!("Connection to {host} failed"),
-                        ));
-                        continue;
-                    }
-                    Err(_) => {
-                        last = RcptResult::Temporary(reply(
-                            451,
-                            (4, 4, 1),
-                            &format!("Connection to {host} timed out"),
-                        ));
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let config = self.client_config(tls, auth.clone(), lmtp);
-                match self
-                    .session(Conn::Plain(stream), config, host, msg, data)
-                    .await
-                {
-                    Ok(outcomes) => return Attempt { outcomes, remote },
-                    Err(ConnError::InFlight(r)) => {
-                        return Attempt {
-                            outcomes: all(msg, &r),
-                            remote,
-                        };
-                    }
-                    Err(ConnError::NextHost(r)) => {
-                        info!(host = %host, %addr, result = ?r, "host failed before the message, trying the next host");
-                        last = r;
+                let mut tls_now = tls;
+                loop {
+                    let config = self.client_config(tls_now, auth.clone(), lmtp);
+                    match self.connect(addr, host, config, msg, data).await {
+                        Ok(outcomes) => return Attempt { outcomes, remote },
+                        Err(ConnError::InFlight(r)) => {
+                            return Attempt {
+                                outcomes: all(msg, &r),
+                                remote,
+                            };
+                        }
+                        Err(ConnError::TlsFailed(r)) if tls_now == TlsWanted::Opportunistic => {
+                            // Opportunistic TLS must not stop the mail: once more in plaintext.
+                            info!(host = %host, %addr, result = ?r, "STARTTLS failed, retrying without TLS");
+                            tls_now = TlsWanted::None;
+                        }
+                        Err(ConnError::Unsupported(r)) => {
+                            info!(host = %host, %addr, result = ?r, "host cannot take the message, trying the next host");
+                            unsupported = Some(r);
+                            break;
+                        }
+                        Err(ConnError::NextHost(r) | ConnError::TlsFailed(r)) => {
+                            info!(host = %host, %addr, result = ?r, "host failed before the message, trying the next host");
+                            if matches!(r, RcptResult::Temporary(_)) {
+                                temporary = Some(r.clone());
+                            }
+                            last = r;
+                            break;
+                        }
                     }
                 }
             }
         }
+        let result = match unsupported {
+            Some(refused) => temporary.unwrap_or(refused),
+            None => last,
+        };
         Attempt {
-            outcomes: all(msg, &last),
+            outcomes: all(msg, &result),
             remote,
         }
+    }
+
+    /// Connects to `addr` and runs one session there.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        config: ClientConfig,
+        msg: &OutboundMessage,
+        data: &[u8],
+    ) -> Result<Vec<RcptOutcome>, ConnError> {
+        let stream = match tokio::time::timeout(
+            self.options.connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                info!(host = %host, %addr, error = %e, "connect failed");
+                return Err(ConnError::NextHost(RcptResult::Temporary(reply(
+                    451,
+                    (4, 4, 1),
+                    &format!("Connection to {host} failed"),
+                ))));
+            }
+            Err(_) => {
+                return Err(ConnError::NextHost(RcptResult::Temporary(reply(
+                    451,
+                    (4, 4, 1),
+                    &format!("Connection to {host} timed out"),
+                ))));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        self.session(Conn::Plain(stream), config, host, msg, data)
+            .await
     }
 
     /// Drives one SMTP/LMTP session: one message, then QUIT.
@@ -327,75 +411,86 @@ impl Deliverer {
         msg: &OutboundMessage,
         data: &[u8],
     ) -> Result<Vec<RcptOutcome>, ConnError> {
+        // A failed STARTTLS may be retried in plaintext, except with AUTH: credentials
+        // never go without TLS, so that retry could not succeed.
+        let tls_fallback = config.tls == TlsWanted::Opportunistic && config.auth.is_none();
+        let limit = self.options.reply_timeout;
         let mut session = ClientSession::new(config);
         let mut buf = vec![0u8; 16 * 1024];
-        let mut sent = false;
-        let mut outcomes = None;
-        let fail = |sent: bool, r: RcptResult| {
-            if sent {
-                ConnError::InFlight(r)
-            } else {
-                ConnError::NextHost(r)
-            }
-        };
+        let mut progress = Progress::default();
+        let mut ended = false;
         let local_fail = |text: &str| RcptResult::Temporary(reply(451, (4, 4, 2), text));
         loop {
             while let Some(event) = session.poll_event() {
                 match event {
                     ClientEvent::StartTls => {
-                        conn.write_all(&session.take_output(), self.options.reply_timeout)
-                            .await
-                            .map_err(|_| fail(sent, local_fail("Connection lost")))?;
-                        conn = conn
-                            .upgrade(&self.tls, host, self.options.reply_timeout)
-                            .await
-                            .map_err(|e| {
-                                fail(sent, local_fail(&format!("TLS handshake failed: {e}")))
-                            })?;
+                        // Only before the first message: nothing is in flight.
+                        if conn.write_all(&session.take_output(), limit).await.is_err() {
+                            return Err(ConnError::NextHost(local_fail("Connection lost")));
+                        }
+                        conn = match conn.upgrade(&self.tls, host, limit).await {
+                            Ok(conn) => conn,
+                            Err(e) => {
+                                let r = local_fail(&format!("TLS handshake failed: {e}"));
+                                return Err(if tls_fallback {
+                                    ConnError::TlsFailed(r)
+                                } else {
+                                    ConnError::NextHost(r)
+                                });
+                            }
+                        };
                         session
                             .tls_established()
-                            .map_err(|_| fail(sent, local_fail("TLS state error")))?;
+                            .map_err(|_| ConnError::NextHost(local_fail("TLS state error")))?;
                     }
-                    ClientEvent::Ready if !sent && outcomes.is_none() => {
+                    ClientEvent::Ready if progress.untouched() => {
                         session
                             .send(msg, data)
-                            .map_err(|_| fail(sent, local_fail("Client state error")))?;
-                        sent = true;
+                            .map_err(|_| ConnError::NextHost(local_fail("Client state error")))?;
+                        progress.sent = true;
                     }
                     ClientEvent::Ready => session.quit(),
                     ClientEvent::Delivered(result) => {
-                        outcomes = Some(result);
-                        sent = false;
+                        progress.outcomes = Some(result);
+                        progress.sent = false;
+                    }
+                    ClientEvent::Unsupported(result) => {
+                        // Every recipient has the same local refusal.
+                        progress.unsupported = result.into_iter().next().map(|o| o.result);
+                        progress.sent = false;
                     }
                     ClientEvent::Failed(f) => {
-                        if let Some(done) = outcomes {
-                            return Ok(done);
+                        if f.stage == "starttls" && tls_fallback && progress.untouched() {
+                            return Err(ConnError::TlsFailed(failure_result(&f)));
                         }
-                        return Err(fail(sent, failure_result(&f)));
+                        return progress.finish(failure_result(&f));
                     }
                     ClientEvent::Closed => {}
                 }
             }
             let out = session.take_output();
-            if !out.is_empty() {
-                conn.write_all(&out, self.options.reply_timeout)
-                    .await
-                    .map_err(|_| fail(sent, local_fail("Connection lost while sending")))?;
+            if !out.is_empty() && conn.write_all(&out, limit).await.is_err() {
+                return progress.finish(local_fail("Connection lost while sending"));
             }
             if session.is_closed() {
                 conn.shutdown().await;
-                return outcomes.ok_or_else(|| fail(sent, local_fail("Connection closed")));
+                return progress.finish(local_fail("Connection closed"));
             }
-            match tokio::time::timeout(self.options.reply_timeout, conn.read(&mut buf)).await {
+            if ended {
+                // The session reports EOF and timeouts itself; this is only a safeguard.
+                return progress.finish(local_fail("Connection closed by the server"));
+            }
+            match tokio::time::timeout(limit, conn.read(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
+                // EOF or a broken connection: the session reports the replies already
+                // received (LMTP outcomes of some recipients), then fails.
                 Ok(_) => {
-                    // The peer closed: fine once the message is done (QUIT answered or not).
-                    return outcomes
-                        .ok_or_else(|| fail(sent, local_fail("Connection closed by the server")));
+                    session.peer_closed();
+                    ended = true;
                 }
                 Err(_) => {
-                    return outcomes
-                        .ok_or_else(|| fail(sent, local_fail("Timed out waiting for the server")));
+                    session.timed_out();
+                    ended = true;
                 }
             }
         }
@@ -419,17 +514,21 @@ async fn read_from<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8]) -> std::io::
 }
 
 impl Conn {
+    /// Writes `data` in chunks of [`WRITE_CHUNK`], each within `limit`.
     async fn write_all(&mut self, data: &[u8], limit: Duration) -> std::io::Result<()> {
-        let write = async {
-            match self {
-                Conn::Plain(s) => write_to(s, data).await,
-                Conn::Tls(s) => write_to(s, data).await,
-                Conn::Unix(s) => write_to(s, data).await,
-            }
-        };
-        tokio::time::timeout(limit, write)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+        for chunk in data.chunks(WRITE_CHUNK) {
+            let write = async {
+                match self {
+                    Conn::Plain(s) => write_to(s, chunk).await,
+                    Conn::Tls(s) => write_to(s, chunk).await,
+                    Conn::Unix(s) => write_to(s, chunk).await,
+                }
+            };
+            tokio::time::timeout(limit, write).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")
+            })??;
+        }
+        Ok(())
     }
 
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -11,7 +11,7 @@ use wasmtime::component::Component;
 
 use crate::bindings::exports::postrider::plugin::filter::Stages;
 use crate::bindings::{Plugin, PluginPre};
-use crate::engine::{EPOCH_TICK, PluginEngine};
+use crate::engine::PluginEngine;
 use crate::error::{CallFailure, HostError};
 use crate::state::{HostState, Services};
 
@@ -226,11 +226,19 @@ impl LoadedPlugin {
         })
     }
 
-    /// Sets the epoch deadline for the next call.
+    /// Sets the deadline for the next call. At every epoch tick the guest yields to the
+    /// async executor (a busy guest never holds a worker thread for long); past the
+    /// deadline it traps with `Interrupt`.
     pub(crate) fn arm(&self, store: &mut Store<HostState>) {
-        let ticks = (self.spec.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        let deadline = std::time::Instant::now() + self.spec.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
     }
 
     /// Calls `init` with the plugin's config in a new instance.

@@ -34,8 +34,9 @@
 //!
 //! ## Life cycle
 //!
-//! * The host creates a **fresh instance** per SMTP transaction (reused for that
-//!   transaction's stages) and per routing call. In every new instance it first calls the
+//! * The host creates a **fresh instance** for the connect stage, for each HELO/EHLO, per mail
+//!   transaction (reused for its mail-from, rcpt and data stages) and per routing call. In
+//!   every new instance it first calls the
 //!   WIT `init` with the plugin's config table as JSON text; the SDK parses nothing itself and
 //!   hands a [`Config`] to [`Plugin::init`], stores the value it returns for the life of the
 //!   instance, and answers the host with [`Plugin::stages`].

@@ -144,6 +144,11 @@ pub enum ClientEvent {
     /// The outcome of the last [`ClientSession::send`], one per recipient, in order;
     /// a `Ready` follows, but `send` and `quit` are already allowed.
     Delivered(Vec<RcptOutcome>),
+    /// Instead of `Delivered`: the last [`ClientSession::send`] was refused locally
+    /// because this peer lacks what the message needs (SMTPUTF8: 5.6.7, 8BITMIME: 5.6.3,
+    /// or its SIZE limit is too small: 5.3.4). Nothing was sent; every recipient has that
+    /// permanent result, but another server may take the message. A `Ready` follows.
+    Unsupported(Vec<RcptOutcome>),
     /// The connection is unusable; `Closed` follows. Every recipient of a message in
     /// flight gets this outcome (once data was sent, a `Delivered` with the known
     /// outcomes comes first, so no message is in flight then).
@@ -412,6 +417,8 @@ pub struct ClientSession {
     tls: bool,
     /// The peer closed the connection; handled once buffered replies are processed.
     peer_closed: bool,
+    /// The caller gave up waiting for the peer; handled like `peer_closed`.
+    timed_out: bool,
 }
 
 impl fmt::Debug for ClientSession {
@@ -442,6 +449,7 @@ impl ClientSession {
             extensions: Extensions::default(),
             tls: false,
             peer_closed: false,
+            timed_out: false,
         }
     }
 
@@ -464,7 +472,7 @@ impl ClientSession {
                 return None;
             }
             if matches!(self.state, State::TlsHandshake) {
-                if self.peer_closed {
+                if self.peer_closed || self.timed_out {
                     self.connection_lost();
                     continue;
                 }
@@ -472,7 +480,7 @@ impl ClientSession {
             }
             match self.reader.next_reply() {
                 Ok(Some(reply)) => self.on_reply(reply),
-                Ok(None) if self.peer_closed => self.connection_lost(),
+                Ok(None) if self.peer_closed || self.timed_out => self.connection_lost(),
                 Ok(None) => return None,
                 Err(err) => self.on_malformed(err),
             }
@@ -501,8 +509,9 @@ impl ClientSession {
     ///
     /// `data` is the message in canonical CRLF form without the final `.`; it is
     /// dot-stuffed and terminated by [`encode_data`] (bare CR and LF become CRLF).
-    /// Needs the peer cannot meet (SMTPUTF8, 8BITMIME, SIZE) and unsafe addresses are
-    /// refused locally: `Delivered` follows at once and nothing is sent.
+    /// Needs the peer cannot meet (SMTPUTF8, 8BITMIME, SIZE) are refused locally:
+    /// [`ClientEvent::Unsupported`] follows at once and nothing is sent. Unsafe addresses
+    /// are refused locally too: `Delivered` follows at once if no recipient is left.
     pub fn send(&mut self, msg: &OutboundMessage, data: &[u8]) -> Result<(), Misuse> {
         if !matches!(self.state, State::Ready) {
             return Err(Misuse::NotReady);
@@ -516,17 +525,19 @@ impl ClientSession {
             || !msg.from.is_ascii()
             || msg.recipients.iter().any(|r| !r.address.is_ascii());
         let eight_bit = msg.eight_bit || !data.is_ascii();
-        let refusal = if smtputf8 && !ext.smtputf8 {
+        let unsupported = if smtputf8 && !ext.smtputf8 {
             Some(local(554, (5, 6, 7), "Peer lacks SMTPUTF8 support"))
         } else if eight_bit && !ext.eight_bit_mime {
             Some(local(554, (5, 6, 3), "Peer lacks 8BITMIME support"))
         } else if ext.size.is_some_and(|max| max > 0 && msg.size > max) {
             Some(local(552, (5, 3, 4), "Message too big for peer"))
-        } else if !safe_path(&msg.from) {
-            Some(local(501, (5, 1, 7), "Bad sender address syntax"))
         } else {
             None
         };
+        let peer_lacks = unsupported.is_some();
+        let refusal = unsupported.or_else(|| {
+            (!safe_path(&msg.from)).then(|| local(501, (5, 1, 7), "Bad sender address syntax"))
+        });
         let mut outcomes: Vec<Option<RcptResult>> = msg
             .recipients
             .iter()
@@ -553,7 +564,14 @@ impl ClientSession {
                 data_sent: false,
                 dot_sent: false,
             };
-            self.finish(&txn);
+            if peer_lacks {
+                let fallback = RcptResult::Temporary(local(451, (4, 3, 0), "No outcome"));
+                self.events
+                    .push_back(ClientEvent::Unsupported(txn.outcomes(&fallback)));
+                self.ready();
+            } else {
+                self.finish(&txn);
+            }
             return Ok(());
         }
         let mail = self.mail_line(msg, smtputf8, eight_bit);
@@ -612,6 +630,15 @@ impl ClientSession {
     /// first; then the session fails (421 4.4.2), or closes if QUIT was sent.
     pub fn peer_closed(&mut self) {
         self.peer_closed = true;
+    }
+
+    /// The caller gave up waiting for the server (its reply timeout expired). Like
+    /// [`ClientSession::peer_closed`]: complete replies already fed are processed first
+    /// (so an LMTP message in flight keeps the per-recipient outcomes already known, in
+    /// a `Delivered`); then the session fails (421 4.4.2, no QUIT), or closes if QUIT
+    /// was sent. The caller should then close the connection.
+    pub fn timed_out(&mut self) {
+        self.timed_out = true;
     }
 
     /// True once the session is over ([`ClientEvent::Closed`] was queued).
@@ -737,7 +764,11 @@ impl ClientSession {
             self.close();
             return;
         }
-        let reply = local(421, (4, 4, 2), "Connection closed by server");
+        let reply = if self.peer_closed {
+            local(421, (4, 4, 2), "Connection closed by server")
+        } else {
+            local(421, (4, 4, 2), "Timed out waiting for the server")
+        };
         self.fail(reply, false, false);
     }
 

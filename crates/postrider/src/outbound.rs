@@ -14,8 +14,8 @@ use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
 use postrider_queue::schedule::{Retry, RetryPolicy};
-use postrider_queue::state::{MessageState, RcptState, RcptStatus};
-use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool};
+use postrider_queue::state::{MessageState, RcptStatus};
+use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
 use postrider_smtp::client::{
     Credentials, OutboundMessage, OutboundRecipient, RcptResult, TlsWanted,
 };
@@ -173,53 +173,53 @@ pub fn start(
         tx,
         manager: Arc::downgrade(&manager),
     };
-    let due: Arc<Mutex<BTreeMap<u64, Vec<QueueId>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let due: Arc<Mutex<Schedule>> = Arc::new(Mutex::new(Schedule::default()));
     let wake = Arc::new(Wake::new());
     match manager.spool.list() {
         Ok(ids) => {
             let now = now_ms();
             let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
-            due.entry(now).or_default().extend(ids);
+            for id in ids {
+                due.insert(id, now);
+            }
         }
         Err(e) => warn!(error = %e, "listing the spool failed"),
     }
-    // New messages: due now.
+    // New, retried and released messages: due now.
     {
         let (due, wake) = (Arc::clone(&due), Arc::clone(&wake));
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
                 due.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .entry(now_ms())
-                    .or_default()
-                    .push(id);
+                    .insert(id, now_ms());
                 wake.notify_one();
             }
         });
     }
-    // The scheduler: runs what is due, sleeps until the next due time or a new message.
+    // The scheduler: runs what is due, sleeps until the next due time or a new message. A
+    // message takes a working slot before it is loaded, so a huge queue is worked through a
+    // bounded number of messages at a time.
+    let working = Arc::new(Semaphore::new(
+        manager.config.delivery.concurrency.saturating_mul(2),
+    ));
     tokio::spawn(async move {
         loop {
-            let now = now_ms();
-            let (ready, next) = {
-                let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
-                let later = due.split_off(&now.saturating_add(1));
-                let ready: Vec<QueueId> = std::mem::replace(&mut *due, later)
-                    .into_values()
-                    .flatten()
-                    .collect();
-                (ready, due.keys().next().copied())
-            };
+            let (ready, next) = due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_due(now_ms());
             for id in ready {
+                let Ok(permit) = Arc::clone(&working).acquire_owned().await else {
+                    return;
+                };
                 let (manager, due, wake) =
                     (Arc::clone(&manager), Arc::clone(&due), Arc::clone(&wake));
                 tokio::spawn(async move {
-                    if let Some(at) = manager.process(&id).await {
-                        due.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(at)
-                            .or_default()
-                            .push(id);
+                    let again = manager.process(&id).await;
+                    drop(permit);
+                    if let Some(at) = again {
+                        due.lock().unwrap_or_else(|p| p.into_inner()).insert(id, at);
                         wake.notify_one();
                     }
                 });
@@ -234,6 +234,45 @@ pub fn start(
         }
     });
     handle
+}
+
+/// When each queued message is due; a message is in it at most once, at its earliest time.
+#[derive(Default)]
+struct Schedule {
+    by_time: BTreeMap<u64, Vec<QueueId>>,
+    at: HashMap<QueueId, u64>,
+}
+
+impl Schedule {
+    /// Schedules `id` at `time`, or earlier if it is already scheduled earlier.
+    fn insert(&mut self, id: QueueId, time: u64) {
+        if let Some(&old) = self.at.get(&id) {
+            if old <= time {
+                return;
+            }
+            if let Some(ids) = self.by_time.get_mut(&old) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.by_time.remove(&old);
+                }
+            }
+        }
+        self.at.insert(id.clone(), time);
+        self.by_time.entry(time).or_default().push(id);
+    }
+
+    /// Takes every message due at `now`; also returns the next due time.
+    fn pop_due(&mut self, now: u64) -> (Vec<QueueId>, Option<u64>) {
+        let later = self.by_time.split_off(&now.saturating_add(1));
+        let ready: Vec<QueueId> = std::mem::replace(&mut self.by_time, later)
+            .into_values()
+            .flatten()
+            .collect();
+        for id in &ready {
+            self.at.remove(id);
+        }
+        (ready, self.by_time.keys().next().copied())
+    }
 }
 
 /// One recipient's route, as a destination key plus how to reach it.
@@ -296,98 +335,120 @@ impl Manager {
         })
     }
 
+    /// Runs a spool operation on the blocking pool; `Err(None)` if the task itself failed.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, Option<SpoolError>> {
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || op(&spool)).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        }
+    }
+
+    /// Saves the delivery state; false (and a warning) if it could not be saved.
+    async fn save(&self, id: &QueueId, state: &MessageState) -> bool {
+        let (idc, st) = (id.clone(), state.clone());
+        match self
+            .blocking(move |spool| spool.save_state(&idc, &st))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(queue_id = %id, error = ?e, "could not save delivery state");
+                false
+            }
+        }
+    }
+
     /// Attempts the due recipients of one message; returns when to come back, if ever.
     async fn process(&self, id: &QueueId) -> Option<u64> {
         let Some(_lock) = self.lock(id) else {
             // Another task or an admin change has it; look again shortly.
             return Some(now_ms().saturating_add(1000));
         };
-        let (envelope, message) = {
-            let spool = self.spool.clone();
-            let idc = id.clone();
-            match tokio::task::spawn_blocking(move || spool.load(&idc)).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    warn!(queue_id = %id, error = %e, "cannot load queued message");
-                    return None;
-                }
-                Err(_) => return None,
+        let soon = Some(now_ms().saturating_add(60_000));
+        let idc = id.clone();
+        let (envelope, message) = match self.blocking(move |spool| spool.load(&idc)).await {
+            Ok(x) => x,
+            // Deleted by an operator meanwhile.
+            Err(Some(SpoolError::NotFound { .. })) => return None,
+            Err(Some(e @ (SpoolError::Corrupt { .. } | SpoolError::UnsupportedVersion { .. }))) => {
+                warn!(queue_id = %id, error = %e, "queued message unreadable; left for an operator");
+                return None;
+            }
+            Err(e) => {
+                warn!(queue_id = %id, error = ?e, "cannot load queued message; trying again later");
+                return soon;
             }
         };
         let now = now_ms();
         let mut state = match self.spool.load_state(id) {
             Ok(Some(s)) if s.recipients.len() == envelope.recipients.len() => s,
             Ok(Some(_)) => {
-                warn!(queue_id = %id, "delivery state does not match the envelope; leaving the message for an operator");
+                warn!(queue_id = %id, "delivery state does not match the envelope; left for an operator");
                 return None;
             }
             Ok(None) => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
             // Never guess: a fresh state would deliver again to recipients already done.
             Err(e) => {
                 warn!(queue_id = %id, error = %e, "cannot read delivery state; trying again later");
-                return Some(now.saturating_add(60_000));
+                return soon;
             }
         };
         if state.held || (envelope.quarantine.is_some() && !state.quarantine_released) {
             return None;
         }
         let hops = count_received(&message);
-        let mut bounced: Vec<DsnRecipient> = Vec::new();
-        let mut plans: Vec<(usize, Plan)> = Vec::new();
-        for (i, rcpt) in envelope.recipients.iter().enumerate() {
+        let mut bounced: Vec<(usize, DsnRecipient)> = Vec::new();
+        let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
+        for i in 0..envelope.recipients.len() {
             let st = &state.recipients[i];
             if st.status != RcptStatus::Pending || st.next_attempt_ms > now {
                 continue;
             }
+            let address = &envelope.recipients[i].address;
             let plan = if hops > self.config.delivery.max_hops {
                 Plan::Bounce(
                     "5.4.6".into(),
                     format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
                 )
             } else {
-                self.route(&envelope, &rcpt.address).await
+                self.route(&envelope, address).await
             };
-            plans.push((i, plan));
-        }
-
-        // Group deliverable recipients by destination.
-        let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
-        for (i, plan) in plans {
             match plan {
                 Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
                     Some((_, v)) => v.push(i),
                     None => groups.push((dest, vec![i])),
                 },
                 Plan::Hold(reason) => {
-                    // Held recipients wait for an operator (`postrider queue release`).
-                    info!(queue_id = %id, rcpt = %envelope.recipients[i].address, reason = %reason, "held");
+                    // Held by a route plugin: waits for an operator (`postrider queue release`).
+                    info!(queue_id = %id, rcpt = %address, reason = %reason, "held");
                     state.recipients[i].last_reply = Some(format!("held: {reason}"));
                     state.recipients[i].next_attempt_ms = u64::MAX;
                 }
                 Plan::Discard => {
-                    info!(queue_id = %id, rcpt = %envelope.recipients[i].address, "discarded by route");
+                    info!(queue_id = %id, rcpt = %address, "discarded by route");
                     state.recipients[i].status = RcptStatus::Discarded;
                 }
-                Plan::Bounce(status, text) => {
-                    self.fail(
-                        id,
-                        &envelope,
-                        &mut state.recipients[i],
-                        i,
-                        &status,
-                        &text,
-                        None,
-                        &mut bounced,
-                    );
-                }
+                Plan::Bounce(status, text) => self.fail(
+                    id,
+                    &envelope,
+                    &mut state,
+                    i,
+                    &status,
+                    &text,
+                    None,
+                    &mut bounced,
+                ),
                 Plan::Defer(reason) => {
-                    let st = &mut state.recipients[i];
-                    st.attempts += 1;
-                    st.last_reply = Some(reason.clone());
+                    state.recipients[i].attempts += 1;
+                    info!(queue_id = %id, rcpt = %address, reason = %reason, "deferred");
                     self.retry_or_expire(
                         id,
                         &envelope,
-                        st,
+                        &mut state,
                         i,
                         &format!("451 4.3.0 {reason}"),
                         None,
@@ -398,24 +459,31 @@ impl Manager {
             }
         }
 
-        // Destinations of one message are tried one after another; messages run in parallel.
-        let mut results = Vec::with_capacity(groups.len());
+        // Destinations of one message are tried one after another (messages run in
+        // parallel); the state is saved after each, so a crash repeats at most one.
         for (dest, idx) in groups {
-            results.push(self.attempt(id, &envelope, &message, dest, idx).await);
-        }
-        for (idx, attempt) in results {
+            let (idx, attempt) = self.attempt(id, &envelope, &message, dest, idx).await;
             let remote = attempt.remote.clone();
-            for (k, i) in idx.iter().enumerate() {
+            for (k, &i) in idx.iter().enumerate() {
+                let rcpt = envelope.recipients[i].address.clone();
+                state.recipients[i].attempts += 1;
                 let Some(outcome) = attempt.outcomes.get(k) else {
+                    self.retry_or_expire(
+                        id,
+                        &envelope,
+                        &mut state,
+                        i,
+                        "451 4.3.0 No result for this recipient",
+                        remote.clone(),
+                        now_ms(),
+                        &mut bounced,
+                    );
                     continue;
                 };
-                let st = &mut state.recipients[*i];
-                st.attempts += 1;
-                let rcpt = &envelope.recipients[*i].address;
                 match &outcome.result {
                     RcptResult::Accepted(r) => {
-                        st.status = RcptStatus::Delivered;
-                        st.last_reply = Some(reply_text(r));
+                        state.recipients[i].status = RcptStatus::Delivered;
+                        state.recipients[i].last_reply = Some(reply_text(r));
                         info!(queue_id = %id, rcpt = %rcpt, relay = remote.as_deref().unwrap_or("none"), delay_ms = now_ms().saturating_sub(envelope.received_at_unix_ms), dsn = "2.0.0", reply = %reply_text(r), "delivered");
                     }
                     RcptResult::Temporary(r) => {
@@ -423,8 +491,8 @@ impl Manager {
                         self.retry_or_expire(
                             id,
                             &envelope,
-                            st,
-                            *i,
+                            &mut state,
+                            i,
                             &reply_text(r),
                             remote.clone(),
                             now_ms(),
@@ -438,8 +506,8 @@ impl Manager {
                         self.fail(
                             id,
                             &envelope,
-                            st,
-                            *i,
+                            &mut state,
+                            i,
                             &status,
                             &reply_text(r),
                             remote.clone(),
@@ -448,6 +516,7 @@ impl Manager {
                     }
                 }
             }
+            self.save(id, &state).await;
         }
 
         // Delay warning, once, for recipients still pending.
@@ -466,37 +535,42 @@ impl Manager {
                     remote_mta: None,
                 })
                 .collect();
-            if !delayed.is_empty() {
-                self.send_dsn(&envelope, &message, &delayed, DsnKind::Delay)
+            state.delay_warned = delayed.is_empty()
+                || self
+                    .send_dsn(&envelope, &message, &delayed, DsnKind::Delay)
                     .await;
-            }
-            state.delay_warned = true;
         }
         if !bounced.is_empty() {
-            self.send_dsn(&envelope, &message, &bounced, DsnKind::Failure)
-                .await;
+            let rcpts: Vec<DsnRecipient> = bounced.iter().map(|(_, r)| r.clone()).collect();
+            if !self
+                .send_dsn(&envelope, &message, &rcpts, DsnKind::Failure)
+                .await
+            {
+                // The sender must hear about it: keep these recipients until the DSN is queued.
+                for (i, _) in &bounced {
+                    state.recipients[*i].status = RcptStatus::Pending;
+                    state.recipients[*i].next_attempt_ms = now_ms().saturating_add(60_000);
+                }
+            }
         }
 
         if state.is_done() {
-            let spool = self.spool.clone();
+            // State first: if the removal fails, nothing is attempted again.
+            self.save(id, &state).await;
             let idc = id.clone();
-            match tokio::task::spawn_blocking(move || spool.remove(&idc)).await {
-                Ok(Ok(())) => info!(queue_id = %id, "removed"),
-                _ => warn!(queue_id = %id, "could not remove a finished message"),
-            }
-            return None;
+            return match self.blocking(move |spool| spool.remove(&idc)).await {
+                Ok(()) | Err(Some(SpoolError::NotFound { .. })) => {
+                    info!(queue_id = %id, "removed");
+                    None
+                }
+                Err(e) => {
+                    warn!(queue_id = %id, error = ?e, "could not remove a finished message; trying again later");
+                    soon
+                }
+            };
         }
-        let save = {
-            let spool = self.spool.clone();
-            let idc = id.clone();
-            let st = state.clone();
-            tokio::task::spawn_blocking(move || spool.save_state(&idc, &st)).await
-        };
-        if !matches!(save, Ok(Ok(()))) {
-            warn!(queue_id = %id, "could not save delivery state; recipients may be tried again");
-        }
-        if state.held {
-            return None;
+        if !self.save(id, &state).await {
+            return soon;
         }
         state
             .recipients
@@ -551,8 +625,10 @@ impl Manager {
                     });
                 }
                 RouteDecision::Lmtp(t) => {
-                    return lmtp_destination(&t)
-                        .map_or_else(|| Plan::Hold(format!("bad LMTP target {t}")), Plan::Deliver);
+                    return lmtp_destination(&t).map_or_else(
+                        || Plan::Defer(format!("bad LMTP target {t}")),
+                        Plan::Deliver,
+                    );
                 }
                 RouteDecision::Hold(r) => return Plan::Hold(r),
                 RouteDecision::Discard => return Plan::Discard,
@@ -598,26 +674,29 @@ impl Manager {
                     Arc::new(Semaphore::new(self.config.delivery.per_destination))
                 }))
             };
-        let _global = self.slots.acquire().await;
+        // Destination first: a slow destination must not sit on global slots while waiting.
         let _local = per.acquire().await;
+        let _global = self.slots.acquire().await;
         let msg = outbound(envelope, message, &idx);
         tracing::debug!(queue_id = %id, destination = %key, rcpts = idx.len(), "delivery attempt");
         let attempt = self.deliverer.deliver(&dest, &msg, message).await;
         (idx, attempt)
     }
 
+    /// After a temporary failure: the next attempt time, or give up (bounce) past max age.
     #[allow(clippy::too_many_arguments)]
     fn retry_or_expire(
         &self,
         id: &QueueId,
         envelope: &Envelope,
-        st: &mut RcptState,
+        state: &mut MessageState,
         i: usize,
         reply: &str,
         remote: Option<String>,
         now: u64,
-        bounced: &mut Vec<DsnRecipient>,
+        bounced: &mut Vec<(usize, DsnRecipient)>,
     ) {
+        let st = &mut state.recipients[i];
         st.last_reply = Some(reply.to_owned());
         match self
             .policy
@@ -627,45 +706,54 @@ impl Manager {
             Retry::GiveUp => {
                 st.status = RcptStatus::Expired;
                 info!(queue_id = %id, rcpt = %envelope.recipients[i].address, "expired: giving up");
+                // The last temporary reason, reported as the permanent failure it now is.
                 let status = reply
                     .split(' ')
                     .nth(1)
                     .filter(|s| s.starts_with("4."))
-                    .map_or("4.4.7".to_owned(), |s| s.replacen('4', "5", 1));
+                    .map_or_else(|| "5.4.7".to_owned(), |s| format!("5{}", &s[1..]));
                 if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
-                    bounced.push(DsnRecipient {
-                        recipient: envelope.recipients[i].clone(),
-                        status,
-                        diagnostic: Some(reply.to_owned()),
-                        remote_mta: remote,
-                    });
+                    bounced.push((
+                        i,
+                        DsnRecipient {
+                            recipient: envelope.recipients[i].clone(),
+                            status,
+                            diagnostic: Some(reply.to_owned()),
+                            remote_mta: remote,
+                        },
+                    ));
                 }
             }
         }
     }
 
+    /// After a permanent failure: the recipient is bounced.
     #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         id: &QueueId,
         envelope: &Envelope,
-        st: &mut RcptState,
+        state: &mut MessageState,
         i: usize,
         status: &str,
         reply: &str,
         remote: Option<String>,
-        bounced: &mut Vec<DsnRecipient>,
+        bounced: &mut Vec<(usize, DsnRecipient)>,
     ) {
+        let st = &mut state.recipients[i];
         st.status = RcptStatus::Bounced;
         st.last_reply = Some(reply.to_owned());
         info!(queue_id = %id, rcpt = %envelope.recipients[i].address, relay = remote.as_deref().unwrap_or("none"), dsn = %status, reply = %reply, "bounced");
         if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
-            bounced.push(DsnRecipient {
-                recipient: envelope.recipients[i].clone(),
-                status: status.to_owned(),
-                diagnostic: Some(reply.to_owned()),
-                remote_mta: remote,
-            });
+            bounced.push((
+                i,
+                DsnRecipient {
+                    recipient: envelope.recipients[i].clone(),
+                    status: status.to_owned(),
+                    diagnostic: Some(reply.to_owned()),
+                    remote_mta: remote,
+                },
+            ));
         }
     }
 
@@ -676,9 +764,9 @@ impl Manager {
         message: &[u8],
         rcpts: &[DsnRecipient],
         kind: DsnKind,
-    ) {
+    ) -> bool {
         if envelope.mail_from.is_empty() {
-            return;
+            return true;
         }
         let options = DsnOptions {
             will_retry_until: Some(
@@ -725,8 +813,12 @@ impl Manager {
             Ok(dsn_id) => {
                 info!(queue_id = %dsn_id, to = %envelope.mail_from, kind = ?kind, "DSN queued");
                 let _ = self.tx.send(dsn_id);
+                true
             }
-            Err(e) => warn!(error = %e, "could not queue a DSN"),
+            Err(e) => {
+                warn!(error = %e, "could not queue a DSN");
+                false
+            }
         }
     }
 }

@@ -86,6 +86,8 @@ impl Drop for PerIpGuard {
 
 /// Runs the relay until SIGTERM/SIGINT, then drains sessions within the grace period.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives while starting must not kill the process.
+    let shutdown_signal = wait_for_signal()?;
     let (spool, recovery) = Spool::open(&config.spool_dir, SpoolOptions::default())
         .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
     info!(
@@ -173,7 +175,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     println!("postrider: ready");
     info!("ready");
 
-    wait_for_signal().await?;
+    shutdown_signal.await?;
     admin.abort();
     let _ = std::fs::remove_file(&shared.config.admin_socket);
     info!("shutting down: no new connections");
@@ -312,13 +314,16 @@ async fn refuse(mut stream: TcpStream, line: &'static str) {
     let _ = stream.shutdown().await;
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM/SIGINT handlers now; the future resolves at the first signal.
+fn wait_for_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+        }
+        Ok(())
+    })
 }

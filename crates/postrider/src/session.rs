@@ -256,7 +256,10 @@ async fn greet(
         session.greet();
         return Ok(());
     };
-    match chain.on_connect(&conn).await.decision {
+    let decision = chain.on_connect(&conn).await.decision;
+    // Instances live per transaction: an idle client must not hold plugin instances.
+    chain.end_transaction();
+    match decision {
         Decision::Continue | Decision::Accept => session.greet(),
         // A refused greeting is 554 (then only QUIT works) or 421 (closed), RFC 5321 3.1.
         Decision::Reject(r) => session.greet_reject(with_code(&r, 554)),
@@ -302,7 +305,10 @@ async fn decide(
                     helo: Some(helo.clone()),
                     ..conn
                 };
-                if refused(session, chain.on_helo(&conn, &helo).await.decision)? {
+                let decision = chain.on_helo(&conn, &helo).await.decision;
+                chain.end_transaction();
+                client.in_transaction = false;
+                if refused(session, decision)? {
                     return Ok(());
                 }
             }

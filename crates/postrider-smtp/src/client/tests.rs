@@ -59,7 +59,7 @@ fn show(event: &ClientEvent) -> String {
         ClientEvent::StartTls => "StartTls".into(),
         ClientEvent::Ready => "Ready".into(),
         ClientEvent::Closed => "Closed".into(),
-        ClientEvent::Delivered(outcomes) => {
+        ClientEvent::Delivered(outcomes) | ClientEvent::Unsupported(outcomes) => {
             let parts: Vec<String> = outcomes
                 .iter()
                 .map(|o| {
@@ -71,7 +71,12 @@ fn show(event: &ClientEvent) -> String {
                     format!("{}={kind}{}", o.recipient, code(o.result.reply()))
                 })
                 .collect();
-            format!("Delivered({})", parts.join(" "))
+            let name = if matches!(event, ClientEvent::Delivered(_)) {
+                "Delivered"
+            } else {
+                "Unsupported"
+            };
+            format!("{name}({})", parts.join(" "))
         }
         ClientEvent::Failed(f) => {
             let kind = if f.permanent { "P" } else { "T" };
@@ -233,7 +238,7 @@ fn ehlo_refusals_and_helo_fallback() {
     let mut m = msg("a@x", &["b@y"], b"x\r\n");
     m.eight_bit = true;
     c.send(&m, b"x\r\n").unwrap();
-    assert_eq!(events(&mut c), ["Delivered(b@y=P554/5.6.3)", "Ready"]);
+    assert_eq!(events(&mut c), ["Unsupported(b@y=P554/5.6.3)", "Ready"]);
     assert_eq!(out(&mut c), "");
 
     // HELO refused too.
@@ -473,27 +478,27 @@ fn needs_the_peer_cannot_meet_are_refused_locally() {
     c.send(&m, b"x\r\n").unwrap();
     assert_eq!(
         events(&mut c),
-        ["Delivered(b@y=P554/5.6.7 c@y=P554/5.6.7)", "Ready"]
+        ["Unsupported(b@y=P554/5.6.7 c@y=P554/5.6.7)", "Ready"]
     );
     // A non-ASCII address needs SMTPUTF8 even if the flag was forgotten.
     c.send(&msg("a@x", &["jörg@y"], b"x\r\n"), b"x\r\n")
         .unwrap();
-    assert_eq!(events(&mut c), ["Delivered(jörg@y=P554/5.6.7)", "Ready"]);
+    assert_eq!(events(&mut c), ["Unsupported(jörg@y=P554/5.6.7)", "Ready"]);
     let mut m = msg("a@x", &["b@y"], b"x\r\n");
     m.eight_bit = true;
     c.send(&m, b"x\r\n").unwrap();
-    assert_eq!(events(&mut c), ["Delivered(b@y=P554/5.6.3)", "Ready"]);
+    assert_eq!(events(&mut c), ["Unsupported(b@y=P554/5.6.3)", "Ready"]);
     // 8-bit data without the flag is caught too.
     c.send(
         &msg("a@x", &["b@y"], b"caf\xc3\xa9\r\n"),
         b"caf\xc3\xa9\r\n",
     )
     .unwrap();
-    assert_eq!(events(&mut c), ["Delivered(b@y=P554/5.6.3)", "Ready"]);
+    assert_eq!(events(&mut c), ["Unsupported(b@y=P554/5.6.3)", "Ready"]);
     let mut m = msg("a@x", &["b@y"], b"x\r\n");
     m.size = 1001;
     c.send(&m, b"x\r\n").unwrap();
-    assert_eq!(events(&mut c), ["Delivered(b@y=P552/5.3.4)", "Ready"]);
+    assert_eq!(events(&mut c), ["Unsupported(b@y=P552/5.3.4)", "Ready"]);
     assert_eq!(out(&mut c), "");
     // Still usable.
     let mut m = msg("a@x", &["b@y"], b"x\r\n");
@@ -954,6 +959,54 @@ fn peer_closed_connection() {
     assert_eq!(events(&mut c), ["Closed"]);
 }
 
+#[test]
+fn timed_out_waiting_for_the_server() {
+    let mut c = ready(config(), EHLO_FULL);
+    c.timed_out();
+    assert_eq!(events(&mut c), ["Failed(idle T 421/4.4.2)", "Closed"]);
+    assert_eq!(out(&mut c), "", "no QUIT to an unresponsive server");
+    // Complete replies already received are processed first; a partial one is dropped.
+    let mut c = ClientSession::new(config());
+    c.feed(b"220 mx\r\n250-mx\r\n250 PIPE");
+    c.timed_out();
+    assert_eq!(events(&mut c), ["Failed(ehlo T 421/4.4.2)", "Closed"]);
+    // LMTP: recipients answered before the timeout keep their outcome.
+    let lmtp = ClientConfig {
+        lmtp: true,
+        ..config()
+    };
+    let mut c = ready(
+        lmtp,
+        "250-lmtp\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
+    );
+    c.send(&msg("a@x", &["b@y", "c@y"], b"x\r\n"), b"x\r\n")
+        .unwrap();
+    out(&mut c);
+    c.feed(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 b done\r\n");
+    c.timed_out();
+    let got = events(&mut c);
+    assert_eq!(
+        got,
+        [
+            "Delivered(b@y=A250/2.0.0 c@y=T421/4.4.2)",
+            "Failed(data T 421/4.4.2)",
+            "Closed"
+        ]
+    );
+    // After QUIT a timeout just closes.
+    let mut c = ready(config(), EHLO_FULL);
+    c.quit();
+    c.timed_out();
+    assert_eq!(events(&mut c), ["Closed"]);
+    // The failure says what happened.
+    let mut c = ready(config(), EHLO_FULL);
+    c.timed_out();
+    match c.poll_event() {
+        Some(ClientEvent::Failed(f)) => assert!(f.reply.to_string().contains("Timed out")),
+        other => panic!("{other:?}"),
+    }
+}
+
 // --- split-input invariance ------------------------------------------------------------
 
 /// Runs a scripted conversation: `transcript` is everything the server says, fed in
@@ -1295,7 +1348,7 @@ fn against_server_rejections_and_two_messages() {
             "Ready",
             "Delivered(ok@y.example=P554/5.7.1)",
             "Ready",
-            "Delivered(ok@y.example=P552/5.3.4)",
+            "Unsupported(ok@y.example=P552/5.3.4)",
             "Ready",
             "Delivered(ok2@y.example=A250/2.0.0)",
             "Ready",
