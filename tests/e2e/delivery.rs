@@ -251,3 +251,33 @@ fn restart_with_a_full_queue_delivers_everything_once() {
     subjects.dedup();
     assert_eq!(subjects.len(), 5);
 }
+
+#[test]
+fn several_messages_share_one_outbound_connection() {
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    let receiver = Receiver::start(addr("127.0.0.2", port), Script(vec!["250 2.0.0 Ok"]));
+    let cfg = relay_config(dns, port).replace("[delivery]\n", "[delivery]\nper_destination = 1\n");
+    let relay = Relay::start(&cfg);
+    let mut c = relay.client();
+    for i in 0..5 {
+        assert_eq!(
+            send_message(
+                &mut c,
+                "alice@sender.test",
+                &["bob@dest.test"],
+                &format!("Subject: {i}\r\n\r\nx")
+            )
+            .0,
+            250
+        );
+    }
+    wait_for("five deliveries", Duration::from_secs(20), || {
+        receiver.accepted.lock().unwrap().len() == 5
+    });
+    let hellos = receiver.hellos.lock().unwrap().len();
+    assert!(
+        hellos < 5,
+        "each message opened its own connection ({hellos} EHLOs for 5 messages)"
+    );
+}

@@ -59,10 +59,23 @@ impl Relay {
 
     /// Starts a relay in an existing directory (to restart on the same spool).
     pub fn start_in(dir: &Path, config_text: &str) -> Relay {
+        Relay::start_in_with(dir, config_text, &[])
+    }
+
+    /// Starts a relay in `tmp` with extra `serve` arguments (e.g. "--no-watch").
+    pub fn start_tmp_with(tmp: tempfile::TempDir, config_text: &str, args: &[&str]) -> Relay {
+        let mut relay = Relay::start_in_with(tmp.path(), config_text, args);
+        relay._tmp = Some(tmp);
+        relay
+    }
+
+    /// Like [`Relay::start_in`], with extra `serve` arguments.
+    pub fn start_in_with(dir: &Path, config_text: &str, args: &[&str]) -> Relay {
         std::fs::write(dir.join("postrider.toml"), config_text).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.join("postrider.toml"))
+            .args(args)
             .env("POSTRIDER_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -14,6 +14,7 @@ mod peers;
 mod plugins;
 mod queue_cli;
 mod relay_control;
+mod reload;
 mod routing;
 mod smtp;
 mod smuggling;

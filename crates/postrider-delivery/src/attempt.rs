@@ -1,9 +1,10 @@
 //! One delivery attempt of one message to one destination.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postrider_dns::Dns;
 use postrider_smtp::client::{
@@ -78,7 +79,25 @@ pub struct Deliverer {
     dns: Arc<dyn Dns>,
     options: DeliveryOptions,
     tls: TlsConnector,
+    /// Connections kept open after a delivery, for the next message to the same place.
+    idle: std::sync::Mutex<HashMap<String, Vec<Idle>>>,
 }
+
+/// A session's outcomes, and its connection when it can take another message.
+type SessionResult = Result<(Vec<RcptOutcome>, Option<(Conn, ClientSession)>), ConnError>;
+
+/// An open connection in the Ready state, waiting for its next message.
+struct Idle {
+    conn: Conn,
+    session: ClientSession,
+    since: Instant,
+    used: u32,
+}
+
+/// How long an idle connection is kept (servers close idle ones after their own timeout).
+const IDLE_TIME: Duration = Duration::from_secs(5);
+/// Most messages sent over one connection.
+const MAX_REUSE: u32 = 100;
 
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
     let enhanced = EnhancedCode {
@@ -121,6 +140,9 @@ enum ConnError {
     TlsFailed(RcptResult),
     /// The connection failed with a message in flight: its recipients get this.
     InFlight(RcptResult),
+    /// A reused connection was closed by the server before it answered anything: nothing
+    /// was delivered, so a fresh connection may take the message.
+    Stale,
 }
 
 /// What one session has done with the message so far.
@@ -132,6 +154,10 @@ struct Progress {
     outcomes: Option<Vec<RcptOutcome>>,
     /// The session refused the message for this peer (a missing extension).
     unsupported: Option<RcptResult>,
+    /// The connection was reused from the idle pool.
+    reused: bool,
+    /// Some reply came back after the message was sent.
+    answered: bool,
 }
 
 impl Progress {
@@ -139,6 +165,9 @@ impl Progress {
     /// (or for the host, if nothing was sent). Known outcomes always stand: a recipient
     /// the server accepted must never be delivered again.
     fn finish(self, lost: RcptResult) -> Result<Vec<RcptOutcome>, ConnError> {
+        if self.reused && !self.answered && self.outcomes.is_none() {
+            return Err(ConnError::Stale);
+        }
         if let Some(outcomes) = self.outcomes {
             Ok(outcomes)
         } else if let Some(refused) = self.unsupported {
@@ -166,6 +195,7 @@ impl Deliverer {
             dns,
             options,
             tls: TlsConnector::from(crate::tls::client_config()?),
+            idle: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,10 +273,15 @@ impl Deliverer {
                     .await
                 {
                     Ok(Ok(stream)) => match self
-                        .session(Conn::Unix(stream), config, "localhost", msg, data)
+                        .session(Conn::Unix(stream), None, config, "localhost", msg, data)
                         .await
                     {
-                        Ok(outcomes) => Attempt { outcomes, remote },
+                        Ok((outcomes, open)) => {
+                            if let Some((conn, session)) = open {
+                                self.close(conn, session).await;
+                            }
+                            Attempt { outcomes, remote }
+                        }
                         Err(
                             ConnError::NextHost(r)
                             | ConnError::Unsupported(r)
@@ -254,6 +289,13 @@ impl Deliverer {
                             | ConnError::InFlight(r),
                         ) => Attempt {
                             outcomes: all(msg, &r),
+                            remote,
+                        },
+                        Err(ConnError::Stale) => Attempt {
+                            outcomes: all(
+                                msg,
+                                &RcptResult::Temporary(reply(451, (4, 4, 2), "Connection closed")),
+                            ),
                             remote,
                         },
                     },
@@ -343,6 +385,7 @@ impl Deliverer {
                             unsupported = Some(r);
                             break;
                         }
+                        Err(ConnError::Stale) => break,
                         Err(ConnError::NextHost(r) | ConnError::TlsFailed(r)) => {
                             info!(host = %host, %addr, result = ?r, "host failed before the message, trying the next host");
                             if matches!(r, RcptResult::Temporary(_)) {
@@ -365,7 +408,24 @@ impl Deliverer {
         }
     }
 
-    /// Connects to `addr` and runs one session there.
+    /// Takes an idle connection for `key`, dropping the expired ones.
+    fn take_idle(&self, key: &str) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired connections of every destination go (dropping closes them).
+        idle.retain(|_, list| {
+            list.retain(|i| i.since.elapsed() < IDLE_TIME);
+            !list.is_empty()
+        });
+        let list = idle.get_mut(key)?;
+        let found = list.pop();
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    /// Sends over a reused connection when one is idle, else connects to `addr`; keeps
+    /// the connection for the next message when the session ends Ready.
     async fn connect(
         &self,
         addr: SocketAddr,
@@ -374,6 +434,29 @@ impl Deliverer {
         msg: &OutboundMessage,
         data: &[u8],
     ) -> Result<Vec<RcptOutcome>, ConnError> {
+        let key = format!(
+            "{addr}|{:?}|{}|{}",
+            config.tls,
+            config.auth.as_ref().map_or("", |a| a.username.as_str()),
+            config.lmtp
+        );
+        while let Some(idle) = self.take_idle(&key) {
+            debug!(host = %host, %addr, used = idle.used, "reusing connection");
+            match self
+                .session(
+                    idle.conn,
+                    Some(idle.session),
+                    config.clone(),
+                    host,
+                    msg,
+                    data,
+                )
+                .await
+            {
+                Err(ConnError::Stale) => continue,
+                result => return self.keep(key, result, idle.used + 1),
+            }
+        }
         let stream = match tokio::time::timeout(
             self.options.connect_timeout,
             TcpStream::connect(addr),
@@ -398,26 +481,75 @@ impl Deliverer {
             }
         };
         let _ = stream.set_nodelay(true);
-        self.session(Conn::Plain(stream), config, host, msg, data)
-            .await
+        let result = self
+            .session(Conn::Plain(stream), None, config, host, msg, data)
+            .await;
+        self.keep(key, result, 1)
     }
 
-    /// Drives one SMTP/LMTP session: one message, then QUIT.
+    /// Ends a Ready session politely: QUIT, then close.
+    async fn close(&self, mut conn: Conn, mut session: ClientSession) {
+        session.quit();
+        let _ = conn
+            .write_all(&session.take_output(), Duration::from_secs(5))
+            .await;
+        conn.shutdown().await;
+    }
+
+    /// Puts a connection that ended Ready back into the idle pool.
+    fn keep(
+        &self,
+        key: String,
+        result: SessionResult,
+        used: u32,
+    ) -> Result<Vec<RcptOutcome>, ConnError> {
+        let (outcomes, open) = result?;
+        if let Some((conn, session)) = open
+            && used < MAX_REUSE
+        {
+            let idle = Idle {
+                conn,
+                session,
+                since: Instant::now(),
+                used,
+            };
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key)
+                .or_default()
+                .push(idle);
+        }
+        Ok(outcomes)
+    }
+
+    /// Drives one SMTP/LMTP session for one message, on a new connection or on a `reused`
+    /// one already Ready. Returns the outcomes, and the connection if it can take another
+    /// message (the caller pools it; otherwise it was closed with QUIT).
     async fn session(
         &self,
         mut conn: Conn,
+        reused: Option<ClientSession>,
         config: ClientConfig,
         host: &str,
         msg: &OutboundMessage,
         data: &[u8],
-    ) -> Result<Vec<RcptOutcome>, ConnError> {
+    ) -> SessionResult {
         // A failed STARTTLS may be retried in plaintext, except with AUTH: credentials
         // never go without TLS, so that retry could not succeed.
         let tls_fallback = config.tls == TlsWanted::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
-        let mut session = ClientSession::new(config);
-        let mut buf = vec![0u8; 16 * 1024];
         let mut progress = Progress::default();
+        let mut session = match reused {
+            Some(mut session) => {
+                session.send(msg, data).map_err(|_| ConnError::Stale)?;
+                progress.sent = true;
+                progress.reused = true;
+                session
+            }
+            None => ClientSession::new(config),
+        };
+        let mut buf = vec![0u8; 16 * 1024];
         let mut ended = false;
         let local_fail = |text: &str| RcptResult::Temporary(reply(451, (4, 4, 2), text));
         loop {
@@ -449,7 +581,16 @@ impl Deliverer {
                             .map_err(|_| ConnError::NextHost(local_fail("Client state error")))?;
                         progress.sent = true;
                     }
-                    ClientEvent::Ready => session.quit(),
+                    ClientEvent::Ready => match progress.outcomes.take() {
+                        // Done, and the connection can take another message.
+                        Some(outcomes) if !progress.sent => {
+                            return Ok((outcomes, Some((conn, session))));
+                        }
+                        other => {
+                            progress.outcomes = other;
+                            session.quit();
+                        }
+                    },
                     ClientEvent::Delivered(result) => {
                         progress.outcomes = Some(result);
                         progress.sent = false;
@@ -463,25 +604,34 @@ impl Deliverer {
                         if f.stage == "starttls" && tls_fallback && progress.untouched() {
                             return Err(ConnError::TlsFailed(failure_result(&f)));
                         }
-                        return progress.finish(failure_result(&f));
+                        return progress.finish(failure_result(&f)).map(|o| (o, None));
                     }
                     ClientEvent::Closed => {}
                 }
             }
             let out = session.take_output();
             if !out.is_empty() && conn.write_all(&out, limit).await.is_err() {
-                return progress.finish(local_fail("Connection lost while sending"));
+                return progress
+                    .finish(local_fail("Connection lost while sending"))
+                    .map(|o| (o, None));
             }
             if session.is_closed() {
                 conn.shutdown().await;
-                return progress.finish(local_fail("Connection closed"));
+                return progress
+                    .finish(local_fail("Connection closed"))
+                    .map(|o| (o, None));
             }
             if ended {
                 // The session reports EOF and timeouts itself; this is only a safeguard.
-                return progress.finish(local_fail("Connection closed by the server"));
+                return progress
+                    .finish(local_fail("Connection closed by the server"))
+                    .map(|o| (o, None));
             }
             match tokio::time::timeout(limit, conn.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
+                Ok(Ok(n)) if n > 0 => {
+                    progress.answered |= progress.sent;
+                    session.feed(&buf[..n]);
+                }
                 // EOF or a broken connection: the session reports the replies already
                 // received (LMTP outcomes of some recipients), then fails.
                 Ok(_) => {

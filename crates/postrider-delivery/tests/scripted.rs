@@ -221,6 +221,7 @@ async fn lmtp_timeout_keeps_the_outcomes_already_received() {
     );
     let reason = attempt.outcomes[1].result.reply().to_string();
     assert!(reason.contains("Timed out"), "{reason}");
+    drop(d);
     server.await.unwrap();
 }
 
@@ -250,8 +251,7 @@ async fn opportunistic_tls_falls_back_to_plaintext() {
             .await;
         peer.transaction(1).await;
         peer.say("250 2.0.0 queued\r\n").await;
-        peer.expect("QUIT").await;
-        peer.say("221 2.0.0 bye\r\n").await;
+        // The delivered-to connection is kept for reuse; it closes when the deliverer goes.
         peer.until_eof().await;
         assert!(!connects_again(&listener).await);
     });
@@ -264,6 +264,7 @@ async fn opportunistic_tls_falls_back_to_plaintext() {
         )
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=A250/2.0.0"]);
+    drop(d);
     server.await.unwrap();
 }
 
@@ -287,6 +288,7 @@ async fn required_tls_never_falls_back() {
     assert_eq!(outcomes(&attempt), ["a@d.test=T451/4.4.2"]);
     let reason = attempt.outcomes[0].result.reply().to_string();
     assert!(reason.contains("TLS handshake failed"), "{reason}");
+    drop(d);
     server.await.unwrap();
 }
 
@@ -350,8 +352,8 @@ async fn a_host_lacking_8bitmime_passes_the_message_to_the_next_mx() {
         peer.say("354 go ahead\r\n").await;
         peer.data(0).await;
         peer.say("250 2.0.0 queued\r\n").await;
-        peer.expect("QUIT").await;
-        peer.say("221 2.0.0 bye\r\n").await;
+        // The delivered-to connection is kept for reuse; it closes when the deliverer goes.
+        peer.until_eof().await;
     });
     let d = deliverer(two_mx(true), port, Duration::from_secs(5));
     let attempt = d
@@ -359,6 +361,7 @@ async fn a_host_lacking_8bitmime_passes_the_message_to_the_next_mx() {
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=A250/2.0.0"]);
     assert!(attempt.remote.unwrap().starts_with("b.d.test["));
+    drop(d);
     server.await.unwrap();
 }
 
@@ -377,6 +380,7 @@ async fn the_8bitmime_refusal_is_permanent_only_if_no_host_may_take_it() {
         .deliver(&mx("d.test"), &message(&["a@d.test"], EIGHT_BIT), EIGHT_BIT)
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=P554/5.6.3"]);
+    drop(d);
     server.await.unwrap();
 
     // The second host could not be tried (no address): it may take the message later.
@@ -390,6 +394,7 @@ async fn the_8bitmime_refusal_is_permanent_only_if_no_host_may_take_it() {
         .deliver(&mx("d.test"), &message(&["a@d.test"], EIGHT_BIT), EIGHT_BIT)
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=T451/4.4.3"]);
+    drop(d);
     server.await.unwrap();
 }
 
@@ -419,8 +424,8 @@ async fn a_large_message_on_a_slow_link_is_not_cut_off() {
         // About 1.2 s for the first 6 MiB: far longer than the reply timeout.
         assert_eq!(peer.data(6 * 1024 * 1024).await, len);
         peer.say("250 2.0.0 queued\r\n").await;
-        peer.expect("QUIT").await;
-        peer.say("221 2.0.0 bye\r\n").await;
+        // The delivered-to connection is kept for reuse; it closes when the deliverer goes.
+        peer.until_eof().await;
     });
     let d = deliverer(StaticDns::default(), 25, Duration::from_millis(500));
     let attempt = d
@@ -431,5 +436,6 @@ async fn a_large_message_on_a_slow_link_is_not_cut_off() {
         )
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=A250/2.0.0"]);
+    drop(d);
     server.await.unwrap();
 }

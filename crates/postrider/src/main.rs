@@ -5,6 +5,7 @@ mod passwords;
 mod plugins;
 mod queue_admin;
 mod relay;
+mod reload;
 mod server;
 mod session;
 mod tls;
@@ -35,6 +36,18 @@ enum Command {
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
+        /// Do not watch the config file and the files it names for changes; reload only on
+        /// SIGHUP or `postrider reload`.
+        #[arg(long)]
+        no_watch: bool,
+    },
+    /// Ask the running relay to reload its configuration and plugins; prints the error and
+    /// fails if the new configuration is not usable (the relay then keeps the running one).
+    Reload {
+        /// Configuration file (TOML) naming the relay's admin socket; without it, the
+        /// embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Validate a configuration file; prints the first error with file, line and key.
     CheckConfig {
@@ -91,7 +104,12 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, log_json } => serve(config, log_json),
+        Command::Serve {
+            config,
+            log_json,
+            no_watch,
+        } => serve(config, log_json, !no_watch),
+        Command::Reload { config } => reload(config),
         Command::CheckConfig { file } => Config::load(&file)
             .map(|_| println!("{}: ok", file.display()))
             .map_err(Into::into),
@@ -111,7 +129,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
+fn serve(config: Option<PathBuf>, log_json: bool, watch: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTRIDER_LOG")
         .unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
@@ -123,16 +141,24 @@ fn serve(config: Option<PathBuf>, log_json: bool) -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::embedded()?,
+    let source = match config {
+        // Absolute, so that reloads and the file watcher see the same paths whatever the
+        // working directory.
+        Some(path) => reload::ConfigSource::File(
+            std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))?,
+        ),
+        None => reload::ConfigSource::Embedded,
+    };
+    let config = match &source {
+        reload::ConfigSource::File(path) => Config::load(path)?,
+        reload::ConfigSource::Embedded => Config::embedded()?,
     };
     tracing::info!(config = %config.origin, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(server::serve(config))
+    runtime.block_on(server::serve(source, config, watch))
 }
 
 fn queue(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Result<()> {
@@ -150,22 +176,7 @@ fn queue(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Re
         QueueAction::Release { id } => Request::Release { id },
     };
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
-        Ok(mut stream) => {
-            use std::io::{BufRead, Write};
-            stream
-                .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-                .context("admin socket")?;
-            let mut line = serde_json::to_vec(&request).context("encoding the request")?;
-            line.push(b'\n');
-            stream
-                .write_all(&line)
-                .context("writing to the admin socket")?;
-            let mut answer = String::new();
-            std::io::BufReader::new(stream)
-                .read_line(&mut answer)
-                .context("reading from the admin socket")?;
-            serde_json::from_str::<Response>(&answer).context("decoding the relay's answer")?
-        }
+        Ok(stream) => admin_call(stream, &request)?,
         // No relay running: work on the spool directly (its lock keeps a relay out meanwhile).
         Err(_) => {
             let (spool, _) = postrider_queue::Spool::open(
@@ -194,6 +205,47 @@ fn queue(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Re
         anyhow::bail!("{message}");
     }
     Ok(())
+}
+
+/// Sends one request on a connected admin socket and reads the answer.
+fn admin_call(
+    mut stream: std::os::unix::net::UnixStream,
+    request: &queue_admin::Request,
+) -> anyhow::Result<queue_admin::Response> {
+    use std::io::Write;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .context("admin socket")?;
+    let mut line = serde_json::to_vec(request).context("encoding the request")?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .context("writing to the admin socket")?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("reading from the admin socket")?;
+    serde_json::from_str(&answer).context("decoding the relay's answer")
+}
+
+/// `postrider reload`: asks the running relay to reload, and reports what it answered.
+fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
+    use queue_admin::{Request, Response};
+    let config = match config {
+        Some(path) => Config::load(&path)
+            .with_context(|| format!("not reloading: {} is not valid", path.display()))?,
+        None => Config::embedded()?,
+    };
+    let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
+        .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
+    match admin_call(stream, &Request::Reload)? {
+        Response::Ok { generation } => {
+            println!("reloaded: configuration generation {generation}");
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!("reload failed: {message}"),
+        other => anyhow::bail!("unexpected answer from the relay: {other:?}"),
+    }
 }
 
 fn hash_password() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postrider_config::{Config, RouteTarget, TlsPolicy};
 use postrider_delivery::{Deliverer, Destination};
-use postrider_plugin_host::{ConnInfo, EnvelopeInfo, Pipeline, RouteDecision};
+use postrider_plugin_host::{ConnInfo, EnvelopeInfo, RouteDecision};
 use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
@@ -24,6 +24,7 @@ use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
 use crate::queue_admin::{Request, Response, parse_id, run_offline};
+use crate::reload::Current;
 
 /// Tells the queue manager about new messages and carries out admin requests.
 #[derive(Clone)]
@@ -47,7 +48,7 @@ impl QueueHandle {
             };
         };
         let ids: Vec<QueueId> = match &request {
-            Request::List | Request::Show { .. } => Vec::new(),
+            Request::List | Request::Show { .. } | Request::Reload => Vec::new(),
             Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
             Request::Retry { id: Some(id) }
             | Request::Delete { id }
@@ -123,15 +124,22 @@ impl Drop for MessageLock<'_> {
 
 /// Everything a delivery task needs.
 struct Manager {
-    config: Arc<Config>,
+    /// The current configuration generation: each routing decision uses the one current then.
+    current: Current,
     spool: Spool,
     deliverer: Deliverer,
-    pipeline: Option<Arc<Pipeline>>,
     policy: RetryPolicy,
     slots: Arc<Semaphore>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     inflight: Mutex<std::collections::HashSet<QueueId>>,
     tx: mpsc::UnboundedSender<QueueId>,
+}
+
+impl Manager {
+    /// The configuration of the current generation.
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.current.load().config)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -141,13 +149,10 @@ fn now_ms() -> u64 {
 }
 
 /// Starts the queue manager: every message already in the spool is scheduled now.
-pub fn start(
-    config: Arc<Config>,
-    spool: Spool,
-    deliverer: Deliverer,
-    pipeline: Option<Arc<Pipeline>>,
-) -> QueueHandle {
+/// Its retry policy and concurrency are those of the generation current at start.
+pub fn start(current: Current, spool: Spool, deliverer: Deliverer) -> QueueHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = Arc::clone(&current.load().config);
     let d = &config.delivery;
     let policy = RetryPolicy {
         intervals: d
@@ -160,10 +165,9 @@ pub fn start(
     };
     let manager = Arc::new(Manager {
         slots: Arc::new(Semaphore::new(d.concurrency)),
-        config,
+        current,
         spool,
         deliverer,
-        pipeline,
         policy,
         per_destination: Mutex::new(HashMap::new()),
         inflight: Mutex::new(std::collections::HashSet::new()),
@@ -201,7 +205,7 @@ pub fn start(
     // message takes a working slot before it is loaded, so a huge queue is worked through a
     // bounded number of messages at a time.
     let working = Arc::new(Semaphore::new(
-        manager.config.delivery.concurrency.saturating_mul(2),
+        config.delivery.concurrency.saturating_mul(2),
     ));
     tokio::spawn(async move {
         loop {
@@ -409,7 +413,7 @@ impl Manager {
                 continue;
             }
             let address = &envelope.recipients[i].address;
-            let plan = if hops > self.config.delivery.max_hops {
+            let plan = if hops > self.config().delivery.max_hops {
                 Plan::Bounce(
                     "5.4.6".into(),
                     format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
@@ -582,8 +586,10 @@ impl Manager {
 
     /// Where one recipient goes: static route, then route plugins, then MX.
     async fn route(&self, envelope: &Envelope, address: &str) -> Plan {
+        let generation = self.current.load_full();
+        let config = &generation.config;
         let domain = domain_of(address);
-        if let Some(route) = self.config.route_for(domain) {
+        if let Some(route) = config.route_for(domain) {
             return match &route.to {
                 RouteTarget::Relay {
                     host,
@@ -603,7 +609,7 @@ impl Manager {
                     .map_or_else(|| Plan::Hold(format!("bad LMTP target {t}")), Plan::Deliver),
             };
         }
-        if let Some(pipeline) = &self.pipeline
+        if let Some(pipeline) = &generation.pipeline
             && pipeline.wants(postrider_plugin_host::Stage::Route)
         {
             let (decision, _) = pipeline
@@ -642,7 +648,7 @@ impl Manager {
                 RouteDecision::Defer(reason) => return Plan::Defer(reason),
             }
         }
-        if self.config.relay.is_local_domain(domain) {
+        if config.relay.is_local_domain(domain) {
             // Delivering a local domain by MX would loop back to us.
             return Plan::Hold(format!(
                 "no route for local domain {domain}: add a [[route]] or a route plugin"
@@ -650,7 +656,7 @@ impl Manager {
         }
         Plan::Deliver(Destination::Mx {
             domain: domain.to_ascii_lowercase(),
-            tls: tls_wanted(self.config.delivery.tls),
+            tls: tls_wanted(config.delivery.tls),
         })
     }
 
@@ -664,16 +670,15 @@ impl Manager {
         idx: Vec<usize>,
     ) -> (Vec<usize>, postrider_delivery::Attempt) {
         let key = destination_key(&dest);
-        let per =
-            {
-                let mut map = self
-                    .per_destination
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                Arc::clone(map.entry(key.clone()).or_insert_with(|| {
-                    Arc::new(Semaphore::new(self.config.delivery.per_destination))
-                }))
-            };
+        let per = {
+            let mut map = self
+                .per_destination
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            Arc::clone(map.entry(key.clone()).or_insert_with(|| {
+                Arc::new(Semaphore::new(self.config().delivery.per_destination))
+            }))
+        };
         // Destination first: a slow destination must not sit on global slots while waiting.
         let _local = per.acquire().await;
         let _global = self.slots.acquire().await;
@@ -776,7 +781,7 @@ impl Manager {
             ..DsnOptions::default()
         };
         let dsn = build_dsn_with(
-            &self.config.hostname,
+            &self.config().hostname,
             envelope,
             message,
             rcpts,
@@ -802,7 +807,7 @@ impl Manager {
                 ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 port: 0,
                 listener: "bounce".into(),
-                helo: self.config.hostname.clone(),
+                helo: self.config().hostname.clone(),
                 tls: None,
                 authenticated: None,
                 reverse_dns: None,

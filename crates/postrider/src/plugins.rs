@@ -1,69 +1,203 @@
-//! Builds the plugin pipeline from the config: the engine, the services plugins import
-//! (embedded kv, the relay's resolver, the clock) and every `[[plugin]]`, loaded in order.
+//! Builds the plugin pipeline of a configuration generation: the engine and the services
+//! plugins import (embedded kv, the relay's resolver, the clock) are created once and shared
+//! by every generation; each `[[plugin]]` is loaded in order, reusing the compiled plugin of
+//! the previous generation when nothing about it changed.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use postrider_config::{Config, FailurePolicy};
-use postrider_kv::{EmbeddedKv, SystemClock};
+use postrider_config::{Config, FailurePolicy, PluginConfig};
+use postrider_kv::{Clock, EmbeddedKv, KvStore, SystemClock};
 use postrider_plugin_host::{
     self as host, Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
 };
-use tracing::info;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
 
-/// Loads every configured plugin; `None` when there are none (no engine is built then).
-pub async fn load(config: &Config, dns: Arc<dyn Dns>) -> anyhow::Result<Option<Arc<Pipeline>>> {
-    if config.plugins.is_empty() {
-        return Ok(None);
+/// What every generation shares: created at the first configuration that has plugins.
+#[derive(Clone)]
+struct Runtime {
+    engine: Arc<PluginEngine>,
+    /// The engine's per-instance memory cap, fixed when it was created.
+    max_memory_bytes: usize,
+    /// The engine's instance pool size, fixed when it was created.
+    max_instances: u32,
+    kv: Arc<dyn KvStore>,
+    kv_path: PathBuf,
+    clock: Arc<dyn Clock>,
+}
+
+/// Builds pipelines; owns the one engine, kv store and resolver of the process.
+pub struct PluginBuilder {
+    dns: Arc<dyn Dns>,
+    runtime: Mutex<Option<Runtime>>,
+}
+
+impl PluginBuilder {
+    /// A builder using `dns` for every generation; the engine is created lazily.
+    pub fn new(dns: Arc<dyn Dns>) -> PluginBuilder {
+        PluginBuilder {
+            dns,
+            runtime: Mutex::new(None),
+        }
     }
-    let settings = &config.plugin_settings;
-    let max_memory = config
+
+    /// The engine and services, created now if this is the first config with plugins.
+    fn runtime(&self, config: &Config) -> anyhow::Result<Runtime> {
+        let mut slot = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(runtime) = slot.as_ref() {
+            return Ok(runtime.clone());
+        }
+        let settings = &config.plugin_settings;
+        let max_memory_bytes = memory_cap(config);
+        let engine = Arc::new(
+            PluginEngine::new(&EngineOptions {
+                max_instances: settings.max_instances,
+                max_memory_bytes,
+            })
+            .context("starting the plugin engine")?,
+        );
+        if let Some(dir) = settings.kv_path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let clock = Arc::new(SystemClock);
+        let kv = EmbeddedKv::open(&settings.kv_path, clock.clone())
+            .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
+        let runtime = Runtime {
+            engine,
+            max_memory_bytes,
+            max_instances: settings.max_instances,
+            kv: Arc::new(kv),
+            kv_path: settings.kv_path.clone(),
+            clock,
+        };
+        *slot = Some(runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Loads every configured plugin of `config`; `None` when there are none. Plugins of
+    /// `previous` whose file (by hash) and settings are unchanged are reused as they are;
+    /// every other plugin is compiled and canary-initialised now, so a plugin that does not
+    /// compile or whose `init` fails makes the whole build fail.
+    pub async fn build(
+        &self,
+        config: &Config,
+        previous: Option<&Arc<Pipeline>>,
+    ) -> anyhow::Result<Option<Arc<Pipeline>>> {
+        if config.plugins.is_empty() {
+            return Ok(None);
+        }
+        let runtime = self.runtime(config)?;
+        let settings = &config.plugin_settings;
+        let wanted = memory_cap(config);
+        if wanted > runtime.max_memory_bytes {
+            anyhow::bail!(
+                "a plugin's memory_mb ({} MiB) exceeds the engine's limit of {} MiB, fixed at \
+                 start: restart the relay to raise it",
+                wanted >> 20,
+                runtime.max_memory_bytes >> 20
+            );
+        }
+        if settings.kv_path != runtime.kv_path {
+            warn!(
+                running = %runtime.kv_path.display(),
+                configured = %settings.kv_path.display(),
+                "plugins.kv_path changed: needs a restart; the running kv store stays in use"
+            );
+        }
+        if settings.max_instances != runtime.max_instances {
+            warn!(
+                running = runtime.max_instances,
+                configured = settings.max_instances,
+                "plugins.max_instances changed: needs a restart"
+            );
+        }
+        let services = Services {
+            kv: Arc::clone(&runtime.kv),
+            dns: Arc::clone(&self.dns),
+            clock: Arc::clone(&runtime.clock),
+            kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
+            dns_timeout: Duration::from_millis(settings.dns_timeout_ms),
+        };
+        let mut plugins = Vec::new();
+        for p in &config.plugins {
+            let spec = spec_of(p);
+            if let Some(old) = reusable(previous, &spec).await? {
+                info!(plugin = %p.name, hash = %old.hash, "plugin unchanged, reused");
+                plugins.push(old);
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let plugin =
+                LoadedPlugin::load(&runtime.engine, spec, Some(&settings.cache_dir), &services)
+                    .await
+                    .with_context(|| {
+                        format!("loading plugin {} from {}", p.name, p.path.display())
+                    })?;
+            info!(plugin = %p.name, hash = %plugin.hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
+            plugins.push(Arc::new(plugin));
+        }
+        Ok(Some(Arc::new(Pipeline::new(
+            Arc::clone(&runtime.engine),
+            plugins,
+            services,
+        ))))
+    }
+}
+
+/// The largest per-instance memory any plugin of `config` asks for, in bytes.
+fn memory_cap(config: &Config) -> usize {
+    config
         .plugins
         .iter()
         .map(|p| p.memory_mb as usize)
         .max()
         .unwrap_or(32)
-        << 20;
-    let engine = Arc::new(
-        PluginEngine::new(&EngineOptions {
-            max_instances: settings.max_instances,
-            max_memory_bytes: max_memory,
-        })
-        .context("starting the plugin engine")?,
-    );
-    if let Some(dir) = settings.kv_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        << 20
+}
+
+/// The host's view of one `[[plugin]]` entry.
+fn spec_of(p: &PluginConfig) -> PluginSpec {
+    PluginSpec {
+        name: p.name.clone(),
+        path: p.path.clone(),
+        config_json: p.config_json.clone(),
+        failure_policy: match p.failure_policy {
+            FailurePolicy::Tempfail => host::FailurePolicy::Tempfail,
+            FailurePolicy::Continue => host::FailurePolicy::Continue,
+            FailurePolicy::Reject => host::FailurePolicy::Reject,
+        },
+        timeout: Duration::from_millis(p.timeout_ms),
+        memory_bytes: (p.memory_mb as usize) << 20,
     }
-    let clock = Arc::new(SystemClock);
-    let kv = EmbeddedKv::open(&settings.kv_path, clock.clone())
-        .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
-    let services = Services {
-        kv: Arc::new(kv),
-        dns,
-        clock,
-        kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
-        dns_timeout: Duration::from_millis(settings.dns_timeout_ms),
+}
+
+/// The previous generation's plugin with exactly this spec whose file still has the same
+/// content, if there is one.
+async fn reusable(
+    previous: Option<&Arc<Pipeline>>,
+    spec: &PluginSpec,
+) -> anyhow::Result<Option<Arc<LoadedPlugin>>> {
+    let Some(old) = previous.and_then(|p| p.plugins().iter().find(|old| old.spec() == spec)) else {
+        return Ok(None);
     };
-    let mut plugins = Vec::new();
-    for p in &config.plugins {
-        let spec = PluginSpec {
-            name: p.name.clone(),
-            path: p.path.clone(),
-            config_json: p.config_json.clone(),
-            failure_policy: match p.failure_policy {
-                FailurePolicy::Tempfail => host::FailurePolicy::Tempfail,
-                FailurePolicy::Continue => host::FailurePolicy::Continue,
-                FailurePolicy::Reject => host::FailurePolicy::Reject,
-            },
-            timeout: Duration::from_millis(p.timeout_ms),
-            memory_bytes: (p.memory_mb as usize) << 20,
-        };
-        let started = std::time::Instant::now();
-        let plugin =
-            LoadedPlugin::load(&engine, spec, Some(&settings.cache_dir), &services).await?;
-        info!(plugin = %p.name, hash = %plugin.hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
-        plugins.push(Arc::new(plugin));
-    }
-    Ok(Some(Arc::new(Pipeline::new(engine, plugins, services))))
+    let hash = file_hash(&spec.path).await?;
+    Ok((hash == old.hash).then(|| Arc::clone(old)))
+}
+
+/// SHA-256 (hex) of a file, read and hashed on a blocking thread.
+async fn file_hash(path: &Path) -> anyhow::Result<String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+        Ok(Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    })
+    .await
+    .context("hashing a plugin file")?
 }

@@ -1,6 +1,7 @@
 //! Queue administration: list, show, retry, delete, hold and release. The same operations
 //! serve the admin socket of a running relay (under the queue manager's per-message lock)
-//! and the `postrider queue` command on a stopped relay's spool directory.
+//! and the `postrider queue` command on a stopped relay's spool directory. The admin socket
+//! also takes `{"cmd":"reload"}` (`postrider reload`), answered by the running relay.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,8 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
+    /// Reload the configuration and plugins (`postrider reload`); only a running relay can.
+    Reload,
 }
 
 /// One line of `queue list`.
@@ -93,6 +96,11 @@ pub enum Response {
     Done {
         /// Messages changed.
         count: usize,
+    },
+    /// A reload succeeded: the number of the generation now in use.
+    Ok {
+        /// Generation number (1 is the configuration the relay started with).
+        generation: u64,
     },
     /// The operation failed.
     Error {
@@ -263,6 +271,7 @@ pub fn run_offline(spool: &Spool, request: &Request) -> Response {
                 reschedule(spool, &parse_id(id)?, true).map_err(e)?;
                 Response::Done { count: 1 }
             }
+            Request::Reload => return Err("only a running relay can reload".into()),
         })
     })();
     result.unwrap_or_else(|message| Response::Error { message })
@@ -328,6 +337,7 @@ pub fn render(response: &Response) -> String {
             out
         }
         Response::Done { count } => format!("ok: {count} message(s)\n"),
+        Response::Ok { generation } => format!("reloaded: configuration generation {generation}\n"),
         Response::Error { message } => format!("error: {message}\n"),
     }
 }

@@ -1,49 +1,37 @@
-//! `postrider serve`: binds the listeners, enforces connection limits, runs sessions, and
-//! shuts down gracefully on SIGTERM or SIGINT.
+//! `postrider serve`: binds the listeners, enforces connection limits, runs sessions, reloads
+//! its configuration (see [`crate::reload`]), and shuts down gracefully on SIGTERM or SIGINT.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use postrider_config::{Config, Listener};
 use postrider_queue::{Spool, SpoolOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::outbound::{self, QueueHandle};
-use crate::passwords::Passwords;
-use crate::plugins;
+use crate::plugins::PluginBuilder;
+use crate::reload::{self, ConfigSource, Current, GenerationBuilder, Reloader};
 use crate::session::{self, SessionCtx};
 use postrider_delivery::{Deliverer, DeliveryOptions};
-use postrider_plugin_host::{Dns, HickoryDns, Pipeline};
+use postrider_plugin_host::{Dns, HickoryDns};
 
 /// Everything a session needs that is shared by the whole server.
 pub struct Shared {
-    /// The validated configuration.
-    pub config: Config,
+    /// The configuration generation new sessions use (config, passwords, TLS, plugins).
+    pub current: Current,
     /// The durable spool.
     pub spool: Spool,
-    /// AUTH users, when a password file is configured.
-    pub passwords: Option<Passwords>,
-    /// The plugin chain, when plugins are configured.
-    pub pipeline: Option<Arc<Pipeline>>,
     /// Hands newly spooled messages to the queue manager.
     pub queue: QueueHandle,
     /// Set to true when sessions must close now (end of the shutdown grace period).
     pub force_close: watch::Receiver<bool>,
-}
-
-/// A bound listener with its TLS acceptor.
-struct Bound {
-    config: Listener,
-    socket: TcpListener,
-    tls: Option<TlsAcceptor>,
 }
 
 /// Counts connections per client IP; the guard gives the slot back when dropped.
@@ -85,9 +73,12 @@ impl Drop for PerIpGuard {
 }
 
 /// Runs the relay until SIGTERM/SIGINT, then drains sessions within the grace period.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// `config` was loaded from `source`, which reloads re-read; with `watch` a change to the
+/// config file or a file it names reloads by itself (SIGHUP and `postrider reload` always do).
+pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM that arrives while starting must not kill the process.
     let shutdown_signal = wait_for_signal()?;
+    let hup = reload::sighup_handler()?;
     let (spool, recovery) = Spool::open(&config.spool_dir, SpoolOptions::default())
         .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
     info!(
@@ -97,19 +88,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         corrupt = recovery.corrupt.len(),
         "spool opened"
     );
-    let passwords = match &config.relay.passwords {
-        Some(path) => Some(Passwords::load(path)?),
-        None => None,
-    };
 
+    // One resolver for the relay's whole life: plugins and delivery share it, across reloads.
     let dns: Arc<dyn Dns> = if config.nameservers.is_empty() {
         Arc::new(HickoryDns::from_system().context("reading the system resolver configuration")?)
     } else {
         Arc::new(HickoryDns::with_nameservers(&config.nameservers))
     };
-    let pipeline = plugins::load(&config, Arc::clone(&dns)).await?;
     let deliverer = Deliverer::new(
-        dns,
+        Arc::clone(&dns),
         DeliveryOptions {
             helo_name: config.hostname.clone(),
             smtp_port: config.delivery.smtp_port,
@@ -118,72 +105,48 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
     )
     .context("TLS client configuration")?;
-    let queue = outbound::start(
-        Arc::new(config.clone()),
-        spool.clone(),
-        deliverer,
-        pipeline.clone(),
-    );
-    let admin = admin_socket(&config.admin_socket, queue.clone())?;
-
-    let mut bound = Vec::new();
-    for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .with_context(|| format!("listener {}: binding {}", listener.name, listener.address))?;
-        let tls = match &listener.tls {
-            Some(files) => Some(
-                crate::tls::acceptor(files)
-                    .with_context(|| format!("listener {}", listener.name))?,
-            ),
-            None => None,
-        };
-        bound.push(Bound {
-            config: listener.clone(),
-            socket,
-            tls,
-        });
-    }
+    let builder = GenerationBuilder::new(PluginBuilder::new(dns));
+    let admin_path = config.admin_socket.clone();
+    let max_connections = config.limits.max_connections;
+    let grace = Duration::from_secs(config.timeouts.shutdown_grace);
+    let first = builder.build(1, config, None).await?;
+    let current: Current = Arc::new(ArcSwap::from_pointee(first));
+    let queue = outbound::start(Arc::clone(&current), spool.clone(), deliverer);
 
     let (force_tx, force_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        config,
+        current: Arc::clone(&current),
         spool,
-        passwords,
-        pipeline,
-        queue,
+        queue: queue.clone(),
         force_close: force_rx,
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    let per_ip = Arc::new(PerIp::default());
-    let mut acceptors = JoinSet::new();
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let mut listeners = Listeners::new(Arc::clone(&shared), Arc::clone(&connections));
+    let plan = listeners.prepare(&current.load().config.listeners).await?;
+    listeners.commit(plan);
 
-    for b in bound {
-        let address = b.socket.local_addr().context("listener address")?;
-        // The stable contract tests and scripts wait for (see tests/e2e).
-        println!("postrider: listening {} {}", b.config.name, address);
-        info!(listener = %b.config.name, %address, kind = ?b.config.kind, tls = b.tls.is_some(), "listening");
-        let (shared, connections, per_ip, stop) = (
-            Arc::clone(&shared),
-            Arc::clone(&connections),
-            Arc::clone(&per_ip),
-            stop_rx.clone(),
-        );
-        acceptors.spawn(accept_loop(b, shared, connections, per_ip, stop));
-    }
+    let reloader = Arc::new(Reloader::new(source, current, builder, listeners));
+    let admin = admin_socket(&admin_path, queue, Arc::clone(&reloader))?;
+    let sighup = reload::on_sighup(hup, Arc::clone(&reloader));
+    let watcher = if watch {
+        Some(reload::watch_files(Arc::clone(&reloader))?)
+    } else {
+        None
+    };
     println!("postrider: ready");
     info!("ready");
 
     shutdown_signal.await?;
     admin.abort();
-    let _ = std::fs::remove_file(&shared.config.admin_socket);
+    sighup.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    let _ = std::fs::remove_file(&admin_path);
     info!("shutting down: no new connections");
-    let _ = stop_tx.send(true);
-    while acceptors.join_next().await.is_some() {}
+    reloader.listeners().lock().await.shutdown().await;
     // Every session holds a connection slot: all slots free again means all sessions ended.
-    let grace = Duration::from_secs(shared.config.timeouts.shutdown_grace);
-    let max = shared.config.limits.max_connections as u32;
+    let max = max_connections as u32;
     let drained = tokio::time::timeout(grace, connections.acquire_many(max)).await;
     if drained.is_err() {
         warn!(
@@ -197,19 +160,135 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A listener accepting connections.
+struct Running {
+    /// The address it was configured with (port 0 stays 0 here).
+    configured: SocketAddr,
+    /// Tells its accept loop to stop.
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload changes in the listeners: new sockets are bound before the generation is
+/// swapped in, so a failure to bind fails the reload and nothing changes.
+pub struct ListenerPlan {
+    start: Vec<(Listener, TcpListener)>,
+    stop: Vec<String>,
+}
+
+/// The running listeners by name. A reload starts added ones, stops removed ones (their
+/// sessions go on) and rebinds those whose address changed; a changed kind or certificate
+/// needs no rebinding, since each connection takes both from the current generation.
+pub struct Listeners {
+    running: HashMap<String, Running>,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+impl Listeners {
+    /// No listener running yet.
+    fn new(shared: Arc<Shared>, connections: Arc<Semaphore>) -> Listeners {
+        Listeners {
+            running: HashMap::new(),
+            shared,
+            connections,
+            per_ip: Arc::new(PerIp::default()),
+        }
+    }
+
+    /// Binds what `wanted` adds or moves; nothing changes until [`Listeners::commit`].
+    pub async fn prepare(&self, wanted: &[Listener]) -> anyhow::Result<ListenerPlan> {
+        let mut plan = ListenerPlan {
+            start: Vec::new(),
+            stop: Vec::new(),
+        };
+        for (name, running) in &self.running {
+            if !wanted
+                .iter()
+                .any(|l| &l.name == name && l.address == running.configured)
+            {
+                plan.stop.push(name.clone());
+            }
+        }
+        for listener in wanted {
+            if self
+                .running
+                .get(&listener.name)
+                .is_some_and(|r| r.configured == listener.address)
+            {
+                continue;
+            }
+            let socket = TcpListener::bind(listener.address).await.with_context(|| {
+                format!("listener {}: binding {}", listener.name, listener.address)
+            })?;
+            plan.start.push((listener.clone(), socket));
+        }
+        Ok(plan)
+    }
+
+    /// Stops and starts what `plan` says.
+    pub fn commit(&mut self, plan: ListenerPlan) {
+        for name in plan.stop {
+            if let Some(running) = self.running.remove(&name) {
+                info!(listener = %name, "listener stopped: no new connections; its sessions go on");
+                let _ = running.stop.send(true);
+            }
+        }
+        for (listener, socket) in plan.start {
+            let address = socket.local_addr().unwrap_or(listener.address);
+            // The stable contract tests and scripts wait for (see tests/e2e). Nobody may be
+            // reading any more after a reload: a closed stdout must not stop the relay.
+            {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "postrider: listening {} {}",
+                    listener.name,
+                    address
+                );
+            }
+            info!(listener = %listener.name, %address, kind = ?listener.kind, tls = listener.tls.is_some(), "listening");
+            let (stop, stop_rx) = watch::channel(false);
+            let configured = listener.address;
+            let name = listener.name.clone();
+            let task = tokio::spawn(accept_loop(
+                listener,
+                socket,
+                Arc::clone(&self.shared),
+                Arc::clone(&self.connections),
+                Arc::clone(&self.per_ip),
+                stop_rx,
+            ));
+            self.running.insert(
+                name,
+                Running {
+                    configured,
+                    stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops every listener and waits until none accepts any more.
+    pub async fn shutdown(&mut self) {
+        for (_, running) in self.running.drain() {
+            let _ = running.stop.send(true);
+            let _ = running.task.await;
+        }
+    }
+}
+
 async fn accept_loop(
-    b: Bound,
+    started_as: Listener,
+    socket: TcpListener,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Bound {
-        config,
-        socket,
-        tls,
-    } = b;
-    let listener = Arc::new(config);
+    let name = started_as.name.clone();
     loop {
         let accepted = tokio::select! {
             r = socket.accept() => r,
@@ -219,14 +298,25 @@ async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!(listener = %listener.name, error = %e, "accept failed");
+                warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
+        // The connection belongs to the generation current now, to its end.
+        let generation = shared.current.load_full();
+        let listener = Arc::new(
+            generation
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap_or(&started_as)
+                .clone(),
+        );
         let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
-            warn!(listener = %listener.name, %peer, "too many connections");
+            warn!(listener = %name, %peer, "too many connections");
             tokio::spawn(refuse(
                 stream,
                 "421 4.7.0 Too many connections, try again later\r\n",
@@ -234,9 +324,9 @@ async fn accept_loop(
             continue;
         };
         let Some(ip_slot) =
-            per_ip.try_acquire(peer.ip(), shared.config.limits.max_connections_per_ip)
+            per_ip.try_acquire(peer.ip(), generation.config.limits.max_connections_per_ip)
         else {
-            warn!(listener = %listener.name, %peer, "too many connections from this address");
+            warn!(listener = %name, %peer, "too many connections from this address");
             tokio::spawn(refuse(
                 stream,
                 "421 4.7.0 Too many connections from your address\r\n",
@@ -245,10 +335,11 @@ async fn accept_loop(
         };
         let ctx = SessionCtx {
             shared: Arc::clone(&shared),
-            listener: Arc::clone(&listener),
-            tls: tls.clone(),
-            peer,
+            tls: generation.tls.get(&name).cloned(),
+            generation,
             local: stream.local_addr().unwrap_or(listener.address),
+            listener,
+            peer,
         };
         tokio::spawn(async move {
             session::run(ctx, stream).await;
@@ -262,6 +353,7 @@ async fn accept_loop(
 fn admin_socket(
     path: &std::path::Path,
     queue: QueueHandle,
+    reloader: Arc<Reloader>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -280,17 +372,24 @@ fn admin_socket(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let queue = queue.clone();
+            let (queue, reloader) = (queue.clone(), Arc::clone(&reloader));
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(60), admin_request(stream, queue))
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    admin_request(stream, queue, reloader),
+                )
+                .await;
             });
         }
     }))
 }
 
 /// One admin request: a JSON line in, a JSON line out.
-async fn admin_request(stream: tokio::net::UnixStream, queue: QueueHandle) -> std::io::Result<()> {
+async fn admin_request(
+    stream: tokio::net::UnixStream,
+    queue: QueueHandle,
+    reloader: Arc<Reloader>,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -298,6 +397,12 @@ async fn admin_request(stream: tokio::net::UnixStream, queue: QueueHandle) -> st
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<crate::queue_admin::Request>(&line) {
+        Ok(crate::queue_admin::Request::Reload) => match reloader.reload("admin socket").await {
+            Ok(generation) => crate::queue_admin::Response::Ok { generation },
+            Err(e) => crate::queue_admin::Response::Error {
+                message: format!("{e:#}"),
+            },
+        },
         Ok(request) => queue.admin(request).await,
         Err(e) => crate::queue_admin::Response::Error {
             message: format!("bad request: {e}"),

@@ -23,12 +23,16 @@ use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::relay::{check_recipient, static_reply};
+use crate::reload::Generation;
 use crate::server::Shared;
 
 /// What one session gets from the server.
 pub struct SessionCtx {
     /// Server-wide state.
     pub shared: Arc<Shared>,
+    /// The configuration generation current when the client connected: the session keeps
+    /// its limits, timeouts, relay rules, hostname, passwords and plugins to its end.
+    pub generation: Arc<Generation>,
     /// The listener that accepted the connection.
     pub listener: Arc<Listener>,
     /// The listener's TLS acceptor, if it has a certificate.
@@ -109,7 +113,7 @@ pub async fn run(ctx: SessionCtx, stream: TcpStream) {
 }
 
 fn session_config(ctx: &SessionCtx) -> SessionConfig {
-    let config = &ctx.shared.config;
+    let config = &ctx.generation.config;
     SessionConfig {
         hostname: config.hostname.clone(),
         max_message_size: config.limits.max_message_size,
@@ -121,7 +125,7 @@ fn session_config(ctx: &SessionCtx) -> SessionConfig {
             LineEndings::Normalize => smtp::LineEndings::Normalize,
         },
         starttls: ctx.tls.is_some(),
-        auth: ctx.tls.is_some() && ctx.shared.passwords.is_some(),
+        auth: ctx.tls.is_some() && ctx.generation.passwords.is_some(),
         auth_required: ctx.listener.kind.requires_auth(),
         chunking: true,
     }
@@ -147,7 +151,7 @@ impl Client {
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
-    let timeouts = &ctx.shared.config.timeouts;
+    let timeouts = &ctx.generation.config.timeouts;
     let implicit_tls = ctx.listener.kind == ListenerKind::Submissions;
     let id = format!(
         "{:x}-{:x}",
@@ -157,8 +161,8 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
     let mut client = Client {
         id,
         tls: None,
-        trusted_network: ctx.shared.config.relay.is_relay_client(ctx.peer.ip()),
-        chain: ctx.shared.pipeline.as_ref().map(|p| p.session(false)),
+        trusted_network: ctx.generation.config.relay.is_relay_client(ctx.peer.ip()),
+        chain: ctx.generation.pipeline.as_ref().map(|p| p.session(false)),
         in_transaction: false,
     };
     let mut conn = if implicit_tls {
@@ -334,7 +338,7 @@ async fn decide(
         } => {
             let trusted = client.trusted_network || session.authenticated().is_some();
             if let Err(reply) =
-                check_recipient(&to, source_route, trusted, &ctx.shared.config.relay)
+                check_recipient(&to, source_route, trusted, &ctx.generation.config.relay)
             {
                 info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused");
                 session.reject(reply)?;
@@ -366,18 +370,13 @@ async fn decide(
         Event::Auth {
             username, password, ..
         } => {
-            let ok = match &ctx.shared.passwords {
-                Some(_) => {
-                    let shared = Arc::clone(&ctx.shared);
+            let ok = match &ctx.generation.passwords {
+                Some(passwords) => {
+                    let passwords = Arc::clone(passwords);
                     let user = username.clone();
-                    tokio::task::spawn_blocking(move || {
-                        shared
-                            .passwords
-                            .as_ref()
-                            .is_some_and(|p| p.verify(&user, &password))
-                    })
-                    .await
-                    .unwrap_or(false)
+                    tokio::task::spawn_blocking(move || passwords.verify(&user, &password))
+                        .await
+                        .unwrap_or(false)
                 }
                 None => false,
             };
@@ -640,6 +639,6 @@ fn received_header(
     format!(
         "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (Postrider) with {protocol}{rcpt};\r\n\t{date}\r\n",
         ip = ctx.peer.ip(),
-        host = ctx.shared.config.hostname,
+        host = ctx.generation.config.hostname,
     )
 }
