@@ -102,6 +102,7 @@ impl Pipeline {
             pipeline: Arc::clone(self),
             instances: self.plugins.iter().map(|_| None).collect(),
             trace,
+            dropped_trace: Vec::new(),
         }
     }
 
@@ -137,7 +138,7 @@ impl Pipeline {
             let decision = match (decision, &failure) {
                 (Some(d), _) => d,
                 (None, Some(f)) => {
-                    session.instances[i] = None;
+                    session.drop_instance(i);
                     RouteDecision::Defer(format!("plugin {}: {f}", plugin.spec.name))
                 }
                 (None, None) => RouteDecision::Mx,
@@ -147,7 +148,7 @@ impl Pipeline {
             if decision != RouteDecision::Mx {
                 return (decision, calls);
             }
-            session.instances[i] = None;
+            session.drop_instance(i);
         }
         (RouteDecision::Mx, calls)
     }
@@ -176,6 +177,8 @@ pub struct ChainSession {
     pipeline: Arc<Pipeline>,
     instances: Vec<Option<Instance>>,
     trace: bool,
+    /// Host calls of an instance dropped after a failure, until they are recorded.
+    dropped_trace: Vec<HostCall>,
 }
 
 fn policy_decision(policy: FailurePolicy) -> Decision {
@@ -285,17 +288,19 @@ impl ChainSession {
                 .call(i, Stage::Rcpt, Call::Rcpt(&conn, &wenv, &current))
                 .await;
             let checked = match answer {
-                Ok(Answer::Rcpt(out)) => validate::verdict(&out.verdict).and_then(|d| {
-                    let new = match (&d, &out.rewrite) {
-                        (Decision::Accept | Decision::Continue, Some(addr)) => {
-                            Some(validate::rewrite(addr, env.smtputf8)?)
-                        }
-                        _ => None,
-                    };
-                    Ok((d, new))
-                }),
-                Ok(_) => Err("wrong answer kind".to_owned()),
-                Err(f) => Err(f.to_string()),
+                Ok(Answer::Rcpt(out)) => validate::verdict(&out.verdict)
+                    .and_then(|d| {
+                        let new = match (&d, &out.rewrite) {
+                            (Decision::Accept | Decision::Continue, Some(addr)) => {
+                                Some(validate::rewrite(addr, env.smtputf8)?)
+                            }
+                            _ => None,
+                        };
+                        Ok((d, new))
+                    })
+                    .map_err(CallFailure::Invalid),
+                Ok(_) => Err(CallFailure::Invalid("wrong answer kind".to_owned())),
+                Err(f) => Err(f),
             };
             let (decision, failure) = match checked {
                 Ok((d, new)) => {
@@ -305,9 +310,8 @@ impl ChainSession {
                     }
                     (d, None)
                 }
-                Err(e) => {
-                    let failure = CallFailure::Invalid(e);
-                    self.instances[i] = None;
+                Err(failure) => {
+                    self.drop_instance(i);
                     (
                         policy_decision(self.pipeline.plugins[i].spec.failure_policy),
                         Some(failure),
@@ -360,13 +364,16 @@ impl ChainSession {
                 .call(i, Stage::Data, Call::Data(&conn, &env, message.clone()))
                 .await;
             let checked = match answer {
-                Ok(Answer::Data(d)) => validate::verdict(&d.verdict).and_then(|decision| {
-                    let edits = validate::edits(&d.edits)?;
-                    let quarantine = d.quarantine.as_deref().map(validate::reason).transpose()?;
-                    Ok((decision, edits, quarantine))
-                }),
-                Ok(_) => Err("wrong answer kind".to_owned()),
-                Err(f) => Err(f.to_string()),
+                Ok(Answer::Data(d)) => validate::verdict(&d.verdict)
+                    .and_then(|decision| {
+                        let edits = validate::edits(&d.edits)?;
+                        let quarantine =
+                            d.quarantine.as_deref().map(validate::reason).transpose()?;
+                        Ok((decision, edits, quarantine))
+                    })
+                    .map_err(CallFailure::Invalid),
+                Ok(_) => Err(CallFailure::Invalid("wrong answer kind".to_owned())),
+                Err(f) => Err(f),
             };
             let (decision, failure) = match checked {
                 Ok((decision, edits, quarantine)) => {
@@ -376,11 +383,11 @@ impl ChainSession {
                     }
                     (decision, None)
                 }
-                Err(e) => {
-                    self.instances[i] = None;
+                Err(failure) => {
+                    self.drop_instance(i);
                     (
                         policy_decision(self.pipeline.plugins[i].spec.failure_policy),
-                        Some(CallFailure::Invalid(e)),
+                        Some(failure),
                     )
                 }
             };
@@ -403,12 +410,21 @@ impl ChainSession {
         match checked {
             Ok(d) => (d, None),
             Err(f) => {
-                self.instances[i] = None;
+                self.drop_instance(i);
                 (
                     policy_decision(self.pipeline.plugins[i].spec.failure_policy),
                     Some(f),
                 )
             }
+        }
+    }
+
+    /// Drops plugin `i`'s instance (never enter a store again after a failure), keeping
+    /// the host calls it made for the trace.
+    fn drop_instance(&mut self, i: usize) {
+        if let Some(mut inst) = self.instances[i].take() {
+            self.dropped_trace
+                .extend(inst.store.data_mut().take_trace());
         }
     }
 
@@ -430,10 +446,10 @@ impl ChainSession {
                 tracing::debug!(plugin = %plugin, stage = stage.name(), us = elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict")
             }
         }
-        let host_calls = self.instances[i]
-            .as_mut()
-            .map(|inst| inst.store.data_mut().take_trace())
-            .unwrap_or_default();
+        let mut host_calls = std::mem::take(&mut self.dropped_trace);
+        if let Some(inst) = self.instances[i].as_mut() {
+            host_calls.extend(inst.store.data_mut().take_trace());
+        }
         PluginCall {
             plugin: plugin.clone(),
             stage,
@@ -476,7 +492,7 @@ impl ChainSession {
         };
         if result.is_err() {
             tracing::debug!(plugin = %plugin.spec.name, stage = stage.name(), "dropping failed instance");
-            self.instances[i] = None;
+            self.drop_instance(i);
         }
         result
     }

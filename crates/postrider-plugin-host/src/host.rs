@@ -35,6 +35,13 @@ impl log::Host for HostState {
             text.truncate(cut);
         }
         let plugin = &*self.namespace;
+        let name = match level {
+            log::Level::Trace => "log.trace",
+            log::Level::Debug => "log.debug",
+            log::Level::Info => "log.info",
+            log::Level::Warn => "log.warn",
+            log::Level::Error => "log.error",
+        };
         match level {
             log::Level::Trace => tracing::trace!(plugin, "{text}"),
             log::Level::Debug => tracing::debug!(plugin, "{text}"),
@@ -42,12 +49,7 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(plugin, "{text}"),
             log::Level::Error => tracing::error!(plugin, "{text}"),
         }
-        self.record(
-            &format!("log.{level:?}").to_lowercase(),
-            text,
-            String::new(),
-            started,
-        );
+        self.record(name, text, String::new(), started);
         Ok(())
     }
 }

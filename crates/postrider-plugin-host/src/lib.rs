@@ -21,7 +21,7 @@ mod validate;
 
 use postrider_smtp::reply::Reply;
 
-pub use chain::{ChainSession, DataOutcome, Pipeline, RcptOutcome, StageOutcome};
+pub use chain::{ChainSession, DataOutcome, Pipeline, PluginCall, RcptOutcome, StageOutcome};
 pub use edits::apply_edits;
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
