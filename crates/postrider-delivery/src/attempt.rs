@@ -11,7 +11,7 @@ use postrider_smtp::client::{
     ClientConfig, ClientEvent, ClientSession, ConnectionFailure, Credentials, OutboundMessage,
     RcptOutcome, RcptResult, TlsWanted,
 };
-use postrider_smtp::reply::{EnhancedCode, Reply};
+use postrider_smtp::reply::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
@@ -100,13 +100,7 @@ const IDLE_TIME: Duration = Duration::from_secs(5);
 const MAX_REUSE: u32 = 100;
 
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    let enhanced = EnhancedCode {
-        class: e.0,
-        subject: e.1,
-        detail: e.2,
-    };
-    Reply::new(code, Some(enhanced), text)
-        .unwrap_or_else(|_| unreachable!("constant reply is valid"))
+    Reply::local(code, e, text)
 }
 
 fn all(msg: &OutboundMessage, result: &RcptResult) -> Vec<RcptOutcome> {

@@ -49,12 +49,7 @@ pub async fn play(
     let connect = chain.on_connect(&conn).await;
     chain.end_transaction();
     out.calls("connect", call_reports!(connect.calls));
-    match connect.decision {
-        Decision::Continue | Decision::Accept => session.greet(),
-        Decision::Reject(r) => session.greet_reject(with_code(&r, 554)),
-        Decision::Tempfail(r) => session.disconnect(with_code(&r, 421))?,
-        Decision::Disconnect(r) => session.disconnect(r)?,
-    }
+    connect.decision.greet(&mut session)?;
     out.server(&session.take_output());
 
     for line in transcript.lines() {
@@ -247,24 +242,9 @@ fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
         .unwrap_or_else(|_| unreachable!("constant reply is valid"))
 }
 
-/// The same reply with another code of its class (greetings allow only 554 and 421).
-fn with_code(r: &Reply, code: u16) -> Reply {
-    Reply::new(code, r.enhanced(), r.text()).unwrap_or_else(|_| r.clone())
-}
-
 /// Applies a refusing decision as the relay does; false when the command goes on.
 fn refused(session: &mut Session, decision: Decision) -> Result<bool, Misuse> {
-    match decision {
-        Decision::Continue | Decision::Accept => Ok(false),
-        Decision::Reject(r) | Decision::Tempfail(r) => {
-            session.reject(r)?;
-            Ok(true)
-        }
-        Decision::Disconnect(r) => {
-            session.disconnect(r)?;
-            Ok(true)
-        }
-    }
+    decision.refuse(session)
 }
 
 fn envelope_info(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postrider_smtp::reply::{EnhancedCode, Reply};
+use postrider_smtp::reply::Reply;
 use wasmtime::component::Resource;
 
 use crate::bindings::postrider::plugin::types as wit;
@@ -194,13 +194,7 @@ fn policy_decision(policy: FailurePolicy) -> Decision {
 }
 
 fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    let enhanced = EnhancedCode {
-        class: e.0,
-        subject: e.1,
-        detail: e.2,
-    };
-    Reply::new(code, Some(enhanced), text)
-        .unwrap_or_else(|_| unreachable!("constant reply is valid"))
+    Reply::local(code, e, text)
 }
 
 impl ChainSession {

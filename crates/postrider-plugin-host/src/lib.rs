@@ -20,6 +20,7 @@ mod state;
 mod validate;
 
 use postrider_smtp::reply::Reply;
+use postrider_smtp::server::{Misuse, Session};
 
 pub use chain::{ChainSession, DataOutcome, Pipeline, PluginCall, RcptOutcome, StageOutcome};
 pub use edits::apply_edits;
@@ -43,6 +44,34 @@ pub enum Decision {
     Tempfail(Reply),
     /// Send this reply (421 or 554) and close the connection.
     Disconnect(Reply),
+}
+
+impl Decision {
+    /// Applies the decision to the pending command of an SMTP session, as the relay does:
+    /// reject and tempfail answer it, disconnect answers and closes. Returns false when the
+    /// command should go on (continue, accept).
+    pub fn refuse(self, session: &mut Session) -> Result<bool, Misuse> {
+        match self {
+            Decision::Continue | Decision::Accept => Ok(false),
+            Decision::Reject(r) | Decision::Tempfail(r) => session.reject(r).map(|()| true),
+            Decision::Disconnect(r) => session.disconnect(r).map(|()| true),
+        }
+    }
+
+    /// Greets the client or refuses it at connect (RFC 5321 section 3.1): a rejection is a
+    /// 554 greeting (then only QUIT works), a tempfail a 421 that closes the connection.
+    pub fn greet(self, session: &mut Session) -> Result<(), Misuse> {
+        let with_code = |r: &Reply, code| {
+            Reply::new(code, r.enhanced(), r.text()).unwrap_or_else(|_| r.clone())
+        };
+        match self {
+            Decision::Continue | Decision::Accept => session.greet(),
+            Decision::Reject(r) => session.greet_reject(with_code(&r, 554)),
+            Decision::Tempfail(r) => session.disconnect(with_code(&r, 421))?,
+            Decision::Disconnect(r) => session.disconnect(r)?,
+        }
+        Ok(())
+    }
 }
 
 /// A header change from the data stage.

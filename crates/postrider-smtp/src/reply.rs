@@ -154,6 +154,17 @@ impl Reply {
         }
     }
 
+    /// A reply made by this relay (not received from a peer or a plugin). The text is
+    /// cleaned of control characters and cut to fit, so the result is always valid.
+    pub fn local(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
+        debug_assert!((200..=599).contains(&code) && u16::from(enhanced.0) == code / 100);
+        Self::sanitized(
+            code,
+            Some(EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2)),
+            text,
+        )
+    }
+
     /// Infallible constructor for replies embedding outside text (host names, queue ids):
     /// control characters become `?` and the line is truncated to fit 512 octets.
     pub(crate) fn sanitized(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Self {

@@ -7,7 +7,7 @@
 
 use postrider_config::Relay;
 use postrider_smtp::address::{Domain, ForwardPath};
-use postrider_smtp::reply::{EnhancedCode, Reply};
+use postrider_smtp::reply::Reply;
 
 /// The reply for every refused relay attempt: 554 5.7.1.
 pub fn relay_denied() -> Reply {
@@ -16,10 +16,13 @@ pub fn relay_denied() -> Reply {
 
 /// A reply from constant parts that are known to be valid.
 pub fn static_reply(code: u16, enhanced: &str, text: &str) -> Reply {
-    let enhanced = enhanced.parse::<EnhancedCode>().ok();
-    Reply::new(code, enhanced, text)
-        .or_else(|_| Reply::new(451, None, "Local error"))
-        .unwrap_or_else(|_| unreachable!("constant replies are valid"))
+    let mut parts = enhanced.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
+    let class = parts.next().unwrap_or(0) as u8;
+    Reply::local(
+        code,
+        (class, parts.next().unwrap_or(0), parts.next().unwrap_or(0)),
+        text,
+    )
 }
 
 /// Decides whether a client may send to `to`: `Ok` to accept, or the refusal reply.

@@ -14,7 +14,6 @@ use postrider_plugin_host::{
 };
 use postrider_smtp::address::{self, ForwardPath, ReversePath};
 use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
-use postrider_smtp::reply::Reply;
 use postrider_smtp::server::{self as smtp, Event, Session, SessionConfig, TimeoutPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -263,34 +262,13 @@ async fn greet(
     let decision = chain.on_connect(&conn).await.decision;
     // Instances live per transaction: an idle client must not hold plugin instances.
     chain.end_transaction();
-    match decision {
-        Decision::Continue | Decision::Accept => session.greet(),
-        // A refused greeting is 554 (then only QUIT works) or 421 (closed), RFC 5321 3.1.
-        Decision::Reject(r) => session.greet_reject(with_code(&r, 554)),
-        Decision::Tempfail(r) => session.disconnect(with_code(&r, 421))?,
-        Decision::Disconnect(r) => session.disconnect(r)?,
-    }
+    decision.greet(session)?;
     Ok(())
-}
-
-/// The same reply with another code of its class (greetings allow only 554 and 421).
-fn with_code(reply: &Reply, code: u16) -> Reply {
-    Reply::new(code, reply.enhanced(), reply.text()).unwrap_or_else(|_| reply.clone())
 }
 
 /// Applies a plugin decision that refuses; false when the built-in default should go on.
 fn refused(session: &mut Session, decision: Decision) -> Result<bool, SessionEnd> {
-    match decision {
-        Decision::Continue | Decision::Accept => Ok(false),
-        Decision::Reject(r) | Decision::Tempfail(r) => {
-            session.reject(r)?;
-            Ok(true)
-        }
-        Decision::Disconnect(r) => {
-            session.disconnect(r)?;
-            Ok(true)
-        }
-    }
+    Ok(decision.refuse(session)?)
 }
 
 /// Answers one decision event of the state machine: built-in policy first, then plugins.
