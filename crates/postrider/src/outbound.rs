@@ -465,7 +465,8 @@ impl Manager {
 
         // Destinations of one message are tried one after another (messages run in
         // parallel); the state is saved after each, so a crash repeats at most one.
-        for (dest, idx) in groups {
+        let last_group = groups.len().saturating_sub(1);
+        for (g, (dest, idx)) in groups.into_iter().enumerate() {
             let (idx, attempt) = self.attempt(id, &envelope, &message, dest, idx).await;
             let remote = attempt.remote.clone();
             for (k, &i) in idx.iter().enumerate() {
@@ -520,7 +521,10 @@ impl Manager {
                     }
                 }
             }
-            self.save(id, &state).await;
+            // The last group's result is saved (or the message removed) below.
+            if g < last_group {
+                self.save(id, &state).await;
+            }
         }
 
         // Delay warning, once, for recipients still pending.
@@ -559,8 +563,6 @@ impl Manager {
         }
 
         if state.is_done() {
-            // State first: if the removal fails, nothing is attempted again.
-            self.save(id, &state).await;
             let idc = id.clone();
             return match self.blocking(move |spool| spool.remove(&idc)).await {
                 Ok(()) | Err(Some(SpoolError::NotFound { .. })) => {
@@ -568,7 +570,9 @@ impl Manager {
                     None
                 }
                 Err(e) => {
+                    // Keep what was done, so the next pass only retries the removal.
                     warn!(queue_id = %id, error = ?e, "could not remove a finished message; trying again later");
+                    self.save(id, &state).await;
                     soon
                 }
             };
