@@ -66,38 +66,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
-        action: QueueAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum QueueAction {
-    /// List queued messages (ID, age, size, state, pending/all recipients, sender, last reply).
-    List,
-    /// Show one message: envelope, per-recipient state, header.
-    Show {
-        /// Queue ID.
-        id: String,
-    },
-    /// Attempt delivery now: one message, or all.
-    Retry {
-        /// Queue ID (all messages when omitted).
-        id: Option<String>,
-    },
-    /// Remove a message without delivering or bouncing it.
-    Delete {
-        /// Queue ID.
-        id: String,
-    },
-    /// Stop delivery attempts of a message until released.
-    Hold {
-        /// Queue ID.
-        id: String,
-    },
-    /// Release a held or quarantined message and attempt it now.
-    Release {
-        /// Queue ID.
-        id: String,
+        action: queue_admin::Request,
     },
 }
 
@@ -161,19 +130,11 @@ fn serve(config: Option<PathBuf>, log_json: bool, watch: bool) -> anyhow::Result
     runtime.block_on(server::serve(source, config, watch))
 }
 
-fn queue(config: Option<PathBuf>, json: bool, action: QueueAction) -> anyhow::Result<()> {
-    use queue_admin::{Request, Response};
+fn queue(config: Option<PathBuf>, json: bool, request: queue_admin::Request) -> anyhow::Result<()> {
+    use queue_admin::Response;
     let config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::embedded()?,
-    };
-    let request = match action {
-        QueueAction::List => Request::List,
-        QueueAction::Show { id } => Request::Show { id },
-        QueueAction::Retry { id } => Request::Retry { id },
-        QueueAction::Delete { id } => Request::Delete { id },
-        QueueAction::Hold { id } => Request::Hold { id },
-        QueueAction::Release { id } => Request::Release { id },
     };
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
         Ok(stream) => admin_call(stream, &request)?,
@@ -230,7 +191,7 @@ fn admin_call(
 
 /// `postrider reload`: asks the running relay to reload, and reports what it answered.
 fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
-    use queue_admin::{Request, Response};
+    use queue_admin::Response;
     let config = match config {
         Some(path) => Config::load(&path)
             .with_context(|| format!("not reloading: {} is not valid", path.display()))?,
@@ -238,7 +199,7 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
         .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
-    match admin_call(stream, &Request::Reload)? {
+    match admin_call(stream, &queue_admin::Request::Reload)? {
         Response::Ok { generation } => {
             println!("reloaded: configuration generation {generation}");
             Ok(())

@@ -9,38 +9,39 @@ use postrider_queue::state::{MessageState, RcptStatus};
 use postrider_queue::{QueueId, Spool, SpoolError};
 use serde::{Deserialize, Serialize};
 
-/// A request on the admin socket: one JSON line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A request on the admin socket (one JSON line); also the `postrider queue` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
-    /// Every queued message.
+    /// List queued messages (ID, age, size, state, pending/all recipients, sender, last reply).
     List,
-    /// One message in detail.
+    /// Show one message: envelope, per-recipient state, header.
     Show {
-        /// Queue id.
+        /// Queue ID.
         id: String,
     },
-    /// Attempt now: one message, or every message when `id` is absent.
+    /// Attempt delivery now: one message, or all.
     Retry {
-        /// Queue id, or all.
+        /// Queue ID (all messages when omitted).
         id: Option<String>,
     },
     /// Remove a message without delivering or bouncing it.
     Delete {
-        /// Queue id.
+        /// Queue ID.
         id: String,
     },
-    /// Stop attempting a message until released.
+    /// Stop delivery attempts of a message until released.
     Hold {
-        /// Queue id.
+        /// Queue ID.
         id: String,
     },
-    /// Undo a hold (also of recipients a route held, and of a plugin's quarantine).
+    /// Release a held or quarantined message (also recipients a route held) and attempt it now.
     Release {
-        /// Queue id.
+        /// Queue ID.
         id: String,
     },
     /// Reload the configuration and plugins (`postrider reload`); only a running relay can.
+    #[command(skip)]
     Reload,
 }
 
