@@ -609,8 +609,10 @@ impl Manager {
                         password: p.clone(),
                     }),
                 }),
-                RouteTarget::Lmtp(t) => lmtp_destination(t)
-                    .map_or_else(|| Plan::Hold(format!("bad LMTP target {t}")), Plan::Deliver),
+                RouteTarget::Lmtp(t) => lmtp_destination(t).map_or_else(
+                    || Plan::Defer(format!("bad LMTP target {t}")),
+                    Plan::Deliver,
+                ),
             };
         }
         if let Some(pipeline) = &generation.pipeline
@@ -653,8 +655,9 @@ impl Manager {
             }
         }
         if config.relay.is_local_domain(domain) {
-            // Delivering a local domain by MX would loop back to us.
-            return Plan::Hold(format!(
+            // Delivering a local domain by MX would loop back to us. A configuration gap is
+            // retried (and in the end bounced) like any temporary failure.
+            return Plan::Defer(format!(
                 "no route for local domain {domain}: add a [[route]] or a route plugin"
             ));
         }
