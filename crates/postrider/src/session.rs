@@ -372,20 +372,10 @@ async fn decide(
         }
         Event::Message(envelope) => {
             let size = envelope.data.len();
+            let env = envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients);
             let (mut spool_envelope, mut message) = to_spool(ctx, client, session, *envelope);
             let conn = conn_info(ctx, client, session);
             if let Some(chain) = client.chain.as_mut() {
-                let env = EnvelopeInfo {
-                    queue_id: None,
-                    mail_from: spool_envelope.mail_from.clone(),
-                    mail_params: Vec::new(),
-                    recipients: spool_envelope
-                        .recipients
-                        .iter()
-                        .map(|r| r.address.clone())
-                        .collect(),
-                    smtputf8: spool_envelope.smtputf8,
-                };
                 let view = MessageView::new(Arc::from(message.as_slice()));
                 let outcome = chain.on_data(&conn, &env, &view).await;
                 chain.end_transaction();
