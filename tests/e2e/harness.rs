@@ -330,3 +330,23 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Writes `passwords` with user alice, password s3cret, into `dir`.
+pub fn password_file(dir: &Path) {
+    let out = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"s3cret\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        dir.join("passwords"),
+        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
+    )
+    .unwrap();
+}

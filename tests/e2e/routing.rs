@@ -4,13 +4,11 @@
 //! loop detection by Received headers.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use postrider_testkit::plugin_wasm;
 
-use crate::harness::{BIN, Relay, config, config_dns, make_cert, send_message};
+use crate::harness::{Relay, config, config_dns, make_cert, password_file, send_message};
 use crate::peers::{
     RcptScript, Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for,
 };
@@ -287,27 +285,6 @@ fn lmtp_over_a_unix_socket_replies_per_recipient_and_retries_only_the_deferred()
     let path = tmp.path().join("lmtp.sock");
     let lmtp = Receiver::start_lmtp_unix(&path, lmtp_script());
     lmtp_delivers_per_recipient(&format!("unix:{}", path.display()), &lmtp);
-}
-
-/// Writes `passwords` with user alice, password s3cret, into `dir`.
-fn password_file(dir: &Path) {
-    let out = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"s3cret\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(
-        dir.join("passwords"),
-        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
-    )
-    .unwrap();
 }
 
 #[test]

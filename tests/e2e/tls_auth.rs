@@ -10,23 +10,7 @@ fn tls_relay() -> Relay {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let (cert, key) = make_cert(&dir);
-    let out = Command::new(crate::harness::BIN)
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"s3cret\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    std::fs::write(
-        dir.join("passwords"),
-        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
-    )
-    .unwrap();
+    crate::harness::password_file(&dir);
     let tls = format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
