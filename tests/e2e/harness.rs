@@ -21,6 +21,8 @@ pub struct Relay {
     _tmp: Option<tempfile::TempDir>,
     /// Bound address of each listener, by name.
     pub listeners: HashMap<String, SocketAddr>,
+    /// Bound address of the admin HTTP listener, when `[admin] http` is set.
+    pub admin_http: Option<SocketAddr>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -36,10 +38,24 @@ pub fn config(extra: &str) -> String {
     config_dns("127.0.0.1:9", extra)
 }
 
+/// A `[[plugin]]` entry for the example plugin `file` (its crate name), named `name`, with
+/// `extra` TOML lines (config, failure_policy, ...).
+pub fn plugin(name: &str, file: &str, extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
+        postrider_testkit::plugin_wasm(file).display()
+    )
+}
+
 /// Like [`config`], with the resolver pointed at `nameserver` ("ip:port").
 pub fn config_dns(nameserver: &str, extra: &str) -> String {
+    config_full(nameserver, "", extra)
+}
+
+/// Like [`config_dns`], with more `[plugins]` settings (TOML lines).
+pub fn config_full(nameserver: &str, plugin_settings: &str, extra: &str) -> String {
     format!(
-        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n[dns]\nnameservers = [\"{nameserver}\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n{plugin_settings}\n[dns]\nnameservers = [\"{nameserver}\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
         cache = plugin_cache().display()
     )
 }
@@ -102,12 +118,16 @@ impl Relay {
             dir: dir.to_owned(),
             _tmp: None,
             listeners: HashMap::new(),
+            admin_http: None,
             stderr: Some(stderr),
         };
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line == "postrider: ready" => break,
                 Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("postrider: admin http ") {
+                        relay.admin_http = Some(addr.parse().unwrap());
+                    }
                     if let Some(rest) = line.strip_prefix("postrider: listening ") {
                         let (name, addr) = rest.split_once(' ').unwrap();
                         listeners.insert(name.to_owned(), addr.parse().unwrap());
@@ -207,6 +227,24 @@ pub fn read_spool(dir: &Path) -> Vec<(Envelope, Vec<u8>)> {
         .iter()
         .map(|id| spool.load(id).unwrap())
         .collect()
+}
+
+/// One HTTP/1.1 request (`method path`) to `addr`: the status code and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_owned())
 }
 
 /// A blocking SMTP client that sends raw bytes and parses replies.

@@ -68,6 +68,8 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Unix socket of the admin interface (`postrider queue` talks to it; owner-only).
     pub admin_socket: PathBuf,
+    /// The admin HTTP listener (metrics, health) and metric settings.
+    pub admin: Admin,
     /// The listeners.
     pub listeners: Vec<Listener>,
     /// Who may send mail where.
@@ -88,19 +90,42 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
+/// The `[admin]` table: the HTTP listener for `/metrics`, `/health` and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Address of the HTTP listener; `None`: no HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// Destination domains with their own label value in the delivery metrics; later
+    /// domains count as "other".
+    pub metrics_domains: usize,
+}
+
 /// Settings shared by all plugins.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
     /// Where compiled plugins are cached (by content hash and engine version).
     pub cache_dir: PathBuf,
-    /// The embedded kv store's file.
+    /// The embedded kv store's file (used when no Redis is configured).
     pub kv_path: PathBuf,
+    /// A shared Redis for the kv store instead of the embedded file.
+    pub kv_redis: Option<KvRedis>,
     /// Most plugin instances alive at once.
     pub max_instances: u32,
     /// Bound on each kv call a plugin makes.
     pub kv_timeout_ms: u64,
     /// Bound on each DNS lookup a plugin makes.
     pub dns_timeout_ms: u64,
+}
+
+/// Where several relays keep their shared plugin state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRedis {
+    /// `redis://[user:password@]host:port/db` or `rediss://...` (TLS).
+    pub url: String,
+    /// Key prefix of this relay cluster, so several clusters can share one Redis.
+    pub cluster: String,
+    /// PEM file of the CA to trust for `rediss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What the relay does when a plugin call fails (trap, timeout, invalid answer).
@@ -379,6 +404,8 @@ struct RawConfig {
     #[serde(default = "default_admin_socket")]
     admin_socket: PathBuf,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
     relay: RawRelay,
@@ -396,6 +423,22 @@ struct RawConfig {
     delivery: Delivery,
     #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    http: Option<Spanned<String>>,
+    metrics_domains: usize,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            http: None,
+            metrics_domains: 20,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -419,6 +462,9 @@ fn default_route_tls() -> TlsPolicy {
 struct RawPluginSettings {
     cache_dir: PathBuf,
     kv_path: PathBuf,
+    kv_url: Option<Spanned<String>>,
+    kv_cluster: Spanned<String>,
+    kv_ca_file: Option<PathBuf>,
     max_instances: u32,
     kv_timeout_ms: u64,
     dns_timeout_ms: u64,
@@ -429,6 +475,9 @@ impl Default for RawPluginSettings {
         RawPluginSettings {
             cache_dir: PathBuf::from("var/plugin-cache"),
             kv_path: PathBuf::from("var/kv.redb"),
+            kv_url: None,
+            kv_cluster: Spanned::new(0..0, "default".to_string()),
+            kv_ca_file: None,
             max_instances: 1000,
             kv_timeout_ms: 250,
             dns_timeout_ms: 1500,
@@ -656,6 +705,23 @@ impl Config {
             });
         }
 
+        let admin = Admin {
+            http: match &raw.admin.http {
+                None => None,
+                Some(text) => match text.get_ref().trim().parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        return src.invalid(
+                            text.span(),
+                            "admin.http",
+                            format!("not an IP:port socket address: {e}"),
+                        );
+                    }
+                },
+            },
+            metrics_domains: raw.admin.metrics_domains,
+        };
+
         let mut local_domains = Vec::new();
         for (i, d) in raw.relay.local_domains.iter().enumerate() {
             let domain = d
@@ -714,6 +780,41 @@ impl Config {
                 "max_instances and timeouts must be greater than zero",
             );
         }
+        let kv_redis = match &settings.kv_url {
+            None => {
+                if settings.kv_ca_file.is_some() {
+                    return src.invalid(0..0, "plugins.kv_ca_file", "needs plugins.kv_url");
+                }
+                None
+            }
+            Some(url) => {
+                let scheme = url.get_ref().split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("redis" | "rediss")) {
+                    return src.invalid(
+                        url.span(),
+                        "plugins.kv_url",
+                        "must be a redis:// or rediss:// URL",
+                    );
+                }
+                let cluster = settings.kv_cluster.get_ref();
+                if cluster.is_empty()
+                    || !cluster
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return src.invalid(
+                        settings.kv_cluster.span(),
+                        "plugins.kv_cluster",
+                        "must be letters, digits, '-', '_' or '.'",
+                    );
+                }
+                Some(KvRedis {
+                    url: url.get_ref().clone(),
+                    cluster: cluster.clone(),
+                    ca_file: settings.kv_ca_file.as_deref().map(resolve),
+                })
+            }
+        };
         let mut plugins: Vec<PluginConfig> = Vec::new();
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
@@ -891,6 +992,7 @@ impl Config {
             hostname,
             spool_dir: resolve(&raw.spool_dir),
             admin_socket: resolve(&raw.admin_socket),
+            admin,
             listeners,
             relay: Relay {
                 local_domains,
@@ -902,6 +1004,7 @@ impl Config {
             plugin_settings: PluginSettings {
                 cache_dir: resolve(&settings.cache_dir),
                 kv_path: resolve(&settings.kv_path),
+                kv_redis,
                 max_instances: settings.max_instances,
                 kv_timeout_ms: settings.kv_timeout_ms,
                 dns_timeout_ms: settings.dns_timeout_ms,
@@ -949,6 +1052,36 @@ mod tests {
         assert_eq!(config.spool_dir, Path::new("/etc/postrider/var/spool"));
         assert_eq!(config.timeouts.command, 300);
         assert_eq!(config.limits.max_message_size, 25 * 1024 * 1024);
+    }
+
+    #[test]
+    fn kv_redis_settings() {
+        assert_eq!(parse(MINIMAL).unwrap().plugin_settings.kv_redis, None);
+        let text = format!(
+            "{MINIMAL}[plugins]\nkv_url = \"rediss://:pw@10.0.0.5:6380/2\"\nkv_cluster = \"eu-1\"\nkv_ca_file = \"ca.pem\"\n"
+        );
+        let redis = parse(&text).unwrap().plugin_settings.kv_redis.unwrap();
+        assert_eq!(redis.url, "rediss://:pw@10.0.0.5:6380/2");
+        assert_eq!(redis.cluster, "eu-1");
+        assert_eq!(redis.ca_file.unwrap(), Path::new("/etc/postrider/ca.pem"));
+
+        let text = format!("{MINIMAL}[plugins]\nkv_url = \"redis://h\"\n");
+        let redis = parse(&text).unwrap().plugin_settings.kv_redis.unwrap();
+        assert_eq!(redis.cluster, "default");
+
+        let text = format!("{MINIMAL}[plugins]\nkv_url = \"http://h\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:6:"), "{err}");
+        assert!(err.contains("plugins.kv_url"), "{err}");
+
+        let text = format!("{MINIMAL}[plugins]\nkv_url = \"redis://h\"\nkv_cluster = \"a:b\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:7:"), "{err}");
+        assert!(err.contains("plugins.kv_cluster"), "{err}");
+
+        let text = format!("{MINIMAL}[plugins]\nkv_ca_file = \"ca.pem\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("needs plugins.kv_url"), "{err}");
     }
 
     #[test]
@@ -1123,6 +1256,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("exactly one of relay and lmtp"), "{err}");
+    }
+
+    #[test]
+    fn admin_http_listener() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.admin.http, None,
+            "no HTTP listener unless configured"
+        );
+        assert_eq!(config.admin.metrics_domains, 20);
+        let text = format!("{MINIMAL}[admin]\nhttp = \"127.0.0.1:9587\"\nmetrics_domains = 5\n");
+        let admin = parse(&text).unwrap().admin;
+        assert_eq!(admin.http, Some("127.0.0.1:9587".parse().unwrap()));
+        assert_eq!(admin.metrics_domains, 5);
+        let err = parse(&format!("{MINIMAL}[admin]\nhttp = \"localhost:80\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:6: key `admin.http`"), "{err}");
+        let err = parse(&format!("{MINIMAL}[admin]\nlisten = \"127.0.0.1:1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:6:"), "{err}");
+        assert!(err.contains("listen"), "{err}");
+        let embedded = Config::embedded().unwrap().admin.http.unwrap();
+        assert!(embedded.ip().is_loopback(), "{embedded}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct PluginCall {
     pub stage: Stage,
     /// What it answered (or what its failure policy made of a failure).
     pub outcome: String,
+    /// The verdict's short name ([`Decision::kind`], or [`RouteDecision::kind`] at route).
+    pub verdict: &'static str,
     /// The failure, if the call failed.
     pub failure: Option<CallFailure>,
     /// Wall time of the call, instantiation included.
@@ -143,7 +145,14 @@ impl Pipeline {
                 }
                 (None, None) => RouteDecision::Mx,
             };
-            calls.push(session.record(i, Stage::Route, format!("{decision:?}"), failure, started));
+            calls.push(session.record(
+                i,
+                Stage::Route,
+                decision.kind(),
+                format!("{decision:?}"),
+                failure,
+                started,
+            ));
             // Mx is "no opinion": the next routing plugin may pick something else.
             if decision != RouteDecision::Mx {
                 return (decision, calls);
@@ -250,7 +259,14 @@ impl ChainSession {
                 Err(f) => Err(f),
             };
             let (decision, failure) = self.settle(i, checked);
-            calls.push(self.record(i, stage, format!("{decision:?}"), failure, started));
+            calls.push(self.record(
+                i,
+                stage,
+                decision.kind(),
+                format!("{decision:?}"),
+                failure,
+                started,
+            ));
             if decision != Decision::Continue {
                 return StageOutcome { decision, calls };
             }
@@ -315,6 +331,7 @@ impl ChainSession {
             calls.push(self.record(
                 i,
                 Stage::Rcpt,
+                decision.kind(),
                 format!("{decision:?} rewrite {rewrite:?}"),
                 failure,
                 started,
@@ -385,8 +402,14 @@ impl ChainSession {
                     )
                 }
             };
-            out.calls
-                .push(self.record(i, Stage::Data, format!("{decision:?}"), failure, started));
+            out.calls.push(self.record(
+                i,
+                Stage::Data,
+                decision.kind(),
+                format!("{decision:?}"),
+                failure,
+                started,
+            ));
             if decision != Decision::Continue {
                 out.decision = decision;
                 return out;
@@ -426,6 +449,7 @@ impl ChainSession {
         &mut self,
         i: usize,
         stage: Stage,
+        verdict: &'static str,
         outcome: String,
         failure: Option<CallFailure>,
         started: Instant,
@@ -448,6 +472,7 @@ impl ChainSession {
             plugin: plugin.clone(),
             stage,
             outcome,
+            verdict,
             failure,
             elapsed,
             host_calls,

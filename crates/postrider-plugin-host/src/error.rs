@@ -57,3 +57,15 @@ pub enum CallFailure {
     #[error("invalid answer: {0}")]
     Invalid(String),
 }
+
+impl CallFailure {
+    /// A short name for logs and metrics: trap, timeout, busy, invalid.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Trap(_) => "trap",
+            CallFailure::Timeout(_) => "timeout",
+            CallFailure::Busy => "busy",
+            CallFailure::Invalid(_) => "invalid",
+        }
+    }
+}

@@ -58,6 +58,17 @@ impl Decision {
         }
     }
 
+    /// A short name for logs and metrics: continue, accept, reject, tempfail, disconnect.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Continue => "continue",
+            Decision::Accept => "accept",
+            Decision::Reject(_) => "reject",
+            Decision::Tempfail(_) => "tempfail",
+            Decision::Disconnect(_) => "disconnect",
+        }
+    }
+
     /// Greets the client or refuses it at connect (RFC 5321 section 3.1): a rejection is a
     /// 554 greeting (then only QUIT works), a tempfail a 421 that closes the connection.
     pub fn greet(self, session: &mut Session) -> Result<(), Misuse> {
@@ -142,6 +153,21 @@ pub enum RouteDecision {
     Bounce(Reply),
     /// The routing plugin failed: keep the recipient queued and try again later.
     Defer(String),
+}
+
+impl RouteDecision {
+    /// A short name for logs and metrics: mx, relay, lmtp, hold, discard, bounce, defer.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteDecision::Mx => "mx",
+            RouteDecision::Relay { .. } => "relay",
+            RouteDecision::Lmtp(_) => "lmtp",
+            RouteDecision::Hold(_) => "hold",
+            RouteDecision::Discard => "discard",
+            RouteDecision::Bounce(_) => "bounce",
+            RouteDecision::Defer(_) => "defer",
+        }
+    }
 }
 
 /// TLS details of the client connection.

@@ -94,6 +94,8 @@ pub struct LoadedPlugin {
     pub(crate) namespace: Arc<str>,
     /// SHA-256 of the component file, hex.
     pub hash: String,
+    /// When it was loaded (compiled or taken from the cache, and initialised).
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -163,6 +165,7 @@ impl LoadedPlugin {
             pre,
             stages: Stages::empty(),
             hash,
+            loaded_at: std::time::SystemTime::now(),
         };
         let mut canary = plugin
             .instantiate(engine, services, false)
@@ -184,6 +187,22 @@ impl LoadedPlugin {
     /// The plugin's config entry.
     pub fn spec(&self) -> &PluginSpec {
         &self.spec
+    }
+
+    /// The stages the plugin asked for at `init`, by name, in stage order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        [
+            Stage::Connect,
+            Stage::Helo,
+            Stage::MailFrom,
+            Stage::Rcpt,
+            Stage::Data,
+            Stage::Route,
+        ]
+        .into_iter()
+        .filter(|s| self.wants(*s))
+        .map(Stage::name)
+        .collect()
     }
 
     /// Whether the plugin asked for `stage`.

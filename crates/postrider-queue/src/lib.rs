@@ -133,5 +133,5 @@ pub use error::SpoolError;
 pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};
 pub use schedule::{FALLBACK_INTERVAL, Retry, RetryPolicy};
-pub use spool::{Recovery, Spool, SpoolOptions, SyncMode};
+pub use spool::{Recovery, Spool, SpoolOptions, SyncMode, SyncObserver, SyncOp};
 pub use state::{MessageState, RcptState, RcptStatus, STATE_FORMAT_VERSION};

@@ -30,6 +30,35 @@ pub enum SyncMode {
     None,
 }
 
+/// Which kind of spool sync a [`SyncObserver`] is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOp {
+    /// The one `syncfs` of a group-committed batch of stores.
+    Commit,
+    /// The fsyncs of a delivery state save (file, then `state/`).
+    State,
+    /// The fsync of `active/` after a removal.
+    Remove,
+}
+
+impl SyncOp {
+    /// A short name for logs and metrics: commit, state, remove.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncOp::Commit => "commit",
+            SyncOp::State => "state",
+            SyncOp::Remove => "remove",
+        }
+    }
+}
+
+/// Told how long each sync took (for latency metrics); called on the syncing thread, so it
+/// must be quick.
+pub trait SyncObserver: Send + Sync + std::fmt::Debug {
+    /// A sync of `op` took `elapsed` (failed syncs included).
+    fn synced(&self, op: SyncOp, elapsed: std::time::Duration);
+}
+
 /// Tuning for [`Spool::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolOptions {
@@ -285,10 +314,10 @@ impl Spool {
             _ => SpoolError::io(&path, e),
         })?;
         if self.inner.sync == SyncMode::Group {
-            self.inner
-                .active_fd
-                .sync_all()
-                .map_err(|e| SpoolError::io(&self.inner.paths.active, e))?;
+            let started = std::time::Instant::now();
+            let synced = self.inner.active_fd.sync_all();
+            self.inner.shared.synced(SyncOp::Remove, started.elapsed());
+            synced.map_err(|e| SpoolError::io(&self.inner.paths.active, e))?;
         }
         let state = self.inner.paths.state.join(id.as_str());
         match fs::remove_file(&state) {
@@ -335,6 +364,17 @@ impl Spool {
     /// one per batch, so under load it stays well below [`Spool::stored_count`].
     pub fn sync_count(&self) -> u64 {
         self.inner.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Sets the observer told about every sync from now on (of every clone of this spool);
+    /// false if one was already set, which stays.
+    pub fn set_sync_observer(&self, observer: Arc<dyn SyncObserver>) -> bool {
+        self.inner.shared.observer.set(observer).is_ok()
+    }
+
+    /// Reports a sync of `op` that took `elapsed` to the observer, if any.
+    pub(crate) fn synced(&self, op: SyncOp, elapsed: std::time::Duration) {
+        self.inner.shared.synced(op, elapsed);
     }
 
     /// How many batches the writer has committed.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{CorruptReason, MAX_ENVELOPE_LEN};
-use crate::{QueueId, Spool, SpoolError, SyncMode};
+use crate::{QueueId, Spool, SpoolError, SyncMode, SyncOp};
 
 /// The state file format version this build writes and reads.
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -261,6 +261,7 @@ impl Spool {
         // In tmp/ so that a crash leaves nothing behind: tmp/ is emptied at open.
         let tmp = paths.tmp.join(format!("{id}.state.{seq}"));
         let sync = self.sync_mode() == SyncMode::Group;
+        let mut sync_time = std::time::Duration::ZERO;
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -269,7 +270,9 @@ impl Spool {
             .and_then(|mut file| {
                 file.write_all(&bytes)?;
                 if sync {
+                    let started = std::time::Instant::now();
                     file.sync_data()?;
+                    sync_time = started.elapsed();
                 }
                 Ok(())
             });
@@ -283,9 +286,11 @@ impl Spool {
             return Err(SpoolError::io(target, e));
         }
         if sync {
-            File::open(&paths.state)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|e| SpoolError::io(&paths.state, e))?;
+            // Reported as one sync: the file's and the directory's, the time of both.
+            let started = std::time::Instant::now();
+            let synced = File::open(&paths.state).and_then(|dir| dir.sync_all());
+            self.synced(SyncOp::State, sync_time + started.elapsed());
+            synced.map_err(|e| SpoolError::io(&paths.state, e))?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::format::Encoded;
 use crate::spool::Paths;
-use crate::{QueueId, SpoolError, SyncMode};
+use crate::{QueueId, SpoolError, SyncMode, SyncObserver, SyncOp};
 
 /// Permissions of spool files: they hold other people's mail.
 const FILE_MODE: u32 = 0o600;
@@ -27,9 +27,18 @@ pub(crate) struct Shared {
     pub(crate) stored: AtomicU64,
     /// Ids renamed into `active/` whose batch is not yet acknowledged; hidden from `list`.
     in_flight: Mutex<HashSet<QueueId>>,
+    /// Told how long each sync took, once set ([`crate::Spool::set_sync_observer`]).
+    pub(crate) observer: std::sync::OnceLock<std::sync::Arc<dyn SyncObserver>>,
 }
 
 impl Shared {
+    /// Reports a sync of `op` that took `elapsed` to the observer, if any.
+    pub(crate) fn synced(&self, op: SyncOp, elapsed: std::time::Duration) {
+        if let Some(observer) = self.observer.get() {
+            observer.synced(op, elapsed);
+        }
+    }
+
     pub(crate) fn in_flight(&self) -> MutexGuard<'_, HashSet<QueueId>> {
         // The set stays consistent even if a holder panicked: every operation is one call.
         self.in_flight
@@ -139,7 +148,10 @@ impl Writer {
         let synced = match self.sync {
             SyncMode::Group => {
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-                self.sync_batch(&pending)
+                let started = std::time::Instant::now();
+                let synced = self.sync_batch(&pending);
+                self.shared.synced(SyncOp::Commit, started.elapsed());
+                synced
             }
             SyncMode::None => Ok(()),
         };

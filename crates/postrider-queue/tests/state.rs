@@ -241,3 +241,30 @@ async fn save_state_from_spawn_blocking() {
     let state = spool.load_state(&id).unwrap().unwrap();
     assert!(state.next_due_ms().is_some_and(|ms| ms < 8));
 }
+
+/// Records the syncs it is told about.
+#[derive(Debug, Default)]
+struct Syncs(std::sync::Mutex<Vec<postrider_queue::SyncOp>>);
+
+impl postrider_queue::SyncObserver for Syncs {
+    fn synced(&self, op: postrider_queue::SyncOp, _elapsed: std::time::Duration) {
+        self.0.lock().unwrap().push(op);
+    }
+}
+
+#[test]
+fn sync_observer_sees_commit_state_and_remove() {
+    use postrider_queue::SyncOp;
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = open(tmp.path());
+    let syncs = std::sync::Arc::new(Syncs::default());
+    assert!(spool.set_sync_observer(syncs.clone()));
+    assert!(!spool.set_sync_observer(std::sync::Arc::new(Syncs::default())));
+    let id = store(&spool);
+    spool.save_state(&id, &delivered_first(1)).unwrap();
+    spool.remove(&id).unwrap();
+    assert_eq!(
+        *syncs.0.lock().unwrap(),
+        [SyncOp::Commit, SyncOp::State, SyncOp::Remove]
+    );
+}

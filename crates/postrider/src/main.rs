@@ -1,5 +1,6 @@
 //! The Postrider mail relay.
 
+mod admin_http;
 mod outbound;
 mod passwords;
 mod plugins;
@@ -8,6 +9,7 @@ mod relay;
 mod reload;
 mod server;
 mod session;
+mod status;
 mod tls;
 
 use std::io::{BufRead, IsTerminal};
@@ -19,8 +21,13 @@ use clap::{Parser, Subcommand};
 use postrider_config::Config;
 
 /// Postrider: a mail relay whose policy and routing are WebAssembly plugins.
+///
+/// `serve` runs the relay; `reload`, `status` and `queue` talk to a running relay through its
+/// owner-only admin socket (`admin_socket` in the config); `check-config` and
+/// `hash-password` work offline. Every command takes the same `--config FILE` (default: the
+/// embedded config/postrider.toml) to find the relay.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +36,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay. Without --config it runs the embedded default (config/postrider.toml).
+    ///
+    /// Prints `postrider: listening NAME ADDRESS` for each listener, `postrider: admin http
+    /// ADDRESS` when `[admin] http` is set, then `postrider: ready` on standard output; logs
+    /// go to standard error (level from the POSTRIDER_LOG environment variable, e.g. `info`
+    /// or `postrider=debug`; default `info`). SIGHUP or `postrider reload` reloads the
+    /// configuration; SIGTERM or SIGINT stops accepting and lets sessions finish within
+    /// `timeouts.shutdown_grace`.
     Serve {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -49,15 +63,33 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show what the running relay is doing: listeners, plugins (hash, load time, stages),
+    /// configuration generation and queue summary, from its admin socket.
+    ///
+    /// Fails (exit status 1) when no relay answers on the admin socket.
+    Status {
+        /// Configuration file (TOML) naming the relay's admin socket; without it, the
+        /// embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file; prints the first error with file, line and key.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
     },
     /// Read a password on standard input and print its argon2id hash for the password file.
+    ///
+    /// Example: echo "alice:$(echo 's3cret' | postrider hash-password)" >> /etc/postrider/passwords
     HashPassword,
     /// Inspect and manage the queue: through the running relay's admin socket, or directly in
     /// the spool directory when the relay is stopped.
+    ///
+    /// States: queued (not tried yet), deferred (a temporary failure; retried later), held
+    /// (`queue hold`, or held by a route plugin) and quarantined (by a data-stage plugin).
     Queue {
         /// Configuration file (TOML); without it, the embedded default.
         #[arg(long, short)]
@@ -79,6 +111,7 @@ fn main() -> ExitCode {
             no_watch,
         } => serve(config, log_json, !no_watch),
         Command::Reload { config } => reload(config),
+        Command::Status { config, json } => status(config, json),
         Command::CheckConfig { file } => Config::load(&file)
             .map(|_| println!("{}: ok", file.display()))
             .map_err(Into::into),
@@ -205,6 +238,32 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
             Ok(())
         }
         Response::Error { message } => anyhow::bail!("reload failed: {message}"),
+        other => anyhow::bail!("unexpected answer from the relay: {other:?}"),
+    }
+}
+
+/// `postrider status`: asks the running relay what it is doing.
+fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    use queue_admin::Response;
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::embedded()?,
+    };
+    let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
+        .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
+    match admin_call(stream, &queue_admin::Request::Status)? {
+        Response::Status { status } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", status::render(&status));
+            }
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!("{message}"),
         other => anyhow::bail!("unexpected answer from the relay: {other:?}"),
     }
 }

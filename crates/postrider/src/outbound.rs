@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postrider_config::{Config, RouteTarget, TlsPolicy};
 use postrider_delivery::{Deliverer, Destination};
+use postrider_metrics::{DeliveryResult, Metrics};
 use postrider_plugin_host::{ConnInfo, EnvelopeInfo, RouteDecision};
 use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
@@ -23,8 +24,28 @@ use postrider_smtp::command::{Notify, NotifyOn, Ret};
 use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
-use crate::queue_admin::{Request, Response, parse_id, run_offline};
+use crate::queue_admin::{Request, Response, parse_id, run_offline, state_label};
 use crate::reload::Current;
+
+/// One line per recipient and attempt, in the spirit of Postfix's smtp delivery lines: the
+/// message is the status (delivered, deferred, bounced, expired); the fields say the queue
+/// id, recipient, relay host, delay since reception (seconds), attempts so far, DSN status
+/// and the reply.
+macro_rules! attempt_line {
+    ($status:literal, $id:expr, $rcpt:expr, $relay:expr, $received_ms:expr, $attempts:expr, $dsn:expr, $reply:expr $(, $($extra:tt)*)?) => {
+        tracing::info!(
+            queue_id = %$id,
+            rcpt = %$rcpt,
+            relay = %$relay.unwrap_or("none"),
+            delay = delay_secs($received_ms),
+            attempts = $attempts,
+            dsn = %$dsn,
+            reply = %$reply,
+            $($($extra)*,)?
+            $status
+        )
+    };
+}
 
 /// Tells the queue manager about new messages and carries out admin requests.
 #[derive(Clone)]
@@ -48,7 +69,7 @@ impl QueueHandle {
             };
         };
         let ids: Vec<QueueId> = match &request {
-            Request::List | Request::Show { .. } | Request::Reload => Vec::new(),
+            Request::List | Request::Show { .. } | Request::Reload | Request::Status => Vec::new(),
             Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
             Request::Retry { id: Some(id) }
             | Request::Delete { id }
@@ -94,11 +115,32 @@ impl QueueHandle {
                 Response::Done { .. } => count += 1,
                 other => return other,
             }
+            match &request {
+                Request::Delete { .. } => manager.track(&id, None),
+                Request::Hold { .. } => manager.track(&id, Some("held")),
+                _ => {}
+            }
             if matches!(request, Request::Retry { .. } | Request::Release { .. }) {
                 self.submit(id);
             }
         }
         Response::Done { count }
+    }
+
+    /// How many messages the queue manager knows in each state (queued, deferred, held,
+    /// quarantined).
+    pub fn summary(&self) -> BTreeMap<String, usize> {
+        let mut counts: BTreeMap<String, usize> = postrider_metrics::QUEUE_STATES
+            .iter()
+            .map(|s| ((*s).to_owned(), 0))
+            .collect();
+        if let Some(manager) = self.manager.upgrade() {
+            let states = manager.states.lock().unwrap_or_else(|p| p.into_inner());
+            for state in states.values() {
+                *counts.entry((*state).to_owned()).or_default() += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -133,12 +175,34 @@ struct Manager {
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     inflight: Mutex<std::collections::HashSet<QueueId>>,
     tx: mpsc::UnboundedSender<QueueId>,
+    metrics: Arc<Metrics>,
+    /// The queue state of every message in the spool (for metrics and `postrider status`).
+    states: Mutex<HashMap<QueueId, &'static str>>,
 }
 
 impl Manager {
     /// The configuration of the current generation.
     fn config(&self) -> Arc<Config> {
         Arc::clone(&self.current.load().config)
+    }
+
+    /// Records that `id` is now in `state` (`None`: no longer in the spool).
+    fn track(&self, id: &QueueId, state: Option<&'static str>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match state {
+            Some(s) => states.insert(id.clone(), s),
+            None => states.remove(id),
+        };
+        self.metrics.queue_moved(old, state);
+    }
+
+    /// Records `id` as queued unless its state is already known.
+    fn track_new(&self, id: &QueueId) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if !states.contains_key(id) {
+            states.insert(id.clone(), "queued");
+            self.metrics.queue_moved(None, Some("queued"));
+        }
     }
 }
 
@@ -150,7 +214,12 @@ fn now_ms() -> u64 {
 
 /// Starts the queue manager: every message already in the spool is scheduled now.
 /// Its retry policy and concurrency are those of the generation current at start.
-pub fn start(current: Current, spool: Spool, deliverer: Deliverer) -> QueueHandle {
+pub fn start(
+    current: Current,
+    spool: Spool,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+) -> QueueHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = Arc::clone(&current.load().config);
     let d = &config.delivery;
@@ -172,6 +241,8 @@ pub fn start(current: Current, spool: Spool, deliverer: Deliverer) -> QueueHandl
         per_destination: Mutex::new(HashMap::new()),
         inflight: Mutex::new(std::collections::HashSet::new()),
         tx: tx.clone(),
+        metrics,
+        states: Mutex::new(HashMap::new()),
     });
     let handle = QueueHandle {
         tx,
@@ -184,6 +255,7 @@ pub fn start(current: Current, spool: Spool, deliverer: Deliverer) -> QueueHandl
             let now = now_ms();
             let mut due = due.lock().unwrap_or_else(|p| p.into_inner());
             for id in ids {
+                manager.track_new(&id);
                 due.insert(id, now);
             }
         }
@@ -191,9 +263,10 @@ pub fn start(current: Current, spool: Spool, deliverer: Deliverer) -> QueueHandl
     }
     // New, retried and released messages: due now.
     {
-        let (due, wake) = (Arc::clone(&due), Arc::clone(&wake));
+        let (due, wake, manager) = (Arc::clone(&due), Arc::clone(&wake), Arc::clone(&manager));
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
+                manager.track_new(&id);
                 due.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, now_ms());
@@ -377,9 +450,13 @@ impl Manager {
         let (envelope, message) = match self.blocking(move |spool| spool.load(&idc)).await {
             Ok(x) => x,
             // Deleted by an operator meanwhile.
-            Err(Some(SpoolError::NotFound { .. })) => return None,
+            Err(Some(SpoolError::NotFound { .. })) => {
+                self.track(id, None);
+                return None;
+            }
             Err(Some(e @ (SpoolError::Corrupt { .. } | SpoolError::UnsupportedVersion { .. }))) => {
                 warn!(queue_id = %id, error = %e, "queued message unreadable; left for an operator");
+                self.track(id, None);
                 return None;
             }
             Err(e) => {
@@ -392,6 +469,7 @@ impl Manager {
             Ok(Some(s)) if s.recipients.len() == envelope.recipients.len() => s,
             Ok(Some(_)) => {
                 warn!(queue_id = %id, "delivery state does not match the envelope; left for an operator");
+                self.track(id, Some("held"));
                 return None;
             }
             Ok(None) => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
@@ -402,6 +480,7 @@ impl Manager {
             }
         };
         if state.held || (envelope.quarantine.is_some() && !state.quarantine_released) {
+            self.track(id, Some(state_label(&envelope, &state)));
             return None;
         }
         let hops = count_received(&message);
@@ -434,6 +513,8 @@ impl Manager {
                 }
                 Plan::Discard => {
                     info!(queue_id = %id, rcpt = %address, "discarded by route");
+                    self.metrics
+                        .delivery(DeliveryResult::Discarded, domain_of(address));
                     state.recipients[i].status = RcptStatus::Discarded;
                 }
                 Plan::Bounce(status, text) => self.fail(
@@ -448,7 +529,6 @@ impl Manager {
                 ),
                 Plan::Defer(reason) => {
                     state.recipients[i].attempts += 1;
-                    info!(queue_id = %id, rcpt = %address, reason = %reason, "deferred");
                     self.retry_or_expire(
                         id,
                         &envelope,
@@ -487,12 +567,23 @@ impl Manager {
                 };
                 match &outcome.result {
                     RcptResult::Accepted(r) => {
+                        let reply = reply_text(r);
                         state.recipients[i].status = RcptStatus::Delivered;
-                        state.recipients[i].last_reply = Some(reply_text(r));
-                        info!(queue_id = %id, rcpt = %rcpt, relay = remote.as_deref().unwrap_or("none"), delay_ms = now_ms().saturating_sub(envelope.received_at_unix_ms), dsn = "2.0.0", reply = %reply_text(r), "delivered");
+                        state.recipients[i].last_reply = Some(reply.clone());
+                        attempt_line!(
+                            "delivered",
+                            id,
+                            rcpt,
+                            remote.as_deref(),
+                            envelope.received_at_unix_ms,
+                            state.recipients[i].attempts,
+                            reply_status(&reply, "2.0.0"),
+                            reply
+                        );
+                        self.metrics
+                            .delivery(DeliveryResult::Delivered, domain_of(&rcpt));
                     }
                     RcptResult::Temporary(r) => {
-                        info!(queue_id = %id, rcpt = %rcpt, relay = remote.as_deref().unwrap_or("none"), reply = %reply_text(r), "deferred");
                         self.retry_or_expire(
                             id,
                             &envelope,
@@ -545,13 +636,13 @@ impl Manager {
                 .collect();
             state.delay_warned = delayed.is_empty()
                 || self
-                    .send_dsn(&envelope, &message, &delayed, DsnKind::Delay)
+                    .send_dsn(id, &envelope, &message, &delayed, DsnKind::Delay)
                     .await;
         }
         if !bounced.is_empty() {
             let rcpts: Vec<DsnRecipient> = bounced.iter().map(|(_, r)| r.clone()).collect();
             if !self
-                .send_dsn(&envelope, &message, &rcpts, DsnKind::Failure)
+                .send_dsn(id, &envelope, &message, &rcpts, DsnKind::Failure)
                 .await
             {
                 // The sender must hear about it: keep these recipients until the DSN is queued.
@@ -567,6 +658,7 @@ impl Manager {
             return match self.blocking(move |spool| spool.remove(&idc)).await {
                 Ok(()) | Err(Some(SpoolError::NotFound { .. })) => {
                     info!(queue_id = %id, "removed");
+                    self.track(id, None);
                     None
                 }
                 Err(e) => {
@@ -577,6 +669,7 @@ impl Manager {
                 }
             };
         }
+        self.track(id, Some(state_label(&envelope, &state)));
         if !self.save(id, &state).await {
             return soon;
         }
@@ -618,7 +711,7 @@ impl Manager {
         if let Some(pipeline) = &generation.pipeline
             && pipeline.wants(postrider_plugin_host::Stage::Route)
         {
-            let (decision, _) = pipeline
+            let (decision, calls) = pipeline
                 .route(
                     &conn_info(&envelope.client),
                     &envelope_info(envelope),
@@ -626,6 +719,7 @@ impl Manager {
                     false,
                 )
                 .await;
+            crate::session::record_calls(&self.metrics, &calls);
             match decision {
                 RouteDecision::Mx => {}
                 RouteDecision::Relay { host, port, tls } => {
@@ -691,7 +785,9 @@ impl Manager {
         let _global = self.slots.acquire().await;
         let msg = outbound(envelope, message, &idx);
         tracing::debug!(queue_id = %id, destination = %key, rcpts = idx.len(), "delivery attempt");
+        let started = std::time::Instant::now();
         let attempt = self.deliverer.deliver(&dest, &msg, message).await;
+        self.metrics.delivery_attempt(started.elapsed());
         (idx, attempt)
     }
 
@@ -710,20 +806,47 @@ impl Manager {
     ) {
         let st = &mut state.recipients[i];
         st.last_reply = Some(reply.to_owned());
+        let rcpt = &envelope.recipients[i].address;
         match self
             .policy
             .next(envelope.received_at_unix_ms, now, st.attempts)
         {
-            Retry::At(at) => st.next_attempt_ms = at,
+            Retry::At(at) => {
+                st.next_attempt_ms = at;
+                attempt_line!(
+                    "deferred",
+                    id,
+                    rcpt,
+                    remote.as_deref(),
+                    envelope.received_at_unix_ms,
+                    st.attempts,
+                    reply_status(reply, "4.0.0"),
+                    reply,
+                    retry_in = at.saturating_sub(now) / 1000
+                );
+                self.metrics
+                    .delivery(DeliveryResult::Deferred, domain_of(rcpt));
+            }
             Retry::GiveUp => {
                 st.status = RcptStatus::Expired;
-                info!(queue_id = %id, rcpt = %envelope.recipients[i].address, "expired: giving up");
                 // The last temporary reason, reported as the permanent failure it now is.
                 let status = reply
                     .split(' ')
                     .nth(1)
                     .filter(|s| s.starts_with("4."))
                     .map_or_else(|| "5.4.7".to_owned(), |s| format!("5{}", &s[1..]));
+                attempt_line!(
+                    "expired",
+                    id,
+                    rcpt,
+                    remote.as_deref(),
+                    envelope.received_at_unix_ms,
+                    st.attempts,
+                    status,
+                    reply
+                );
+                self.metrics
+                    .delivery(DeliveryResult::Expired, domain_of(rcpt));
                 if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
                     bounced.push((
                         i,
@@ -755,7 +878,19 @@ impl Manager {
         let st = &mut state.recipients[i];
         st.status = RcptStatus::Bounced;
         st.last_reply = Some(reply.to_owned());
-        info!(queue_id = %id, rcpt = %envelope.recipients[i].address, relay = remote.as_deref().unwrap_or("none"), dsn = %status, reply = %reply, "bounced");
+        let rcpt = &envelope.recipients[i].address;
+        attempt_line!(
+            "bounced",
+            id,
+            rcpt,
+            remote.as_deref(),
+            envelope.received_at_unix_ms,
+            st.attempts,
+            status,
+            reply
+        );
+        self.metrics
+            .delivery(DeliveryResult::Bounced, domain_of(rcpt));
         if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
             bounced.push((
                 i,
@@ -772,6 +907,7 @@ impl Manager {
     /// Queues a DSN to the original sender (never for the null sender).
     async fn send_dsn(
         &self,
+        id: &QueueId,
         envelope: &Envelope,
         message: &[u8],
         rcpts: &[DsnRecipient],
@@ -823,7 +959,12 @@ impl Manager {
         };
         match self.spool.store(dsn_envelope, dsn).await {
             Ok(dsn_id) => {
-                info!(queue_id = %dsn_id, to = %envelope.mail_from, kind = ?kind, "DSN queued");
+                let kind = match kind {
+                    DsnKind::Failure => "failure",
+                    DsnKind::Delay => "delay",
+                };
+                info!(queue_id = %id, dsn_queue_id = %dsn_id, to = %envelope.mail_from, kind, "DSN queued");
+                self.metrics.dsn(kind);
                 let _ = self.tx.send(dsn_id);
                 true
             }
@@ -833,6 +974,26 @@ impl Manager {
             }
         }
     }
+}
+
+/// Seconds since `received_ms`, to the millisecond.
+fn delay_secs(received_ms: u64) -> f64 {
+    now_ms().saturating_sub(received_ms) as f64 / 1000.0
+}
+
+/// The enhanced status code of a reply line ("250 2.1.5 Ok" gives "2.1.5"), or `default`.
+fn reply_status(reply: &str, default: &str) -> String {
+    reply
+        .split(' ')
+        .nth(1)
+        .filter(|s| {
+            let parts: Vec<&str> = s.split('.').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map_or_else(|| default.to_owned(), str::to_owned)
 }
 
 fn reply_text(r: &postrider_smtp::reply::Reply) -> String {

@@ -1,7 +1,8 @@
 //! Queue administration: list, show, retry, delete, hold and release. The same operations
 //! serve the admin socket of a running relay (under the queue manager's per-message lock)
 //! and the `postrider queue` command on a stopped relay's spool directory. The admin socket
-//! also takes `{"cmd":"reload"}` (`postrider reload`), answered by the running relay.
+//! also takes `{"cmd":"reload"}` (`postrider reload`) and `{"cmd":"status"}`
+//! (`postrider status`), answered by the running relay.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,9 @@ pub enum Request {
     /// Reload the configuration and plugins (`postrider reload`); only a running relay can.
     #[command(skip)]
     Reload,
+    /// Listeners, plugins and queue summary (`postrider status`); only a running relay can.
+    #[command(skip)]
+    Status,
 }
 
 /// One line of `queue list`.
@@ -98,6 +102,11 @@ pub enum Response {
         /// Messages changed.
         count: usize,
     },
+    /// `status`: what the running relay is doing.
+    Status {
+        /// The relay's state.
+        status: Box<crate::status::Status>,
+    },
     /// A reload succeeded: the number of the generation now in use.
     Ok {
         /// Generation number (1 is the configuration the relay started with).
@@ -134,6 +143,24 @@ fn state_of(
         .unwrap_or_else(|| MessageState::new(recipients, received)))
 }
 
+/// A message's queue state: "quarantined", "held" (also when a route held a recipient),
+/// "deferred" (a pending recipient was attempted) or "queued".
+pub fn state_label(envelope: &postrider_queue::Envelope, state: &MessageState) -> &'static str {
+    let mut pending = state
+        .recipients
+        .iter()
+        .filter(|r| r.status == RcptStatus::Pending);
+    if envelope.quarantine.is_some() && !state.quarantine_released {
+        "quarantined"
+    } else if state.held || pending.clone().any(|r| r.next_attempt_ms == u64::MAX) {
+        "held"
+    } else if pending.any(|r| r.attempts > 0) {
+        "deferred"
+    } else {
+        "queued"
+    }
+}
+
 /// The summary of one message.
 pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError> {
     let (envelope, message) = spool.load(id)?;
@@ -147,15 +174,7 @@ pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError>
         .filter(|r| r.status == RcptStatus::Pending)
         .collect();
     let now = now_ms();
-    let label = if envelope.quarantine.is_some() && !state.quarantine_released {
-        "quarantined"
-    } else if state.held || pending.iter().any(|r| r.next_attempt_ms == u64::MAX) {
-        "held"
-    } else if pending.iter().any(|r| r.attempts > 0) {
-        "deferred"
-    } else {
-        "queued"
-    };
+    let label = state_label(&envelope, &state);
     let reason = envelope
         .quarantine
         .clone()
@@ -273,6 +292,7 @@ pub fn run_offline(spool: &Spool, request: &Request) -> Response {
                 Response::Done { count: 1 }
             }
             Request::Reload => return Err("only a running relay can reload".into()),
+            Request::Status => return Err("the relay is not running".into()),
         })
     })();
     result.unwrap_or_else(|message| Response::Error { message })
@@ -338,6 +358,7 @@ pub fn render(response: &Response) -> String {
             out
         }
         Response::Done { count } => format!("ok: {count} message(s)\n"),
+        Response::Status { status } => crate::status::render(status),
         Response::Ok { generation } => format!("reloaded: configuration generation {generation}\n"),
         Response::Error { message } => format!("error: {message}\n"),
     }

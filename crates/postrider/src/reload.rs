@@ -46,6 +46,8 @@ pub struct Generation {
     pub tls: HashMap<String, TlsAcceptor>,
     /// The plugin chain, when plugins are configured.
     pub pipeline: Option<Arc<Pipeline>>,
+    /// When it was built.
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl Generation {
@@ -126,6 +128,7 @@ impl GenerationBuilder {
             passwords,
             tls,
             pipeline,
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }
@@ -168,6 +171,7 @@ pub struct Reloader {
     listeners: tokio::sync::Mutex<Listeners>,
     /// The files a change to should reload (sent to the watcher).
     watched: watch::Sender<BTreeSet<PathBuf>>,
+    metrics: Arc<postrider_metrics::Metrics>,
 }
 
 impl Reloader {
@@ -177,6 +181,7 @@ impl Reloader {
         current: Current,
         builder: GenerationBuilder,
         listeners: Listeners,
+        metrics: Arc<postrider_metrics::Metrics>,
     ) -> Reloader {
         let files = current.load().files(source.path());
         Reloader {
@@ -185,7 +190,13 @@ impl Reloader {
             builder,
             listeners: tokio::sync::Mutex::new(listeners),
             watched: watch::Sender::new(files),
+            metrics,
         }
+    }
+
+    /// The generation in use now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 
     /// The running listeners (the shutdown stops them).
@@ -203,6 +214,8 @@ impl Reloader {
         let number = previous.number + 1;
         info!(trigger, generation = number, "reloading");
         let result = self.try_reload(&previous, number, &mut listeners).await;
+        self.metrics
+            .reload(result.as_ref().map(|()| number).map_err(|_| ()));
         match &result {
             Ok(()) => {
                 info!(
@@ -270,6 +283,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
     }
     if old.admin_socket != new.admin_socket {
         changed.push("admin_socket");
+    }
+    if old.admin != new.admin {
+        changed.push("admin (http, metrics_domains)");
     }
     if old.nameservers != new.nameservers {
         changed.push("dns.nameservers");

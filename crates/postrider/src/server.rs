@@ -15,11 +15,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
+use crate::admin_http::{self, Readiness};
 use crate::outbound::{self, QueueHandle};
 use crate::plugins::PluginBuilder;
 use crate::reload::{self, ConfigSource, Current, GenerationBuilder, Reloader};
 use crate::session::{self, SessionCtx};
 use postrider_delivery::{Deliverer, DeliveryOptions};
+use postrider_metrics::Metrics;
 use postrider_plugin_host::{Dns, HickoryDns};
 
 /// Everything a session needs that is shared by the whole server.
@@ -32,6 +34,18 @@ pub struct Shared {
     pub queue: QueueHandle,
     /// Set to true when sessions must close now (end of the shutdown grace period).
     pub force_close: watch::Receiver<bool>,
+    /// The relay's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Tells the metrics how long each spool sync took.
+#[derive(Debug)]
+struct SpoolSyncs(Arc<Metrics>);
+
+impl postrider_queue::SyncObserver for SpoolSyncs {
+    fn synced(&self, op: postrider_queue::SyncOp, elapsed: Duration) {
+        self.0.spool_sync(op.as_str(), elapsed);
+    }
 }
 
 /// Counts connections per client IP; the guard gives the slot back when dropped.
@@ -79,8 +93,26 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     // Signal handlers first: a SIGTERM that arrives while starting must not kill the process.
     let shutdown_signal = wait_for_signal()?;
     let hup = reload::sighup_handler()?;
+    let started = std::time::SystemTime::now();
+    let metrics = Arc::new(Metrics::new(
+        env!("CARGO_PKG_VERSION"),
+        config.admin.metrics_domains,
+    ));
+    // The admin HTTP listener comes first: /health answers (and /ready says 503) while the
+    // spool is recovered and the plugins are compiled, which can take a while.
+    let ready = Arc::new(Readiness::default());
+    let (http, http_address) = match config.admin.http {
+        Some(address) => {
+            let listener = admin_http::bind(address).await?;
+            let bound = listener.local_addr().ok();
+            let task = admin_http::serve(listener, Arc::clone(&metrics), Arc::clone(&ready));
+            (Some(task), bound)
+        }
+        None => (None, None),
+    };
     let (spool, recovery) = Spool::open(&config.spool_dir, SpoolOptions::default())
         .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
+    spool.set_sync_observer(Arc::new(SpoolSyncs(Arc::clone(&metrics))));
     info!(
         dir = %config.spool_dir.display(),
         recovered = recovery.recovered.len(),
@@ -93,7 +125,10 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     let dns: Arc<dyn Dns> = if config.nameservers.is_empty() {
         Arc::new(HickoryDns::from_system().context("reading the system resolver configuration")?)
     } else {
-        Arc::new(HickoryDns::with_nameservers(&config.nameservers))
+        Arc::new(
+            HickoryDns::with_nameservers(&config.nameservers)
+                .context("building the DNS resolver")?,
+        )
     };
     let deliverer = Deliverer::new(
         Arc::clone(&dns),
@@ -110,8 +145,14 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     let max_connections = config.limits.max_connections;
     let grace = Duration::from_secs(config.timeouts.shutdown_grace);
     let first = builder.build(1, config, None).await?;
+    metrics.config_loaded(first.number);
     let current: Current = Arc::new(ArcSwap::from_pointee(first));
-    let queue = outbound::start(Arc::clone(&current), spool.clone(), deliverer);
+    let queue = outbound::start(
+        Arc::clone(&current),
+        spool.clone(),
+        deliverer,
+        Arc::clone(&metrics),
+    );
 
     let (force_tx, force_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -119,24 +160,42 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         spool,
         queue: queue.clone(),
         force_close: force_rx,
+        metrics: Arc::clone(&metrics),
     });
     let connections = Arc::new(Semaphore::new(max_connections));
     let mut listeners = Listeners::new(Arc::clone(&shared), Arc::clone(&connections));
     let plan = listeners.prepare(&current.load().config.listeners).await?;
     listeners.commit(plan);
 
-    let reloader = Arc::new(Reloader::new(source, current, builder, listeners));
-    let admin = admin_socket(&admin_path, queue, Arc::clone(&reloader))?;
+    let reloader = Arc::new(Reloader::new(
+        source,
+        current,
+        builder,
+        listeners,
+        Arc::clone(&metrics),
+    ));
+    let admin = admin_socket(
+        &admin_path,
+        Admin {
+            queue,
+            reloader: Arc::clone(&reloader),
+            ready: Arc::clone(&ready),
+            started,
+            http: http_address,
+        },
+    )?;
     let sighup = reload::on_sighup(hup, Arc::clone(&reloader));
     let watcher = if watch {
         Some(reload::watch_files(Arc::clone(&reloader))?)
     } else {
         None
     };
+    ready.set(true);
     println!("postrider: ready");
     info!("ready");
 
     shutdown_signal.await?;
+    ready.set(false);
     admin.abort();
     sighup.abort();
     if let Some(w) = watcher {
@@ -156,6 +215,9 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         let _ = force_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), connections.acquire_many(max)).await;
     }
+    if let Some(http) = http {
+        http.abort();
+    }
     info!("stopped");
     Ok(())
 }
@@ -164,6 +226,8 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
 struct Running {
     /// The address it was configured with (port 0 stays 0 here).
     configured: SocketAddr,
+    /// The address it is bound to.
+    bound: SocketAddr,
     /// Tells its accept loop to stop.
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -264,11 +328,20 @@ impl Listeners {
                 name,
                 Running {
                     configured,
+                    bound: address,
                     stop,
                     task,
                 },
             );
         }
+    }
+
+    /// The bound address of each running listener, by name.
+    pub fn bound(&self) -> HashMap<String, SocketAddr> {
+        self.running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.bound))
+            .collect()
     }
 
     /// Stops every listener and waits until none accepts any more.
@@ -315,7 +388,9 @@ async fn accept_loop(
                 .unwrap_or(&started_as)
                 .clone(),
         );
+        let metrics = &shared.metrics;
         let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+            metrics.connection_refused(&name, "max_connections");
             warn!(listener = %name, %peer, "too many connections");
             tokio::spawn(refuse(
                 stream,
@@ -326,6 +401,7 @@ async fn accept_loop(
         let Some(ip_slot) =
             per_ip.try_acquire(peer.ip(), generation.config.limits.max_connections_per_ip)
         else {
+            metrics.connection_refused(&name, "max_connections_per_ip");
             warn!(listener = %name, %peer, "too many connections from this address");
             tokio::spawn(refuse(
                 stream,
@@ -341,19 +417,32 @@ async fn accept_loop(
             listener,
             peer,
         };
+        metrics.connection_opened(&name);
+        let (metrics, name) = (Arc::clone(metrics), name.clone());
         tokio::spawn(async move {
             session::run(ctx, stream).await;
+            metrics.connection_closed(&name);
             drop(ip_slot);
             drop(slot);
         });
     }
 }
 
-/// Serves `postrider queue` on a unix socket only the relay's user can open.
-fn admin_socket(
-    path: &std::path::Path,
+/// What the admin socket answers from.
+#[derive(Clone)]
+struct Admin {
     queue: QueueHandle,
     reloader: Arc<Reloader>,
+    ready: Arc<Readiness>,
+    started: std::time::SystemTime,
+    http: Option<SocketAddr>,
+}
+
+/// Serves `postrider queue`, `status` and `reload` on a unix socket only the relay's user
+/// can open.
+fn admin_socket(
+    path: &std::path::Path,
+    admin: Admin,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -372,24 +461,17 @@ fn admin_socket(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let (queue, reloader) = (queue.clone(), Arc::clone(&reloader));
+            let admin = admin.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(60),
-                    admin_request(stream, queue, reloader),
-                )
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), admin_request(stream, admin))
+                    .await;
             });
         }
     }))
 }
 
 /// One admin request: a JSON line in, a JSON line out.
-async fn admin_request(
-    stream: tokio::net::UnixStream,
-    queue: QueueHandle,
-    reloader: Arc<Reloader>,
-) -> std::io::Result<()> {
+async fn admin_request(stream: tokio::net::UnixStream, admin: Admin) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -397,13 +479,18 @@ async fn admin_request(
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<crate::queue_admin::Request>(&line) {
-        Ok(crate::queue_admin::Request::Reload) => match reloader.reload("admin socket").await {
-            Ok(generation) => crate::queue_admin::Response::Ok { generation },
-            Err(e) => crate::queue_admin::Response::Error {
-                message: format!("{e:#}"),
-            },
+        Ok(crate::queue_admin::Request::Reload) => {
+            match admin.reloader.reload("admin socket").await {
+                Ok(generation) => crate::queue_admin::Response::Ok { generation },
+                Err(e) => crate::queue_admin::Response::Error {
+                    message: format!("{e:#}"),
+                },
+            }
+        }
+        Ok(crate::queue_admin::Request::Status) => crate::queue_admin::Response::Status {
+            status: Box::new(status(&admin).await),
         },
-        Ok(request) => queue.admin(request).await,
+        Ok(request) => admin.queue.admin(request).await,
         Err(e) => crate::queue_admin::Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -411,6 +498,55 @@ async fn admin_request(
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
+}
+
+/// The relay's state for `postrider status`.
+async fn status(admin: &Admin) -> crate::status::Status {
+    use crate::status::{ListenerStatus, PluginStatus, Status, unix_secs};
+    let bound = admin.reloader.listeners().lock().await.bound();
+    let generation = admin.reloader.current();
+    let config = &generation.config;
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.name.clone(),
+            kind: format!("{:?}", l.kind).to_lowercase(),
+            address: bound.get(&l.name).unwrap_or(&l.address).to_string(),
+            tls: l.tls.is_some(),
+        })
+        .collect();
+    let plugins = generation
+        .pipeline
+        .as_ref()
+        .map(|p| {
+            p.plugins()
+                .iter()
+                .map(|p| PluginStatus {
+                    name: p.spec().name.clone(),
+                    path: p.spec().path.display().to_string(),
+                    hash: p.hash.clone(),
+                    loaded_at: unix_secs(p.loaded_at),
+                    stages: p.stage_names().into_iter().map(str::to_owned).collect(),
+                    failure_policy: format!("{:?}", p.spec().failure_policy).to_lowercase(),
+                    timeout_ms: p.spec().timeout.as_millis() as u64,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started_at: unix_secs(admin.started),
+        ready: admin.ready.get(),
+        config: config.origin.clone(),
+        generation: generation.number,
+        config_loaded_at: unix_secs(generation.loaded_at),
+        admin_http: admin.http.map(|a| a.to_string()),
+        listeners,
+        plugins,
+        queue: admin.queue.summary(),
+    }
 }
 
 /// Tells a client we cannot serve it now, without reading anything from it.

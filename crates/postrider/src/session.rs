@@ -9,8 +9,9 @@ use postrider_config::{LineEndings, Listener, ListenerKind};
 use postrider_queue::{ClientInfo, Envelope, Recipient};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use postrider_metrics::Metrics;
 use postrider_plugin_host::{
-    ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, TlsInfo, apply_edits,
+    ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, PluginCall, TlsInfo, apply_edits,
 };
 use postrider_smtp::address::{self, ForwardPath, ReversePath};
 use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
@@ -97,12 +98,31 @@ enum SessionEnd {
     Misuse(#[from] smtp::Misuse),
 }
 
+/// Records each plugin call of a stage in the metrics: duration, verdict, failure.
+pub fn record_calls(metrics: &Metrics, calls: &[PluginCall]) {
+    for call in calls {
+        metrics.plugin_call(
+            call.stage.name(),
+            &call.plugin,
+            call.verdict,
+            call.failure.as_ref().map(|f| f.kind()),
+            call.elapsed,
+        );
+    }
+}
+
 /// Runs one connection to its end. Never panics on client input; errors end the session.
 pub async fn run(ctx: SessionCtx, stream: TcpStream) {
-    let span = info_span!("session", listener = %ctx.listener.name, client = %ctx.peer);
+    let id = format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
+    );
+    let span =
+        info_span!("session", listener = %ctx.listener.name, client = %ctx.peer, session = %id);
     async move {
-        info!("connect");
-        match drive(&ctx, stream).await {
+        info!(local = %ctx.local, "connect");
+        match drive(&ctx, stream, id).await {
             Ok(()) | Err(SessionEnd::Eof) => info!("disconnect"),
             Err(e) => info!(reason = %e, "disconnect"),
         }
@@ -139,30 +159,39 @@ struct Client {
     chain: Option<ChainSession>,
     /// Whether a MAIL FROM started a transaction whose plugin instances are still alive.
     in_transaction: bool,
+    /// What each plugin (and the built-in relay control) answered in this transaction, as
+    /// `plugin@stage=verdict`, for the transaction's log line.
+    verdicts: Vec<String>,
 }
 
 impl Client {
     fn tls_text(&self) -> Option<String> {
         self.tls.as_ref().map(|(v, c)| format!("{v} {c}"))
     }
+
+    /// Records a stage's plugin calls in the metrics and in this transaction's verdicts.
+    fn record(&mut self, metrics: &Metrics, calls: &[PluginCall]) {
+        record_calls(metrics, calls);
+        self.verdicts.extend(
+            calls
+                .iter()
+                .map(|c| format!("{}@{}={}", c.plugin, c.stage.name(), c.verdict)),
+        );
+    }
 }
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-async fn drive(ctx: &SessionCtx, tcp: TcpStream) -> Result<(), SessionEnd> {
+async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), SessionEnd> {
     let timeouts = &ctx.generation.config.timeouts;
     let implicit_tls = ctx.listener.kind == ListenerKind::Submissions;
-    let id = format!(
-        "{:x}-{:x}",
-        std::process::id(),
-        NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed)
-    );
     let mut client = Client {
         id,
         tls: None,
         trusted_network: ctx.generation.config.relay.is_relay_client(ctx.peer.ip()),
         chain: ctx.generation.pipeline.as_ref().map(|p| p.session(false)),
         in_transaction: false,
+        verdicts: Vec::new(),
     };
     let mut conn = if implicit_tls {
         let acceptor = ctx
@@ -259,10 +288,14 @@ async fn greet(
         session.greet();
         return Ok(());
     };
-    let decision = chain.on_connect(&conn).await.decision;
+    let outcome = chain.on_connect(&conn).await;
+    record_calls(&ctx.shared.metrics, &outcome.calls);
     // Instances live per transaction: an idle client must not hold plugin instances.
     chain.end_transaction();
-    decision.greet(session)?;
+    if outcome.decision != Decision::Continue {
+        info!(verdict = outcome.decision.kind(), "connect verdict");
+    }
+    outcome.decision.greet(session)?;
     Ok(())
 }
 
@@ -287,16 +320,18 @@ async fn decide(
                     helo: Some(helo.clone()),
                     ..conn
                 };
-                let decision = chain.on_helo(&conn, &helo).await.decision;
+                let outcome = chain.on_helo(&conn, &helo).await;
+                record_calls(&ctx.shared.metrics, &outcome.calls);
                 chain.end_transaction();
                 client.in_transaction = false;
-                if refused(session, decision)? {
+                if refused(session, outcome.decision)? {
                     return Ok(());
                 }
             }
             session.accept()?;
         }
         Event::MailFrom { from, params, .. } => {
+            client.verdicts.clear();
             let conn = conn_info(ctx, client, session);
             if let Some(chain) = client.chain.as_mut() {
                 if client.in_transaction {
@@ -304,7 +339,12 @@ async fn decide(
                 }
                 client.in_transaction = true;
                 let env = envelope_info(&from, &params, &[]);
-                if refused(session, chain.on_mail_from(&conn, &env).await.decision)? {
+                let outcome = chain.on_mail_from(&conn, &env).await;
+                client.record(&ctx.shared.metrics, &outcome.calls);
+                if outcome.decision != Decision::Continue {
+                    info!(from = %reverse_path(&from), verdict = outcome.decision.kind(), "sender verdict");
+                }
+                if refused(session, outcome.decision)? {
                     return Ok(());
                 }
             }
@@ -318,7 +358,13 @@ async fn decide(
             if let Err(reply) =
                 check_recipient(&to, source_route, trusted, &ctx.generation.config.relay)
             {
-                info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused");
+                info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused: relay access denied");
+                ctx.shared
+                    .metrics
+                    .verdict("rcpt", postrider_metrics::BUILTIN, "reject");
+                client
+                    .verdicts
+                    .push(format!("{}@rcpt=reject", postrider_metrics::BUILTIN));
                 session.reject(reply)?;
                 return Ok(());
             }
@@ -329,6 +375,16 @@ async fn decide(
             };
             let env = envelope_info(&tx.from, &tx.mail_params, &tx.recipients);
             let outcome = chain.on_rcpt(&conn, &env, &forward_path(&to)).await;
+            record_calls(&ctx.shared.metrics, &outcome.calls);
+            client.verdicts.extend(
+                outcome
+                    .calls
+                    .iter()
+                    .map(|c| format!("{}@{}={}", c.plugin, c.stage.name(), c.verdict)),
+            );
+            if outcome.decision != Decision::Continue && outcome.decision != Decision::Accept {
+                info!(rcpt = %forward_path(&to), verdict = outcome.decision.kind(), "recipient refused by plugin");
+            }
             if refused(session, outcome.decision)? {
                 return Ok(());
             }
@@ -360,9 +416,11 @@ async fn decide(
             };
             if ok {
                 info!(user = %username, "authenticated");
+                ctx.shared.metrics.auth(&ctx.listener.name, "success");
                 session.auth_succeeded(&username)?;
             } else {
                 warn!(user = %username, "authentication failed");
+                ctx.shared.metrics.auth(&ctx.listener.name, "failure");
                 session.reject(static_reply(
                     535,
                     "5.7.8",
@@ -371,32 +429,46 @@ async fn decide(
             }
         }
         Event::Message(envelope) => {
-            let size = envelope.data.len();
             let env = envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients);
             let (mut spool_envelope, mut message) = to_spool(ctx, client, session, *envelope);
             let conn = conn_info(ctx, client, session);
+            let metrics = &ctx.shared.metrics;
+            let listener = &ctx.listener.name;
             if let Some(chain) = client.chain.as_mut() {
                 let view = MessageView::new(Arc::from(message.as_slice()));
                 let outcome = chain.on_data(&conn, &env, &view).await;
                 chain.end_transaction();
                 client.in_transaction = false;
-                if refused(session, outcome.decision)? {
+                client.record(metrics, &outcome.calls);
+                let result = match &outcome.decision {
+                    Decision::Continue | Decision::Accept => None,
+                    Decision::Tempfail(_) => Some("tempfailed"),
+                    Decision::Reject(_) => Some("rejected"),
+                    Decision::Disconnect(r) if r.code() < 500 => Some("tempfailed"),
+                    Decision::Disconnect(_) => Some("rejected"),
+                };
+                if let Some(result) = result {
+                    metrics.transaction(listener, result, None);
+                    transaction_line(client, &spool_envelope, None, message.len(), result);
+                    refused(session, outcome.decision)?;
                     return Ok(());
                 }
                 message = apply_edits(&message, &outcome.edits);
                 spool_envelope.quarantine = outcome.quarantine;
             }
-            let from = spool_envelope.mail_from.clone();
-            let rcpts = spool_envelope.recipients.len();
-            let quarantined = spool_envelope.quarantine.is_some();
+            let size = message.len();
+            let summary = spool_envelope.clone();
             match ctx.shared.spool.store(spool_envelope, message).await {
                 Ok(id) => {
-                    info!(queue_id = %id, from = %from, rcpts, size, quarantined, "queued");
+                    metrics.transaction(listener, "accepted", Some(size));
+                    transaction_line(client, &summary, Some(id.as_str()), size, "queued");
                     session.queued(id.as_str())?;
                     ctx.shared.queue.submit(id);
                 }
                 Err(e) => {
                     warn!(error = %e, "spool write failed");
+                    metrics.transaction(listener, "tempfailed", None);
+                    transaction_line(client, &summary, None, size, "tempfailed");
                     session.reject(static_reply(
                         451,
                         "4.3.0",
@@ -409,6 +481,65 @@ async fn decide(
         Event::StartTls => session.reject(static_reply(454, "4.7.0", "TLS not available"))?,
     }
     Ok(())
+}
+
+/// The one line per received message (like Postfix's smtpd and cleanup lines together):
+/// the message is what became of it (queued, rejected, tempfailed); the fields are the
+/// queue id, sender, recipients, size, TLS, user and every plugin's verdict. The session's
+/// span adds the listener, client address and session id.
+fn transaction_line(
+    client: &Client,
+    envelope: &Envelope,
+    queue_id: Option<&str>,
+    size: usize,
+    result: &'static str,
+) {
+    let to: Vec<&str> = envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    let tls = client.tls_text().unwrap_or_else(|| "none".to_owned());
+    let verdicts = client.verdicts.join(",");
+    let user = envelope.client.authenticated.as_deref().unwrap_or("");
+    let quarantine = envelope.quarantine.as_deref().unwrap_or("");
+    match result {
+        "queued" => info!(
+            queue_id = %queue_id.unwrap_or(""),
+            from = %envelope.mail_from,
+            to = %to.join(","),
+            nrcpt = to.len(),
+            size,
+            helo = %envelope.client.helo,
+            tls = %tls,
+            user = %user,
+            verdicts = %verdicts,
+            quarantine = %quarantine,
+            "queued"
+        ),
+        "rejected" => info!(
+            from = %envelope.mail_from,
+            to = %to.join(","),
+            nrcpt = to.len(),
+            size,
+            helo = %envelope.client.helo,
+            tls = %tls,
+            user = %user,
+            verdicts = %verdicts,
+            "rejected"
+        ),
+        _ => info!(
+            from = %envelope.mail_from,
+            to = %to.join(","),
+            nrcpt = to.len(),
+            size,
+            helo = %envelope.client.helo,
+            tls = %tls,
+            user = %user,
+            verdicts = %verdicts,
+            "tempfailed"
+        ),
+    }
 }
 
 /// The connection as plugins see it.
