@@ -1,15 +1,6 @@
 //! The plugin chain in the real relay: verdicts, header edits, failure containment.
 
-use postrider_testkit::plugin_wasm;
-
-use crate::harness::{Relay, config};
-
-fn plugin(name: &str, file: &str, extra: &str) -> String {
-    format!(
-        "[[plugin]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
-        plugin_wasm(file).display()
-    )
-}
+use crate::harness::{Relay, config, plugin};
 
 #[test]
 fn allowlist_and_stamp_shape_what_is_accepted_and_stored() {

@@ -1,5 +1,5 @@
-//! The behaviour every backend must have; run by each backend's tests (and later by the
-//! Redis backend's tests).
+//! The behaviour every backend must have; run by each backend's tests (memory, embedded and
+//! Redis against a real server).
 //!
 //! [`run`] expects a store with the default [`Limits`] whose clock is the given
 //! [`ManualClock`]. It only touches namespaces starting with `conformance-`, and deletes

@@ -5,9 +5,11 @@
 //! `Arc<dyn KvStore>`) with the calling plugin's namespace, so a plugin only ever sees its
 //! own keys.
 //!
-//! Two backends live in this crate:
+//! Three backends live in this crate:
 //!
 //! - [`EmbeddedKv`], the default: a [redb] file, no external service, survives a restart.
+//! - [`RedisKv`]: a Redis (7.0 or later) shared by several relays, so they enforce one
+//!   policy state (greylisting, rate limits) together.
 //! - [`MemoryKv`]: a map in memory, for tests and the plugin test harness.
 //!
 //! [`conformance::run`] is the behaviour every backend must have; each backend's tests run
@@ -64,11 +66,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod embedded;
 mod memory;
+mod redis;
 
 pub mod conformance;
 
 pub use embedded::EmbeddedKv;
 pub use memory::MemoryKv;
+pub use redis::{RedisKv, RedisOptions};
 
 /// A boxed future, so the trait is object-safe (`Arc<dyn KvStore>`).
 pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KvError>> + Send + 'a>>;

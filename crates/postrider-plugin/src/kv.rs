@@ -18,6 +18,33 @@ pub use crate::bindings::postrider::plugin::kv::KvError;
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::postrider::plugin::kv as raw;
 
+/// What a filter does when the kv store fails, for a plugin's `on_kv_error` setting:
+/// `"continue"` (fail open: the mail passes unfiltered) or `"tempfail"` (451 4.3.0, the
+/// client retries later, so a shared limit is never bypassed during an outage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnKvError {
+    /// Fail open: log and let the mail pass.
+    #[default]
+    Continue,
+    /// Refuse temporarily with `451 4.3.0`.
+    Tempfail,
+}
+
+impl OnKvError {
+    /// The verdict for a failed kv call under this setting.
+    pub fn verdict(self) -> crate::Verdict {
+        match self {
+            OnKvError::Continue => crate::Verdict::Continue,
+            OnKvError::Tempfail => crate::tempfail(
+                451,
+                "4.3.0",
+                "Policy state temporarily unavailable, try again later",
+            ),
+        }
+    }
+}
+
 /// The value of `key`, if set and not expired.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
     #[cfg(target_arch = "wasm32")]

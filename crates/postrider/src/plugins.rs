@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use postrider_config::{Config, FailurePolicy, PluginConfig};
-use postrider_kv::{Clock, EmbeddedKv, KvStore, SystemClock};
+use postrider_config::{Config, FailurePolicy, KvRedis, PluginConfig, PluginSettings};
+use postrider_kv::{Clock, EmbeddedKv, KvStore, RedisKv, RedisOptions, SystemClock};
 use postrider_plugin_host::{
     self as host, Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
 };
@@ -25,8 +25,45 @@ struct Runtime {
     /// The engine's instance pool size, fixed when it was created.
     max_instances: u32,
     kv: Arc<dyn KvStore>,
-    kv_path: PathBuf,
+    /// Which kv store `kv` is: the embedded file, or a Redis.
+    kv_backend: (PathBuf, Option<KvRedis>),
     clock: Arc<dyn Clock>,
+}
+
+/// The settings that choose the kv store, to notice a change that needs a restart.
+fn kv_backend(settings: &PluginSettings) -> (PathBuf, Option<KvRedis>) {
+    (settings.kv_path.clone(), settings.kv_redis.clone())
+}
+
+/// Opens the configured kv store: Redis when `kv_url` is set (without connecting yet, so
+/// the relay starts while Redis is down), the embedded file otherwise.
+fn open_kv(settings: &PluginSettings, clock: &Arc<dyn Clock>) -> anyhow::Result<Arc<dyn KvStore>> {
+    if let Some(redis) = &settings.kv_redis {
+        let ca_pem = match &redis.ca_file {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        };
+        let kv = RedisKv::new(
+            RedisOptions {
+                url: redis.url.clone(),
+                cluster: redis.cluster.clone(),
+                ca_pem,
+                timeout: Duration::from_millis(settings.kv_timeout_ms),
+            },
+            Arc::clone(clock),
+        )
+        .context("plugins.kv_url")?;
+        info!(cluster = %redis.cluster, "kv store: redis");
+        return Ok(Arc::new(kv));
+    }
+    if let Some(dir) = settings.kv_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let kv = EmbeddedKv::open(&settings.kv_path, Arc::clone(clock))
+        .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
+    Ok(Arc::new(kv))
 }
 
 /// Builds pipelines; owns the one engine, kv store and resolver of the process.
@@ -59,18 +96,13 @@ impl PluginBuilder {
             })
             .context("starting the plugin engine")?,
         );
-        if let Some(dir) = settings.kv_path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let clock = Arc::new(SystemClock);
-        let kv = EmbeddedKv::open(&settings.kv_path, clock.clone())
-            .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let runtime = Runtime {
             engine,
             max_memory_bytes,
             max_instances: settings.max_instances,
-            kv: Arc::new(kv),
-            kv_path: settings.kv_path.clone(),
+            kv: open_kv(settings, &clock)?,
+            kv_backend: kv_backend(settings),
             clock,
         };
         *slot = Some(runtime.clone());
@@ -100,11 +132,10 @@ impl PluginBuilder {
                 runtime.max_memory_bytes >> 20
             );
         }
-        if settings.kv_path != runtime.kv_path {
+        if kv_backend(settings) != runtime.kv_backend {
             warn!(
-                running = %runtime.kv_path.display(),
-                configured = %settings.kv_path.display(),
-                "plugins.kv_path changed: needs a restart; the running kv store stays in use"
+                "plugins.kv_path/kv_url/kv_cluster/kv_ca_file changed: needs a restart; the \
+                 running kv store stays in use"
             );
         }
         if settings.max_instances != runtime.max_instances {

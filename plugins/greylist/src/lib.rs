@@ -9,7 +9,8 @@
 //! outbound servers retrying from a neighbour address still matches. Sender addresses are
 //! lower-cased and BATV tags (`prvs=TAG=user@...`) stripped, since they change per message.
 //!
-//! A kv error never refuses mail: it is logged and the recipient passes (fail open).
+//! A kv error is logged and, by default, the recipient passes (fail open); with
+//! `on_kv_error = "tempfail"` it gets `451 4.3.0` instead.
 //!
 //! Config (every key optional), under the plugin's `[[plugin]]` entry:
 //!
@@ -25,12 +26,14 @@
 //! skip_senders = ["@partner.example", "alerts@vendor.example"]   # address, @domain or domain
 //! skip_recipients = ["postmaster@", "abuse@example.org"]        # ... or local@ (any domain)
 //! message = "Greylisted, please try again later"
+//! on_kv_error = "continue"    # or "tempfail": 451 4.3.0 while the kv store is down
 //! ```
 
 use postrider_plugin::net::{self, Cidr};
 use postrider_plugin::{
     Config, Connection, Envelope, Plugin, RcptOutcome, Stages, addr, clock, kv, log,
 };
+use postrider_plugin::kv::OnKvError;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -57,6 +60,8 @@ struct RawConfig {
     skip_recipients: Vec<String>,
     #[serde(default = "default_message")]
     message: String,
+    #[serde(default)]
+    on_kv_error: OnKvError,
 }
 
 fn default_delay() -> u64 {
@@ -132,6 +137,7 @@ pub struct Greylist {
     skip_senders: Vec<Pattern>,
     skip_recipients: Vec<Pattern>,
     message: String,
+    on_kv_error: OnKvError,
 }
 
 fn parse_config(config: &Config) -> Result<Greylist, String> {
@@ -179,6 +185,7 @@ fn parse_config(config: &Config) -> Result<Greylist, String> {
         skip_senders: patterns(&raw.skip_senders, "skip_senders")?,
         skip_recipients: patterns(&raw.skip_recipients, "skip_recipients")?,
         message: raw.message,
+        on_kv_error: raw.on_kv_error,
     })
 }
 
@@ -288,9 +295,10 @@ impl Plugin for Greylist {
             Ok(v) => v,
             Err(e) => {
                 log::warn(format!(
-                    "greylist: kv get failed ({e}); not greylisting (fail open)"
+                    "greylist: kv get failed ({e}); on_kv_error = {:?}",
+                    self.on_kv_error
                 ));
-                return RcptOutcome::default();
+                return self.on_kv_error.verdict().into();
             }
         };
         let now = clock::now_secs();

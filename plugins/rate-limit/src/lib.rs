@@ -4,8 +4,9 @@
 //! Each limit counts in fixed windows of `window_seconds` (kv `incr` on a key that names the
 //! window, created with the window as TTL). The sender is the authenticated user when there is
 //! one (so a user cannot dodge the limit by changing MAIL FROM), otherwise the MAIL FROM address;
-//! the null sender (bounces) is not limited per sender. A kv error never refuses mail: it is
-//! logged and the command passes (fail open).
+//! the null sender (bounces) is not limited per sender. A kv error is logged and, by default,
+//! the command passes (fail open); with `on_kv_error = "tempfail"` it gets `451 4.3.0`, so a
+//! limit shared by several relays through Redis holds even while the store is down.
 //!
 //! Config (at least one of `per_client_ip` and `per_sender`), under the plugin's `[[plugin]]` entry:
 //!
@@ -18,12 +19,14 @@
 //! skip_networks = ["127.0.0.0/8"]
 //! skip_authenticated = false
 //! message = "Rate limit exceeded, try again later"
+//! on_kv_error = "continue"         # or "tempfail": 451 4.3.0 while the kv store is down
 //! ```
 
 use postrider_plugin::net::{self, Cidr};
 use postrider_plugin::{
     Config, Connection, Envelope, Plugin, RcptOutcome, Stages, Verdict, addr, clock, kv, log,
 };
+use postrider_plugin::kv::OnKvError;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -44,6 +47,8 @@ struct RawConfig {
     skip_authenticated: bool,
     #[serde(default = "default_message")]
     message: String,
+    #[serde(default)]
+    on_kv_error: OnKvError,
 }
 
 fn default_v4_prefix() -> u8 {
@@ -100,6 +105,7 @@ pub struct RateLimit {
     skip_networks: Vec<Cidr>,
     skip_authenticated: bool,
     message: String,
+    on_kv_error: OnKvError,
 }
 
 fn parse_config(config: &Config) -> Result<RateLimit, String> {
@@ -127,6 +133,7 @@ fn parse_config(config: &Config) -> Result<RateLimit, String> {
         skip_networks: raw.skip_networks,
         skip_authenticated: raw.skip_authenticated,
         message: raw.message,
+        on_kv_error: raw.on_kv_error,
     })
 }
 
@@ -168,9 +175,10 @@ impl RateLimit {
             Ok(_) => Verdict::Continue,
             Err(e) => {
                 log::warn(format!(
-                    "rate-limit: kv incr failed ({e}); not limiting (fail open)"
+                    "rate-limit: kv incr failed ({e}); on_kv_error = {:?}",
+                    self.on_kv_error
                 ));
-                Verdict::Continue
+                self.on_kv_error.verdict()
             }
         }
     }
