@@ -6,9 +6,9 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use hickory_resolver::ResolveErrorKind;
-use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
 
 /// A boxed lookup future, so the trait is object-safe.
 pub type DnsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DnsError>> + Send + 'a>>;
@@ -50,51 +50,77 @@ pub struct HickoryDns {
 impl HickoryDns {
     /// Uses the system configuration (/etc/resolv.conf).
     pub fn from_system() -> Result<HickoryDns, DnsError> {
-        let resolver = hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(|e| DnsError::Failure(e.to_string()))?
-            .build();
-        Ok(HickoryDns { resolver })
+        let (config, opts) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| DnsError::Failure(e.to_string()))?;
+        build(config, opts)
     }
 
     /// Uses the given nameservers (UDP and TCP), e.g. a local test server on 127.0.0.1:5353.
-    pub fn with_nameservers(servers: &[std::net::SocketAddr]) -> HickoryDns {
-        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-        let mut group = NameServerConfigGroup::new();
-        for s in servers {
-            group.merge(NameServerConfigGroup::from_ips_clear(
-                &[s.ip()],
-                s.port(),
-                true,
-            ));
-        }
-        let config = ResolverConfig::from_parts(None, Vec::new(), group);
+    pub fn with_nameservers(servers: &[std::net::SocketAddr]) -> Result<HickoryDns, DnsError> {
+        use hickory_resolver::config::{
+            ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+        };
+        let name_servers = servers
+            .iter()
+            .map(|s| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = s.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = s.port();
+                NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
         let mut opts = ResolverOpts::default();
         opts.attempts = 1;
-        let resolver = hickory_resolver::Resolver::builder_with_config(
-            config,
-            hickory_resolver::name_server::TokioConnectionProvider::default(),
-        )
-        .with_options(opts)
-        .build();
-        HickoryDns { resolver }
+        build(config, opts)
+    }
+
+    /// The underlying hickory resolver (a cheap clone: its state is shared), so that email
+    /// authentication queries the same configured nameservers and shares the same cache.
+    pub fn resolver(&self) -> hickory_resolver::TokioResolver {
+        self.resolver.clone()
     }
 }
 
-fn map_err(e: hickory_resolver::ResolveError) -> DnsError {
-    if let ResolveErrorKind::Proto(proto) = e.kind() {
-        match proto.kind() {
-            ProtoErrorKind::NoRecordsFound { response_code, .. } => {
-                return if *response_code == ResponseCode::NXDomain {
-                    DnsError::NxDomain
-                } else {
-                    DnsError::NoData
-                };
+/// Builds the resolver. hickory's TLS transports are compiled in (mail-auth enables them), and
+/// without a TLS configuration of ours hickory would load the system's CA store at build time
+/// and fail where there is none, although we only ever talk plain UDP/TCP DNS. So we hand it a
+/// configuration that trusts nothing: DNS over TLS is never configured here.
+fn build(
+    config: hickory_resolver::config::ResolverConfig,
+    opts: hickory_resolver::config::ResolverOpts,
+) -> Result<HickoryDns, DnsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DnsError::Failure(e.to_string()))?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let resolver = hickory_resolver::Resolver::builder_with_config(
+        config,
+        hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .with_tls_config(tls)
+    .build()
+    .map_err(|e| DnsError::Failure(e.to_string()))?;
+    Ok(HickoryDns { resolver })
+}
+
+fn map_err(e: NetError) -> DnsError {
+    match &e {
+        NetError::Dns(HickoryDnsError::NoRecordsFound(no_records)) => {
+            if no_records.response_code == ResponseCode::NXDomain {
+                DnsError::NxDomain
+            } else {
+                DnsError::NoData
             }
-            ProtoErrorKind::Timeout => return DnsError::Timeout,
-            _ => {}
         }
+        NetError::Timeout => DnsError::Timeout,
+        _ => DnsError::Failure(e.to_string()),
     }
-    DnsError::Failure(e.to_string())
 }
 
 impl Dns for HickoryDns {
@@ -114,8 +140,12 @@ impl Dns for HickoryDns {
         Box::pin(async move {
             let mx = self.resolver.mx_lookup(name).await.map_err(map_err)?;
             Ok(mx
+                .answers()
                 .iter()
-                .map(|m| (m.preference(), m.exchange().to_utf8()))
+                .filter_map(|r| match &r.data {
+                    RData::MX(m) => Some((m.preference, m.exchange.to_utf8())),
+                    _ => None,
+                })
                 .collect())
         })
     }
@@ -124,11 +154,16 @@ impl Dns for HickoryDns {
         Box::pin(async move {
             let txt = self.resolver.txt_lookup(name).await.map_err(map_err)?;
             Ok(txt
+                .answers()
                 .iter()
-                .map(|t| {
-                    t.iter()
-                        .map(|part| String::from_utf8_lossy(part))
-                        .collect::<String>()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
                 })
                 .collect())
         })
@@ -137,7 +172,14 @@ impl Dns for HickoryDns {
     fn lookup_ptr<'a>(&'a self, ip: IpAddr) -> DnsFuture<'a, Vec<String>> {
         Box::pin(async move {
             let ptr = self.resolver.reverse_lookup(ip).await.map_err(map_err)?;
-            Ok(ptr.iter().map(|n| n.to_utf8()).collect())
+            Ok(ptr
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(n) => Some(n.to_utf8()),
+                    _ => None,
+                })
+                .collect())
         })
     }
 }
