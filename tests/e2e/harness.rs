@@ -229,6 +229,27 @@ pub fn read_spool(dir: &Path) -> Vec<(Envelope, Vec<u8>)> {
         .collect()
 }
 
+/// The admin HTTP listener on a free port (config TOML).
+pub const ADMIN: &str = "[admin]\nhttp = \"127.0.0.1:0\"\n";
+
+/// Every sample of `/metrics`, by series (`name{labels}` exactly as exposed).
+pub fn scrape(relay: &Relay) -> HashMap<String, f64> {
+    let (code, body) = http(relay.admin_http.expect("admin http"), "GET", "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The value of one series (0 when it is not exposed yet).
+pub fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
 /// One HTTP/1.1 request (`method path`) to `addr`: the status code and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();

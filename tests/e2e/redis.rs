@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use postrider_testkit::RedisServer;
 
-use crate::harness::{Client, Relay, config_full, plugin};
+use crate::harness::{ADMIN, Client, Relay, config_full, plugin, scrape, value};
 use crate::peers::wait_for;
 
 /// A relay whose kv store is `redis` (cluster "e2e") with one plugin entry.
@@ -15,7 +15,7 @@ fn relay(redis: &RedisServer, plugin_entry: &str) -> Relay {
     Relay::start(&config_full(
         "127.0.0.1:9",
         &format!("kv_url = \"{}\"\nkv_cluster = \"e2e\"", redis.url(0)),
-        &format!("[relay]\nlocal_domains = [\"relay.test\"]\n{plugin_entry}"),
+        &format!("{ADMIN}[relay]\nlocal_domains = [\"relay.test\"]\n{plugin_entry}"),
     ))
 }
 
@@ -180,6 +180,10 @@ fn redis_killed_under_load_tempfails_then_recovers() {
         assert_eq!(c.cmd("EHLO again.test").0, 250);
         assert_eq!(mail_from(&mut c).0, 250);
     }
+    // Every failed kv call was counted, on both relays.
+    let failures = value(&scrape(&strict), "postrider_kv_failures_total");
+    assert!(failures >= 20.0, "postrider_kv_failures_total = {failures}");
+    assert!(value(&scrape(&lenient), "postrider_kv_failures_total") >= 20.0);
     let mut strict = strict;
     let logs = strict.stop_and_logs();
     assert!(logs.contains("kv: redis unavailable"), "{logs}");

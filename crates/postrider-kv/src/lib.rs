@@ -72,7 +72,7 @@ pub mod conformance;
 
 pub use embedded::EmbeddedKv;
 pub use memory::MemoryKv;
-pub use redis::{RedisKv, RedisOptions};
+pub use redis::{FailureHook, RedisKv, RedisOptions};
 
 /// A boxed future, so the trait is object-safe (`Arc<dyn KvStore>`).
 pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KvError>> + Send + 'a>>;

@@ -97,7 +97,11 @@ pub struct RedisKv {
     timeout: Duration,
     scripts: Scripts,
     health: Arc<Health>,
+    on_failure: Option<FailureHook>,
 }
+
+/// Called on every failed call, e.g. to count it in the relay's metrics.
+pub type FailureHook = Arc<dyn Fn() + Send + Sync>;
 
 struct Scripts {
     get: Script,
@@ -153,7 +157,14 @@ impl RedisKv {
                 delete: Script::new(DELETE),
             },
             health: Arc::new(Health::default()),
+            on_failure: None,
         })
+    }
+
+    /// Calls `hook` on every call that fails because Redis is unreachable, slow or broken.
+    pub fn with_failure_hook(mut self, hook: FailureHook) -> RedisKv {
+        self.on_failure = Some(hook);
+        self
     }
 
     /// How many calls have failed because Redis was unreachable, slow or broken.
@@ -193,6 +204,9 @@ impl RedisKv {
             }
             Err(reason) => {
                 self.health.failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(hook) = &self.on_failure {
+                    hook();
+                }
                 if !self.health.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(reason = %reason, "kv: redis unavailable; kv calls fail until it is back");
                 }
@@ -357,11 +371,16 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_redis_fails_fast_as_unavailable() {
-        let kv = store("c").unwrap();
+        let hooked = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&hooked);
+        let kv = store("c").unwrap().with_failure_hook(Arc::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }));
         let started = std::time::Instant::now();
         let r = kv.get("ns", "k").await;
         assert!(matches!(r, Err(KvError::Unavailable(_))), "{r:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(kv.failures(), 1);
+        assert_eq!(hooked.load(Ordering::Relaxed), 1);
     }
 }

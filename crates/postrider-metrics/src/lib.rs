@@ -155,6 +155,7 @@ pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     attempt_duration: Histogram,
     dsns: Family<KindLabels, Counter>,
+    kv_failures: Counter,
     reloads: Counter,
     reload_failures: Counter,
     generation: Gauge,
@@ -278,6 +279,13 @@ impl Metrics {
             "Delivery status notifications queued to senders, by kind (failure, delay)",
             dsns.clone(),
         );
+        let kv_failures = Counter::default();
+        registry.register(
+            "kv_failures",
+            "Plugin kv calls that failed because the shared store (Redis) was unreachable, \
+             slow or broken",
+            kv_failures.clone(),
+        );
         let reloads = Counter::default();
         registry.register(
             "reloads",
@@ -321,6 +329,7 @@ impl Metrics {
             deliveries,
             attempt_duration,
             dsns,
+            kv_failures,
             reloads,
             reload_failures,
             generation,
@@ -466,6 +475,11 @@ impl Metrics {
     /// A DSN (`failure` or `delay`) was queued.
     pub fn dsn(&self, kind: &'static str) {
         self.dsns.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A kv call failed on the shared store.
+    pub fn kv_failure(&self) {
+        self.kv_failures.inc();
     }
 
     /// A reload ended; on success `generation` is now in use.

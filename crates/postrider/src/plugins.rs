@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use postrider_config::{Config, FailurePolicy, KvRedis, PluginConfig, PluginSettings};
 use postrider_kv::{Clock, EmbeddedKv, KvStore, RedisKv, RedisOptions, SystemClock};
+use postrider_metrics::Metrics;
 use postrider_plugin_host::{
     self as host, Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
 };
@@ -37,7 +38,11 @@ fn kv_backend(settings: &PluginSettings) -> (PathBuf, Option<KvRedis>) {
 
 /// Opens the configured kv store: Redis when `kv_url` is set (without connecting yet, so
 /// the relay starts while Redis is down), the embedded file otherwise.
-fn open_kv(settings: &PluginSettings, clock: &Arc<dyn Clock>) -> anyhow::Result<Arc<dyn KvStore>> {
+fn open_kv(
+    settings: &PluginSettings,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn KvStore>> {
     if let Some(redis) = &settings.kv_redis {
         let ca_pem = match &redis.ca_file {
             Some(path) => {
@@ -55,6 +60,8 @@ fn open_kv(settings: &PluginSettings, clock: &Arc<dyn Clock>) -> anyhow::Result<
             Arc::clone(clock),
         )
         .context("plugins.kv_url")?;
+        let metrics = Arc::clone(metrics);
+        let kv = kv.with_failure_hook(Arc::new(move || metrics.kv_failure()));
         info!(cluster = %redis.cluster, "kv store: redis");
         return Ok(Arc::new(kv));
     }
@@ -69,14 +76,16 @@ fn open_kv(settings: &PluginSettings, clock: &Arc<dyn Clock>) -> anyhow::Result<
 /// Builds pipelines; owns the one engine, kv store and resolver of the process.
 pub struct PluginBuilder {
     dns: Arc<dyn Dns>,
+    metrics: Arc<Metrics>,
     runtime: Mutex<Option<Runtime>>,
 }
 
 impl PluginBuilder {
     /// A builder using `dns` for every generation; the engine is created lazily.
-    pub fn new(dns: Arc<dyn Dns>) -> PluginBuilder {
+    pub fn new(dns: Arc<dyn Dns>, metrics: Arc<Metrics>) -> PluginBuilder {
         PluginBuilder {
             dns,
+            metrics,
             runtime: Mutex::new(None),
         }
     }
@@ -101,7 +110,7 @@ impl PluginBuilder {
             engine,
             max_memory_bytes,
             max_instances: settings.max_instances,
-            kv: open_kv(settings, &clock)?,
+            kv: open_kv(settings, &clock, &self.metrics)?,
             kv_backend: kv_backend(settings),
             clock,
         };

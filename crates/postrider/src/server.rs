@@ -140,7 +140,7 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         },
     )
     .context("TLS client configuration")?;
-    let builder = GenerationBuilder::new(PluginBuilder::new(dns));
+    let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)));
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
     let grace = Duration::from_secs(config.timeouts.shutdown_grace);
