@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod delivery;
 mod durability;
+mod email_auth;
 mod limits;
 mod operating;
 mod peers;

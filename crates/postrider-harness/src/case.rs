@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use postrider_plugin_host::{DnsError, StaticDns};
+use postrider_plugin_host::{AuthResult, Authentication, DkimCheck, DnsError, SpfCheck, StaticDns};
 use regex::Regex;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
@@ -284,6 +284,8 @@ struct RawInputs {
     message: Option<String>,
     message_file: Option<PathBuf>,
     queue_id: Option<String>,
+    spf: Option<SpfShort>,
+    authentication: Option<RawAuthentication>,
     dns: Option<DnsMock>,
     kv: Option<BTreeMap<String, RawKvPreset>>,
     kv_error: Option<KvFault>,
@@ -317,6 +319,8 @@ struct RawRun {
     message: Option<String>,
     message_file: Option<PathBuf>,
     queue_id: Option<String>,
+    spf: Option<SpfShort>,
+    authentication: Option<RawAuthentication>,
     expect: Option<RawExpect>,
 }
 
@@ -358,6 +362,31 @@ struct RawHeader {
     index: Option<u32>,
     value: Option<String>,
     value_regex: Option<String>,
+}
+
+/// `spf = "pass"` or `spf = { result = "pass", domain = "sender.example" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpf {
+    result: String,
+    domain: Option<String>,
+}
+
+/// `authentication = { dkim = [{ result, domain, selector }], dmarc = "...", arc = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthentication {
+    dkim: Option<Vec<RawDkim>>,
+    dmarc: Option<String>,
+    arc: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    result: String,
+    domain: String,
+    selector: String,
 }
 
 /// The TLS policy a relay route is expected to have.
@@ -608,6 +637,12 @@ pub struct Run {
     pub message: Option<Vec<u8>>,
     /// Queue id shown to data and route stages.
     pub queue_id: Option<String>,
+    /// The SPF result the envelope carries from MAIL FROM on (`None`: not checked, as for
+    /// authenticated and relay_networks clients).
+    pub spf: Option<SpfCheck>,
+    /// DKIM, DMARC and ARC results the message shows at the data stage (`None`: the
+    /// defaults of an unverified message: no signatures, dmarc and arc `none`).
+    pub authentication: Option<Authentication>,
     /// What to check.
     pub expect: Expectations,
 }
@@ -789,7 +824,20 @@ fn resolve(
         message: None,
         message_file: None,
         queue_id: case.queue_id.or(d.queue_id),
+        spf: None,
+        authentication: None,
         expect: None,
+    };
+    // Authentication presets are checked where they are written, so errors name that place.
+    let base_spf = match (case.spf, d.spf) {
+        (Some(s), _) => Some(spf_preset(s.0, "spf")?),
+        (None, Some(s)) => Some(spf_preset(s.0, "[defaults] spf")?),
+        (None, None) => None,
+    };
+    let base_auth = match (case.authentication, d.authentication) {
+        (Some(a), _) => Some(authentication(a, "authentication")?),
+        (None, Some(a)) => Some(authentication(a, "[defaults] authentication")?),
+        (None, None) => None,
     };
     // A message set on the case wins over the defaults, inline or file alike.
     let (message, message_file) = if case.message.is_some() || case.message_file.is_some() {
@@ -838,6 +886,20 @@ fn resolve(
         let rcpt = r.rcpt.or(base.rcpt.clone()).unwrap_or_default();
         let expect = expectations(r.expect.unwrap_or_default(), &rcpt)
             .map_err(|e| format!("{where_}: expect.{e}"))?;
+        let spf = match r.spf {
+            Some(s) => Some(spf_preset(s.0, &format!("{where_}: spf"))?),
+            None => base_spf.clone(),
+        };
+        let auth = match r.authentication {
+            Some(a) => Some(authentication(a, &format!("{where_}: authentication"))?),
+            None => base_auth.clone(),
+        };
+        let helo = r.helo.clone().or(base.helo.clone());
+        let mail_from = r.mail_from.clone().or(base.mail_from.clone());
+        let spf = spf.map(|(result, domain)| SpfCheck {
+            result,
+            domain: domain.unwrap_or_else(|| spf_identity(mail_from.as_deref(), helo.as_deref())),
+        });
         let label = r.label.unwrap_or(where_);
         let conn = r
             .connection
@@ -852,12 +914,14 @@ fn resolve(
                 },
                 advance_ms: if n == 0 { advance_ms } else { 0 },
                 conn: conn.clone(),
-                helo: r.helo.clone().or(base.helo.clone()),
-                mail_from: r.mail_from.clone().or(base.mail_from.clone()),
+                helo: helo.clone(),
+                mail_from: mail_from.clone(),
                 mail_params: mail_params.clone(),
                 rcpt: rcpt.clone(),
                 message: message.clone(),
                 queue_id: r.queue_id.clone().or(base.queue_id.clone()),
+                spf: spf.clone(),
+                authentication: auth.clone(),
                 expect: expect.clone(),
             });
         }
@@ -886,6 +950,89 @@ fn resolve(
 
 fn regex(pattern: &str, key: &str) -> Result<Regex, String> {
     Regex::new(pattern).map_err(|e| format!("{key}: bad regex {pattern:?}: {e}"))
+}
+
+/// The result names a case may use, as in `Authentication-Results` (RFC 8601) and the WIT.
+pub const AUTH_RESULTS: [&str; 8] = [
+    "none",
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "temperror",
+    "permerror",
+    "policy",
+];
+
+/// An authentication result by its RFC 8601 name; `key` names the case-file key in errors.
+fn auth_result(name: &str, key: &str) -> Result<AuthResult, String> {
+    Ok(match name {
+        "none" => AuthResult::None,
+        "pass" => AuthResult::Pass,
+        "fail" => AuthResult::Fail,
+        "softfail" => AuthResult::Softfail,
+        "neutral" => AuthResult::Neutral,
+        "temperror" => AuthResult::Temperror,
+        "permerror" => AuthResult::Permerror,
+        "policy" => AuthResult::Policy,
+        other => {
+            return Err(format!(
+                "{key}: unknown result {other:?} (expected one of {})",
+                AUTH_RESULTS.join(", ")
+            ));
+        }
+    })
+}
+
+/// The SPF preset: its result, and its domain when the case names one.
+fn spf_preset(raw: RawSpf, key: &str) -> Result<(AuthResult, Option<String>), String> {
+    let result = auth_result(&raw.result, &format!("{key}.result"))?;
+    if let Some(d) = &raw.domain
+        && (d.trim().is_empty() || d.chars().any(char::is_control))
+    {
+        return Err(format!("{key}.domain: {d:?} is not a domain"));
+    }
+    Ok((result, raw.domain))
+}
+
+/// The identity SPF checks when the case names no domain: the MAIL FROM domain, or the HELO
+/// name for the null sender (RFC 7208 §2.4).
+fn spf_identity(mail_from: Option<&str>, helo: Option<&str>) -> String {
+    let from = mail_from.map(bare_path).unwrap_or_default();
+    match from.rsplit_once('@') {
+        Some((_, domain)) => domain.to_owned(),
+        None => helo.unwrap_or_default().trim().to_owned(),
+    }
+}
+
+/// `<>` and `<a@b>` as an envelope holds them: `""` and `"a@b"`.
+pub(crate) fn bare_path(p: &str) -> String {
+    let t = p.trim();
+    t.strip_prefix('<')
+        .and_then(|t| t.strip_suffix('>'))
+        .unwrap_or(t)
+        .to_owned()
+}
+
+fn authentication(raw: RawAuthentication, key: &str) -> Result<Authentication, String> {
+    let mut dkim = Vec::new();
+    for (i, d) in raw.dkim.unwrap_or_default().into_iter().enumerate() {
+        dkim.push(DkimCheck {
+            result: auth_result(&d.result, &format!("{key}.dkim[{i}].result"))?,
+            domain: d.domain,
+            selector: d.selector,
+        });
+    }
+    let result = |v: Option<String>, k: &str| {
+        v.map_or(Ok(AuthResult::None), |v| {
+            auth_result(&v, &format!("{key}.{k}"))
+        })
+    };
+    Ok(Authentication {
+        dkim,
+        dmarc: result(raw.dmarc, "dmarc")?,
+        arc: result(raw.arc, "arc")?,
+    })
 }
 
 /// Reads the message (inline or file relative to the case file) and makes its line ends CRLF.
@@ -1138,6 +1285,18 @@ impl<'de, T: Deserialize<'de> + ShortForm> Deserialize<'de> for Short<T> {
 
 type StageShort = Short<RawStage>;
 type RouteShort = Short<RawRoute>;
+type SpfShort = Short<RawSpf>;
+
+impl ShortForm for RawSpf {
+    const EXPECTING: &'static str =
+        "a result (\"pass\", \"fail\", \"softfail\", ...) or a table { result, domain }";
+    fn from_short(s: &str) -> Result<Self, String> {
+        Ok(RawSpf {
+            result: s.to_owned(),
+            domain: None,
+        })
+    }
+}
 
 impl ShortForm for RawStage {
     const EXPECTING: &'static str = "a verdict (\"continue\", \"accept\", \"pass\", \"reject\", \"tempfail\", \"disconnect\", \"not-reached\") or a table { verdict, code, enhanced, text, failure, failure_text, rewrite }";
@@ -1551,6 +1710,102 @@ connection = { client_ip = "2001:db8::1", tls = true }
         let conn = runs[3].conn.resolve("c");
         assert_eq!(conn.client_ip.to_string(), "2001:db8::1");
         assert_eq!(conn.tls.unwrap().protocol, "TLSv1.3");
+    }
+
+    #[test]
+    fn authentication_presets() {
+        let c = p(r#"
+[defaults]
+helo = "mail.sender.example"
+mail_from = "alice@sender.example"
+spf = "softfail"
+authentication = { dmarc = "fail" }
+
+[[case]]
+name = "from defaults, spf domain from MAIL FROM"
+
+[[case]]
+name = "case and run values"
+spf = { result = "pass", domain = "other.example" }
+authentication = { dkim = [{ result = "pass", domain = "d.example", selector = "s1" }], arc = "pass" }
+[[case.run]]
+[[case.run]]
+mail_from = "<>"
+spf = "none"
+authentication = {}
+"#)
+        .unwrap();
+        let spf = c[0].runs[0].spf.clone().unwrap();
+        assert_eq!(
+            (spf.result, spf.domain.as_str()),
+            (AuthResult::Softfail, "sender.example")
+        );
+        let auth = c[0].runs[0].authentication.clone().unwrap();
+        assert_eq!(
+            (auth.dmarc, auth.arc, auth.dkim.len()),
+            (AuthResult::Fail, AuthResult::None, 0)
+        );
+        let first = &c[1].runs[0];
+        assert_eq!(first.spf.as_ref().unwrap().domain, "other.example");
+        let auth = first.authentication.clone().unwrap();
+        assert_eq!(auth.dkim[0].domain, "d.example");
+        assert_eq!(auth.dkim[0].selector, "s1");
+        assert_eq!(
+            (auth.dkim[0].result, auth.dmarc, auth.arc),
+            (AuthResult::Pass, AuthResult::None, AuthResult::Pass)
+        );
+        // The null sender's SPF identity is the HELO name.
+        let second = &c[1].runs[1];
+        let spf = second.spf.clone().unwrap();
+        assert_eq!(
+            (spf.result, spf.domain.as_str()),
+            (AuthResult::None, "mail.sender.example")
+        );
+        assert!(second.authentication.as_ref().unwrap().dkim.is_empty());
+        // Nothing set: not checked.
+        let none = p("[[case]]\nname = \"x\"\n").unwrap();
+        assert!(none[0].runs[0].spf.is_none() && none[0].runs[0].authentication.is_none());
+    }
+
+    #[test]
+    fn unknown_results_name_the_key() {
+        for (text, needle) in [
+            (
+                "[[case]]\nname = \"x\"\nspf = \"passed\"\n",
+                "spf.result: unknown result \"passed\"",
+            ),
+            (
+                "[defaults]\nspf = { result = \"Pass\" }\n[[case]]\nname = \"x\"\n",
+                "[defaults] spf.result: unknown result \"Pass\"",
+            ),
+            (
+                "[[case]]\nname = \"x\"\nauthentication = { dmarc = \"reject\" }\n",
+                "authentication.dmarc: unknown result \"reject\"",
+            ),
+            (
+                "[[case]]\nname = \"x\"\nauthentication = { arc = \"ok\" }\n",
+                "authentication.arc: unknown result",
+            ),
+            (
+                "[[case]]\nname = \"x\"\nauthentication = { dkim = [{ result = \"pass\", domain = \"a\", selector = \"s\" }, { result = \"good\", domain = \"b\", selector = \"s\" }] }\n",
+                "authentication.dkim[1].result: unknown result \"good\"",
+            ),
+            (
+                "[[case]]\nname = \"x\"\n[[case.run]]\nspf = \"maybe\"\n",
+                "run 1: spf.result: unknown result",
+            ),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            assert!(e.contains("expected one of none, pass, fail"), "{e}");
+        }
+        // Unknown keys are refused by the parser with their line.
+        let e = p("[[case]]\nname = \"x\"\nauthentication = { spf = \"pass\" }\n").unwrap_err();
+        assert!(e.to_string().starts_with("x/cases.toml:3:"), "{e}");
+        assert!(e.to_string().contains("spf"), "{e}");
+        let e = p("[[case]]\nname = \"x\"\nauthentication = { dkim = [{ result = \"pass\" }] }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("domain"), "{e}");
     }
 
     #[test]

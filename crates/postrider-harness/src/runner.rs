@@ -11,15 +11,16 @@ use std::time::Duration;
 use postrider_kv::{KvError, KvFuture, KvStore, ManualClock, MemoryKv};
 use postrider_plugin_host::Dns;
 use postrider_plugin_host::{
-    CallFailure, ChainSession, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy,
-    HeaderEdit, HostCall, HostError, LoadedPlugin, MessageView, Pipeline, PluginEngine, PluginSpec,
-    RouteDecision, Services, Stage, StaticDns, TlsInfo, TlsPolicy, apply_edits,
+    AuthResult, Authentication, CallFailure, ChainSession, ConnInfo, Decision, EngineOptions,
+    EnvelopeInfo, FailurePolicy, HeaderEdit, HostCall, HostError, LoadedPlugin, MessageView,
+    Pipeline, PluginEngine, PluginSpec, RouteDecision, Services, Stage, StaticDns, TlsInfo,
+    TlsPolicy, apply_edits,
 };
 use serde::Serialize;
 
 use crate::case::{
     Case, Connection, Expectations, FailureKind, HeaderExpect, KvFault, KvMatch, Policy,
-    RouteExpect, Run, StageExpect, TlsKind, VerdictKind,
+    RouteExpect, Run, StageExpect, TlsKind, VerdictKind, bare_path,
 };
 
 /// The relay's default bound on kv calls (`[plugins] kv_timeout_ms`).
@@ -591,7 +592,7 @@ pub fn describe_env(e: &EnvelopeInfo) -> String {
         })
         .collect();
     format!(
-        "from <{}>{}, recipients [{}]{}",
+        "from <{}>{}, recipients [{}]{}{}",
         e.mail_from,
         if params.is_empty() {
             String::new()
@@ -607,6 +608,42 @@ pub fn describe_env(e: &EnvelopeInfo) -> String {
             .as_ref()
             .map(|q| format!(", queue id {q}"))
             .unwrap_or_default(),
+        e.spf
+            .as_ref()
+            .map(|s| format!(", spf {} ({})", result_name(s.result), s.domain))
+            .unwrap_or_default(),
+    )
+}
+
+/// The RFC 8601 name of a result, as case files write it.
+pub fn result_name(r: AuthResult) -> &'static str {
+    match r {
+        AuthResult::None => "none",
+        AuthResult::Pass => "pass",
+        AuthResult::Fail => "fail",
+        AuthResult::Softfail => "softfail",
+        AuthResult::Neutral => "neutral",
+        AuthResult::Temperror => "temperror",
+        AuthResult::Permerror => "permerror",
+        AuthResult::Policy => "policy",
+    }
+}
+
+/// DKIM, DMARC and ARC results, for traces: `dkim pass (d.example/s1), dmarc fail, arc none`.
+pub fn describe_authentication(a: &Authentication) -> String {
+    let dkim = if a.dkim.is_empty() {
+        "none".to_owned()
+    } else {
+        a.dkim
+            .iter()
+            .map(|d| format!("{} ({}/{})", result_name(d.result), d.domain, d.selector))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "dkim {dkim}, dmarc {}, arc {}",
+        result_name(a.dmarc),
+        result_name(a.arc)
     )
 }
 
@@ -655,15 +692,6 @@ fn header_block(msg: &[u8]) -> String {
     text[..end].replace("\r\n", "\n")
 }
 
-/// `<>` and `<a@b>` as the envelope holds them: `""` and `"a@b"`.
-fn bare_path(p: &str) -> String {
-    let t = p.trim();
-    t.strip_prefix('<')
-        .and_then(|t| t.strip_suffix('>'))
-        .unwrap_or(t)
-        .to_owned()
-}
-
 /// Plays one run, stage by stage, stopping where the relay would.
 async fn play(pipeline: &Arc<Pipeline>, run: &Run, n: usize, clock: &ManualClock) -> RunReport {
     use postrider_kv::Clock;
@@ -710,6 +738,7 @@ async fn play(pipeline: &Arc<Pipeline>, run: &Run, n: usize, clock: &ManualClock
         mail_params: run.mail_params.clone(),
         recipients: Vec::new(),
         smtputf8: run.mail_params.iter().any(|(k, _)| k == "SMTPUTF8"),
+        spf: run.spf.clone(),
     };
     if !transaction(&mut chain, &conn, &mut env, run, &mut report).await {
         chain.end_transaction();
@@ -780,9 +809,20 @@ async fn transaction(
     let mut stage = StageReport::new(
         Stage::Data,
         None,
-        format!("{} bytes, {}", message.len(), describe_env(env)),
+        format!(
+            "{} bytes, {}{}",
+            message.len(),
+            describe_env(env),
+            run.authentication
+                .as_ref()
+                .map(|a| format!(", {}", describe_authentication(a)))
+                .unwrap_or_default()
+        ),
     );
-    let view = MessageView::new(Arc::from(message.as_slice()));
+    let mut view = MessageView::new(Arc::from(message.as_slice()));
+    if let Some(auth) = &run.authentication {
+        view = view.with_authentication(auth.clone());
+    }
     let out = chain.on_data(conn, env, &view).await;
     env.queue_id = None;
     stage.verdict = Some(VerdictReport::of(&out.decision));

@@ -285,6 +285,7 @@ fn envelope_info(
         mail_params: list,
         recipients: recipients.iter().map(|(to, _)| forward_path(to)).collect(),
         smtputf8: params.smtputf8,
+        spf: None,
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! The stamp is `VALUE; item=...; item=...`, built from the message resource without copying
 //! the message into the plugin: for example whether a `Message-ID` is present, the length of the
-//! `Subject`, the size, attachment count, DKIM/DMARC results. By default any incoming header
-//! of the same name is removed first, so a sender cannot forge the stamp.
+//! `Subject`, the size, attachment count, and what the relay verified (SPF, DKIM, DMARC, ARC),
+//! so a filter downstream can read one short header instead of parsing
+//! `Authentication-Results`. By default any incoming header of the same name is removed first,
+//! so a sender cannot forge the stamp.
 //!
 //! Config (every key optional), under the plugin's `[[plugin]]` entry:
 //!
@@ -14,11 +16,20 @@
 //! position = "prepend"        # or "append"
 //! remove_existing = true      # drop incoming headers of that name first
 //! report = ["queue-id", "message-id", "subject-length", "size", "attachments",
-//!           "dkim", "dmarc", "tls", "auth"]   # default: the first four
+//!           "spf", "dkim", "dmarc", "arc", "tls", "auth"]   # default: the first four
 //! ```
 //!
 //! gives e.g. `X-Postrider-Stamp: mx1.example.org; queue-id=7QK2B4; message-id=present;
-//! subject-length=12; size=2345; attachments=0; dkim=pass; dmarc=pass; tls=TLSv1.3; auth=no`.
+//! subject-length=12; size=2345; attachments=0; spf=pass; dkim=pass(example.com);
+//! dmarc=pass; arc=none; tls=TLSv1.3; auth=no`.
+//!
+//! The authentication items use the result names of `Authentication-Results` (RFC 8601):
+//! `none`, `pass`, `fail`, `softfail`, `neutral`, `temperror`, `permerror`, `policy`.
+//! `spf` is the relay's SPF result for the MAIL FROM identity; `dkim` lists every signature as
+//! `RESULT(DOMAIN)`, comma-separated (`dkim=pass(a.example),fail(b.example)`), or `dkim=none`
+//! for an unsigned message; `dmarc` and `arc` are single results. The relay verifies only mail
+//! from clients that are neither authenticated nor in `relay_networks` (and only with
+//! `[authentication] verify` on); for other mail every one of these items says `none`.
 
 use postrider_plugin::{
     AuthResult, Config, Connection, DataOutcome, Envelope, HeaderEdit, Message, Plugin, Stages,
@@ -83,10 +94,14 @@ enum Item {
     Size,
     /// `attachments=N`.
     Attachments,
-    /// `dkim=RESULT` of the first signature (`none` when unsigned).
+    /// `spf=RESULT` for the MAIL FROM identity (`none` when not checked).
+    Spf,
+    /// `dkim=RESULT(DOMAIN),...` for each signature (`none` when unsigned).
     Dkim,
     /// `dmarc=RESULT`.
     Dmarc,
+    /// `arc=RESULT` of the chain (`none` without one).
+    Arc,
     /// `tls=PROTOCOL` or `tls=no`.
     Tls,
     /// `auth=yes|no` (whether the client authenticated; the user name is not disclosed).
@@ -153,6 +168,25 @@ fn result_name(r: AuthResult) -> &'static str {
     }
 }
 
+/// A signing domain as the stamp shows it. The sender chose it (the signature's `d=`), so
+/// anything that is not a domain-name character becomes `?`: a crafted `d=` cannot close the
+/// parentheses or add items a filter would read.
+fn domain_text(d: &str) -> String {
+    let d: String = d
+        .trim()
+        .chars()
+        .take(253)
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if d.is_empty() { "?".into() } else { d }
+}
+
 /// The facts a stamp can report, gathered from the message resource and the session.
 #[derive(Debug, Default)]
 struct Facts {
@@ -161,8 +195,11 @@ struct Facts {
     subject_chars: Option<usize>,
     size: u64,
     attachments: usize,
-    dkim: Option<AuthResult>,
+    spf: Option<AuthResult>,
+    /// Each signature's result and signing domain.
+    dkim: Vec<(AuthResult, String)>,
     dmarc: Option<AuthResult>,
+    arc: Option<AuthResult>,
     tls: Option<String>,
     auth: bool,
 }
@@ -183,8 +220,18 @@ fn stamp_value(base: &str, report: &[Item], f: &Facts) -> String {
             },
             Item::Size => format!("size={}", f.size),
             Item::Attachments => format!("attachments={}", f.attachments),
-            Item::Dkim => format!("dkim={}", f.dkim.map_or("none", result_name)),
+            Item::Spf => format!("spf={}", f.spf.map_or("none", result_name)),
+            Item::Dkim if f.dkim.is_empty() => "dkim=none".into(),
+            Item::Dkim => format!(
+                "dkim={}",
+                f.dkim
+                    .iter()
+                    .map(|(r, d)| format!("{}({})", result_name(*r), domain_text(d)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             Item::Dmarc => format!("dmarc={}", f.dmarc.map_or("none", result_name)),
+            Item::Arc => format!("arc={}", f.arc.map_or("none", result_name)),
             Item::Tls => format!("tls={}", f.tls.as_deref().unwrap_or("no")),
             Item::Auth => format!("auth={}", if f.auth { "yes" } else { "no" }),
         });
@@ -221,10 +268,18 @@ impl HeaderStamp {
         if wants(Item::Attachments) {
             f.attachments = msg.attachments().len();
         }
-        if wants(Item::Dkim) || wants(Item::Dmarc) {
+        if wants(Item::Spf) {
+            f.spf = env.spf.as_ref().map(|s| s.result);
+        }
+        if wants(Item::Dkim) || wants(Item::Dmarc) || wants(Item::Arc) {
             let auth = msg.authentication();
-            f.dkim = Some(auth.dkim.first().map_or(AuthResult::None, |d| d.result));
+            f.dkim = auth
+                .dkim
+                .into_iter()
+                .map(|d| (d.result, d.domain))
+                .collect();
             f.dmarc = Some(auth.dmarc);
+            f.arc = Some(auth.arc);
         }
         f
     }
@@ -312,8 +367,10 @@ mod tests {
             subject_chars: Some(5),
             size: 1234,
             attachments: 2,
-            dkim: Some(AuthResult::Pass),
+            spf: Some(AuthResult::Softfail),
+            dkim: vec![(AuthResult::Pass, "d.example".into())],
             dmarc: Some(AuthResult::Fail),
+            arc: Some(AuthResult::Pass),
             tls: Some("TLSv1.3".into()),
             auth: false,
         };
@@ -323,15 +380,35 @@ mod tests {
             Item::SubjectLength,
             Item::Size,
             Item::Attachments,
+            Item::Spf,
             Item::Dkim,
             Item::Dmarc,
+            Item::Arc,
             Item::Tls,
             Item::Auth,
         ];
         assert_eq!(
             stamp_value("mx1", &all, &facts),
             "mx1; queue-id=Q1; message-id=present; subject-length=5; size=1234; attachments=2; \
-             dkim=pass; dmarc=fail; tls=TLSv1.3; auth=no"
+             spf=softfail; dkim=pass(d.example); dmarc=fail; arc=pass; tls=TLSv1.3; auth=no"
+        );
+        let auth = [Item::Spf, Item::Dkim, Item::Dmarc, Item::Arc];
+        assert_eq!(
+            stamp_value("mx1", &auth, &Facts::default()),
+            "mx1; spf=none; dkim=none; dmarc=none; arc=none"
+        );
+        let signed = Facts {
+            dkim: vec![
+                (AuthResult::Pass, "a.example".into()),
+                (AuthResult::Fail, "b.example".into()),
+                (AuthResult::Permerror, "x) dmarc=pass; (y".into()),
+                (AuthResult::Neutral, String::new()),
+            ],
+            ..Facts::default()
+        };
+        assert_eq!(
+            stamp_value("mx1", &[Item::Dkim], &signed),
+            "mx1; dkim=pass(a.example),fail(b.example),permerror(x??dmarc?pass???y),neutral(?)"
         );
         assert_eq!(
             stamp_value(
