@@ -31,11 +31,14 @@ pub fn plugin_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
+/// A resolver address where nothing answers.
+pub const NO_DNS: &str = "127.0.0.1:9";
+
 /// A config with one plain `smtp` listener on a free port; `extra` is appended (TOML).
-/// Its resolver points at a closed loopback port, so outbound delivery of the accepted mail
-/// fails temporarily and messages stay in the spool for the test to inspect.
+/// Its resolver points at a closed loopback port ([`NO_DNS`]), so outbound delivery of the
+/// accepted mail fails temporarily and messages stay in the spool for the test to inspect.
 pub fn config(extra: &str) -> String {
-    config_dns("127.0.0.1:9", extra)
+    config_dns(NO_DNS, extra)
 }
 
 /// A `[[plugin]]` entry for the example plugin `file` (its crate name), named `name`, with
@@ -53,9 +56,16 @@ pub fn config_dns(nameserver: &str, extra: &str) -> String {
 }
 
 /// Like [`config_dns`], with more `[plugins]` settings (TOML lines).
+/// With [`NO_DNS`], email authentication is off: every SPF and DKIM lookup would wait for
+/// the resolver's timeout (tests/e2e/email_auth.rs checks it against dnsmasq).
 pub fn config_full(nameserver: &str, plugin_settings: &str, extra: &str) -> String {
+    let no_auth = if nameserver == NO_DNS {
+        "\n[authentication]\nverify = false\n"
+    } else {
+        ""
+    };
     format!(
-        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n{plugin_settings}\n[dns]\nnameservers = [\"{nameserver}\"]\n\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
+        "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[plugins]\ncache_dir = \"{cache}\"\n{plugin_settings}\n[dns]\nnameservers = [\"{nameserver}\"]\n{no_auth}\n[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{extra}",
         cache = plugin_cache().display()
     )
 }

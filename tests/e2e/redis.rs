@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use postrider_testkit::RedisServer;
 
-use crate::harness::{ADMIN, Client, Relay, config_full, plugin, scrape, value};
+use crate::harness::{ADMIN, Client, NO_DNS, Relay, config_full, plugin, scrape, value};
 use crate::peers::wait_for;
 
 /// A relay whose kv store is `redis` (cluster "e2e") with one plugin entry.
 fn relay(redis: &RedisServer, plugin_entry: &str) -> Relay {
     Relay::start(&config_full(
-        "127.0.0.1:9",
+        NO_DNS,
         &format!("kv_url = \"{}\"\nkv_cluster = \"e2e\"", redis.url(0)),
         &format!("{ADMIN}[relay]\nlocal_domains = [\"relay.test\"]\n{plugin_entry}"),
     ))

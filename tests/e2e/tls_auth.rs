@@ -18,6 +18,7 @@ fn tls_relay() -> Relay {
     );
     let cfg = format!(
         "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+         [authentication]\nverify = false\n\
          [[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{tls}\
          [[listener]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n{tls}\
          [[listener]]\nname = \"submissions\"\naddress = \"127.0.0.1:0\"\nkind = \"submissions\"\n{tls}\

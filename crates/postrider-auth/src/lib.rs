@@ -59,6 +59,27 @@ impl AuthResult {
     }
 }
 
+impl std::str::FromStr for AuthResult {
+    type Err = String;
+
+    /// Parses the lower-case keyword [`AuthResult::as_str`] gives (e.g. from a spooled envelope).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            AuthResult::None,
+            AuthResult::Pass,
+            AuthResult::Fail,
+            AuthResult::SoftFail,
+            AuthResult::Neutral,
+            AuthResult::TempError,
+            AuthResult::PermError,
+            AuthResult::Policy,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown authentication result {s:?}"))
+    }
+}
+
 impl std::fmt::Display for AuthResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -269,6 +269,13 @@ impl SpfOutcome {
         SpfOutcome::from_output(SpfOutput::new(domain.to_string()).with_result(SpfResult::None))
     }
 
+    /// An outcome of `temperror` for `domain`, for a check that did not finish in time.
+    pub fn temperror(domain: &str) -> SpfOutcome {
+        SpfOutcome::from_output(
+            SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError),
+        )
+    }
+
     /// The explanation the domain published (`exp=`) for a fail, if any.
     pub fn explanation(&self) -> Option<&str> {
         self.output.explanation()

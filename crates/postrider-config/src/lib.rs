@@ -88,6 +88,44 @@ pub struct Config {
     pub delivery: Delivery,
     /// Static routes, in config order.
     pub routes: Vec<Route>,
+    /// SPF, DKIM, DMARC and ARC verification of incoming mail; DKIM signing and ARC sealing.
+    pub authentication: Authentication,
+}
+
+/// Email authentication settings (`[authentication]` and `[[dkim_sign]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    /// Verify SPF, DKIM, ARC and DMARC of mail from clients that are neither authenticated
+    /// nor in `relay_networks`, and add an `Authentication-Results` header.
+    pub verify: bool,
+    /// The authserv-id of our `Authentication-Results` headers (default: `hostname`); incoming
+    /// headers claiming it are removed.
+    pub authserv_id: String,
+    /// Honour DMARC `p=reject` (550 5.7.1) and `p=quarantine` (the message is quarantined).
+    pub dmarc_enforce: bool,
+    /// Bound on each verification step (SPF, or the message's DKIM/ARC/DMARC); past it the
+    /// result is `temperror`.
+    pub timeout_ms: u64,
+    /// Seal verified incoming mail with ARC (RFC 8617) with this key.
+    pub arc_seal: Option<SigningKey>,
+    /// DKIM keys: mail from authenticated or `relay_networks` clients whose From domain has
+    /// one is signed with it.
+    pub dkim_sign: Vec<SigningKey>,
+}
+
+/// A DKIM (or ARC) signing key and what it signs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `{selector}._domainkey.{domain}`.
+    pub selector: String,
+    /// PEM file with the private key: RSA (2048 bits or more) or Ed25519.
+    pub key_file: PathBuf,
+    /// Headers to sign; empty means the default list.
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// The `[admin]` table: the HTTP listener for `/metrics`, `/health` and `/ready`.
@@ -423,6 +461,32 @@ struct RawConfig {
     delivery: Delivery,
     #[serde(default)]
     route: Vec<RawRoute>,
+    #[serde(default)]
+    authentication: RawAuthentication,
+    #[serde(default)]
+    dkim_sign: Vec<SigningKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuthentication {
+    verify: bool,
+    authserv_id: Option<String>,
+    dmarc_enforce: bool,
+    timeout_ms: u64,
+    arc_seal: Option<SigningKey>,
+}
+
+impl Default for RawAuthentication {
+    fn default() -> Self {
+        RawAuthentication {
+            verify: true,
+            authserv_id: None,
+            dmarc_enforce: false,
+            timeout_ms: 10_000,
+            arc_seal: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -987,6 +1051,49 @@ impl Config {
             routes.push(Route { domains, to });
         }
 
+        let auth = raw.authentication;
+        if auth.timeout_ms == 0 {
+            return src.invalid(
+                0..0,
+                "authentication.timeout_ms",
+                "must be greater than zero",
+            );
+        }
+        let authserv_id = auth.authserv_id.unwrap_or_else(|| hostname.clone());
+        if authserv_id.is_empty() || authserv_id.chars().any(|c| c.is_whitespace() || c == ';') {
+            return src.invalid(
+                0..0,
+                "authentication.authserv_id",
+                "must be a non-empty token (no spaces or ';')",
+            );
+        }
+        let resolve_key = |k: SigningKey| SigningKey {
+            key_file: resolve(&k.key_file),
+            ..k
+        };
+        let mut dkim_sign = Vec::with_capacity(raw.dkim_sign.len());
+        for (i, k) in raw.dkim_sign.into_iter().enumerate() {
+            if dkim_sign
+                .iter()
+                .any(|d: &SigningKey| d.domain.eq_ignore_ascii_case(&k.domain))
+            {
+                return src.invalid(
+                    0..0,
+                    &format!("dkim_sign[{i}].domain"),
+                    "a domain can have only one signing key",
+                );
+            }
+            dkim_sign.push(resolve_key(k));
+        }
+        let authentication = Authentication {
+            verify: auth.verify,
+            authserv_id,
+            dmarc_enforce: auth.dmarc_enforce,
+            timeout_ms: auth.timeout_ms,
+            arc_seal: auth.arc_seal.map(resolve_key),
+            dkim_sign,
+        };
+
         Ok(Config {
             origin: name.to_owned(),
             hostname,
@@ -1013,6 +1120,7 @@ impl Config {
             nameservers,
             delivery,
             routes,
+            authentication,
         })
     }
 }
@@ -1082,6 +1190,42 @@ mod tests {
         let text = format!("{MINIMAL}[plugins]\nkv_ca_file = \"ca.pem\"\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("needs plugins.kv_url"), "{err}");
+    }
+
+    #[test]
+    fn authentication_settings() {
+        let auth = parse(MINIMAL).unwrap().authentication;
+        assert!(auth.verify);
+        assert!(!auth.dmarc_enforce);
+        assert_eq!(auth.authserv_id, "localhost");
+        assert!(auth.dkim_sign.is_empty() && auth.arc_seal.is_none());
+        let text = format!(
+            "{MINIMAL}[authentication]\nauthserv_id = \"mx.example.org\"\ndmarc_enforce = true\narc_seal = {{ domain = \"example.org\", selector = \"arc\", key_file = \"arc.pem\" }}\n[[dkim_sign]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey_file = \"keys/s1.pem\"\nheaders = [\"From\", \"Subject\"]\n"
+        );
+        let auth = parse(&text).unwrap().authentication;
+        assert_eq!(auth.authserv_id, "mx.example.org");
+        assert!(auth.dmarc_enforce);
+        assert_eq!(auth.dkim_sign.len(), 1);
+        assert_eq!(
+            auth.dkim_sign[0].key_file,
+            Path::new("/etc/postrider/keys/s1.pem")
+        );
+        assert_eq!(auth.dkim_sign[0].headers, ["From", "Subject"]);
+        assert_eq!(
+            auth.arc_seal.unwrap().key_file,
+            Path::new("/etc/postrider/arc.pem")
+        );
+        let dup = format!(
+            "{MINIMAL}[[dkim_sign]]\ndomain = \"a.example\"\nselector = \"s\"\nkey_file = \"k\"\n[[dkim_sign]]\ndomain = \"A.example\"\nselector = \"t\"\nkey_file = \"k\"\n"
+        );
+        let err = parse(&dup).unwrap_err().to_string();
+        assert!(err.contains("dkim_sign[1].domain"), "{err}");
+        let bad = format!("{MINIMAL}[authentication]\nauthserv_id = \"a b\"\n");
+        assert!(parse(&bad).unwrap_err().to_string().contains("authserv_id"));
+        let unknown = format!(
+            "{MINIMAL}[[dkim_sign]]\ndomain = \"a\"\nselector = \"s\"\nkey_file = \"k\"\nalgo = 1\n"
+        );
+        assert!(parse(&unknown).unwrap_err().to_string().contains("algo"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
+pub use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;

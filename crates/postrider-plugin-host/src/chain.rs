@@ -569,6 +569,6 @@ fn wit_env(e: &EnvelopeInfo) -> wit::Envelope {
         mail_from: e.mail_from.clone(),
         mail_params: e.mail_params.clone(),
         recipients: e.recipients.clone(),
-        spf: None,
+        spf: e.spf.clone(),
     }
 }

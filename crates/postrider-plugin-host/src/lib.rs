@@ -22,13 +22,16 @@ mod validate;
 use postrider_smtp::reply::Reply;
 use postrider_smtp::server::{Misuse, Session};
 
+/// Authentication results as plugins see them (the WIT records, shared by host and guests).
+pub use bindings::postrider::plugin::message::{Authentication, DkimCheck};
+pub use bindings::postrider::plugin::types::{AuthResult, SpfCheck};
 pub use chain::{ChainSession, DataOutcome, Pipeline, PluginCall, RcptOutcome, StageOutcome};
 pub use edits::apply_edits;
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
 pub use message::MessageView;
 pub use plugin::{FailurePolicy, LoadedPlugin, PluginSpec, Stage};
-pub use postrider_dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns};
+pub use postrider_dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns, TokioResolver};
 pub use state::{HostCall, Services};
 
 /// What the chain decided at a stage.
@@ -219,4 +222,6 @@ pub struct EnvelopeInfo {
     pub recipients: Vec<String>,
     /// Whether the transaction has SMTPUTF8 (rewrites may then use UTF-8).
     pub smtputf8: bool,
+    /// SPF for the MAIL FROM identity, once checked.
+    pub spf: Option<SpfCheck>,
 }

@@ -28,6 +28,12 @@ impl MessageView {
         }
     }
 
+    /// The same view with these DKIM, DMARC and ARC results, as the relay verified them.
+    pub fn with_authentication(mut self, auth: Authentication) -> MessageView {
+        self.auth = auth;
+        self
+    }
+
     /// Size in octets.
     pub fn size(&self) -> u64 {
         self.raw.len() as u64

@@ -113,5 +113,6 @@ fn envelope() -> Envelope {
             reverse_dns: None,
         },
         quarantine: None,
+        spf: None,
     }
 }

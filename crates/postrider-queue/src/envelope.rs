@@ -31,6 +31,20 @@ pub struct Envelope {
     /// operator releases it. Absent in older v1 files, which means not quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// SPF of the MAIL FROM identity as checked at acceptance, for the route stage. Absent
+    /// in older v1 files and when SPF was not checked (trusted clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<SpfRecord>,
+}
+
+/// An SPF result as stored: the RFC 8601 keyword (`"pass"`, `"softfail"`, ...) and the domain
+/// checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpfRecord {
+    /// The result keyword.
+    pub result: String,
+    /// The domain whose SPF record was evaluated.
+    pub domain: String,
 }
 
 /// One accepted `RCPT TO` with its DSN parameters.

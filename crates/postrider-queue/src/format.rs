@@ -317,6 +317,7 @@ mod tests {
                 reverse_dns: Some("mail.example.org".into()),
             },
             quarantine: None,
+            spf: None,
         }
     }
 

@@ -128,7 +128,7 @@ pub use dsn::{
     DEFAULT_MAX_RETURNED_LEN, DsnKind, DsnOptions, DsnRecipient, build_dsn, build_dsn_with,
     dsn_needs_smtputf8, wants_dsn,
 };
-pub use envelope::{ClientInfo, Envelope, Recipient};
+pub use envelope::{ClientInfo, Envelope, Recipient, SpfRecord};
 pub use error::SpoolError;
 pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};

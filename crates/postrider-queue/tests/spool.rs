@@ -41,6 +41,7 @@ fn envelope(n: usize) -> Envelope {
             reverse_dns: None,
         },
         quarantine: None,
+        spf: None,
     }
 }
 

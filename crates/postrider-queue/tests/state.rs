@@ -36,6 +36,7 @@ fn envelope() -> Envelope {
             reverse_dns: None,
         },
         quarantine: None,
+        spf: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Postrider mail relay.
 
 mod admin_http;
+mod email_auth;
 mod outbound;
 mod passwords;
 mod plugins;

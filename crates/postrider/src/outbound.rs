@@ -956,6 +956,7 @@ impl Manager {
                 reverse_dns: None,
             },
             quarantine: None,
+            spf: None,
         };
         match self.spool.store(dsn_envelope, dsn).await {
             Ok(dsn_id) => {
@@ -1081,5 +1082,6 @@ fn envelope_info(e: &Envelope) -> EnvelopeInfo {
         mail_params: Vec::new(),
         recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
         smtputf8: e.smtputf8,
+        spf: e.spf.as_ref().and_then(crate::email_auth::spf_from_record),
     }
 }

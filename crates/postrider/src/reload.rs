@@ -21,11 +21,12 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use postrider_config::Config;
-use postrider_plugin_host::Pipeline;
+use postrider_plugin_host::{Pipeline, TokioResolver};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use crate::email_auth::EmailAuth;
 use crate::passwords::Passwords;
 use crate::plugins::PluginBuilder;
 use crate::server::Listeners;
@@ -46,6 +47,8 @@ pub struct Generation {
     pub tls: HashMap<String, TlsAcceptor>,
     /// The plugin chain, when plugins are configured.
     pub pipeline: Option<Arc<Pipeline>>,
+    /// SPF/DKIM/DMARC/ARC verification and DKIM signing.
+    pub auth: Arc<EmailAuth>,
     /// When it was built.
     pub loaded_at: std::time::SystemTime,
 }
@@ -72,6 +75,13 @@ fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf> {
         }
     }
     files.extend(config.relay.passwords.clone());
+    let auth = &config.authentication;
+    files.extend(
+        auth.dkim_sign
+            .iter()
+            .chain(&auth.arc_seal)
+            .map(|k| k.key_file.clone()),
+    );
     files
         .into_iter()
         .map(|p| std::path::absolute(&p).unwrap_or(p))
@@ -81,12 +91,13 @@ fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf> {
 /// Builds generations; holds the parts every generation shares.
 pub struct GenerationBuilder {
     plugins: PluginBuilder,
+    resolver: TokioResolver,
 }
 
 impl GenerationBuilder {
     /// A builder whose plugin engine (created at the first config with plugins) is shared.
-    pub fn new(plugins: PluginBuilder) -> GenerationBuilder {
-        GenerationBuilder { plugins }
+    pub fn new(plugins: PluginBuilder, resolver: TokioResolver) -> GenerationBuilder {
+        GenerationBuilder { plugins, resolver }
     }
 
     /// Builds generation `number` from `config`, reusing what `previous` already loaded.
@@ -118,6 +129,11 @@ impl GenerationBuilder {
         })
         .await
         .context("reading the certificates")??;
+        let auth_config = config.authentication.clone();
+        let resolver = self.resolver.clone();
+        let auth = tokio::task::spawn_blocking(move || EmailAuth::load(&auth_config, resolver))
+            .await
+            .context("reading the signing keys")??;
         let pipeline = self
             .plugins
             .build(&config, previous.and_then(|g| g.pipeline.as_ref()))
@@ -128,6 +144,7 @@ impl GenerationBuilder {
             passwords,
             tls,
             pipeline,
+            auth: Arc::new(auth),
             loaded_at: std::time::SystemTime::now(),
         })
     }

@@ -122,14 +122,14 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     );
 
     // One resolver for the relay's whole life: plugins and delivery share it, across reloads.
-    let dns: Arc<dyn Dns> = if config.nameservers.is_empty() {
-        Arc::new(HickoryDns::from_system().context("reading the system resolver configuration")?)
+    let hickory = if config.nameservers.is_empty() {
+        HickoryDns::from_system().context("reading the system resolver configuration")?
     } else {
-        Arc::new(
-            HickoryDns::with_nameservers(&config.nameservers)
-                .context("building the DNS resolver")?,
-        )
+        HickoryDns::with_nameservers(&config.nameservers).context("building the DNS resolver")?
     };
+    // One resolver (and cache) for delivery, plugins and email authentication.
+    let resolver = hickory.resolver();
+    let dns: Arc<dyn Dns> = Arc::new(hickory);
     let deliverer = Deliverer::new(
         Arc::clone(&dns),
         DeliveryOptions {
@@ -140,7 +140,7 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         },
     )
     .context("TLS client configuration")?;
-    let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)));
+    let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
     let grace = Duration::from_secs(config.timeouts.shutdown_grace);

@@ -1,6 +1,7 @@
 //! One SMTP connection: drives the sans-IO [`postrider_smtp::server::Session`] over a TCP or
 //! TLS stream, answers its decisions (relay control, AUTH, spooling) and enforces timeouts.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,9 +10,11 @@ use postrider_config::{LineEndings, Listener, ListenerKind};
 use postrider_queue::{ClientInfo, Envelope, Recipient};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use postrider_auth::SpfOutcome;
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{
-    ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, PluginCall, TlsInfo, apply_edits,
+    ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, PluginCall, SpfCheck, TlsInfo,
+    apply_edits,
 };
 use postrider_smtp::address::{self, ForwardPath, ReversePath};
 use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
@@ -22,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::email_auth::{self, DmarcAction};
 use crate::relay::{check_recipient, static_reply};
 use crate::reload::Generation;
 use crate::server::Shared;
@@ -162,9 +166,26 @@ struct Client {
     /// What each plugin (and the built-in relay control) answered in this transaction, as
     /// `plugin@stage=verdict`, for the transaction's log line.
     verdicts: Vec<String>,
+    /// SPF of the HELO identity, checked at this transaction's MAIL FROM (untrusted clients).
+    spf_helo: Option<SpfOutcome>,
+    /// SPF of the MAIL FROM identity of this transaction (untrusted clients).
+    spf: Option<SpfOutcome>,
 }
 
 impl Client {
+    /// Ends the plugin instances of the current transaction, if any.
+    fn end_transaction(&mut self) {
+        if let Some(chain) = self.chain.as_mut() {
+            chain.end_transaction();
+        }
+        self.in_transaction = false;
+    }
+
+    /// The transaction's SPF result as plugins see it.
+    fn spf_check(&self) -> Option<SpfCheck> {
+        self.spf.as_ref().map(email_auth::spf_check)
+    }
+
     fn tls_text(&self) -> Option<String> {
         self.tls.as_ref().map(|(v, c)| format!("{v} {c}"))
     }
@@ -192,6 +213,8 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
         chain: ctx.generation.pipeline.as_ref().map(|p| p.session(false)),
         in_transaction: false,
         verdicts: Vec::new(),
+        spf_helo: None,
+        spf: None,
     };
     let mut conn = if implicit_tls {
         let acceptor = ctx
@@ -332,13 +355,33 @@ async fn decide(
         }
         Event::MailFrom { from, params, .. } => {
             client.verdicts.clear();
+            client.spf_helo = None;
+            client.spf = None;
+            let auth = &ctx.generation.auth;
+            if auth.verifies(client.trusted_network || session.authenticated().is_some()) {
+                let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
+                let (spf_helo, spf) = auth
+                    .spf(
+                        ctx.peer.ip(),
+                        &helo,
+                        &ctx.generation.config.hostname,
+                        &reverse_path(&from),
+                    )
+                    .await;
+                debug!(spf = %spf.result, domain = %spf.domain, helo_spf = %spf_helo.result, "SPF");
+                client.spf_helo = Some(spf_helo);
+                client.spf = Some(spf);
+            }
             let conn = conn_info(ctx, client, session);
             if let Some(chain) = client.chain.as_mut() {
                 if client.in_transaction {
                     chain.end_transaction();
                 }
                 client.in_transaction = true;
-                let env = envelope_info(&from, &params, &[]);
+                let env = EnvelopeInfo {
+                    spf: client.spf.as_ref().map(email_auth::spf_check),
+                    ..envelope_info(&from, &params, &[])
+                };
                 let outcome = chain.on_mail_from(&conn, &env).await;
                 client.record(&ctx.shared.metrics, &outcome.calls);
                 if outcome.decision != Decision::Continue {
@@ -373,7 +416,10 @@ async fn decide(
                 session.accept()?;
                 return Ok(());
             };
-            let env = envelope_info(&tx.from, &tx.mail_params, &tx.recipients);
+            let env = EnvelopeInfo {
+                spf: client.spf.as_ref().map(email_auth::spf_check),
+                ..envelope_info(&tx.from, &tx.mail_params, &tx.recipients)
+            };
             let outcome = chain.on_rcpt(&conn, &env, &forward_path(&to)).await;
             record_calls(&ctx.shared.metrics, &outcome.calls);
             client.verdicts.extend(
@@ -428,14 +474,78 @@ async fn decide(
                 ))?;
             }
         }
-        Event::Message(envelope) => {
-            let env = envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients);
-            let (mut spool_envelope, mut message) = to_spool(ctx, client, session, *envelope);
-            let conn = conn_info(ctx, client, session);
+        Event::Message(mut envelope) => {
             let metrics = &ctx.shared.metrics;
             let listener = &ctx.listener.name;
+            let auth = Arc::clone(&ctx.generation.auth);
+            // RFC 8601 §5: results claiming to be ours can only be forged; drop them.
+            if let Cow::Owned(stripped) =
+                postrider_auth::strip_forged_results(&envelope.data, auth.authserv_id())
+            {
+                envelope.data = stripped;
+            }
+            let trusted = client.trusted_network || session.authenticated().is_some();
+            let mut trace = String::new();
+            let mut verified = None;
+            let mut dmarc_quarantine = None;
+            if auth.verifies(trusted) {
+                let ip = ctx.peer.ip();
+                let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
+                let mail_from = reverse_path(&envelope.from);
+                let spf = client
+                    .spf
+                    .clone()
+                    .unwrap_or_else(|| SpfOutcome::none(&helo));
+                let outcome = auth
+                    .verify_message(&envelope.data, ip, &helo, &mail_from, &spf)
+                    .await;
+                trace = auth.results_header(
+                    ip,
+                    &helo,
+                    &mail_from,
+                    client.spf_helo.as_ref(),
+                    client.spf.as_ref(),
+                    outcome.as_ref(),
+                );
+                if let Some(outcome) = &outcome {
+                    match auth.dmarc_action(outcome) {
+                        DmarcAction::Accept => {}
+                        DmarcAction::Quarantine(reason) => dmarc_quarantine = Some(reason),
+                        DmarcAction::Reject(text) => {
+                            let (spool_envelope, message) =
+                                to_spool(ctx, client, session, *envelope, &trace);
+                            client.verdicts.push("dmarc@data=reject".to_owned());
+                            metrics.verdict("data", "dmarc", "reject");
+                            metrics.transaction(listener, "rejected", None);
+                            transaction_line(
+                                client,
+                                &spool_envelope,
+                                None,
+                                message.len(),
+                                "rejected",
+                            );
+                            client.end_transaction();
+                            session.reject(static_reply(550, "5.7.1", &text))?;
+                            return Ok(());
+                        }
+                    }
+                }
+                verified = outcome;
+            }
+            let env = EnvelopeInfo {
+                spf: client.spf_check(),
+                ..envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients)
+            };
+            let (mut spool_envelope, mut message) =
+                to_spool(ctx, client, session, *envelope, &trace);
+            spool_envelope.spf = client.spf.as_ref().map(email_auth::spf_record);
+            spool_envelope.quarantine = dmarc_quarantine;
+            let conn = conn_info(ctx, client, session);
             if let Some(chain) = client.chain.as_mut() {
-                let view = MessageView::new(Arc::from(message.as_slice()));
+                let mut view = MessageView::new(Arc::from(message.as_slice()));
+                if let Some(outcome) = &verified {
+                    view = view.with_authentication(email_auth::authentication(outcome));
+                }
                 let outcome = chain.on_data(&conn, &env, &view).await;
                 chain.end_transaction();
                 client.in_transaction = false;
@@ -454,7 +564,18 @@ async fn decide(
                     return Ok(());
                 }
                 message = apply_edits(&message, &outcome.edits);
-                spool_envelope.quarantine = outcome.quarantine;
+                if outcome.quarantine.is_some() {
+                    spool_envelope.quarantine = outcome.quarantine;
+                }
+            }
+            if trusted {
+                if let Some(signature) = auth.sign(&message) {
+                    message = email_auth::prepend(&signature, message);
+                }
+            } else if let Some(outcome) = &verified
+                && let Some(seal) = auth.seal(&message, client.spf_helo.as_ref(), outcome)
+            {
+                message = email_auth::prepend(&seal, message);
             }
             let size = message.len();
             let summary = spool_envelope.clone();
@@ -590,6 +711,7 @@ fn envelope_info(
         mail_params: list,
         recipients: recipients.iter().map(|(to, _)| forward_path(to)).collect(),
         smtputf8: params.smtputf8,
+        spf: None,
     }
 }
 
@@ -621,12 +743,14 @@ fn forward_path(p: &ForwardPath) -> String {
     }
 }
 
-/// Builds the spool entry: the envelope, and the message with our Received header on top.
+/// Builds the spool entry: the envelope, and the message with our Received header on top,
+/// followed by `trace` (our Authentication-Results, when verified).
 fn to_spool(
     ctx: &SessionCtx,
     client: &Client,
     session: &Session,
     envelope: smtp::Envelope,
+    trace: &str,
 ) -> (Envelope, Vec<u8>) {
     let now = SystemTime::now();
     let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
@@ -638,8 +762,9 @@ fn to_spool(
         data,
     } = envelope;
     let received = received_header(ctx, client, session, &helo, &mail_params, &recipients, now);
-    let mut message = Vec::with_capacity(received.len() + data.len());
+    let mut message = Vec::with_capacity(received.len() + trace.len() + data.len());
     message.extend_from_slice(received.as_bytes());
+    message.extend_from_slice(trace.as_bytes());
     message.extend_from_slice(&data);
     let MailParams {
         size,
@@ -673,6 +798,7 @@ fn to_spool(
             reverse_dns: None,
         },
         quarantine: None,
+        spf: None,
     };
     (envelope, message)
 }

@@ -30,6 +30,7 @@ fn envelope(mail_from: &str) -> Envelope {
             reverse_dns: None,
         },
         quarantine: None,
+        spf: None,
     }
 }
 
