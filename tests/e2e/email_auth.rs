@@ -519,11 +519,7 @@ fn spf_results_reach_the_header_and_plugins() {
         // mechanism such as `foo:x`, nor `ip4:127.0.0.999`, which RFC 7208 also makes
         // permerrors: mail-auth 0.13 skips the first like a modifier and reads the second
         // as some address.)
-        (
-            "permerror.test",
-            Some("v=spf1 ip4 -all"),
-            "permerror",
-        ),
+        ("permerror.test", Some("v=spf1 ip4 -all"), "permerror"),
     ];
     let mut records: Vec<String> = cases
         .iter()
@@ -1100,4 +1096,49 @@ fn assert_arc_set_on_top(msg: &str, i: u32, cv: &str) {
             _ => assert!(value.to_ascii_lowercase().contains(AUTHSERV_ID), "{value}"),
         }
     }
+}
+
+// ---------------------------------------------------------------- a resolver that never answers
+
+#[test]
+fn a_silent_resolver_gives_temperror_within_the_timeout() {
+    // A "DNS server" that reads every query and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ns = silent.local_addr().unwrap();
+    let mut relay = Relay::start(&config_dns(
+        &ns.to_string(),
+        &format!(
+            "[relay]\nlocal_domains = [\"relay.test\"]\n\
+             [authentication]\nauthserv_id = \"{AUTHSERV_ID}\"\ntimeout_ms = 300\n{}",
+            stamp("\"spf\", \"dmarc\"")
+        ),
+    ));
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let started = std::time::Instant::now();
+    assert_eq!(c.cmd("MAIL FROM:<alice@slow.test>").0, 250);
+    let waited = started.elapsed();
+    // Both SPF checks run together, each bounded by timeout_ms: one timeout, not two.
+    assert!(
+        waited >= std::time::Duration::from_millis(250)
+            && waited < std::time::Duration::from_secs(3),
+        "MAIL FROM took {waited:?}"
+    );
+    assert_eq!(c.cmd("RCPT TO:<bob@relay.test>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(&message("alice@slow.test", "slow", ""));
+    c.send(b".\r\n");
+    assert_eq!(c.reply().0, 250);
+    c.cmd("QUIT");
+    let all = by_subject(relay.stop_and_read_spool());
+    let (_, msg) = stored(&all, "slow");
+    let results = our_results(msg);
+    assert_eq!(spf_mailfrom(&results, "slow.test"), "temperror", "{msg}");
+    assert_eq!(
+        result_of(&results, "spf", Some("smtp.helo")),
+        "temperror",
+        "{msg}"
+    );
+    assert_eq!(stamp_item(msg, "spf"), "temperror", "{msg}");
+    drop(silent);
 }

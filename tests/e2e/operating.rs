@@ -341,6 +341,7 @@ fn every_subcommand_has_a_useful_help() {
         &["status"],
         &["check-config"],
         &["hash-password"],
+        &["dkim-records"],
         &["queue"],
         &["queue", "list"],
         &["queue", "show"],

@@ -101,6 +101,20 @@ impl SigningKey {
         Ok(SigningKey(key))
     }
 
+    /// The DKIM key record to publish as TXT at `{selector}._domainkey.{domain}`:
+    /// `v=DKIM1; k=rsa; p=<SubjectPublicKeyInfo>` or `v=DKIM1; k=ed25519; p=<raw key>`
+    /// (RFC 6376 §3.6.1, RFC 8463), base64.
+    pub fn dns_record(&self) -> String {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        match &self.0 {
+            DkimKey::Rsa(key) => {
+                format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki(&key.public_key())))
+            }
+            DkimKey::Ed25519(key) => format!("v=DKIM1; k=ed25519; p={}", b64(&key.public_key())),
+        }
+    }
+
     /// `rsa-sha256` or `ed25519-sha256`, as the `a=` tag says.
     pub fn algorithm(&self) -> &'static str {
         match self.0 {
@@ -108,6 +122,39 @@ impl SigningKey {
             DkimKey::Ed25519(_) => "ed25519-sha256",
         }
     }
+}
+
+/// Wraps a DER `RSAPublicKey` (what ring gives) in a `SubjectPublicKeyInfo` with the
+/// rsaEncryption algorithm, the form DKIM key records carry.
+fn rsa_spki(rsa_public_key: &[u8]) -> Vec<u8> {
+    /// `SEQUENCE { OID 1.2.840.113549.1.1.1, NULL }`.
+    const RSA_ALGORITHM: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut bit_string = vec![0u8];
+    bit_string.extend_from_slice(rsa_public_key);
+    let mut body = RSA_ALGORITHM.to_vec();
+    body.extend(der_tlv(0x03, &bit_string));
+    der_tlv(0x30, &body)
+}
+
+/// One DER tag-length-value.
+fn der_tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = value.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(value);
+    out
 }
 
 fn rsa_key(der: PrivateKeyDer<'_>) -> Result<RsaKey<Sha256>, String> {

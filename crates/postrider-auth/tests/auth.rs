@@ -605,3 +605,23 @@ async fn forged_results_are_stripped_and_signature_survives() {
     let out = check(&dns, &cleaned, BAD_IP, "b@example.net").await;
     assert_eq!(out.dkim[0].result, AuthResult::Pass);
 }
+
+#[test]
+fn dns_records_match_what_openssl_derives() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    for (key, kind, p_file) in [
+        ("rsa2048.pem", "rsa", "rsa2048.p.txt"),
+        ("rsa2048-pkcs1.pem", "rsa", "rsa2048.p.txt"),
+        ("ed25519.pem", "ed25519", "ed25519.p.txt"),
+    ] {
+        let record = postrider_auth::SigningKey::load(&dir.join(key))
+            .unwrap()
+            .dns_record();
+        let p = std::fs::read_to_string(dir.join(p_file)).unwrap();
+        assert_eq!(
+            record,
+            format!("v=DKIM1; k={kind}; p={}", p.trim()),
+            "{key}"
+        );
+    }
+}

@@ -82,6 +82,14 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Print the DNS TXT records to publish for the DKIM (and ARC) signing keys of the
+    /// configuration, in zone-file form, e.g.
+    /// `s1._domainkey.example.org. IN TXT "v=DKIM1; k=ed25519; p=..."`.
+    DkimRecords {
+        /// Configuration file (TOML); without it, the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Read a password on standard input and print its argon2id hash for the password file.
     ///
     /// Example: echo "alice:$(echo 's3cret' | postrider hash-password)" >> /etc/postrider/passwords
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => Config::load(&file)
             .map(|_| println!("{}: ok", file.display()))
             .map_err(Into::into),
+        Command::DkimRecords { config } => dkim_records(config),
         Command::HashPassword => hash_password(),
         Command::Queue {
             config,
@@ -130,6 +139,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a zone-file TXT record for every signing key of the configuration.
+fn dkim_records(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::embedded()?,
+    };
+    let auth = &config.authentication;
+    let keys: Vec<_> = auth.dkim_sign.iter().chain(&auth.arc_seal).collect();
+    if keys.is_empty() {
+        anyhow::bail!("the configuration has no [[dkim_sign]] or arc_seal key");
+    }
+    for key in keys {
+        let record = postrider_auth::SigningKey::load(&key.key_file)?.dns_record();
+        // A TXT string holds at most 255 bytes: longer records (RSA) are split.
+        let strings: Vec<String> = record
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        println!(
+            "{}._domainkey.{}. IN TXT {}",
+            key.selector,
+            key.domain,
+            strings.join(" ")
+        );
+    }
+    Ok(())
 }
 
 fn serve(config: Option<PathBuf>, log_json: bool, watch: bool) -> anyhow::Result<()> {
