@@ -132,7 +132,9 @@ impl Relay {
             stderr: Some(stderr),
         };
         loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
+            // Generous: a cold start compiles every plugin (the Python and JavaScript
+            // components take a minute in debug builds); a relay that exits ends this at once.
+            match rx.recv_timeout(Duration::from_secs(300)) {
                 Ok(line) if line == "postrider: ready" => break,
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("postrider: admin http ") {

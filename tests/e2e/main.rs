@@ -14,6 +14,7 @@ mod limits;
 mod operating;
 mod peers;
 mod plugins;
+mod polyglot;
 mod queue_cli;
 mod redis;
 mod relay_control;

@@ -9,52 +9,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use postrider_testkit::repo_root;
+use postrider_testkit::{polyglot_wasm, repo_root};
 
-/// Compiled plugins are shared by every harness run of this test binary (and kept between
-/// runs of it: a CPython or SpiderMonkey component takes a while to compile).
+/// Compiled plugins are shared by every harness run of this test binary and with the relay's
+/// end-to-end tests (and kept between runs: a CPython or SpiderMonkey component takes a
+/// while to compile). The cache is keyed by content and engine, so sharing is safe.
 fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("harness-plugin-cache")
-}
-
-/// Runs `plugins/build-polyglot.sh` once per test process; returns its output or why it
-/// failed.
-fn built() -> &'static Result<(), String> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("plugins/build-polyglot.sh"))
-            .current_dir(repo_root())
-            // The C build runs cargo for postrider-wasm-tools: not with the test's settings.
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .output()
-            .map_err(|e| format!("running plugins/build-polyglot.sh: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "plugins/build-polyglot.sh failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    })
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
 fn component(plugin: &str) -> PathBuf {
-    if let Err(e) = built() {
-        panic!("{e}");
-    }
-    let path = repo_root()
-        .join("plugins")
-        .join(plugin)
-        .join(format!("{plugin}.wasm"));
-    assert!(path.exists(), "no component at {}", path.display());
-    path
+    polyglot_wasm(plugin)
 }
 
 fn harness_test(wasm: &Path, cases: &Path) -> Output {

@@ -61,3 +61,43 @@ fn build_plugins() -> Result<PathBuf, String> {
     }
     Ok(target.join("wasm32-wasip2/release"))
 }
+
+/// Builds the C, Python and JavaScript example plugins with `plugins/build-polyglot.sh`
+/// (once per test process) and returns the component of `plugin` (its directory name, e.g.
+/// "py-keyword-score").
+///
+/// # Panics
+/// If the build fails or a toolchain is missing: CI installs them, so the test fails rather
+/// than skips.
+pub fn polyglot_wasm(plugin: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("plugins/build-polyglot.sh"))
+            .current_dir(repo_root())
+            // The C build runs cargo for postrider-wasm-tools: not with the test's settings.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .map_err(|e| format!("running plugins/build-polyglot.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "plugins/build-polyglot.sh failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    let path = repo_root()
+        .join("plugins")
+        .join(plugin)
+        .join(format!("{plugin}.wasm"));
+    assert!(path.exists(), "no component at {}", path.display());
+    path
+}
