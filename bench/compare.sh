@@ -1,0 +1,541 @@
+#!/usr/bin/env bash
+# Side by side on one machine (issue 10): Postrider without plugins ("postrider"), Postrider
+# with three example plugins ("postrider-3p": dnsbl at connect against a local dnsmasq zone
+# that answers NXDOMAIN, rcpt-allowlist at RCPT, header-stamp at DATA), Debian's Postfix as a
+# relay (relayhost to the sink) and Haraka from npm (one JS rcpt-allowlist plugin,
+# queue/smtp_forward to the sink). All relay to the same Postfix smtp-sink on loopback.
+#
+# Each cell (sessions x message size x connection mode) runs every server in turn, run by
+# run (A B C D, A B C D, ...), each run on a freshly started server: an untimed warm-up with
+# smtp-source, then
+#   1. smtp-source: msgs/s end to end, from the first connection until the relay's queue is
+#      empty again (Haraka has no queue: smtp_forward answers 250 only once the sink has);
+#   2. postrider-loadgen with the same load: p50/p99 latency per message.
+# Peak RSS: Postrider's VmHWM; Postfix and Haraka: the peak of the summed RSS of all their
+# processes, sampled every 100 ms (and their summed PSS, every second). Medians over the runs
+# go to bench/RESULTS.md, with the machine description and every run in raw form.
+#
+#   bench/compare.sh [--quick] [--runs N] [--only LIST] [--sessions "20 100"]
+#                    [--sizes "4096 102400"] [--modes "new reuse"] [--messages N]
+#                    [--quiet-logs] [--port-base P] [--out FILE] [--keep] [--no-build]
+#
+#   --quick        200 messages per pass, 1 run: checks that every cell works, measures nothing
+#   --runs N       runs per server and cell (default 3; the median is reported)
+#   --only LIST    comma-separated subset of postrider,postrider-3p,postfix,haraka
+#   --messages N   messages per pass (default 10000 at 4 KiB, 2000 at 100 KiB)
+#   --quiet-logs   Postrider and Haraka log warnings only (default: their default level,
+#                  info, to a file, as Postfix logs every message to its maillog_file)
+#   --port-base P  loopback ports P..P+5 (default 2610)
+#   --keep         keep the work directory (configs, logs, raw output)
+#   --no-build     use the binaries and plugins already in target/ (no cargo build)
+#
+# Needs root: installs Debian's postfix (and dnsmasq-base) when missing, reconfigures and
+# starts the system Postfix (main.cf and master.cf are restored on exit) and installs Haraka
+# from npm into bench/.haraka (needs node >= 20). Loopback only. Meaningless while anything
+# else loads the machine (the results record `pgrep -c rustc` at every run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+ORIG_ARGS=("$@")
+
+all_servers="postrider,postrider-3p,postfix,haraka"
+runs=3; runs_set=0; quick=0; only=$all_servers; sessions_list="20 100"; sizes="4096 102400"
+modes="new reuse"; messages=""; quiet_logs=0; port_base=2610; out=bench/RESULTS.md; keep=0
+build=1
+drain_limit=900       # seconds a queue may take to empty after a pass
+pass_limit=1800       # seconds one smtp-source or loadgen pass may take
+haraka_version=3.3.4
+haraka_dir=bench/.haraka
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --runs) runs=${2:?}; runs_set=1; shift ;;
+    --only) only=${2:?}; shift ;;
+    --sessions) sessions_list=${2//,/ }; shift ;;
+    --sizes) sizes=${2//,/ }; shift ;;
+    --modes) modes=${2//,/ }; shift ;;
+    --messages) messages=${2:?}; shift ;;
+    --quiet-logs) quiet_logs=1 ;;
+    --port-base) port_base=${2:?}; shift ;;
+    --out) out=${2:?}; shift ;;
+    --keep) keep=1 ;;
+    --no-build) build=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument $1" ;;
+  esac
+  shift
+done
+[ "$quick" = 1 ] && [ "$runs_set" = 0 ] && runs=1
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "--runs needs a positive number"
+servers=()
+for s in ${only//,/ }; do
+  [[ ",$all_servers," == *",$s,"* ]] || die "unknown server $s (known: $all_servers)"
+  servers+=("$s")
+done
+[ ${#servers[@]} -gt 0 ] || die "--only selected no server"
+for m in $modes; do [[ $m == new || $m == reuse ]] || die "mode $m: new or reuse"; done
+wants() { [[ " ${servers[*]} " == *" $1 "* ]]; }
+
+messages_for() { # size
+  if [ -n "$messages" ]; then echo "$messages"
+  elif [ "$quick" = 1 ]; then echo 200
+  elif [ "$1" -ge 65536 ]; then echo 2000
+  else echo 10000; fi
+}
+
+pr_port=$port_base; pr3_port=$((port_base + 1)); pf_port=$((port_base + 2))
+hk_port=$((port_base + 3)); sink_port=$((port_base + 4)); dns_port=$((port_base + 5))
+
+# ------------------------------------------------------------------ prerequisites
+[ "$(id -u)" -eq 0 ] || die "needs root (installs and reconfigures the system's Postfix)"
+[ "${BASH_VERSINFO[0]}" -ge 5 ] || die "needs bash 5 (EPOCHREALTIME)"
+command -v python3 >/dev/null || die "needs python3"
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
+if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt_install postfix
+fi
+if wants postrider-3p && ! command -v dnsmasq >/dev/null; then apt_install dnsmasq-base; fi
+if wants haraka; then
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postfix)"
+fi
+for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port; do
+  ! ss -Hltn "sport = :$p" | grep -q . || die "port $p is in use (--port-base to move)"
+done
+! ss -Hlun "sport = :$dns_port" | grep -q . || die "udp port $dns_port is in use (--port-base to move)"
+
+build_log=$(mktemp)
+if [ "$build" = 1 ]; then
+  echo "building postrider and postrider-loadgen (release)..."
+  cargo build --release --locked -p postrider -p postrider-loadgen >"$build_log" 2>&1 || { tail -30 "$build_log"; die "cargo build failed"; }
+  if wants postrider-3p; then
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
+    echo "building the dnsbl, rcpt-allowlist and header-stamp plugins (wasm32-wasip2)..."
+    (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p dnsbl -p rcpt-allowlist -p header-stamp) >"$build_log" 2>&1 \
+      || { tail -30 "$build_log"; die "plugin build failed"; }
+  fi
+fi
+rm -f "$build_log"
+if wants haraka; then
+  installed=$(node -p "require('./$haraka_dir/node_modules/Haraka/package.json').version" 2>/dev/null || true)
+  if [ "$installed" != "$haraka_version" ]; then
+    echo "installing Haraka $haraka_version from npm into $haraka_dir..."
+    mkdir -p "$haraka_dir"
+    npm install --prefix "$haraka_dir" --no-audit --no-fund --omit=optional --loglevel=error "Haraka@$haraka_version" >/dev/null \
+      || die "npm install Haraka@$haraka_version failed"
+  fi
+fi
+postrider_bin=$root/target/release/postrider
+loadgen_bin=$root/target/release/postrider-loadgen
+wasm=$root/plugins/target/wasm32-wasip2/release
+for f in "$postrider_bin" "$loadgen_bin"; do [ -x "$f" ] || die "$f is missing (run without --no-build)"; done
+if wants postrider-3p; then
+  for f in dnsbl rcpt_allowlist header_stamp; do [ -f "$wasm/$f.wasm" ] || die "$wasm/$f.wasm is missing (run without --no-build)"; done
+fi
+
+# ------------------------------------------------------------------ work dir, cleanup
+# On the Postfix queue's filesystem, so that both sync to the same disk.
+work=$(mktemp -d /var/tmp/postrider-bench.XXXXXX)
+[ "$(stat -c %d "$work")" = "$(stat -c %d /var/spool/postfix 2>/dev/null || stat -c %d /var/spool)" ] \
+  || echo "warning: $work and /var/spool/postfix are on different filesystems" >&2
+mkdir -p "$work/runs"
+srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; dns_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
+
+alive() { # pid: running (an exited child not yet reaped is a zombie: not alive)
+  local rest
+  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+  read -r rest <"/proc/$1/stat" 2>/dev/null || return 1
+  rest=${rest##*) }
+  [ "${rest%% *}" != Z ]
+}
+stop_pid() { # pid seconds: TERM, then KILL after the grace period (children too)
+  local pid=$1 grace=$2 kids
+  alive "$pid" || { [ -n "$pid" ] && wait "$pid" 2>/dev/null; return 0; }
+  kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq $((grace * 20))); do alive "$pid" || break; sleep 0.05; done
+  # shellcheck disable=SC2086
+  kill -KILL "$pid" $kids 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+# Long client runs go through here: in the background and waited for, so that Ctrl-C (and
+# SIGTERM) interrupts the wait and runs the trap at once (bash does not act on a SIGINT that
+# a foreground child such as timeout(1) handled itself).
+run_fg() {
+  "$@" &
+  fg_pid=$!
+  local rc=0
+  wait "$fg_pid" || rc=$?
+  fg_pid=""
+  return "$rc"
+}
+cleanup() {
+  set +e
+  trap - INT TERM
+  [ -n "$fg_pid" ] && stop_pid "$fg_pid" 5
+  [ -n "$sampler_pid" ] && stop_pid "$sampler_pid" 5
+  [ -n "$srv" ] && stop_server
+  stop_pid "$sink_pid" 5; stop_pid "$dns_pid" 5
+  if [ "$postfix_touched" = 1 ]; then
+    postfix stop >/dev/null 2>&1
+    cp -p "$work/postfix-main.cf" /etc/postfix/main.cf 2>/dev/null
+    cp -p "$work/postfix-master.cf" /etc/postfix/master.cf 2>/dev/null
+    [ "$postfix_was_running" = 1 ] && postfix start >/dev/null 2>&1
+  fi
+  if [ "$keep" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_until() { # seconds command...: true once the command succeeds, false after the deadline
+  local limit=$1; shift
+  local end=$(( ${EPOCHREALTIME%.*} + limit ))
+  until "$@"; do
+    [ "${EPOCHREALTIME%.*}" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+listening() { ss -Hltn "sport = :$1" | grep -q .; }
+
+# ------------------------------------------------------------------ the sink and DNS
+smtp-sink -u nobody -c "127.0.0.1:$sink_port" 1024 >"$work/sink.out" 2>"$work/sink.err" &
+sink_pid=$!
+wait_until 10 listening "$sink_port" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+# Messages the sink has received so far (its -c counter, "mesg=N", updated at every ".").
+sink_count() {
+  local last
+  last=$(tail -c 200 "$work/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1)
+  echo "${last#mesg=}" | sed 's/^$/0/'
+}
+
+if wants postrider-3p; then
+  # The DNSBL zone: dnsmasq is authoritative (--local) for bl.bench.test and lists nobody, so
+  # every lookup is answered NXDOMAIN, as a public list answers for a clean client.
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
+    --listen-address=127.0.0.1 --port="$dns_port" --local=/bl.bench.test/ --pid-file \
+    --user=root --log-facility="$work/dnsmasq.log" &
+  dns_pid=$!
+  wait_until 10 listening "$dns_port" || die "dnsmasq did not start"
+fi
+
+# ------------------------------------------------------------------ server configs
+pr_log=info; hk_log=info
+[ "$quiet_logs" = 1 ] && pr_log=warn && hk_log=warn
+
+write_postrider_config() { # name port with_plugins
+  mkdir -p "$work/$1"
+  cat >"$work/$1/postrider.toml" <<TOML
+hostname = "bench.test"
+spool_dir = "spool"
+admin_socket = "admin.sock"
+
+[[listener]]
+name = "smtp"
+address = "127.0.0.1:$2"
+kind = "smtp"
+
+[relay]
+relay_networks = ["127.0.0.0/8"]
+
+[limits]
+max_connections = 2000
+max_connections_per_ip = 1000
+
+# As Postfix below: 20 deliveries at once to the one destination.
+[delivery]
+tls = "none"
+concurrency = 20
+per_destination = 20
+
+[plugins]
+cache_dir = "$work/plugin-cache"
+kv_path = "kv.redb"
+
+[[route]]
+domains = ["remote.test"]
+relay = "127.0.0.1:$sink_port"
+tls = "none"
+TOML
+  if [ "$3" = 1 ]; then
+    cat >>"$work/$1/postrider.toml" <<TOML
+
+[dns]
+nameservers = ["127.0.0.1:$dns_port"]
+
+# connect: the client (127.0.0.1) is looked up in bl.bench.test, which answers NXDOMAIN.
+[[plugin]]
+name = "dnsbl"
+path = "$wasm/dnsbl.wasm"
+[plugin.config]
+zones = [{ zone = "bl.bench.test" }]
+skip_non_public = false
+
+# rcpt: only user@remote.test is a valid recipient at remote.test.
+[[plugin]]
+name = "rcpt-allowlist"
+path = "$wasm/rcpt_allowlist.wasm"
+[plugin.config.domains]
+"remote.test" = ["user"]
+
+# data: X-Postrider-Stamp with queue id, Message-ID presence, Subject length and size.
+[[plugin]]
+name = "header-stamp"
+path = "$wasm/header_stamp.wasm"
+[plugin.config]
+value = "bench.test"
+TOML
+  fi
+  "$postrider_bin" check-config "$work/$1/postrider.toml" >/dev/null || die "$1: bad config"
+}
+wants postrider && write_postrider_config postrider "$pr_port" 0
+wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" 1
+
+if wants postfix; then
+  postfix status >/dev/null 2>&1 && postfix_was_running=1
+  [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
+  cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
+  postfix_touched=1
+  postfix stop >/dev/null 2>&1 || true
+  # As bench/relay.sh: loopback only, relay for 127.0.0.0/8, everything to the sink.
+  postconf -e "inet_interfaces = loopback-only" "mydestination =" "mynetworks = 127.0.0.0/8" \
+    "relayhost = [127.0.0.1]:$sink_port" "smtpd_client_restrictions =" \
+    "smtpd_client_connection_count_limit = 0" "default_process_limit = 200" \
+    "default_destination_concurrency_limit = 20" "smtp_tls_security_level = none" \
+    "maillog_file = /var/log/postfix-bench.log" "compatibility_level = 3.6"
+  postconf -M "$pf_port/inet=$pf_port inet n - n - - smtpd"
+  postfix check >/dev/null 2>&1 || die "postfix check failed"
+  pf_queue=$(postconf -h queue_directory)
+  leftover=$(find "$pf_queue"/{incoming,active,deferred,hold,maildrop} -type f 2>/dev/null | wc -l)
+  [ "$leftover" -eq 0 ] || die "Postfix's queue holds $leftover messages; empty it first (postsuper -d ALL)"
+fi
+
+if wants haraka; then
+  hk=$work/haraka
+  node "$haraka_dir/node_modules/Haraka/bin/haraka" -i "$hk" >/dev/null 2>&1 || die "haraka -i failed"
+  cp bench/compare/rcpt_allowlist.js "$hk/plugins/"
+  # nodes=cpus: one worker per core, Haraka's advice for throughput (a master and workers).
+  printf 'listen=127.0.0.1:%s\nnodes=cpus\n' "$hk_port" >"$hk/config/smtp.ini"
+  printf '[main]\nlevel=%s\n' "$hk_log" >"$hk/config/log.ini"
+  printf 'rcpt_allowlist\nqueue/smtp_forward\n' >"$hk/config/plugins"
+  printf 'host=127.0.0.1\nport=%s\nenable_tls=false\n' "$sink_port" >"$hk/config/smtp_forward.ini"
+  printf '[domains]\nremote.test=user\n' >"$hk/config/rcpt_allowlist.ini"
+  echo bench.test >"$hk/config/me"
+fi
+
+# ------------------------------------------------------------------ start, stop, drain
+start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
+  srv=$1
+  case $1 in
+    postrider|postrider-3p)
+      local d=$work/$1
+      rm -rf "$d/spool" "$d/out"
+      POSTRIDER_LOG=$pr_log "$postrider_bin" serve --config "$d/postrider.toml" >"$d/out" 2>>"$d/log" &
+      srv_pid=$!
+      # A first start compiles the plugins (then cached): allow for it.
+      wait_until 300 grep -q "postrider: ready" "$d/out" || { echo "$1 did not start: $(tail -3 "$d/log")"; return 1; } ;;
+    postfix)
+      postfix start >/dev/null 2>&1 || { echo "postfix start failed"; return 1; }
+      wait_until 30 listening "$pf_port" || { echo "postfix did not listen on $pf_port"; return 1; }
+      srv_pid=$(tr -d ' ' </"$pf_queue/pid/master.pid") ;;
+    haraka)
+      node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/haraka" >>"$work/haraka/log" 2>&1 &
+      srv_pid=$!
+      wait_until 60 listening "$hk_port" || { echo "haraka did not listen on $hk_port"; return 1; }
+      # Every worker up (the master forks one per core).
+      wait_until 30 workers_up "$srv_pid" "$(nproc)" \
+        || { echo "haraka workers did not start"; return 1; } ;;
+  esac
+}
+stop_server() {
+  case $srv in
+    postfix)
+      postfix stop >/dev/null 2>&1 || true
+      wait_until 30 test ! -e "/proc/$srv_pid" || { postfix abort >/dev/null 2>&1 || true; kill -KILL "$srv_pid" 2>/dev/null || true; } ;;
+    *) stop_pid "$srv_pid" 40 ;;
+  esac
+  srv=""; srv_pid=""
+}
+queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
+  local f
+  case $srv in
+    postrider|postrider-3p) f=("$work/$srv/spool/active"/*) ;;
+    postfix) f=("$pf_queue"/incoming/* "$pf_queue"/active/* "$pf_queue"/maildrop/* "$pf_queue"/deferred/*/* "$pf_queue"/hold/*) ;;
+    haraka) f=() ;;  # no queue: smtp_forward answers 250 once the sink has accepted
+  esac
+  echo "${#f[@]}"
+}
+drained() { [ "$(queued)" -eq 0 ]; }
+# The queue is empty, or the server is gone (then there is no point in waiting).
+settled() { drained || ! alive "$srv_pid"; }
+drain() { # seconds what: waits for the queue to empty; on failure says why in $err
+  if wait_until "$1" settled && alive "$srv_pid"; then return 0; fi
+  if alive "$srv_pid"; then
+    err="${err:+$err; }queue not empty ${1}s after $2 ($(queued) left)"; flush_queue
+  else
+    err="${err:+$err; }$srv exited during $2"
+  fi
+  return 1
+}
+sink_reached() { [ "$(sink_count)" -ge "$1" ]; }
+workers_up() { [ "$(cat /proc/"$1"/task/*/children 2>/dev/null | wc -w)" -ge "$2" ]; }
+flush_queue() { # after a failed drain, so the next run starts empty
+  case $srv in
+    postfix) postsuper -d ALL >/dev/null 2>&1 || true ;;
+  esac
+}
+
+# ------------------------------------------------------------------ one run
+shopt -s nullglob
+tsv=$work/runs.tsv
+printf 'server\tsessions\tsize\tmode\trep\tmessages\tt_start\tt_accepted\tt_drained\tsink_delta\tlg_t_start\tlg_t_drained\tlg_sink_delta\trss_kb\tpss_kb\trss_how\trustc\tload1\terror\tloadgen_json\n' >"$tsv"
+
+run_one() { # server sessions size mode rep messages
+  local s=$1 sessions=$2 size=$3 mode=$4 rep=$5 n=$6 id="$1-$2-$3-$4-$5"
+  local dir=$work/runs/$id err="" t0="" t1="" t2="" d1="" l0="" l2="" d2="" rss="" pss="" how json="{}"
+  mkdir -p "$dir"
+  local rustc load1
+  rustc=$(pgrep -c rustc || true); load1=$(cut -d' ' -f1 /proc/loadavg)
+  if ! start_server "$s" >"$dir/start.err" 2>&1; then
+    err=$(tail -1 "$dir/start.err")
+    stop_server
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t\t\t%s\t%s\t%s\t{}\n' "$s" "$sessions" "$size" "$mode" "$rep" "$n" "$rustc" "$load1" "${err:-start failed}" >>"$tsv"
+    echo "  $id: $err"
+    return
+  fi
+  python3 "$root/bench/compare/rss_peak.py" "$srv_pid" 0.1 "$dir/rss" &
+  sampler_pid=$!
+  local dflag=() reuse=()
+  [ "$mode" = reuse ] && dflag=(-d) && reuse=(--reuse)
+  local c0 dw
+
+  # Warm-up, not timed: first connections, Postfix's processes, Haraka's JIT, plugin
+  # instances. Same sessions, size and mode.
+  local warm=$((sessions * 2)); [ "$warm" -lt 200 ] && warm=200; [ "$quick" = 1 ] && warm=$sessions
+  c0=$(sink_count)
+  run_fg timeout "$pass_limit" smtp-source "${dflag[@]}" -s "$sessions" -m "$warm" -l "$size" -M client.test \
+    -f sender@client.test -t user@remote.test "127.0.0.1:$(port_of "$s")" >"$dir/warmup.out" 2>&1 \
+    || err="warm-up: $(tail -1 "$dir/warmup.out")"
+  drain "$drain_limit" "the warm-up" || true
+  wait_until 10 sink_reached $((c0 + warm)) || true
+  dw=$(( $(sink_count) - c0 ))
+  [ "$dw" -eq "$warm" ] || err="${err:+$err; }sink got $dw of $warm from the warm-up"
+
+  # Pass 1: smtp-source, end to end.
+  c0=$(sink_count)
+  t0=$EPOCHREALTIME
+  if ! run_fg timeout "$pass_limit" smtp-source "${dflag[@]}" -s "$sessions" -m "$n" -l "$size" -M client.test \
+        -f sender@client.test -t user@remote.test "127.0.0.1:$(port_of "$s")" >"$dir/smtp-source.out" 2>&1; then
+    err="smtp-source: $(tail -1 "$dir/smtp-source.out")"
+  fi
+  t1=$EPOCHREALTIME
+  drain "$drain_limit" "smtp-source" || true
+  t2=$EPOCHREALTIME
+  wait_until 10 sink_reached $((c0 + n)) || true
+  d1=$(( $(sink_count) - c0 ))
+  [ "$d1" -eq "$n" ] || err="${err:+$err; }sink got $d1 of $n"
+
+  # Pass 2: the load generator, same load, for latencies.
+  c0=$(sink_count)
+  l0=$EPOCHREALTIME
+  if ! run_fg timeout "$pass_limit" "$loadgen_bin" --server "127.0.0.1:$(port_of "$s")" --sessions "$sessions" \
+        --messages "$n" --size "$size" "${reuse[@]}" >"$dir/loadgen.json" 2>"$dir/loadgen.err"; then
+    err="${err:+$err; }loadgen: $(grep -o '"first_error":"[^"]*"' "$dir/loadgen.json" || tail -1 "$dir/loadgen.err")"
+  fi
+  json=$(head -1 "$dir/loadgen.json"); [ -n "$json" ] || json="{}"
+  drain "$drain_limit" "the loadgen pass" || true
+  l2=$EPOCHREALTIME
+  wait_until 10 sink_reached $((c0 + n)) || true
+  d2=$(( $(sink_count) - c0 ))
+  [ "$d2" -eq "$n" ] || err="${err:+$err; }sink got $d2 of $n from loadgen"
+
+  stop_pid "$sampler_pid" 5; sampler_pid=""
+  read -r rss pss <"$dir/rss" || true
+  case $s in
+    postrider|postrider-3p) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
+    *) how=sampled-sum ;;
+  esac
+  stop_server
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$s" "$sessions" "$size" "$mode" "$rep" "$n" "$t0" "$t1" "$t2" "$d1" "$l0" "$l2" "$d2" "$rss" "$pss" "$how" \
+    "$rustc" "$load1" "${err//$'\t'/ }" "$json" >>"$tsv"
+  awk -v n="$n" -v t0="$t0" -v t2="$t2" -v rss="$rss" -v j="$json" -v r="$rustc" -v e="$err" -v id="$id" 'BEGIN {
+    p50 = j; sub(/.*"p50_ms":/, "", p50); sub(/[,}].*/, "", p50)
+    p99 = j; sub(/.*"p99_ms":/, "", p99); sub(/[,}].*/, "", p99)
+    printf "  %-32s %7.0f msgs/s e2e  p50 %6s ms  p99 %6s ms  rss %5.0f MB  rustc %s%s\n",
+      id, n / (t2 - t0), p50, p99, rss / 1024, r, (e == "" ? "" : "  ERROR: " e) }'
+}
+port_of() {
+  case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postfix) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
+}
+
+# ------------------------------------------------------------------ machine, versions
+disk_desc() { # dir: "device fstype, size, model, rotational or not"
+  local dev fs parent info
+  read -r dev fs < <(df --output=source,fstype "$1" | tail -1)
+  parent=$(lsblk -no PKNAME "$dev" 2>/dev/null | head -1)
+  info=$(lsblk -dno SIZE,ROTA,MODEL "/dev/${parent:-${dev#/dev/}}" 2>/dev/null | awk '{
+    rota = ($2 == "1") ? "rotational (as the kernel reports it)" : "non-rotational"; m = ""
+    for (i = 3; i <= NF; i++) m = m " " $i
+    printf "%s, %s%s", $1, rota, (m == "" ? "" : "," m) }')
+  echo "$dev $fs${info:+, $info}"
+}
+meta=$work/meta.tsv
+{
+  printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf 'command\tbench/compare.sh %s\n' "$(printf '%q ' "${ORIG_ARGS[@]:-}")"
+  printf 'quick\t%s\nruns\t%s\n' "$quick" "$runs"
+  printf 'nproc\t%s\n' "$(nproc)"
+  printf 'cpu\t%s\n' "$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
+  printf 'ram\t%s\n' "$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+  printf 'kernel\t%s\n' "$(uname -r)"
+  printf 'os\t%s\n' "$(. /etc/os-release && echo "$PRETTY_NAME")"
+  printf 'disk\t%s\n' "$(disk_desc "$work")"
+  printf 'spool_fs\t%s\n' "Postrider's spool and Postfix's queue on the same filesystem"
+  printf 'postrider\t%s (commit %s%s), %s\n' "$("$postrider_bin" --version 2>/dev/null | head -1)" "$(git rev-parse --short HEAD)" \
+    "$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo ", with uncommitted changes in the tree")" "$(rustc -V)"
+  printf 'postfix\tPostfix %s (Debian package %s)\n' "$(postconf -h mail_version)" "$(dpkg-query -W -f='${Version}' postfix 2>/dev/null)"
+  wants haraka && printf 'haraka\tHaraka %s on node %s\n' "$(node -p "require('./$haraka_dir/node_modules/Haraka/package.json').version")" "$(node -v)"
+  printf 'dnsmasq\t%s\n' "$(dnsmasq --version 2>/dev/null | head -1 | cut -d' ' -f1-3)"
+  printf 'messages\t%s\n' "$(for z in $sizes; do printf '%s B: %s, ' "$z" "$(messages_for "$z")"; done | sed 's/, $//')"
+  printf 'logs\t%s\n' "$([ "$quiet_logs" = 1 ] && echo quiet || echo default)"
+} >"$meta"
+
+# ------------------------------------------------------------------ the matrix
+total=0
+for _ in $sizes; do for _ in $sessions_list; do for _ in $modes; do total=$((total + runs * ${#servers[@]})); done; done; done
+echo "running $total runs (${servers[*]}; sessions: $sessions_list; sizes: $sizes; modes: $modes; $runs run(s) each); rustc processes now: $(pgrep -c rustc || true)"
+started=$EPOCHREALTIME
+for size in $sizes; do
+  n=$(messages_for "$size")
+  for sessions in $sessions_list; do
+    for mode in $modes; do
+      echo "cell: $sessions sessions, $size bytes, $mode connection per message, $n messages per pass"
+      for rep in $(seq "$runs"); do
+        for s in "${servers[@]}"; do
+          run_one "$s" "$sessions" "$size" "$mode" "$rep" "$n"
+        done
+      done
+    done
+  done
+done
+elapsed=$(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a}')
+printf 'duration\t%s s for %s runs\n' "$elapsed" "$total" >>"$meta"
+printf 'rustc_end\t%s\n' "$(pgrep -c rustc || true)" >>"$meta"
+
+mkdir -p "$(dirname "$out")"
+placeholder=(); [ "$quick" = 1 ] && placeholder=(--placeholder)
+python3 bench/compare/report.py --meta "$meta" --runs "$tsv" "${placeholder[@]}" >"$out.tmp" && mv "$out.tmp" "$out"
+cp "$tsv" bench/.last-runs.tsv; cp "$meta" bench/.last-meta.tsv
+echo "done in ${elapsed}s: $out (raw: bench/.last-runs.tsv)"
+if awk -F'\t' 'NR > 1 && $19 != "" {bad = 1} END {exit !bad}' "$tsv"; then
+  echo "some runs failed: see the error column in $out" >&2
+  exit 1
+fi
