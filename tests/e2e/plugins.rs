@@ -1,6 +1,7 @@
-//! The plugin chain in the real relay: verdicts, header edits, failure containment.
+//! The plugin chain in the real relay: verdicts, header edits, failure containment, warm
+//! instances (`reuse`) across transactions, connections and reloads.
 
-use crate::harness::{Relay, config, plugin};
+use crate::harness::{BIN, Client, Relay, config, plugin};
 
 #[test]
 fn allowlist_and_stamp_shape_what_is_accepted_and_stored() {
@@ -75,4 +76,109 @@ fn a_plugin_that_fails_init_stops_the_start_with_its_reason() {
         err.contains("plugin bad: init failed: init-fail asked for"),
         "{err}"
     );
+}
+
+/// A relay config with the `misbehave` fixture in `count` mode (every RCPT answers
+/// `550 5.7.1 calls C inits I seen S` of the instance that served it) and `extra` plugins.
+fn counting_config(plugin_extra: &str, extra: &str) -> String {
+    let counting = plugin(
+        "count",
+        "misbehave",
+        &format!("config = {{ mode = \"count\" }}\n{plugin_extra}"),
+    );
+    config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{counting}{extra}"
+    ))
+}
+
+/// RCPT TO in the open transaction: the count fixture's reply text.
+fn counted(c: &mut Client) -> String {
+    c.send(b"RCPT TO:<a@relay.test>\r\n");
+    let (code, lines) = c.reply();
+    assert_eq!(code, 550, "{lines:?}");
+    lines[0].trim_start_matches("5.7.1 ").to_owned()
+}
+
+/// A new transaction (RSET, MAIL FROM) on `c`.
+fn mail(c: &mut Client) {
+    assert_eq!(c.cmd("RSET").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<s@client.test>").0, 250);
+}
+
+fn reload(conf: &std::path::Path) {
+    let out = std::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn warm_instances_serve_reuse_transactions_across_connections_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("postrider.toml");
+    let mut relay = Relay::start_tmp_with(
+        tmp,
+        &counting_config("reuse = 3\npool_idle = 2", ""),
+        &["--no-watch"],
+    );
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    mail(&mut c);
+    // One transaction, one instance and one plugin value.
+    assert_eq!(counted(&mut c), "calls 1 inits 1 seen 1");
+    assert_eq!(counted(&mut c), "calls 2 inits 1 seen 2");
+    // RSET ends it: the next transaction reuses the instance after a new init.
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 3 inits 2 seen 1");
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 4 inits 3 seen 1");
+    // Third use done: recycled.
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 1 inits 1 seen 1");
+    assert_eq!(c.cmd("QUIT").0, 221);
+    // The pool outlives the connection.
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 2 inits 2 seen 1");
+    assert_eq!(c.cmd("QUIT").0, 221);
+
+    // A reload that leaves the plugin as it is keeps its warm instance...
+    std::fs::write(
+        &conf,
+        counting_config(
+            "reuse = 3\npool_idle = 2",
+            "[limits]\nmax_recipients = 500\n",
+        ),
+    )
+    .unwrap();
+    reload(&conf);
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 3 inits 3 seen 1");
+    mail(&mut c);
+    assert_eq!(
+        counted(&mut c),
+        "calls 1 inits 1 seen 1",
+        "third use ended the instance"
+    );
+    assert_eq!(c.cmd("QUIT").0, 221);
+    // ...a reload that changes it starts from a fresh one.
+    std::fs::write(&conf, counting_config("reuse = 4\npool_idle = 2", "")).unwrap();
+    reload(&conf);
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    mail(&mut c);
+    assert_eq!(counted(&mut c), "calls 1 inits 1 seen 1");
+    assert_eq!(c.cmd("QUIT").0, 221);
+    let logs = relay.stop_and_logs();
+    assert!(logs.contains("plugin unchanged, reused"), "{logs}");
 }

@@ -193,6 +193,11 @@ pub struct PluginConfig {
     pub timeout_ms: u64,
     /// Memory cap of each instance, in MiB.
     pub memory_mb: u32,
+    /// Transactions (or routing calls) one instance may serve before it is recycled; 1 (the
+    /// default) is a fresh instance for each.
+    pub reuse: u32,
+    /// Most idle instances kept warm for reuse (default 8; only with `reuse` > 1).
+    pub pool_idle: u32,
 }
 
 /// Outbound delivery settings.
@@ -562,6 +567,10 @@ struct RawPlugin {
     timeout_ms: Spanned<u64>,
     #[serde(default = "default_plugin_memory")]
     memory_mb: Spanned<u32>,
+    #[serde(default = "default_plugin_reuse")]
+    reuse: Spanned<u32>,
+    #[serde(default)]
+    pool_idle: Option<Spanned<u32>>,
 }
 
 fn default_failure_policy() -> FailurePolicy {
@@ -575,6 +584,13 @@ fn default_plugin_timeout() -> Spanned<u64> {
 fn default_plugin_memory() -> Spanned<u32> {
     Spanned::new(0..0, 32)
 }
+
+fn default_plugin_reuse() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+/// Idle instances kept per plugin when `reuse` > 1 and `pool_idle` is not set.
+const DEFAULT_POOL_IDLE: u32 = 8;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -909,6 +925,31 @@ impl Config {
                     "must be between 1 and 4096",
                 );
             }
+            if !(1..=1_000_000).contains(p.reuse.get_ref()) {
+                return src.invalid(
+                    p.reuse.span(),
+                    &key("reuse"),
+                    "must be between 1 (a fresh instance per transaction) and 1000000",
+                );
+            }
+            let pool_idle = match &p.pool_idle {
+                None => DEFAULT_POOL_IDLE.min(settings.max_instances),
+                Some(n) if *p.reuse.get_ref() == 1 => {
+                    return src.invalid(
+                        n.span(),
+                        &key("pool_idle"),
+                        "needs reuse greater than 1 (without reuse no instance is kept)",
+                    );
+                }
+                Some(n) if !(1..=settings.max_instances).contains(n.get_ref()) => {
+                    return src.invalid(
+                        n.span(),
+                        &key("pool_idle"),
+                        "must be between 1 and plugins.max_instances",
+                    );
+                }
+                Some(n) => *n.get_ref(),
+            };
             let config_json = match &p.config {
                 Some(table) => match serde_json::to_string(table) {
                     Ok(json) => json,
@@ -929,6 +970,8 @@ impl Config {
                 failure_policy: p.failure_policy,
                 timeout_ms: *p.timeout_ms.get_ref(),
                 memory_mb: *p.memory_mb.get_ref(),
+                reuse: *p.reuse.get_ref(),
+                pool_idle,
             });
         }
         let mut nameservers = Vec::new();
@@ -1315,6 +1358,7 @@ mod tests {
         let text = format!(
             "{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\nconfig = {{ zones = [\"x.test\"], n = 3 }}\n\
              [[plugin]]\nname = \"b\"\npath = \"/p/b.wasm\"\nfailure_policy = \"continue\"\ntimeout_ms = 50\nmemory_mb = 8\n\
+             reuse = 100\npool_idle = 4\n\
              [dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n"
         );
         let config = parse(&text).unwrap();
@@ -1331,6 +1375,14 @@ mod tests {
             (50, 8)
         );
         assert_eq!(config.plugins[1].failure_policy, FailurePolicy::Continue);
+        assert_eq!(
+            (config.plugins[0].reuse, config.plugins[0].pool_idle),
+            (1, 8)
+        );
+        assert_eq!(
+            (config.plugins[1].reuse, config.plugins[1].pool_idle),
+            (100, 4)
+        );
         assert_eq!(config.plugins[1].config_json, "{}");
         assert_eq!(
             config.nameservers,
@@ -1365,6 +1417,31 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("plugin[1].name"), "{err}");
+        let err = parse(&format!("{base}reuse = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:8: key `plugin[0].reuse`"),
+            "{err}"
+        );
+        let err = parse(&format!("{base}pool_idle = 4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:8: key `plugin[0].pool_idle`") && err.contains("reuse"),
+            "{err}"
+        );
+        let err = parse(&format!("{base}reuse = 10\npool_idle = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.toml:9: key `plugin[0].pool_idle`"),
+            "{err}"
+        );
+        let err = parse(&format!("{base}reuse = 10\npool_size = 4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool_size"), "{err}");
     }
 
     #[test]

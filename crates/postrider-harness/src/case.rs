@@ -24,6 +24,10 @@ pub const DEFAULT_CLOCK_MS: u64 = 1_700_000_000_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
 /// Memory cap when a case sets none (the relay's default `memory_mb`).
 pub const DEFAULT_MEMORY_MB: u32 = 32;
+/// Idle instances kept when a case sets `reuse` above 1 but no `pool_idle` (as the relay).
+pub const DEFAULT_POOL_IDLE: u32 = 8;
+/// Most instances the harness's engine runs at once (so the bound of `pool_idle`).
+pub const MAX_INSTANCES: u32 = 64;
 
 /// Why a case file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +279,8 @@ struct RawInputs {
     failure_policy: Option<Policy>,
     timeout_ms: Option<u64>,
     memory_mb: Option<u32>,
+    reuse: Option<u32>,
+    pool_idle: Option<u32>,
     clock_ms: Option<u64>,
     connection: Option<ConnSpec>,
     helo: Option<String>,
@@ -658,6 +664,10 @@ pub struct PluginSettings {
     pub timeout_ms: u64,
     /// Memory cap of each instance.
     pub memory_mb: u32,
+    /// Transactions one instance may serve (the relay's `reuse`; 1: a fresh one each).
+    pub reuse: u32,
+    /// Most idle instances kept for reuse (the relay's `pool_idle`).
+    pub pool_idle: u32,
 }
 
 /// One case, resolved and validated.
@@ -786,6 +796,18 @@ fn resolve(
     if !(1..=4096).contains(&memory_mb) {
         return Err(format!("memory_mb must be 1..=4096, not {memory_mb}"));
     }
+    let reuse = case.reuse.or(d.reuse).unwrap_or(1);
+    if !(1..=1_000_000).contains(&reuse) {
+        return Err(format!("reuse must be 1..=1000000, not {reuse}"));
+    }
+    let pool_idle = match case.pool_idle.or(d.pool_idle) {
+        None => DEFAULT_POOL_IDLE,
+        Some(_) if reuse == 1 => return Err("pool_idle needs reuse greater than 1".into()),
+        Some(n) if !(1..=MAX_INSTANCES).contains(&n) => {
+            return Err(format!("pool_idle must be 1..={MAX_INSTANCES}, not {n}"));
+        }
+        Some(n) => n,
+    };
     let kv = case
         .kv
         .or(d.kv)
@@ -938,6 +960,8 @@ fn resolve(
                 .unwrap_or(Policy::Tempfail),
             timeout_ms,
             memory_mb,
+            reuse,
+            pool_idle,
         },
         clock_ms: case.clock_ms.or(d.clock_ms).unwrap_or(DEFAULT_CLOCK_MS),
         dns: static_dns(&case.dns.or(d.dns).unwrap_or_default())?,

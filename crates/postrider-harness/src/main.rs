@@ -122,6 +122,9 @@ struct RunArgs {
     /// Memory cap of each plugin instance.
     #[arg(long, default_value_t = case::DEFAULT_MEMORY_MB)]
     memory_mb: u32,
+    /// Transactions one plugin instance may serve (the relay's `reuse`; 1: a fresh one each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    reuse: u32,
     /// Show every plugin call and host call.
     #[arg(long)]
     trace: bool,
@@ -320,6 +323,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         timeout_ms: args.timeout_ms,
         memory_mb: args.memory_mb,
+        reuse: args.reuse,
+        pool_idle: case::DEFAULT_POOL_IDLE,
     };
     let pipeline = harness
         .load(&options, &world.services)

@@ -59,6 +59,10 @@ pub struct LoadOptions {
     pub timeout_ms: u64,
     /// Memory cap.
     pub memory_mb: u32,
+    /// Transactions one instance may serve (1: a fresh instance each).
+    pub reuse: u32,
+    /// Most idle instances kept for reuse.
+    pub pool_idle: u32,
 }
 
 /// A case's services, kept so the harness can read the kv store and move the clock.
@@ -106,7 +110,7 @@ impl Harness {
         cache_dir: Option<PathBuf>,
     ) -> Result<Harness, HarnessError> {
         let engine = Arc::new(PluginEngine::new(&EngineOptions {
-            max_instances: 64,
+            max_instances: crate::case::MAX_INSTANCES,
             max_memory_bytes: (max_memory_mb.max(1) as usize) << 20,
         })?);
         let (cache_dir, temp) = match cache_dir {
@@ -150,6 +154,8 @@ impl Harness {
             },
             timeout: Duration::from_millis(options.timeout_ms),
             memory_bytes: (options.memory_mb as usize) << 20,
+            reuse: options.reuse,
+            pool_idle: options.pool_idle,
         };
         let plugin =
             LoadedPlugin::load(&self.engine, spec, Some(&self.cache_dir), services).await?;
@@ -191,6 +197,8 @@ impl Harness {
             failure_policy: case.plugin.failure_policy,
             timeout_ms: case.plugin.timeout_ms,
             memory_mb: case.plugin.memory_mb,
+            reuse: case.plugin.reuse,
+            pool_idle: case.plugin.pool_idle,
         };
         let pipeline = match (
             self.load(&options, &world.services).await,

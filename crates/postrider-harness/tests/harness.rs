@@ -244,6 +244,59 @@ expect.rcpt."a@example.org" = "continue"
 }
 
 #[test]
+fn reuse_in_a_case_keeps_warm_instances_across_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reuse.toml");
+    std::fs::write(
+        &file,
+        r#"
+[defaults]
+config = { mode = "count" }
+mail_from = "s@sender.example"
+rcpt = ["a@example.org"]
+
+[[case]]
+name = "an instance serves three transactions, init runs again, then a fresh one"
+reuse = 3
+pool_idle = 1
+[[case.run]]
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 1 inits 1 seen 1$" }
+[[case.run]]
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 2 inits 2 seen 1$" }
+[[case.run]]
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 3 inits 3 seen 1$" }
+[[case.run]]
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 1 inits 1 seen 1$" }
+[[case.run]]
+rcpt = ["trap@example.org"]
+expect.rcpt."trap@example.org" = { verdict = "tempfail", failure = "trap" }
+[[case.run]]
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 1 inits 1 seen 1$" }
+
+[[case]]
+name = "without reuse every run starts fresh"
+[[case.run]]
+repeat = 3
+expect.rcpt."a@example.org" = { verdict = "reject", text = "^calls 1 inits 1 seen 1$" }
+"#,
+    )
+    .unwrap();
+    let out = test_cmd("misbehave", &file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(last_line(&out), "2 passed, 0 failed");
+
+    std::fs::write(
+        &file,
+        "[[case]]\nname = \"x\"\nconfig = { mode = \"count\" }\npool_idle = 2\n",
+    )
+    .unwrap();
+    let out = test_cmd("misbehave", &file, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool_idle needs reuse"), "{err}");
+}
+
+#[test]
 fn trace_shows_stage_inputs_and_host_calls() {
     let cases = repo_root().join("plugins/greylist/cases.toml");
     let out = test_cmd(

@@ -98,6 +98,17 @@ impl Pipeline {
         self.plugins.iter().any(|p| p.wants(stage))
     }
 
+    /// After a reload to `next`: discards the warm pools of this pipeline's plugins that
+    /// `next` does not share (changed or removed); the plugins it keeps keep their pools.
+    pub fn retire_replaced(&self, next: Option<&Pipeline>) {
+        for plugin in &self.plugins {
+            let kept = next.is_some_and(|n| n.plugins.iter().any(|p| Arc::ptr_eq(p, plugin)));
+            if !kept {
+                plugin.retire();
+            }
+        }
+    }
+
     /// A chain for one SMTP session; `trace` records host calls (for the harness).
     pub fn session(self: &Arc<Self>, trace: bool) -> ChainSession {
         ChainSession {
@@ -108,7 +119,8 @@ impl Pipeline {
         }
     }
 
-    /// Routes one recipient of a queued message; each plugin gets a fresh instance.
+    /// Routes one recipient of a queued message; each plugin gets its own instance for the
+    /// call (fresh, or warm from its pool with `reuse` > 1).
     pub async fn route(
         self: &Arc<Self>,
         conn: &ConnInfo,
@@ -157,7 +169,7 @@ impl Pipeline {
             if decision != RouteDecision::Mx {
                 return (decision, calls);
             }
-            session.drop_instance(i);
+            session.release(i);
         }
         (RouteDecision::Mx, calls)
     }
@@ -181,7 +193,8 @@ enum Answer {
     Route(wit::Route),
 }
 
-/// The plugin instances of one SMTP transaction, created on first use and dropped at its end.
+/// The plugin instances of one SMTP transaction, taken on first use and given back at its
+/// end (dropped, or kept in the plugin's warm pool); dropping the session gives them back too.
 pub struct ChainSession {
     pipeline: Arc<Pipeline>,
     instances: Vec<Option<Instance>>,
@@ -206,11 +219,26 @@ fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
     Reply::local(code, e, text)
 }
 
+impl Drop for ChainSession {
+    fn drop(&mut self) {
+        self.end_transaction();
+    }
+}
+
 impl ChainSession {
-    /// Ends the current transaction: its instances (and any state they kept) are dropped.
+    /// Ends the current transaction: its instances are dropped, or with `reuse` > 1 those
+    /// whose every call succeeded go back to their plugin's pool (`init` runs again before
+    /// the next transaction uses one).
     pub fn end_transaction(&mut self) {
-        for slot in &mut self.instances {
-            *slot = None;
+        for i in 0..self.instances.len() {
+            self.release(i);
+        }
+    }
+
+    /// Gives plugin `i`'s instance back (kept for reuse only if sound and wanted).
+    fn release(&mut self, i: usize) {
+        if let Some(instance) = self.instances[i].take() {
+            self.pipeline.plugins[i].checkin(instance);
         }
     }
 
@@ -479,8 +507,8 @@ impl ChainSession {
         }
     }
 
-    /// Calls plugin `i`, creating and initialising its instance first if needed. On any
-    /// failure the instance is dropped (a trapped store must never be entered again).
+    /// Calls plugin `i`, taking an initialised instance first if needed. On any failure
+    /// the instance is dropped (a trapped store must never be entered again).
     async fn call(
         &mut self,
         i: usize,
@@ -489,13 +517,9 @@ impl ChainSession {
     ) -> Result<Answer, CallFailure> {
         let plugin = Arc::clone(&self.pipeline.plugins[i]);
         if self.instances[i].is_none() {
-            let mut instance = plugin
-                .instantiate(&self.pipeline.engine, &self.pipeline.services, self.trace)
+            let instance = plugin
+                .checkout(&self.pipeline.engine, &self.pipeline.services, self.trace)
                 .await?;
-            plugin
-                .init(&mut instance)
-                .await
-                .map_err(CallFailure::Trap)?;
             self.instances[i] = Some(instance);
         }
         let Some(instance) = self.instances[i].as_mut() else {
@@ -503,11 +527,16 @@ impl ChainSession {
         };
         plugin.arm(&mut instance.store);
         let timeout = plugin.spec.timeout;
+        // Stays false if this future is dropped midway: such a store is never reused.
+        instance.sound = false;
         let result = tokio::time::timeout(timeout, invoke(instance, call)).await;
         let result = match result {
             Err(_) => Err(CallFailure::Timeout(timeout.as_millis())),
             Ok(Err(e)) => Err(classify(&e, timeout)),
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => {
+                instance.sound = true;
+                Ok(answer)
+            }
         };
         if result.is_err() {
             tracing::debug!(plugin = %plugin.spec.name, stage = stage.name(), "dropping failed instance");

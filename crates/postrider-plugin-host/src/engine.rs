@@ -38,6 +38,8 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
     pub(crate) instance_slots: Arc<tokio::sync::Semaphore>,
+    /// The warm pools of plugins with `reuse` > 1 (idle instances hold slots).
+    pub(crate) pools: Arc<crate::pool::Registry>,
     stop: Arc<AtomicBool>,
 }
 
@@ -84,6 +86,8 @@ impl PluginEngine {
             engine,
             linker,
             instance_slots: Arc::new(tokio::sync::Semaphore::new(options.max_instances as usize)),
+            // Idle warm instances may hold at most half the slots.
+            pools: crate::pool::Registry::new(options.max_instances as usize / 2),
             stop,
         })
     }
@@ -91,6 +95,11 @@ impl PluginEngine {
     /// The wasmtime engine (for precompiling and cache keys).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Idle warm instances of every plugin (see `PluginSpec::reuse`).
+    pub fn idle_instances(&self) -> usize {
+        self.pools.idle()
     }
 }
 

@@ -3,10 +3,11 @@
 //! One [`PluginEngine`] (pooling allocator, epoch deadlines) compiles each plugin once into a
 //! [`LoadedPlugin`] (cached on disk by content hash and engine version); a [`Pipeline`] is the
 //! ordered chain of plugins from the config. Each SMTP transaction gets a [`ChainSession`]
-//! that instantiates every plugin once and reuses that instance across the transaction's
-//! stages; each routing call gets a fresh instance. A trap, a timeout or an answer the host
-//! refuses is contained to that call: the instance is dropped and the plugin's
-//! [`FailurePolicy`] decides.
+//! that takes one instance of every plugin and keeps it across the transaction's stages;
+//! each routing call takes its own. The instance is fresh, or with [`PluginSpec::reuse`] > 1
+//! a warm one from the plugin's pool, `init` called again. A trap, a timeout or an answer
+//! the host refuses is contained to that call: the instance is dropped (never pooled) and
+//! the plugin's [`FailurePolicy`] decides.
 
 mod bindings;
 mod chain;
@@ -16,6 +17,7 @@ mod error;
 mod host;
 mod message;
 mod plugin;
+mod pool;
 mod state;
 mod validate;
 

@@ -1,5 +1,6 @@
 //! Loading one plugin: read, compile (or reuse the on-disk cache), link, and a canary
-//! instance whose `init` validates the config and names the stages the plugin wants.
+//! instance whose `init` validates the config and names the stages the plugin wants; then
+//! handing out initialised instances, fresh or (with `reuse` > 1) warm from its pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::bindings::exports::postrider::plugin::filter::Stages;
 use crate::bindings::{Plugin, PluginPre};
 use crate::engine::PluginEngine;
 use crate::error::{CallFailure, HostError};
+use crate::pool::WarmPool;
 use crate::state::{HostState, Services};
 
 /// What the relay does when a plugin call traps, times out or answers something invalid.
@@ -84,6 +86,10 @@ pub struct PluginSpec {
     pub timeout: Duration,
     /// Memory cap of each instance, in bytes.
     pub memory_bytes: usize,
+    /// Transactions (or routing calls) one instance may serve; 1 = a fresh instance each.
+    pub reuse: u32,
+    /// Most idle instances kept for reuse (only with `reuse` > 1).
+    pub pool_idle: u32,
 }
 
 /// A compiled, validated plugin, ready to instantiate.
@@ -92,6 +98,7 @@ pub struct LoadedPlugin {
     pub(crate) pre: PluginPre<HostState>,
     pub(crate) stages: Stages,
     pub(crate) namespace: Arc<str>,
+    pub(crate) pool: Arc<WarmPool>,
     /// SHA-256 of the component file, hex.
     pub hash: String,
     /// When it was loaded (compiled or taken from the cache, and initialised).
@@ -113,6 +120,11 @@ pub(crate) struct Instance {
     pub(crate) store: Store<HostState>,
     pub(crate) bindings: Plugin,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Transactions it was handed out for, the current one included.
+    pub(crate) uses: u32,
+    /// False while a guest call runs, and for good once one failed: a call whose future was
+    /// dropped midway leaves the store unusable, and such an instance is never pooled.
+    pub(crate) sound: bool,
 }
 
 impl LoadedPlugin {
@@ -159,8 +171,10 @@ impl LoadedPlugin {
             plugin: spec.name.clone(),
             message: format!("does not export postrider:plugin/filter: {e:#}"),
         })?;
+        let pool = engine.pools.pool(spec.reuse, spec.pool_idle as usize);
         let mut plugin = LoadedPlugin {
             namespace: Arc::from(spec.name.as_str()),
+            pool,
             spec,
             pre,
             stages: Stages::empty(),
@@ -210,6 +224,52 @@ impl LoadedPlugin {
         self.stages.contains(stage.flag())
     }
 
+    /// Idle instances kept for reuse now (always 0 unless `reuse` > 1).
+    pub fn idle_instances(&self) -> usize {
+        self.pool.idle_len()
+    }
+
+    /// Drops the idle instances and keeps none from now on: this plugin's config generation
+    /// was replaced by a reload. Running transactions finish on their instances.
+    pub fn retire(&self) {
+        self.pool.retire();
+    }
+
+    /// An initialised instance for one transaction: a warm one from the pool (its `init`
+    /// called again) when there is one, a fresh one otherwise.
+    pub(crate) async fn checkout(
+        &self,
+        engine: &PluginEngine,
+        services: &Services,
+        trace: bool,
+    ) -> Result<Instance, CallFailure> {
+        while let Some(mut instance) = self.pool.take() {
+            instance.store.data_mut().set_trace(trace);
+            instance.sound = false;
+            match self.init(&mut instance).await {
+                Ok(_) => {
+                    instance.sound = true;
+                    instance.uses += 1;
+                    return Ok(instance);
+                }
+                Err(message) => {
+                    tracing::warn!(plugin = %self.spec.name, error = %message, "init of a reused instance failed; dropping it");
+                }
+            }
+        }
+        let mut instance = self.instantiate(engine, services, trace).await?;
+        self.init(&mut instance).await.map_err(CallFailure::Trap)?;
+        instance.sound = true;
+        instance.uses = 1;
+        Ok(instance)
+    }
+
+    /// Gives back an instance at the end of a transaction: kept for reuse when it is sound
+    /// and the pool takes it, dropped otherwise.
+    pub(crate) fn checkin(&self, instance: Instance) {
+        self.pool.put(instance);
+    }
+
     /// A fresh instance with this plugin's limits (not yet initialised).
     pub(crate) async fn instantiate(
         &self,
@@ -217,13 +277,33 @@ impl LoadedPlugin {
         services: &Services,
         trace: bool,
     ) -> Result<Instance, CallFailure> {
-        let slot = tokio::time::timeout(
-            self.spec.timeout,
-            Arc::clone(&engine.instance_slots).acquire_owned(),
-        )
-        .await
-        .map_err(|_| CallFailure::Busy)?
-        .map_err(|_| CallFailure::Busy)?;
+        let slot =
+            crate::pool::acquire_slot(&engine.instance_slots, &engine.pools, self.spec.timeout)
+                .await?;
+        let (store, bindings) = match self.instantiate_in(engine, services, trace).await {
+            // Idle warm instances also hold the pooling allocator's core instances, memories
+            // and tables: when one of those ran out, free them all and try once more.
+            Err(CallFailure::Busy) if engine.pools.idle() > 0 => {
+                engine.pools.evict_all();
+                self.instantiate_in(engine, services, trace).await
+            }
+            other => other,
+        }?;
+        Ok(Instance {
+            store,
+            bindings,
+            _slot: slot,
+            uses: 0,
+            sound: false,
+        })
+    }
+
+    async fn instantiate_in(
+        &self,
+        engine: &PluginEngine,
+        services: &Services,
+        trace: bool,
+    ) -> Result<(Store<HostState>, Plugin), CallFailure> {
         let state = HostState::new(
             Arc::clone(&self.namespace),
             services.clone(),
@@ -237,12 +317,14 @@ impl LoadedPlugin {
             tokio::time::timeout(self.spec.timeout, self.pre.instantiate_async(&mut store))
                 .await
                 .map_err(|_| CallFailure::Timeout(self.spec.timeout.as_millis()))?
-                .map_err(|e| CallFailure::Trap(format!("{e:#}")))?;
-        Ok(Instance {
-            store,
-            bindings,
-            _slot: slot,
-        })
+                .map_err(|e| {
+                    if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                        CallFailure::Busy
+                    } else {
+                        CallFailure::Trap(format!("{e:#}"))
+                    }
+                })?;
+        Ok((store, bindings))
     }
 
     /// Sets the deadline for the next call. At every epoch tick the guest yields to the

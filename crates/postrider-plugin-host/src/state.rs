@@ -86,6 +86,11 @@ impl HostState {
         }
     }
 
+    /// Starts or stops recording host calls (a reused instance serves a new session).
+    pub(crate) fn set_trace(&mut self, trace: bool) {
+        self.trace = trace.then(Vec::new);
+    }
+
     pub(crate) fn take_trace(&mut self) -> Vec<HostCall> {
         self.trace.as_mut().map(std::mem::take).unwrap_or_default()
     }

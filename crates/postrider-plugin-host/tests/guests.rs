@@ -24,9 +24,13 @@ struct Env {
 }
 
 fn env_with_dns(dns: StaticDns) -> Env {
+    env_sized(64, dns)
+}
+
+fn env_sized(max_instances: u32, dns: StaticDns) -> Env {
     let engine = Arc::new(
         PluginEngine::new(&EngineOptions {
-            max_instances: 64,
+            max_instances,
             max_memory_bytes: 64 << 20,
         })
         .unwrap(),
@@ -60,6 +64,8 @@ fn spec(name: &str, plugin: &str, config: &str) -> PluginSpec {
         failure_policy: FailurePolicy::Tempfail,
         timeout: Duration::from_millis(500),
         memory_bytes: 16 << 20,
+        reuse: 1,
+        pool_idle: 8,
     }
 }
 
@@ -447,4 +453,276 @@ async fn route_by_domain_routes_with_fresh_instances() {
         p.route(&c, &e, "u@elsewhere.test", false).await.0,
         RouteDecision::Mx
     );
+}
+
+// ---- The warm instance pool (`reuse` > 1) ----
+
+fn counting(name: &str, reuse: u32, pool_idle: u32) -> PluginSpec {
+    let mut s = spec(name, "misbehave", r#"{"mode": "count"}"#);
+    s.reuse = reuse;
+    s.pool_idle = pool_idle;
+    s
+}
+
+/// Loads one plugin on its own (tests build pipelines of several from the same plugins).
+async fn load(env: &Env, spec: PluginSpec) -> Arc<LoadedPlugin> {
+    Arc::new(
+        LoadedPlugin::load(&env.engine, spec, Some(&cache_dir()), &env.services)
+            .await
+            .unwrap(),
+    )
+}
+
+fn chain_of(env: &Env, plugins: &[&Arc<LoadedPlugin>]) -> Arc<Pipeline> {
+    Arc::new(Pipeline::new(
+        Arc::clone(&env.engine),
+        plugins.iter().map(|p| Arc::clone(p)).collect(),
+        env.services.clone(),
+    ))
+}
+
+/// What the `count` fixture answered: (calls, inits, seen) of the instance that served it.
+fn counts(d: &Decision) -> (u32, u32, u32) {
+    let Decision::Reject(r) = d else {
+        panic!("expected the count answer, got {d:?}");
+    };
+    let n: Vec<u32> = r.text().split(' ').filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 3, "{}", r.text());
+    (n[0], n[1], n[2])
+}
+
+/// One transaction with one RCPT per recipient, given back at its end.
+async fn transaction(p: &Arc<Pipeline>, rcpts: &[&str]) -> Vec<Decision> {
+    let mut chain = p.session(false);
+    let mut out = Vec::new();
+    for r in rcpts {
+        out.push(
+            chain
+                .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), r)
+                .await
+                .decision,
+        );
+    }
+    chain.end_transaction();
+    out
+}
+
+#[tokio::test]
+async fn without_reuse_every_transaction_gets_a_fresh_instance() {
+    let env = env();
+    let p = pipeline(&env, vec![counting("m", 1, 8)]).await;
+    for _ in 0..3 {
+        let out = transaction(&p, &["x@relay.test"]).await;
+        assert_eq!(counts(&out[0]), (1, 1, 1));
+        assert_eq!(p.plugins()[0].idle_instances(), 0);
+    }
+}
+
+#[tokio::test]
+async fn warm_instance_serves_reuse_transactions_then_a_fresh_one() {
+    let env = env();
+    let p = pipeline(&env, vec![counting("m", 3, 2)]).await;
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        // Two recipients: the plugin value lives for the transaction, as without reuse.
+        let out = transaction(&p, &["x@relay.test", "y@relay.test"]).await;
+        let (a, b) = (counts(&out[0]), counts(&out[1]));
+        assert_eq!(
+            (b.0, b.1, b.2),
+            (a.0 + 1, a.1, 2),
+            "same instance and value within"
+        );
+        seen.push(a);
+    }
+    // calls (globals) carry over; init runs again on every reuse and re-creates the value.
+    assert_eq!(
+        seen,
+        [
+            (1, 1, 1),
+            (3, 2, 1),
+            (5, 3, 1),
+            (1, 1, 1),
+            (3, 2, 1),
+            (5, 3, 1),
+            (1, 1, 1)
+        ]
+    );
+    assert_eq!(p.plugins()[0].idle_instances(), 1);
+}
+
+#[tokio::test]
+async fn failures_recycle_a_warm_instance() {
+    let env = env();
+    let p = pipeline(&env, vec![counting("m", 100, 4)]).await;
+    assert_eq!(counts(&transaction(&p, &["x@relay.test"]).await[0]).0, 1);
+    assert_eq!(counts(&transaction(&p, &["x@relay.test"]).await[0]).0, 2);
+    assert_eq!(p.plugins()[0].idle_instances(), 1);
+
+    // A trap: the instance is dropped, not given back; the next transaction starts fresh.
+    let out = transaction(&p, &["trap@relay.test"]).await;
+    assert_eq!(code(&out[0]), (451, "4.3.0".into()));
+    assert_eq!(p.plugins()[0].idle_instances(), 0);
+    assert_eq!(
+        counts(&transaction(&p, &["x@relay.test"]).await[0]),
+        (1, 1, 1)
+    );
+
+    // After a trap within a transaction, its later calls run on a fresh instance, which
+    // ended cleanly and may be reused.
+    let out = transaction(&p, &["x@relay.test", "trap@relay.test", "x@relay.test"]).await;
+    assert_eq!(counts(&out[0]).0, 2);
+    assert_eq!(counts(&out[2]), (1, 1, 1));
+    assert_eq!(p.plugins()[0].idle_instances(), 1);
+    assert_eq!(counts(&transaction(&p, &["x@relay.test"]).await[0]).0, 2);
+}
+
+#[tokio::test]
+async fn timeouts_invalid_answers_and_cancelled_calls_are_never_pooled() {
+    let env = env();
+    for (mode, policy) in [
+        ("loop", FailurePolicy::Tempfail),
+        ("bad-reply", FailurePolicy::Tempfail),
+    ] {
+        let mut s = spec("m", "misbehave", &format!(r#"{{"mode": "{mode}"}}"#));
+        s.reuse = 100;
+        s.failure_policy = policy;
+        s.timeout = Duration::from_millis(100);
+        let p = pipeline(&env, vec![s]).await;
+        let out = transaction(&p, &["x@relay.test"]).await;
+        assert_eq!(code(&out[0]), (451, "4.3.0".into()), "{mode}");
+        assert_eq!(p.plugins()[0].idle_instances(), 0, "{mode}");
+    }
+    // A call whose future is dropped midway (the session went away while the guest ran):
+    // the store is not at a safe point and must not be reused.
+    let mut s = spec("m", "misbehave", r#"{"mode": "loop"}"#);
+    s.reuse = 100;
+    s.timeout = Duration::from_millis(5000);
+    let p = pipeline(&env, vec![s]).await;
+    let mut chain = p.session(false);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        chain.on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test"),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    chain.end_transaction();
+    drop(chain);
+    assert_eq!(p.plugins()[0].idle_instances(), 0);
+    assert_eq!(env.engine.idle_instances(), 0);
+}
+
+#[tokio::test]
+async fn reload_discards_the_pools_of_replaced_plugins_only() {
+    let env = env();
+    let kept = load(&env, counting("kept", 100, 4)).await;
+    let changed = load(&env, counting("changed", 100, 4)).await;
+    let (only_kept, only_changed) = (chain_of(&env, &[&kept]), chain_of(&env, &[&changed]));
+    transaction(&only_kept, &["x@relay.test"]).await;
+    transaction(&only_changed, &["x@relay.test"]).await;
+    assert_eq!((kept.idle_instances(), changed.idle_instances()), (1, 1));
+
+    // A session of the old generation is mid-transaction across the reload.
+    let mut running = only_changed.session(false);
+    let out = running
+        .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+        .await;
+    assert_eq!(counts(&out.decision).0, 2, "the idle instance was taken");
+
+    let old = chain_of(&env, &[&kept, &changed]);
+    let replacement = load(&env, counting("changed", 50, 4)).await;
+    let new = chain_of(&env, &[&kept, &replacement]);
+    old.retire_replaced(Some(&new));
+    assert_eq!((kept.idle_instances(), changed.idle_instances()), (1, 0));
+
+    // The running transaction finishes on its instance, which is then dropped, not pooled.
+    running.end_transaction();
+    assert_eq!(changed.idle_instances(), 0);
+    assert_eq!(
+        counts(&transaction(&only_changed, &["x@relay.test"]).await[0]).0,
+        1
+    );
+    assert_eq!(changed.idle_instances(), 0);
+    // The unchanged plugin keeps its warm instance.
+    assert_eq!(
+        counts(&transaction(&only_kept, &["x@relay.test"]).await[0]).0,
+        2
+    );
+    assert_eq!(kept.idle_instances(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_limits_hold_under_concurrency() {
+    let env = env();
+    let p = pipeline(&env, vec![counting("m", 1000, 4)]).await;
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let p = Arc::clone(&p);
+        let engine = Arc::clone(&env.engine);
+        tasks.push(tokio::spawn(async move {
+            let mut most_calls = 0;
+            for n in 0..6 {
+                let mut chain = p.session(false);
+                let out = chain
+                    .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+                    .await;
+                assert!(out.calls[0].failure.is_none(), "task {t} #{n}: {out:?}");
+                most_calls = most_calls.max(counts(&out.decision).0);
+                tokio::time::sleep(Duration::from_millis(1 + (t + n) as u64 % 3)).await;
+                chain.end_transaction();
+                let idle = p.plugins()[0].idle_instances();
+                assert!(idle <= 4, "{idle} idle instances, pool_idle is 4");
+                assert!(engine.idle_instances() <= 4);
+            }
+            most_calls
+        }));
+    }
+    let mut most = 0;
+    for t in tasks {
+        most = most.max(t.await.unwrap());
+    }
+    assert!(most > 1, "instances were reused");
+    assert!(p.plugins()[0].idle_instances() <= 4);
+}
+
+#[tokio::test]
+async fn idle_instances_never_starve_new_ones() {
+    // 8 slots; idle instances may hold at most half of them, and give them back when needed.
+    let env = env_sized(8, StaticDns::default());
+    let a = load(&env, counting("a", 100, 8)).await;
+    let b = load(&env, counting("b", 100, 8)).await;
+    let (pa, pb) = (chain_of(&env, &[&a]), chain_of(&env, &[&b]));
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut chain = pa.session(false);
+        chain
+            .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+            .await;
+        held.push(chain);
+    }
+    drop(held);
+    assert_eq!(
+        a.idle_instances(),
+        4,
+        "the engine-wide idle cap is half the slots"
+    );
+    assert_eq!(env.engine.idle_instances(), 4);
+
+    // Plugin b needs every slot: a's idle instances are evicted, no call waits or fails.
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for n in 0..8 {
+        let mut chain = pb.session(false);
+        let out = chain
+            .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+            .await;
+        assert!(out.calls[0].failure.is_none(), "#{n}: {out:?}");
+        held.push(chain);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "a call waited for a slot"
+    );
+    assert_eq!(a.idle_instances(), 0);
+    drop(held);
+    assert_eq!(b.idle_instances(), 4);
 }

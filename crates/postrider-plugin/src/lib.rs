@@ -40,6 +40,10 @@
 //!   WIT `init` with the plugin's config table as JSON text; the SDK parses nothing itself and
 //!   hands a [`Config`] to [`Plugin::init`], stores the value it returns for the life of the
 //!   instance, and answers the host with [`Plugin::stages`].
+//! * With `reuse = N` in its `[[plugin]]` an instance serves up to N of those uses: the host
+//!   calls `init` again before each, which replaces the plugin value, but `static`s,
+//!   `thread_local!`s and other globals keep what earlier uses left (plugins/README.md,
+//!   "Warm instances").
 //! * At load (and reload) the host calls `init` once just to validate the config: an `Err`
 //!   fails the load with its message, so validate everything there.
 //! * The stage methods take `&mut self`: per-transaction state (e.g. what was seen at

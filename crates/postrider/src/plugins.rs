@@ -211,6 +211,8 @@ fn spec_of(p: &PluginConfig) -> PluginSpec {
         },
         timeout: Duration::from_millis(p.timeout_ms),
         memory_bytes: (p.memory_mb as usize) << 20,
+        reuse: p.reuse,
+        pool_idle: p.pool_idle,
     }
 }
 

@@ -281,6 +281,10 @@ impl Reloader {
         let generation = Arc::new(generation);
         self.current.store(Arc::clone(&generation));
         listeners.commit(plan);
+        // Warm instances of plugins the new generation replaced must not serve it.
+        if let Some(old) = &previous.pipeline {
+            old.retire_replaced(generation.pipeline.as_deref());
+        }
         // From now on only what the running generation names is watched.
         let files = generation.files(self.source.path());
         self.watched.send_if_modified(|w| {
