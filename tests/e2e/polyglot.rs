@@ -19,13 +19,14 @@ fn a_chain_of_c_python_javascript_and_rust_plugins_filters_mail() {
         entry(
             "policy",
             "js-sender-policy",
-            "config = { default = \"continue\", domains = { \"spam.example\" = \"deny\" } }",
+            // Warm instances for the heavy guests: later transactions reuse them.
+            "reuse = 10\nconfig = { default = \"continue\", domains = { \"spam.example\" = \"deny\" } }",
         ),
         entry("headers", "c-header-check", ""),
         entry(
             "score",
             "py-keyword-score",
-            "config = { threshold = 5, rules = [{ pattern = \"viagra\", weight = 4 }, { pattern = \"act now\", weight = 2, where = \"subject\" }] }",
+            "reuse = 10\nconfig = { threshold = 5, rules = [{ pattern = \"viagra\", weight = 4 }, { pattern = \"act now\", weight = 2, where = \"subject\" }] }",
         ),
         plugin(
             "stamp",
