@@ -65,9 +65,7 @@ fn a_chain_of_c_python_javascript_and_rust_plugins_filters_mail() {
         &mut c,
         "alice@sender.example",
         &["bob@relay.test"],
-        &format!(
-            "From: alice@sender.example\r\nSubject: act now\r\n{headers}\r\ncheap viagra"
-        ),
+        &format!("From: alice@sender.example\r\nSubject: act now\r\n{headers}\r\ncheap viagra"),
     );
     assert_eq!(code, 550, "{lines:?}");
     assert!(lines[0].contains("5.7.1"), "{lines:?}");

@@ -22,11 +22,11 @@
 //! on_kv_error = "continue"         # or "tempfail": 451 4.3.0 while the kv store is down
 //! ```
 
+use postrider_plugin::kv::OnKvError;
 use postrider_plugin::net::{self, Cidr};
 use postrider_plugin::{
     Config, Connection, Envelope, Plugin, RcptOutcome, Stages, Verdict, addr, clock, kv, log,
 };
-use postrider_plugin::kv::OnKvError;
 use serde::Deserialize;
 use std::time::Duration;
 
