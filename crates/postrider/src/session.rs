@@ -598,7 +598,12 @@ async fn decide(
                 }
             }
         }
-        Event::Close => debug!("close requested"),
+        Event::Close => {
+            debug!("close requested");
+            // Before the 221 goes out: warm instances are back in their pools by the time the
+            // client can connect again.
+            client.end_transaction();
+        }
         Event::StartTls => session.reject(static_reply(454, "4.7.0", "TLS not available"))?,
     }
     Ok(())
