@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side by side on one machine (issue 10): Postrider without plugins ("postrider"), Postrider
 # with three example plugins ("postrider-3p": dnsbl at connect against a local dnsmasq zone
-# that answers NXDOMAIN, rcpt-allowlist at RCPT, header-stamp at DATA), Debian's Postfix as a
+# that answers NXDOMAIN, rcpt-allowlist at RCPT, header-stamp at DATA; each transaction gets
+# fresh plugin instances, the default), the same with warm instances ("postrider-3p-warm":
+# `reuse = 100` on each plugin, see plugins/README.md), Debian's Postfix as a
 # relay (relayhost to the sink) and Haraka from npm (one JS rcpt-allowlist plugin,
 # queue/smtp_forward to the sink). All relay to the same Postfix smtp-sink on loopback.
 #
@@ -21,11 +23,11 @@
 #
 #   --quick        200 messages per pass, 1 run: checks that every cell works, measures nothing
 #   --runs N       runs per server and cell (default 3; the median is reported)
-#   --only LIST    comma-separated subset of postrider,postrider-3p,postfix,haraka
+#   --only LIST    comma-separated subset of postrider,postrider-3p,postrider-3p-warm,postfix,haraka
 #   --messages N   messages per pass (default 10000 at 4 KiB, 2000 at 100 KiB)
 #   --quiet-logs   Postrider and Haraka log warnings only (default: their default level,
 #                  info, to a file, as Postfix logs every message to its maillog_file)
-#   --port-base P  loopback ports P..P+5 (default 2610)
+#   --port-base P  loopback ports P..P+6 (default 2610)
 #   --keep         keep the work directory (configs, logs, raw output)
 #   --no-build     use the binaries and plugins already in target/ (no cargo build)
 #
@@ -38,7 +40,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 ORIG_ARGS=("$@")
 
-all_servers="postrider,postrider-3p,postfix,haraka"
+all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka"
 runs=3; runs_set=0; quick=0; only=$all_servers; sessions_list="20 100"; sizes="4096 102400"
 modes="new reuse"; messages=""; quiet_logs=0; port_base=2610; out=bench/RESULTS.md; keep=0
 build=1
@@ -78,6 +80,7 @@ done
 [ ${#servers[@]} -gt 0 ] || die "--only selected no server"
 for m in $modes; do [[ $m == new || $m == reuse ]] || die "mode $m: new or reuse"; done
 wants() { [[ " ${servers[*]} " == *" $1 "* ]]; }
+wants_plugins() { wants postrider-3p || wants postrider-3p-warm; }
 
 messages_for() { # size
   if [ -n "$messages" ]; then echo "$messages"
@@ -88,6 +91,10 @@ messages_for() { # size
 
 pr_port=$port_base; pr3_port=$((port_base + 1)); pf_port=$((port_base + 2))
 hk_port=$((port_base + 3)); sink_port=$((port_base + 4)); dns_port=$((port_base + 5))
+pr3w_port=$((port_base + 6))
+# A developer's RUST_BACKTRACE=1 makes every error wasmtime creates internally (one per
+# dropped plugin instance) capture a stack trace: run every server as a service runs.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 # ------------------------------------------------------------------ prerequisites
 [ "$(id -u)" -eq 0 ] || die "needs root (installs and reconfigures the system's Postfix)"
@@ -101,11 +108,11 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt_install postfix
 fi
-if wants postrider-3p && ! command -v dnsmasq >/dev/null; then apt_install dnsmasq-base; fi
+if wants_plugins && ! command -v dnsmasq >/dev/null; then apt_install dnsmasq-base; fi
 if wants haraka; then
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
   node_major=$(node -p 'process.versions.node.split(".")[0]')
-  [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postfix)"
+  [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postrider-3p-warm,postfix)"
 fi
 for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port; do
   ! ss -Hltn "sport = :$p" | grep -q . || die "port $p is in use (--port-base to move)"
@@ -116,7 +123,7 @@ build_log=$(mktemp)
 if [ "$build" = 1 ]; then
   echo "building postrider and postrider-loadgen (release)..."
   cargo build --release --locked -p postrider -p postrider-loadgen >"$build_log" 2>&1 || { tail -30 "$build_log"; die "cargo build failed"; }
-  if wants postrider-3p; then
+  if wants_plugins; then
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
     echo "building the dnsbl, rcpt-allowlist and header-stamp plugins (wasm32-wasip2)..."
     (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p dnsbl -p rcpt-allowlist -p header-stamp) >"$build_log" 2>&1 \
@@ -137,7 +144,7 @@ postrider_bin=$root/target/release/postrider
 loadgen_bin=$root/target/release/postrider-loadgen
 wasm=$root/plugins/target/wasm32-wasip2/release
 for f in "$postrider_bin" "$loadgen_bin"; do [ -x "$f" ] || die "$f is missing (run without --no-build)"; done
-if wants postrider-3p; then
+if wants_plugins; then
   for f in dnsbl rcpt_allowlist header_stamp; do [ -f "$wasm/$f.wasm" ] || die "$wasm/$f.wasm is missing (run without --no-build)"; done
 fi
 
@@ -216,7 +223,7 @@ sink_count() {
   echo "${last#mesg=}" | sed 's/^$/0/'
 }
 
-if wants postrider-3p; then
+if wants_plugins; then
   # The DNSBL zone: dnsmasq is authoritative (--local) for bl.bench.test and lists nobody, so
   # every lookup is answered NXDOMAIN, as a public list answers for a clean client.
   dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-poll --bind-interfaces \
@@ -230,7 +237,7 @@ fi
 pr_log=info; hk_log=info
 [ "$quiet_logs" = 1 ] && pr_log=warn && hk_log=warn
 
-write_postrider_config() { # name port with_plugins
+write_postrider_config() { # name port plugins (none, fresh or warm)
   mkdir -p "$work/$1"
   cat >"$work/$1/postrider.toml" <<TOML
 hostname = "bench.test"
@@ -264,7 +271,9 @@ domains = ["remote.test"]
 relay = "127.0.0.1:$sink_port"
 tls = "none"
 TOML
-  if [ "$3" = 1 ]; then
+  if [ "$3" != none ]; then
+    local reuse=""
+    [ "$3" = warm ] && reuse="reuse = 100"
     cat >>"$work/$1/postrider.toml" <<TOML
 
 [dns]
@@ -274,6 +283,7 @@ nameservers = ["127.0.0.1:$dns_port"]
 [[plugin]]
 name = "dnsbl"
 path = "$wasm/dnsbl.wasm"
+$reuse
 [plugin.config]
 zones = [{ zone = "bl.bench.test" }]
 skip_non_public = false
@@ -282,6 +292,7 @@ skip_non_public = false
 [[plugin]]
 name = "rcpt-allowlist"
 path = "$wasm/rcpt_allowlist.wasm"
+$reuse
 [plugin.config.domains]
 "remote.test" = ["user"]
 
@@ -289,14 +300,16 @@ path = "$wasm/rcpt_allowlist.wasm"
 [[plugin]]
 name = "header-stamp"
 path = "$wasm/header_stamp.wasm"
+$reuse
 [plugin.config]
 value = "bench.test"
 TOML
   fi
   "$postrider_bin" check-config "$work/$1/postrider.toml" >/dev/null || die "$1: bad config"
 }
-wants postrider && write_postrider_config postrider "$pr_port" 0
-wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" 1
+wants postrider && write_postrider_config postrider "$pr_port" none
+wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" fresh
+wants postrider-3p-warm && write_postrider_config postrider-3p-warm "$pr3w_port" warm
 
 if wants postfix; then
   postfix status >/dev/null 2>&1 && postfix_was_running=1
@@ -334,13 +347,14 @@ fi
 start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
   srv=$1
   case $1 in
-    postrider|postrider-3p)
+    postrider|postrider-3p|postrider-3p-warm)
       local d=$work/$1
-      rm -rf "$d/spool" "$d/out"
-      POSTRIDER_LOG=$pr_log "$postrider_bin" serve --config "$d/postrider.toml" >"$d/out" 2>>"$d/log" &
+      # Output and log outside the config's directory, which the relay watches for changes.
+      rm -rf "$d/spool" "$d.out"
+      POSTRIDER_LOG=$pr_log "$postrider_bin" serve --config "$d/postrider.toml" >"$d.out" 2>>"$d.log" &
       srv_pid=$!
       # A first start compiles the plugins (then cached): allow for it.
-      wait_until 300 grep -q "postrider: ready" "$d/out" || { echo "$1 did not start: $(tail -3 "$d/log")"; return 1; } ;;
+      wait_until 300 grep -q "postrider: ready" "$d.out" || { echo "$1 did not start: $(tail -3 "$d.log")"; return 1; } ;;
     postfix)
       postfix start >/dev/null 2>&1 || { echo "postfix start failed"; return 1; }
       wait_until 30 listening "$pf_port" || { echo "postfix did not listen on $pf_port"; return 1; }
@@ -366,7 +380,7 @@ stop_server() {
 queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
   local f
   case $srv in
-    postrider|postrider-3p) f=("$work/$srv/spool/active"/*) ;;
+    postrider|postrider-3p|postrider-3p-warm) f=("$work/$srv/spool/active"/*) ;;
     postfix) f=("$pf_queue"/incoming/* "$pf_queue"/active/* "$pf_queue"/maildrop/* "$pf_queue"/deferred/*/* "$pf_queue"/hold/*) ;;
     haraka) f=() ;;  # no queue: smtp_forward answers 250 once the sink has accepted
   esac
@@ -459,7 +473,7 @@ run_one() { # server sessions size mode rep messages
   stop_pid "$sampler_pid" 5; sampler_pid=""
   read -r rss pss <"$dir/rss" || true
   case $s in
-    postrider|postrider-3p) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
+    postrider|postrider-3p|postrider-3p-warm) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
     *) how=sampled-sum ;;
   esac
   stop_server
@@ -473,7 +487,7 @@ run_one() { # server sessions size mode rep messages
       id, n / (t2 - t0), p50, p99, rss / 1024, r, (e == "" ? "" : "  ERROR: " e) }'
 }
 port_of() {
-  case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postfix) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
+  case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postrider-3p-warm) echo "$pr3w_port" ;; postfix) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
 }
 
 # ------------------------------------------------------------------ machine, versions

@@ -1,7 +1,7 @@
 //! The message a data-stage plugin reads on demand, backed by mail-parser on the host, so a
 //! plugin that reads one header copies nothing else into its memory.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mail_parser::{MessageParser, MimeHeaders};
 
@@ -12,6 +12,9 @@ use crate::bindings::postrider::plugin::types::AuthResult;
 #[derive(Debug, Clone)]
 pub struct MessageView {
     raw: Arc<[u8]>,
+    /// The parsed header list, shared by the clones lent to each plugin: parsed once per
+    /// message however many plugins and calls ask.
+    headers: Arc<OnceLock<Vec<(String, String)>>>,
     auth: Authentication,
 }
 
@@ -20,6 +23,7 @@ impl MessageView {
     pub fn new(raw: Arc<[u8]>) -> MessageView {
         MessageView {
             raw,
+            headers: Arc::default(),
             auth: Authentication {
                 dkim: Vec::new(),
                 dmarc: AuthResult::None,
@@ -41,25 +45,31 @@ impl MessageView {
 
     /// Every header, in order, unfolded and RFC 2047-decoded.
     pub fn headers(&self) -> Vec<(String, String)> {
-        let Some(msg) = MessageParser::new().parse_headers(&self.raw[..]) else {
-            return Vec::new();
-        };
-        msg.headers()
-            .iter()
-            .map(|h| {
-                let raw = &self.raw[h.offset_start() as usize..h.offset_end() as usize];
-                (h.name().to_owned(), unfold(raw))
-            })
-            .collect()
+        self.parsed_headers().to_vec()
     }
 
     /// Values of the headers called `name` (case-insensitive), in order.
     pub fn header(&self, name: &str) -> Vec<String> {
-        self.headers()
-            .into_iter()
+        self.parsed_headers()
+            .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    fn parsed_headers(&self) -> &[(String, String)] {
+        self.headers.get_or_init(|| {
+            let Some(msg) = MessageParser::new().parse_headers(&self.raw[..]) else {
+                return Vec::new();
+            };
+            msg.headers()
+                .iter()
+                .map(|h| {
+                    let raw = &self.raw[h.offset_start() as usize..h.offset_end() as usize];
+                    (h.name().to_owned(), unfold(raw))
+                })
+                .collect()
+        })
     }
 
     /// The decoded body text (text/plain, or HTML reduced to text), cut at `max` bytes on a
