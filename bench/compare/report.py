@@ -181,6 +181,9 @@ def main():
                 w(f"   - {LABEL[s]}: {max(peaks):.0f} MB — {verdict}")
             else:
                 w(f"   - {LABEL[s]}: not measured")
+        w("")
+        w("What limits the plugin variants, from profiles of the hot path, and what was changed "
+          "because of them: [PROFILE.md](PROFILE.md).")
     w("")
     w("## How it was measured")
     w("")
