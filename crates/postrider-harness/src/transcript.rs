@@ -7,8 +7,7 @@ use std::sync::Arc;
 use postrider_plugin_host::{
     ConnInfo, Decision, EnvelopeInfo, MessageView, Pipeline, Stage, apply_edits,
 };
-use postrider_smtp::address::{self, ForwardPath, ReversePath};
-use postrider_smtp::command::{Body, MailParams, RcptParams, Ret};
+use postrider_smtp::address;
 use postrider_smtp::reply::{EnhancedCode, Reply};
 use postrider_smtp::server::{Event, Misuse, Session, SessionConfig, TimeoutPhase};
 
@@ -92,7 +91,7 @@ pub async fn play(
                         chain.end_transaction();
                     }
                     in_transaction = true;
-                    let env = envelope_info(&from, &params, &[]);
+                    let env = EnvelopeInfo::from_transaction(&from, &params, &[]);
                     out.trace_note(&format!("mail-from: {}", describe_env(&env)));
                     let o = chain.on_mail_from(&conn, &env).await;
                     out.calls("mail-from", call_reports!(o.calls));
@@ -105,8 +104,9 @@ pub async fn play(
                         session.accept()?;
                         continue;
                     };
-                    let env = envelope_info(&tx.from, &tx.mail_params, &tx.recipients);
-                    let o = chain.on_rcpt(&conn, &env, &forward_path(&to)).await;
+                    let env =
+                        EnvelopeInfo::from_transaction(&tx.from, &tx.mail_params, &tx.recipients);
+                    let o = chain.on_rcpt(&conn, &env, &to.address()).await;
                     out.calls("rcpt", call_reports!(o.calls));
                     if refused(&mut session, o.decision)? {
                     } else if let Some(new) = o.rewrite {
@@ -125,8 +125,11 @@ pub async fn play(
                 }
                 Event::DataStart => session.accept()?,
                 Event::Message(envelope) => {
-                    let env =
-                        envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients);
+                    let env = EnvelopeInfo::from_transaction(
+                        &envelope.from,
+                        &envelope.mail_params,
+                        &envelope.recipients,
+                    );
                     let view = MessageView::new(Arc::from(envelope.data.as_slice()));
                     let o = chain.on_data(&conn, &env, &view).await;
                     chain.end_transaction();
@@ -245,53 +248,4 @@ fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
 /// Applies a refusing decision as the relay does; false when the command goes on.
 fn refused(session: &mut Session, decision: Decision) -> Result<bool, Misuse> {
     decision.refuse(session)
-}
-
-fn envelope_info(
-    from: &ReversePath,
-    params: &MailParams,
-    recipients: &[(ForwardPath, RcptParams)],
-) -> EnvelopeInfo {
-    let mut list = Vec::new();
-    if let Some(size) = params.size {
-        list.push(("SIZE".to_owned(), Some(size.to_string())));
-    }
-    if let Some(body) = params.body {
-        let b = match body {
-            Body::SevenBit => "7BIT",
-            Body::EightBitMime => "8BITMIME",
-        };
-        list.push(("BODY".to_owned(), Some(b.to_owned())));
-    }
-    if params.smtputf8 {
-        list.push(("SMTPUTF8".to_owned(), None));
-    }
-    if let Some(ret) = params.ret {
-        let r = match ret {
-            Ret::Full => "FULL",
-            Ret::Hdrs => "HDRS",
-        };
-        list.push(("RET".to_owned(), Some(r.to_owned())));
-    }
-    if let Some(envid) = &params.envid {
-        list.push(("ENVID".to_owned(), Some(envid.clone())));
-    }
-    EnvelopeInfo {
-        queue_id: None,
-        mail_from: match from {
-            ReversePath::Null => String::new(),
-            ReversePath::Mailbox(m) => m.to_string(),
-        },
-        mail_params: list,
-        recipients: recipients.iter().map(|(to, _)| forward_path(to)).collect(),
-        smtputf8: params.smtputf8,
-        spf: None,
-    }
-}
-
-fn forward_path(p: &ForwardPath) -> String {
-    match p {
-        ForwardPath::Postmaster => "postmaster".to_owned(),
-        ForwardPath::Mailbox(m) => m.to_string(),
-    }
 }

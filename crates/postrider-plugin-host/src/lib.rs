@@ -227,3 +227,21 @@ pub struct EnvelopeInfo {
     /// SPF for the MAIL FROM identity, once checked.
     pub spf: Option<SpfCheck>,
 }
+
+impl EnvelopeInfo {
+    /// The envelope of an SMTP transaction as received so far (no queue id, no SPF yet).
+    pub fn from_transaction(
+        from: &postrider_smtp::ReversePath,
+        params: &postrider_smtp::MailParams,
+        recipients: &[(postrider_smtp::ForwardPath, postrider_smtp::RcptParams)],
+    ) -> EnvelopeInfo {
+        EnvelopeInfo {
+            queue_id: None,
+            mail_from: from.address(),
+            mail_params: params.keywords(),
+            recipients: recipients.iter().map(|(to, _)| to.address()).collect(),
+            smtputf8: params.smtputf8,
+            spf: None,
+        }
+    }
+}

@@ -157,6 +157,14 @@ pub enum ReversePath {
 }
 
 impl ReversePath {
+    /// The address without angle brackets; empty for the null path.
+    pub fn address(&self) -> String {
+        match self {
+            Self::Null => String::new(),
+            Self::Mailbox(m) => m.to_string(),
+        }
+    }
+
     /// True if the path needs no SMTPUTF8.
     pub fn is_ascii(&self) -> bool {
         match self {
@@ -185,6 +193,14 @@ pub enum ForwardPath {
 }
 
 impl ForwardPath {
+    /// The address without angle brackets; `postmaster` for the domainless postmaster.
+    pub fn address(&self) -> String {
+        match self {
+            Self::Postmaster => "postmaster".to_owned(),
+            Self::Mailbox(m) => m.to_string(),
+        }
+    }
+
     /// True if the path needs no SMTPUTF8.
     pub fn is_ascii(&self) -> bool {
         match self {
@@ -620,6 +636,15 @@ mod tests {
         );
         let m = mbox("<postmaster@example.com>");
         assert_eq!(m.local_part, "postmaster");
+    }
+
+    #[test]
+    fn addresses_without_brackets() {
+        assert_eq!(ForwardPath::Postmaster.address(), "postmaster");
+        assert_eq!(ReversePath::Null.address(), "");
+        let m = mbox("<a@example.com>");
+        assert_eq!(ForwardPath::Mailbox(m.clone()).address(), "a@example.com");
+        assert_eq!(ReversePath::Mailbox(m).address(), "a@example.com");
     }
 
     #[test]

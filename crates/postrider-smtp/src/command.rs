@@ -81,6 +81,16 @@ pub enum Body {
     EightBitMime,
 }
 
+impl Body {
+    /// The parameter's value as written on the wire.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Body::SevenBit => "7BIT",
+            Body::EightBitMime => "8BITMIME",
+        }
+    }
+}
+
 /// The RET parameter of MAIL (RFC 3461 §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ret {
@@ -88,6 +98,16 @@ pub enum Ret {
     Full,
     /// Return only the headers in a DSN.
     Hdrs,
+}
+
+impl Ret {
+    /// The parameter's value as written on the wire.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
 }
 
 /// Which events of a NOTIFY list are requested (RFC 3461 §4.1).
@@ -131,6 +151,28 @@ impl MailParams {
     /// True if no parameter was given (as required in a HELO session).
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// The parameters that describe the message (not AUTH=) as (keyword, value) pairs in
+    /// wire form, keywords upper-case: what plugins are shown.
+    pub fn keywords(&self) -> Vec<(String, Option<String>)> {
+        let mut list = Vec::new();
+        if let Some(size) = self.size {
+            list.push(("SIZE".to_owned(), Some(size.to_string())));
+        }
+        if let Some(body) = self.body {
+            list.push(("BODY".to_owned(), Some(body.keyword().to_owned())));
+        }
+        if self.smtputf8 {
+            list.push(("SMTPUTF8".to_owned(), None));
+        }
+        if let Some(ret) = self.ret {
+            list.push(("RET".to_owned(), Some(ret.keyword().to_owned())));
+        }
+        if let Some(envid) = &self.envid {
+            list.push(("ENVID".to_owned(), Some(envid.clone())));
+        }
+        list
     }
 }
 
@@ -710,11 +752,27 @@ mod tests {
             }
         );
         assert!(!params.is_empty());
+        let pair = |k: &str, v: Option<&str>| (k.to_owned(), v.map(str::to_owned));
+        assert_eq!(
+            params.keywords(),
+            [
+                pair("SIZE", Some("1000")),
+                pair("BODY", Some("8BITMIME")),
+                pair("SMTPUTF8", None),
+                pair("RET", Some("HDRS")),
+                pair("ENVID", Some("QQ+R=Z")),
+            ]
+        );
         let Ok(Command::Mail { params, .. }) = parse("MAIL FROM:<a@b> BODY=7BIT RET=full") else {
             panic!()
         };
         assert_eq!(params.body, Some(Body::SevenBit));
         assert_eq!(params.ret, Some(Ret::Full));
+        assert_eq!(
+            params.keywords(),
+            [pair("BODY", Some("7BIT")), pair("RET", Some("FULL"))]
+        );
+        assert!(MailParams::default().keywords().is_empty());
     }
 
     #[test]

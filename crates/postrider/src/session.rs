@@ -16,8 +16,8 @@ use postrider_plugin_host::{
     ChainSession, ConnInfo, Decision, EnvelopeInfo, MessageView, PluginCall, SpfCheck, TlsInfo,
     apply_edits,
 };
-use postrider_smtp::address::{self, ForwardPath, ReversePath};
-use postrider_smtp::command::{Body, MailParams, Notify, RcptParams, Ret};
+use postrider_smtp::address::{self, ForwardPath};
+use postrider_smtp::command::{MailParams, Notify, RcptParams};
 use postrider_smtp::server::{self as smtp, Event, Session, SessionConfig, TimeoutPhase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -365,7 +365,7 @@ async fn decide(
                         ctx.peer.ip(),
                         &helo,
                         &ctx.generation.config.hostname,
-                        &reverse_path(&from),
+                        &from.address(),
                     )
                     .await;
                 debug!(spf = %spf.result, domain = %spf.domain, helo_spf = %spf_helo.result, "SPF");
@@ -380,12 +380,12 @@ async fn decide(
                 client.in_transaction = true;
                 let env = EnvelopeInfo {
                     spf: client.spf.as_ref().map(email_auth::spf_check),
-                    ..envelope_info(&from, &params, &[])
+                    ..EnvelopeInfo::from_transaction(&from, &params, &[])
                 };
                 let outcome = chain.on_mail_from(&conn, &env).await;
                 client.record(&ctx.shared.metrics, &outcome.calls);
                 if outcome.decision != Decision::Continue {
-                    info!(from = %reverse_path(&from), verdict = outcome.decision.kind(), "sender verdict");
+                    info!(from = %from.address(), verdict = outcome.decision.kind(), "sender verdict");
                 }
                 if refused(session, outcome.decision)? {
                     return Ok(());
@@ -401,7 +401,7 @@ async fn decide(
             if let Err(reply) =
                 check_recipient(&to, source_route, trusted, &ctx.generation.config.relay)
             {
-                info!(rcpt = %forward_path(&to), code = reply.code(), "recipient refused: relay access denied");
+                info!(rcpt = %to.address(), code = reply.code(), "recipient refused: relay access denied");
                 ctx.shared
                     .metrics
                     .verdict("rcpt", postrider_metrics::BUILTIN, "reject");
@@ -418,9 +418,9 @@ async fn decide(
             };
             let env = EnvelopeInfo {
                 spf: client.spf.as_ref().map(email_auth::spf_check),
-                ..envelope_info(&tx.from, &tx.mail_params, &tx.recipients)
+                ..EnvelopeInfo::from_transaction(&tx.from, &tx.mail_params, &tx.recipients)
             };
-            let outcome = chain.on_rcpt(&conn, &env, &forward_path(&to)).await;
+            let outcome = chain.on_rcpt(&conn, &env, &to.address()).await;
             record_calls(&ctx.shared.metrics, &outcome.calls);
             client.verdicts.extend(
                 outcome
@@ -429,7 +429,7 @@ async fn decide(
                     .map(|c| format!("{}@{}={}", c.plugin, c.stage.name(), c.verdict)),
             );
             if outcome.decision != Decision::Continue && outcome.decision != Decision::Accept {
-                info!(rcpt = %forward_path(&to), verdict = outcome.decision.kind(), "recipient refused by plugin");
+                info!(rcpt = %to.address(), verdict = outcome.decision.kind(), "recipient refused by plugin");
             }
             if refused(session, outcome.decision)? {
                 return Ok(());
@@ -437,7 +437,7 @@ async fn decide(
             match outcome.rewrite {
                 Some(new) => match address::parse_forward_path(&format!("<{new}>"), env.smtputf8) {
                     Ok(parsed) => {
-                        info!(rcpt = %forward_path(&to), rewritten = %new, "recipient rewritten by plugin");
+                        info!(rcpt = %to.address(), rewritten = %new, "recipient rewritten by plugin");
                         session.accept_rcpt_as(parsed.path)?;
                     }
                     Err(_) => {
@@ -491,7 +491,7 @@ async fn decide(
             if auth.verifies(trusted) {
                 let ip = ctx.peer.ip();
                 let helo = session.helo().map(|d| d.to_string()).unwrap_or_default();
-                let mail_from = reverse_path(&envelope.from);
+                let mail_from = envelope.from.address();
                 let spf = client
                     .spf
                     .clone()
@@ -534,7 +534,11 @@ async fn decide(
             }
             let env = EnvelopeInfo {
                 spf: client.spf_check(),
-                ..envelope_info(&envelope.from, &envelope.mail_params, &envelope.recipients)
+                ..EnvelopeInfo::from_transaction(
+                    &envelope.from,
+                    &envelope.mail_params,
+                    &envelope.recipients,
+                )
             };
             let (mut spool_envelope, mut message) =
                 to_spool(ctx, client, session, *envelope, &trace);
@@ -689,65 +693,6 @@ fn conn_info(ctx: &SessionCtx, client: &Client, session: &Session) -> ConnInfo {
 }
 
 /// The envelope as plugins see it: MAIL FROM parameters by upper-case name.
-fn envelope_info(
-    from: &ReversePath,
-    params: &MailParams,
-    recipients: &[(ForwardPath, RcptParams)],
-) -> EnvelopeInfo {
-    let mut list = Vec::new();
-    if let Some(size) = params.size {
-        list.push(("SIZE".to_owned(), Some(size.to_string())));
-    }
-    if let Some(body) = params.body {
-        list.push(("BODY".to_owned(), Some(body_keyword(body).to_owned())));
-    }
-    if params.smtputf8 {
-        list.push(("SMTPUTF8".to_owned(), None));
-    }
-    if let Some(ret) = params.ret {
-        list.push(("RET".to_owned(), Some(ret_keyword(ret).to_owned())));
-    }
-    if let Some(envid) = &params.envid {
-        list.push(("ENVID".to_owned(), Some(envid.clone())));
-    }
-    EnvelopeInfo {
-        queue_id: None,
-        mail_from: reverse_path(from),
-        mail_params: list,
-        recipients: recipients.iter().map(|(to, _)| forward_path(to)).collect(),
-        smtputf8: params.smtputf8,
-        spf: None,
-    }
-}
-
-fn body_keyword(body: Body) -> &'static str {
-    match body {
-        Body::SevenBit => "7BIT",
-        Body::EightBitMime => "8BITMIME",
-    }
-}
-
-fn ret_keyword(ret: Ret) -> &'static str {
-    match ret {
-        Ret::Full => "FULL",
-        Ret::Hdrs => "HDRS",
-    }
-}
-
-fn reverse_path(p: &ReversePath) -> String {
-    match p {
-        ReversePath::Null => String::new(),
-        ReversePath::Mailbox(m) => m.to_string(),
-    }
-}
-
-fn forward_path(p: &ForwardPath) -> String {
-    match p {
-        ForwardPath::Postmaster => "postmaster".to_owned(),
-        ForwardPath::Mailbox(m) => m.to_string(),
-    }
-}
-
 /// Builds the spool entry: the envelope, and the message with our Received header on top,
 /// followed by `trace` (our Authentication-Results, when verified).
 fn to_spool(
@@ -783,10 +728,10 @@ fn to_spool(
         received_at_unix_ms: now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-        mail_from: reverse_path(&from),
+        mail_from: from.address(),
         smtputf8,
-        body: body.map(|b| body_keyword(b).to_owned()),
-        ret: ret.map(|r| ret_keyword(r).to_owned()),
+        body: body.map(|b| b.keyword().to_owned()),
+        ret: ret.map(|r| r.keyword().to_owned()),
         envid,
         size_param: size,
         recipients: recipients
@@ -810,7 +755,7 @@ fn to_spool(
 
 fn recipient(to: &ForwardPath, params: &RcptParams) -> Recipient {
     Recipient {
-        address: forward_path(to),
+        address: to.address(),
         notify: params.notify.as_ref().map(notify_keywords),
         orcpt: params
             .orcpt
@@ -863,7 +808,7 @@ fn received_header(
         .map(|t| format!("\r\n\t(using {t})"))
         .unwrap_or_default();
     let rcpt = match recipients {
-        [(one, _)] => format!("\r\n\tfor <{}>", forward_path(one)),
+        [(one, _)] => format!("\r\n\tfor <{}>", one.address()),
         _ => String::new(),
     };
     format!(
