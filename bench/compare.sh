@@ -317,7 +317,7 @@ if wants postfix; then
   cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
   postfix_touched=1
   postfix stop >/dev/null 2>&1 || true
-  # As bench/relay.sh: loopback only, relay for 127.0.0.0/8, everything to the sink.
+  # Loopback only, relay for 127.0.0.0/8, everything to the sink.
   postconf -e "inet_interfaces = loopback-only" "mydestination =" "mynetworks = 127.0.0.0/8" \
     "relayhost = [127.0.0.1]:$sink_port" "smtpd_client_restrictions =" \
     "smtpd_client_connection_count_limit = 0" "default_process_limit = 200" \
