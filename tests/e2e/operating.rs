@@ -106,6 +106,15 @@ fn metrics_count_real_traffic_exactly() {
             "postrider_plugin_call_duration_seconds_count{stage=\"rcpt\",plugin=\"allow\"}",
             4.0,
         ),
+        // One fresh instance per transaction (reuse = 1, the default), none from a pool.
+        (
+            "postrider_plugin_instances_total{plugin=\"allow\",source=\"fresh\"}",
+            4.0,
+        ),
+        (
+            "postrider_plugin_instances_total{plugin=\"allow\",source=\"warm\"}",
+            0.0,
+        ),
         (delivered, 3.0),
     ];
     for (series, want) in exact {

@@ -73,6 +73,13 @@ struct FailureLabels {
     kind: &'static str,
 }
 
+/// `{plugin, source}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    plugin: String,
+    source: &'static str,
+}
+
 /// `{op}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -150,6 +157,7 @@ pub struct Metrics {
     verdicts: Family<VerdictLabels, Counter>,
     plugin_duration: Family<PluginLabels, Histogram>,
     plugin_failures: Family<FailureLabels, Counter>,
+    plugin_instances: Family<InstanceLabels, Counter>,
     fsync: Family<OpLabels, Histogram>,
     queue: Family<StateLabels, Gauge>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -240,6 +248,13 @@ impl Metrics {
              and kind (trap, timeout, busy, invalid)",
             plugin_failures.clone(),
         );
+        let plugin_instances = Family::default();
+        registry.register(
+            "plugin_instances",
+            "Plugin instances taken for a use, by plugin and source: fresh (instantiated) or \
+             warm (from the plugin's pool, with reuse > 1)",
+            plugin_instances.clone(),
+        );
         let fsync =
             Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         registry.register_with_unit(
@@ -324,6 +339,7 @@ impl Metrics {
             verdicts,
             plugin_duration,
             plugin_failures,
+            plugin_instances,
             fsync,
             queue,
             deliveries,
@@ -405,6 +421,16 @@ impl Metrics {
                 stage,
                 plugin: plugin.to_owned(),
                 verdict,
+            })
+            .inc();
+    }
+
+    /// A plugin instance taken for a use: `source` is "fresh" or "warm".
+    pub fn plugin_instance(&self, plugin: &str, source: &'static str) {
+        self.plugin_instances
+            .get_or_create(&InstanceLabels {
+                plugin: plugin.to_owned(),
+                source,
             })
             .inc();
     }
@@ -545,8 +571,16 @@ mod tests {
             None,
             Duration::from_millis(3),
         );
+        m.plugin_instance("greylist", "warm");
         m.spool_sync("commit", Duration::from_millis(1));
         let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "postrider_plugin_instances_total{plugin=\"greylist\",source=\"warm\"}"
+            ),
+            Some(1.0)
+        );
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let mut parts = line.split(' ').skip(2);
             let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());

@@ -32,6 +32,27 @@ pub struct PluginCall {
     pub elapsed: Duration,
     /// Host calls it made (when tracing).
     pub host_calls: Vec<HostCall>,
+    /// Set on the call that took an instance: a fresh one or one from the warm pool.
+    pub instance: Option<InstanceSource>,
+}
+
+/// Where a plugin call's instance came from (see `PluginSpec::reuse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceSource {
+    /// Instantiated for this use.
+    Fresh,
+    /// Taken from the plugin's warm pool.
+    Warm,
+}
+
+impl InstanceSource {
+    /// Name used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceSource::Fresh => "fresh",
+            InstanceSource::Warm => "warm",
+        }
+    }
 }
 
 /// The result of a connect, helo or mail-from stage.
@@ -116,6 +137,7 @@ impl Pipeline {
             instances: self.plugins.iter().map(|_| None).collect(),
             trace,
             dropped_trace: Vec::new(),
+            taken: self.plugins.iter().map(|_| None).collect(),
         }
     }
 
@@ -201,6 +223,8 @@ pub struct ChainSession {
     trace: bool,
     /// Host calls of an instance dropped after a failure, until they are recorded.
     dropped_trace: Vec<HostCall>,
+    /// Per plugin: where the instance taken by the current call came from, until recorded.
+    taken: Vec<Option<InstanceSource>>,
 }
 
 fn policy_decision(policy: FailurePolicy) -> Decision {
@@ -504,6 +528,7 @@ impl ChainSession {
             failure,
             elapsed,
             host_calls,
+            instance: self.taken[i].take(),
         }
     }
 
@@ -520,6 +545,12 @@ impl ChainSession {
             let instance = plugin
                 .checkout(&self.pipeline.engine, &self.pipeline.services, self.trace)
                 .await?;
+            // A warm instance has served before this use.
+            self.taken[i] = Some(if instance.uses > 1 {
+                InstanceSource::Warm
+            } else {
+                InstanceSource::Fresh
+            });
             self.instances[i] = Some(instance);
         }
         let Some(instance) = self.instances[i].as_mut() else {

@@ -27,7 +27,9 @@ use postrider_smtp::server::{Misuse, Session};
 /// Authentication results as plugins see them (the WIT records, shared by host and guests).
 pub use bindings::postrider::plugin::message::{Authentication, DkimCheck};
 pub use bindings::postrider::plugin::types::{AuthResult, SpfCheck};
-pub use chain::{ChainSession, DataOutcome, Pipeline, PluginCall, RcptOutcome, StageOutcome};
+pub use chain::{
+    ChainSession, DataOutcome, InstanceSource, Pipeline, PluginCall, RcptOutcome, StageOutcome,
+};
 pub use edits::apply_edits;
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};

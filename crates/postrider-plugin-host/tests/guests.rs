@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use postrider_kv::{ManualClock, MemoryKv};
 use postrider_plugin_host::{
     CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy, HeaderEdit,
-    HostError, LoadedPlugin, MessageView, Pipeline, PluginEngine, PluginSpec, RouteDecision,
-    Services, StaticDns, TlsPolicy,
+    HostError, InstanceSource, LoadedPlugin, MessageView, Pipeline, PluginEngine, PluginSpec,
+    RouteDecision, Services, StaticDns, TlsPolicy,
 };
 use postrider_testkit::plugin_wasm;
 
@@ -548,6 +548,36 @@ async fn warm_instance_serves_reuse_transactions_then_a_fresh_one() {
         ]
     );
     assert_eq!(p.plugins()[0].idle_instances(), 1);
+}
+
+#[tokio::test]
+async fn the_call_that_takes_an_instance_says_where_it_came_from() {
+    let env = env();
+    let p = pipeline(&env, vec![counting("m", 2, 2)]).await;
+    let mut sources = Vec::new();
+    for _ in 0..3 {
+        let mut chain = p.session(false);
+        for r in ["x@relay.test", "y@relay.test"] {
+            let out = chain
+                .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), r)
+                .await;
+            sources.push(out.calls[0].instance);
+        }
+        chain.end_transaction();
+    }
+    // The second call of a transaction uses the instance the first took; reuse = 2 retires
+    // an instance after two transactions.
+    assert_eq!(
+        sources,
+        [
+            Some(InstanceSource::Fresh),
+            None,
+            Some(InstanceSource::Warm),
+            None,
+            Some(InstanceSource::Fresh),
+            None
+        ]
+    );
 }
 
 #[tokio::test]

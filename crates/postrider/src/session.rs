@@ -112,6 +112,9 @@ pub fn record_calls(metrics: &Metrics, calls: &[PluginCall]) {
             call.failure.as_ref().map(|f| f.kind()),
             call.elapsed,
         );
+        if let Some(source) = call.instance {
+            metrics.plugin_instance(&call.plugin, source.name());
+        }
     }
 }
 
