@@ -12,7 +12,7 @@ use postrider_kv::{ManualClock, MemoryKv};
 use postrider_plugin_host::{
     CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy, HeaderEdit,
     HostError, InstanceSource, LoadedPlugin, MessageView, Pipeline, PluginEngine, PluginSpec,
-    RouteDecision, Services, StaticDns, TlsPolicy,
+    RcptOutcome, RouteDecision, Services, StaticDns, TlsPolicy,
 };
 use postrider_testkit::plugin_wasm;
 
@@ -493,14 +493,22 @@ fn counts(d: &Decision) -> (u32, u32, u32) {
 
 /// One transaction with one RCPT per recipient, given back at its end.
 async fn transaction(p: &Arc<Pipeline>, rcpts: &[&str]) -> Vec<Decision> {
+    rcpt_outcomes(p, rcpts)
+        .await
+        .into_iter()
+        .map(|o| o.decision)
+        .collect()
+}
+
+/// One transaction with these recipients: each RCPT stage's outcome, calls included.
+async fn rcpt_outcomes(p: &Arc<Pipeline>, rcpts: &[&str]) -> Vec<RcptOutcome> {
     let mut chain = p.session(false);
     let mut out = Vec::new();
     for r in rcpts {
         out.push(
             chain
                 .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), r)
-                .await
-                .decision,
+                .await,
         );
     }
     chain.end_transaction();
@@ -556,14 +564,8 @@ async fn the_call_that_takes_an_instance_says_where_it_came_from() {
     let p = pipeline(&env, vec![counting("m", 2, 2)]).await;
     let mut sources = Vec::new();
     for _ in 0..3 {
-        let mut chain = p.session(false);
-        for r in ["x@relay.test", "y@relay.test"] {
-            let out = chain
-                .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), r)
-                .await;
-            sources.push(out.calls[0].instance);
-        }
-        chain.end_transaction();
+        let outcomes = rcpt_outcomes(&p, &["x@relay.test", "y@relay.test"]).await;
+        sources.extend(outcomes.iter().map(|o| o.calls[0].instance));
     }
     // The second call of a transaction uses the instance the first took; reuse = 2 retires
     // an instance after two transactions.
