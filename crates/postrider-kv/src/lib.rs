@@ -42,19 +42,16 @@
 //! entry's bytes; a change to this layout needs a new table name. Expired entries are
 //! removed lazily (by the call that finds them) and by [`EmbeddedKv::purge_expired`].
 //!
-//! Every call runs on tokio's blocking pool. Writes are serialized by redb's single
-//! writer, which is what makes `incr` atomic. A call whose future is dropped early may
-//! still take effect.
+//! Reads run on tokio's blocking pool. Writes go to one writer thread, which applies every
+//! write queued so far (up to 256) in order in one transaction and commits it durably
+//! (redb's `Durability::Immediate`: one fsync), then answers each caller. Applying writes in
+//! order on one thread is what makes `incr` atomic; a write that fails (a value that is not
+//! a counter) changes nothing, and the rest of its group still commits. A call whose future
+//! is dropped early may still take effect.
 //!
-//! **Durability.** Write transactions ask for redb's `Durability::Eventual`. This is
-//! policy state, not mail: we accept that a crash or power loss may lose the last moments
-//! of counters and greylisting triplets (the file itself stays consistent), in exchange
-//! for not having to guarantee an fsync per write. A clean restart loses nothing: dropping
-//! the store closes the database with a durable commit (tested by reopening).
-//! In redb 2.6 on Linux, `Eventual` in fact still calls `fdatasync` on every commit (only
-//! macOS uses a cheaper write barrier), so today nothing acknowledged is lost and each
-//! write costs a sync; if that ever limits throughput, `Durability::None` plus a periodic
-//! durable commit is the way to make the trade-off real.
+//! **Durability.** A write is durable when its call returns: a crash or power loss loses
+//! nothing acknowledged (tested by a child process that exits without closing the store).
+//! Group commit is what keeps that affordable: under load one fsync carries many writes.
 //!
 //! [redb]: https://docs.rs/redb
 

@@ -80,7 +80,7 @@ async fn embedded_survives_reopen() {
 }
 
 #[tokio::test]
-async fn embedded_survives_reopen_after_many_eventual_commits() {
+async fn embedded_survives_reopen_after_many_commits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
     let clock = Arc::new(ManualClock::new(0));
