@@ -137,6 +137,19 @@ impl Content {
         self.store(&[b]);
     }
 
+    /// Takes the line content at the start of `input`, up to the first CR, LF or NUL (which
+    /// need the caller's state machine), as [`Content::text_run`]; returns its length.
+    fn take_text_run(&mut self, input: &[u8]) -> usize {
+        let run = input
+            .iter()
+            .position(|&c| matches!(c, b'\r' | b'\n' | 0))
+            .unwrap_or(input.len());
+        if run > 0 {
+            self.text_run(input.get(..run).unwrap_or_default());
+        }
+        run
+    }
+
     /// A run of line content without CR, LF or NUL: the same as [`Content::octet`] for each
     /// octet, in one copy when no limit is crossed inside the run (the common case).
     fn text_run(&mut self, run: &[u8]) {
@@ -247,13 +260,10 @@ impl DataReceiver {
         while let Some(&b) = input.get(i) {
             if self.state == DotState::Text {
                 // Inside a line, only CR, LF and NUL need the state machine.
-                let rest = input.get(i..).unwrap_or_default();
-                let run = rest
-                    .iter()
-                    .position(|&c| matches!(c, b'\r' | b'\n' | 0))
-                    .unwrap_or(rest.len());
+                let run = self
+                    .content
+                    .take_text_run(input.get(i..).unwrap_or_default());
                 if run > 0 {
-                    self.content.text_run(rest.get(..run).unwrap_or_default());
                     i += run;
                     continue;
                 }
@@ -365,8 +375,21 @@ impl BdatReceiver {
         let take = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)
             .min(input.len());
-        for &b in input.get(..take).unwrap_or_default() {
+        let chunk = input.get(..take).unwrap_or_default();
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
+            if !self.pending_cr {
+                // Only CR, LF and NUL need the state machine.
+                let run = self
+                    .content
+                    .take_text_run(chunk.get(i..).unwrap_or_default());
+                if run > 0 {
+                    i += run;
+                    continue;
+                }
+            }
             self.step(b);
+            i += 1;
         }
         self.remaining -= take as u64;
         if self.remaining == 0 && take > 0 && self.last {
@@ -475,11 +498,9 @@ mod tests {
         (None, input.len())
     }
 
-    #[test]
-    fn runs_give_what_octets_give() {
-        // Random messages over an alphabet of the octets that matter, with lines near the
-        // 1000-octet limit and header/size limits crossed inside runs, fed in pieces of
-        // several sizes: the fast path must agree with the state machine in every detail.
+    /// Random messages over an alphabet of the octets that matter, with lines near the
+    /// 1000-octet limit and header/size limits crossed inside runs, with limits to match.
+    fn random_messages() -> Vec<(Vec<u8>, Limits)> {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -487,42 +508,90 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for case in 0..3000 {
-            let len = (next() % 2600) as usize;
-            // One case in four has long lines (CR and LF rare), the rest short ones.
-            let rate = if case % 4 == 0 { 1500 } else { 40 };
-            let mut input: Vec<u8> = (0..len)
-                .map(|_| match next() % rate {
-                    0 => b'\r',
-                    1 => b'\n',
-                    2 => b'.',
-                    3 if case % 5 == 0 => 0,
-                    _ => b'a',
-                })
-                .collect();
-            if case % 7 == 0 {
-                // Lines right at the length limit (998 octets of text plus CRLF) and around it.
-                input.clear();
-                for _ in 0..3 {
-                    input.resize(input.len() + 995 + (next() % 7) as usize, b'a');
-                    input.extend_from_slice(b"\r\n");
+        (0..3000)
+            .map(|case| {
+                let len = (next() % 2600) as usize;
+                // One case in four has long lines (CR and LF rare), the rest short ones.
+                let rate = if case % 4 == 0 { 1500 } else { 40 };
+                let mut input: Vec<u8> = (0..len)
+                    .map(|_| match next() % rate {
+                        0 => b'\r',
+                        1 => b'\n',
+                        2 => b'.',
+                        3 if case % 5 == 0 => 0,
+                        _ => b'a',
+                    })
+                    .collect();
+                if case % 7 == 0 {
+                    // Lines right at the length limit (998 octets of text plus CRLF) and
+                    // around it.
+                    input.clear();
+                    for _ in 0..3 {
+                        input.resize(input.len() + 995 + (next() % 7) as usize, b'a');
+                        input.extend_from_slice(b"\r\n");
+                    }
                 }
-            }
-            if case % 3 == 0 {
-                input.extend_from_slice(b"\r\n.\r\n");
-            }
-            let limits = Limits {
-                max_size: 200 + next() % 2500,
-                max_header_size: 50 + (next() % 3000) as usize,
-                line_endings: if case % 2 == 0 {
-                    LineEndings::Reject
-                } else {
-                    LineEndings::Normalize
-                },
-            };
+                if case % 3 == 0 {
+                    input.extend_from_slice(b"\r\n.\r\n");
+                }
+                let limits = Limits {
+                    max_size: 200 + next() % 2500,
+                    max_header_size: 50 + (next() % 3000) as usize,
+                    line_endings: if case % 2 == 0 {
+                        LineEndings::Reject
+                    } else {
+                        LineEndings::Normalize
+                    },
+                };
+                (input, limits)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_give_what_octets_give() {
+        // Fed in pieces of several sizes, the fast path must agree with the state machine
+        // in every detail.
+        for (case, (input, limits)) in random_messages().into_iter().enumerate() {
             let want = data_octet_by_octet(&input, limits);
             for step in [1, 7, 64, 1000, input.len().max(1)] {
                 assert_eq!(data(&input, limits, step), want, "case {case}, step {step}");
+            }
+        }
+    }
+
+    /// The BDAT state machine alone, one chunk, without the run fast path of `receive`.
+    fn bdat_octet_by_octet(input: &[u8], limits: Limits) -> Result<Vec<u8>, DataError> {
+        let mut rx = BdatReceiver::new(limits);
+        rx.start_chunk(input.len() as u64, true);
+        for &b in input {
+            rx.step(b);
+        }
+        rx.end_of_message();
+        rx.finish()
+    }
+
+    #[test]
+    fn bdat_runs_give_what_octets_give() {
+        // The same messages as BDAT chunks of several sizes (a CR at a chunk's end pairs
+        // with an LF at the next one's start), each received in pieces of several sizes.
+        for (case, (input, limits)) in random_messages().into_iter().enumerate() {
+            let want = bdat_octet_by_octet(&input, limits);
+            for chunk in [1, 13, 500, input.len().max(1)] {
+                for step in [1, 64, input.len().max(1)] {
+                    let mut rx = BdatReceiver::new(limits);
+                    let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+                    for (n, c) in chunks.iter().enumerate() {
+                        rx.start_chunk(c.len() as u64, n + 1 == chunks.len());
+                        for piece in c.chunks(step) {
+                            assert_eq!(rx.receive(piece).consumed, piece.len());
+                        }
+                    }
+                    if chunks.is_empty() {
+                        rx.start_chunk(0, true);
+                    }
+                    assert_eq!(rx.finish(), want, "case {case}, chunk {chunk}, step {step}");
+                }
             }
         }
     }
