@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::harness::{Relay, config_dns, python, send_message};
+use crate::harness::{Relay, config_dns, python, queue_id, send_message};
 use crate::peers::{Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for};
 
 /// dnsmasq records: dest.test has MX mx1 (10, 127.0.0.2) and mx2 (20, 127.0.0.3);
@@ -25,11 +25,16 @@ fn records() -> Vec<String> {
 }
 
 fn relay_config(dns: SocketAddr, port: u16) -> String {
+    relay_config_with(dns, port, "")
+}
+
+/// [`relay_config`] with more `[delivery]` settings.
+fn relay_config_with(dns: SocketAddr, port: u16, delivery: &str) -> String {
     config_dns(
         &dns.to_string(),
         &format!(
             "[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.0/8\"]\n\
-             [delivery]\nsmtp_port = {port}\nretry_intervals = [1]\nconnect_timeout = 2\nreply_timeout = 10\n"
+             [delivery]\nsmtp_port = {port}\nretry_intervals = [1]\nconnect_timeout = 2\nreply_timeout = 10\n{delivery}"
         ),
     )
 }
@@ -72,10 +77,7 @@ fn delivers_to_the_mx_via_smtp_sink_and_empties_the_spool() {
         messages[0]
     );
     wait_for("the spool to empty", Duration::from_secs(10), || {
-        std::fs::read_dir(relay.dir.join("spool/active"))
-            .map(|d| d.count())
-            .unwrap_or(1)
-            == 0
+        relay.queued() == 0
     });
     let logs = relay.stop_and_logs();
     assert_eq!(
@@ -203,6 +205,75 @@ print("ok")
 "#,
         &[path.to_str().unwrap()],
     );
+}
+
+#[test]
+fn temporary_failures_warn_then_expire_with_a_dsn_and_leave_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let full = Receiver::start(
+        addr("127.0.0.2", port),
+        Script(vec!["452 4.2.2 mailbox full"]),
+    );
+    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
+    let mut relay = Relay::start(&relay_config_with(
+        dns,
+        port,
+        "delay_warning = 1\nmax_age = 5\n",
+    ));
+    let mut c = relay.client();
+    let (code, lines) = send_message(
+        &mut c,
+        "alice@sender.test",
+        &["full@dest.test"],
+        "Subject: never fits\r\nMessage-ID: <e1@sender.test>\r\n\r\nbody",
+    );
+    assert_eq!(code, 250);
+    let id = queue_id(&lines);
+    wait_for(
+        "the delay warning, then the failure DSN",
+        Duration::from_secs(40),
+        || sunk(&tmp.path().join("dsn")).len() == 2,
+    );
+    let dsns = sunk(&tmp.path().join("dsn"));
+    let [delayed] = dsns
+        .iter()
+        .filter(|d| d.contains("Action: delayed"))
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one delay warning: {dsns:?}")
+    };
+    assert!(delayed.contains("Status: 4.2.2"), "{delayed}");
+    let [failed] = dsns
+        .iter()
+        .filter(|d| d.contains("Action: failed"))
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one failure DSN: {dsns:?}")
+    };
+    // The last temporary reason, reported as the permanent failure it has become.
+    assert!(failed.contains("Status: 5.2.2"), "{failed}");
+    assert!(
+        failed.contains("full@dest.test") && failed.contains("mailbox full"),
+        "{failed}"
+    );
+    assert!(
+        *full.transactions.lock().unwrap() >= 2,
+        "retried before giving up"
+    );
+    wait_for("the spool to empty", Duration::from_secs(10), || {
+        relay.queued() == 0
+    });
+    let logs = relay.stop_and_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" expired ") || l.ends_with(" expired"))
+            && logs.contains(&format!("queue_id={id}"))
+            && logs.contains("dsn=5.2.2"),
+        "an expired delivery line: {logs}"
+    );
+    assert!(relay.stop_and_read_spool().is_empty());
 }
 
 #[test]

@@ -167,6 +167,13 @@ impl Relay {
         c
     }
 
+    /// Messages in the relay's spool (`active/`), read while it runs.
+    pub fn queued(&self) -> usize {
+        std::fs::read_dir(self.dir.join("spool/active"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()

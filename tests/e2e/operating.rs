@@ -290,10 +290,7 @@ fn json_logs_follow_one_message_by_queue_id() {
         sunk(&sink_dir).len() == 1
     });
     wait_for("the spool to empty", Duration::from_secs(10), || {
-        std::fs::read_dir(relay.dir.join("spool/active"))
-            .map(|d| d.count())
-            .unwrap_or(1)
-            == 0
+        relay.queued() == 0
     });
     let logs = relay.stop_and_logs();
     let events: Vec<serde_json::Value> = logs

@@ -41,13 +41,6 @@ fn settings(local_domains: &[&str], delivery_extra: &str, rest: &str) -> String 
     )
 }
 
-/// Messages in the relay's spool (`active/`), read while it runs.
-fn queued(relay: &Relay) -> usize {
-    std::fs::read_dir(relay.dir.join("spool/active"))
-        .map(|d| d.count())
-        .unwrap_or(usize::MAX)
-}
-
 #[test]
 fn static_relay_route_delivers_a_local_domain_that_would_be_held() {
     let tmp = tempfile::tempdir().unwrap();
@@ -88,7 +81,7 @@ fn static_relay_route_delivers_a_local_domain_that_would_be_held() {
     wait_for(
         "the routed message to leave the spool",
         Duration::from_secs(10),
-        || queued(&relay) == 1,
+        || relay.queued() == 1,
     );
     std::thread::sleep(Duration::from_secs(2));
     let messages = sunk(&tmp.path().join("sink"));
@@ -166,7 +159,7 @@ fn route_by_domain_plugin_relays_discards_and_bounces() {
         || sunk(&tmp.path().join("dsn")).len() == 1,
     );
     wait_for("the spool to empty", Duration::from_secs(20), || {
-        queued(&relay) == 0
+        relay.queued() == 0
     });
     std::thread::sleep(Duration::from_secs(2));
 
@@ -229,7 +222,7 @@ fn lmtp_delivers_per_recipient(target: &str, lmtp: &Receiver) {
         lmtp.accepted_rcpts().len() >= 2
     });
     wait_for("the spool to empty", Duration::from_secs(20), || {
-        queued(&relay) == 0
+        relay.queued() == 0
     });
     // Any further (wrong) retry would come within a second.
     std::thread::sleep(Duration::from_secs(3));
@@ -322,10 +315,10 @@ fn smarthost_route_with_starttls_and_auth() {
         250
     );
     wait_for("the smarthost to queue it", Duration::from_secs(30), || {
-        queued(&smarthost) == 1
+        smarthost.queued() == 1
     });
     wait_for("our spool to empty", Duration::from_secs(10), || {
-        queued(&relay) == 0
+        relay.queued() == 0
     });
     let spool = smarthost.stop_and_read_spool();
     assert_eq!(spool.len(), 1);
@@ -406,7 +399,7 @@ fn too_many_received_headers_bounce_as_a_mail_loop() {
         dest.accepted.lock().unwrap().len() == 1
     });
     wait_for("the spool to empty", Duration::from_secs(20), || {
-        queued(&relay) == 0
+        relay.queued() == 0
     });
     std::thread::sleep(Duration::from_secs(2));
     let accepted = dest.accepted.lock().unwrap().clone();

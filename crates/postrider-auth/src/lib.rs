@@ -44,6 +44,18 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
+    /// Every result, in the WIT enum's order.
+    pub const ALL: [AuthResult; 8] = [
+        AuthResult::None,
+        AuthResult::Pass,
+        AuthResult::Fail,
+        AuthResult::SoftFail,
+        AuthResult::Neutral,
+        AuthResult::TempError,
+        AuthResult::PermError,
+        AuthResult::Policy,
+    ];
+
     /// The lower-case RFC 8601 keyword, as it appears in `Authentication-Results`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -64,19 +76,10 @@ impl std::str::FromStr for AuthResult {
 
     /// Parses the lower-case keyword [`AuthResult::as_str`] gives (e.g. from a spooled envelope).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            AuthResult::None,
-            AuthResult::Pass,
-            AuthResult::Fail,
-            AuthResult::SoftFail,
-            AuthResult::Neutral,
-            AuthResult::TempError,
-            AuthResult::PermError,
-            AuthResult::Policy,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .ok_or_else(|| format!("unknown authentication result {s:?}"))
+        AuthResult::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown authentication result {s:?}"))
     }
 }
 

@@ -127,18 +127,9 @@ impl EmailAuth {
         }
     }
 
-    /// The `Authentication-Results` header (CRLF-terminated) for these results.
-    pub fn results_header(
-        &self,
-        ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-        spf_helo: Option<&SpfOutcome>,
-        spf: Option<&SpfOutcome>,
-        message: Option<&AuthOutcome>,
-    ) -> String {
-        self.verifier
-            .authentication_results(ip, helo, mail_from, spf_helo, spf, message)
+    /// The verifier, for the `Authentication-Results` header of its results.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// What DMARC enforcement (when on) does with a verified message.
@@ -268,16 +259,7 @@ mod tests {
 
     #[test]
     fn spf_records_round_trip_every_result() {
-        for r in [
-            AuthResult::None,
-            AuthResult::Pass,
-            AuthResult::Fail,
-            AuthResult::SoftFail,
-            AuthResult::Neutral,
-            AuthResult::TempError,
-            AuthResult::PermError,
-            AuthResult::Policy,
-        ] {
+        for r in AuthResult::ALL {
             let record = SpfRecord {
                 result: r.as_str().to_owned(),
                 domain: "example.org".into(),

@@ -32,7 +32,7 @@ use crate::reload::Current;
 /// id, recipient, relay host, delay since reception (seconds), attempts so far, DSN status
 /// and the reply.
 macro_rules! attempt_line {
-    ($status:literal, $id:expr, $rcpt:expr, $relay:expr, $received_ms:expr, $attempts:expr, $dsn:expr, $reply:expr $(, $($extra:tt)*)?) => {
+    ($status:expr, $id:expr, $rcpt:expr, $relay:expr, $received_ms:expr, $attempts:expr, $dsn:expr, $reply:expr $(, $($extra:tt)*)?) => {
         tracing::info!(
             queue_id = %$id,
             rcpt = %$rcpt,
@@ -42,9 +42,19 @@ macro_rules! attempt_line {
             dsn = %$dsn,
             reply = %$reply,
             $($($extra)*,)?
+            "{}",
             $status
         )
     };
+}
+
+/// Why a recipient is bounced.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    /// A permanent failure (5xx), a route's bounce or a mail loop.
+    Rejected,
+    /// Temporary failures until the queue's maximum age.
+    Expired,
 }
 
 /// Tells the queue manager about new messages and carries out admin requests.
@@ -518,6 +528,7 @@ impl Manager {
                     state.recipients[i].status = RcptStatus::Discarded;
                 }
                 Plan::Bounce(status, text) => self.fail(
+                    Failed::Rejected,
                     id,
                     &envelope,
                     &mut state,
@@ -600,6 +611,7 @@ impl Manager {
                             .enhanced()
                             .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string());
                         self.fail(
+                            Failed::Rejected,
                             id,
                             &envelope,
                             &mut state,
@@ -629,7 +641,7 @@ impl Manager {
                 })
                 .map(|(r, s)| DsnRecipient {
                     recipient: r.clone(),
-                    status: "4.0.0".into(),
+                    status: temporary_status(s.last_reply.as_deref().unwrap_or(""), "4.0.0"),
                     diagnostic: s.last_reply.clone(),
                     remote_mta: None,
                 })
@@ -828,44 +840,30 @@ impl Manager {
                     .delivery(DeliveryResult::Deferred, domain_of(rcpt));
             }
             Retry::GiveUp => {
-                st.status = RcptStatus::Expired;
-                // The last temporary reason, reported as the permanent failure it now is.
-                let status = reply
-                    .split(' ')
-                    .nth(1)
-                    .filter(|s| s.starts_with("4."))
-                    .map_or_else(|| "5.4.7".to_owned(), |s| format!("5{}", &s[1..]));
-                attempt_line!(
-                    "expired",
+                // The last temporary reason, reported as the permanent failure it now is
+                // ("4.2.2" becomes "5.2.2"; without one, 5.4.7: delivery time expired).
+                let status = temporary_status(reply, "4.4.7").replacen('4', "5", 1);
+                self.fail(
+                    Failed::Expired,
                     id,
-                    rcpt,
-                    remote.as_deref(),
-                    envelope.received_at_unix_ms,
-                    st.attempts,
-                    status,
-                    reply
+                    envelope,
+                    state,
+                    i,
+                    &status,
+                    reply,
+                    remote,
+                    bounced,
                 );
-                self.metrics
-                    .delivery(DeliveryResult::Expired, domain_of(rcpt));
-                if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
-                    bounced.push((
-                        i,
-                        DsnRecipient {
-                            recipient: envelope.recipients[i].clone(),
-                            status,
-                            diagnostic: Some(reply.to_owned()),
-                            remote_mta: remote,
-                        },
-                    ));
-                }
             }
         }
     }
 
-    /// After a permanent failure: the recipient is bounced.
+    /// After a permanent failure, or a temporary one past the queue's maximum age: the
+    /// recipient is bounced.
     #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
+        how: Failed,
         id: &QueueId,
         envelope: &Envelope,
         state: &mut MessageState,
@@ -875,12 +873,16 @@ impl Manager {
         remote: Option<String>,
         bounced: &mut Vec<(usize, DsnRecipient)>,
     ) {
+        let (rcpt_status, label, result) = match how {
+            Failed::Rejected => (RcptStatus::Bounced, "bounced", DeliveryResult::Bounced),
+            Failed::Expired => (RcptStatus::Expired, "expired", DeliveryResult::Expired),
+        };
         let st = &mut state.recipients[i];
-        st.status = RcptStatus::Bounced;
+        st.status = rcpt_status;
         st.last_reply = Some(reply.to_owned());
         let rcpt = &envelope.recipients[i].address;
         attempt_line!(
-            "bounced",
+            label,
             id,
             rcpt,
             remote.as_deref(),
@@ -889,8 +891,7 @@ impl Manager {
             status,
             reply
         );
-        self.metrics
-            .delivery(DeliveryResult::Bounced, domain_of(rcpt));
+        self.metrics.delivery(result, domain_of(rcpt));
         if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
             bounced.push((
                 i,
@@ -997,6 +998,14 @@ fn reply_status(reply: &str, default: &str) -> String {
         .map_or_else(|| default.to_owned(), str::to_owned)
 }
 
+/// The enhanced status of a temporary failure's reply ("452 4.2.2 ..." gives "4.2.2"), or
+/// `default` when it has none of class 4.
+fn temporary_status(reply: &str, default: &str) -> String {
+    Some(reply_status(reply, default))
+        .filter(|s| s.starts_with("4."))
+        .unwrap_or_else(|| default.to_owned())
+}
+
 fn reply_text(r: &postrider_smtp::reply::Reply) -> String {
     let mut out = Vec::new();
     r.write_to(&mut out);
@@ -1083,5 +1092,20 @@ fn envelope_info(e: &Envelope) -> EnvelopeInfo {
         recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
         smtputf8: e.smtputf8,
         spf: e.spf.as_ref().and_then(crate::email_auth::spf_from_record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_status_takes_only_a_class_4_code() {
+        assert_eq!(temporary_status("452 4.2.2 mailbox full", "4.0.0"), "4.2.2");
+        assert_eq!(temporary_status("451 try again later", "4.0.0"), "4.0.0");
+        assert_eq!(temporary_status("451 4.x.1 broken", "4.0.0"), "4.0.0");
+        assert_eq!(temporary_status("550 5.1.1 no such user", "4.0.0"), "4.0.0");
+        assert_eq!(temporary_status("held: by plugin", "4.4.7"), "4.4.7");
+        assert_eq!(temporary_status("", "4.4.7").replacen('4', "5", 1), "5.4.7");
     }
 }

@@ -502,7 +502,7 @@ async fn decide(
                 let outcome = auth
                     .verify_message(&envelope.data, ip, &helo, &mail_from, &spf)
                     .await;
-                trace = auth.results_header(
+                trace = auth.verifier().authentication_results(
                     ip,
                     &helo,
                     &mail_from,
@@ -636,43 +636,21 @@ fn transaction_line(
     let verdicts = client.verdicts.join(",");
     let user = envelope.client.authenticated.as_deref().unwrap_or("");
     let quarantine = envelope.quarantine.as_deref().unwrap_or("");
-    match result {
-        "queued" => info!(
-            queue_id = %queue_id.unwrap_or(""),
-            from = %envelope.mail_from,
-            to = %to.join(","),
-            nrcpt = to.len(),
-            size,
-            helo = %envelope.client.helo,
-            tls = %tls,
-            user = %user,
-            verdicts = %verdicts,
-            quarantine = %quarantine,
-            "queued"
-        ),
-        "rejected" => info!(
-            from = %envelope.mail_from,
-            to = %to.join(","),
-            nrcpt = to.len(),
-            size,
-            helo = %envelope.client.helo,
-            tls = %tls,
-            user = %user,
-            verdicts = %verdicts,
-            "rejected"
-        ),
-        _ => info!(
-            from = %envelope.mail_from,
-            to = %to.join(","),
-            nrcpt = to.len(),
-            size,
-            helo = %envelope.client.helo,
-            tls = %tls,
-            user = %user,
-            verdicts = %verdicts,
-            "tempfailed"
-        ),
-    }
+    // Only a queued message has a queue id and a quarantine field.
+    let queued = result == "queued";
+    info!(
+        queue_id = queued.then(|| tracing::field::display(queue_id.unwrap_or(""))),
+        from = %envelope.mail_from,
+        to = %to.join(","),
+        nrcpt = to.len(),
+        size,
+        helo = %envelope.client.helo,
+        tls = %tls,
+        user = %user,
+        verdicts = %verdicts,
+        quarantine = queued.then(|| tracing::field::display(quarantine)),
+        "{result}"
+    );
 }
 
 /// The connection as plugins see it.
