@@ -97,12 +97,23 @@ impl Relay {
 
     /// Like [`Relay::start_in`], with extra `serve` arguments.
     pub fn start_in_with(dir: &Path, config_text: &str, args: &[&str]) -> Relay {
+        Relay::start_in_with_env(dir, config_text, args, &[])
+    }
+
+    /// Like [`Relay::start_in_with`], with extra environment variables.
+    pub fn start_in_with_env(
+        dir: &Path,
+        config_text: &str,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Relay {
         std::fs::write(dir.join("postrider.toml"), config_text).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(dir.join("postrider.toml"))
             .args(args)
             .env("POSTRIDER_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

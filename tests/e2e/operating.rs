@@ -1,6 +1,6 @@
 //! Operating the relay: `/metrics` scraped after real traffic (client → relay → smtp-sink),
-//! `/health` and `/ready`, reload counters, `postrider status`, and the JSON log lines that
-//! follow one message from acceptance to delivery by its queue id.
+//! `/health` and `/ready`, reload counters, `postrider status`, sd_notify, and the JSON log
+//! lines that follow one message from acceptance to delivery by its queue id.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -382,7 +382,7 @@ fn the_systemd_unit_verifies() {
     )
     .unwrap();
     for key in [
-        "Type=simple",
+        "Type=notify",
         "ExecReload=/usr/local/bin/postrider reload",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -405,4 +405,48 @@ fn the_systemd_unit_verifies() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    // The service manager's end of sd_notify: a datagram socket named by NOTIFY_SOCKET.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::start_in_with_env(
+        dir.path(),
+        &config(""),
+        &[],
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains("STATUS=accepting mail (config generation 1)"),
+        "{ready}"
+    );
+    // Ready means ready: the listener takes mail now.
+    assert_eq!(relay.client().cmd("EHLO client.test").0, 250);
+
+    relay.signal("HUP");
+    let reloading = next();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let reloaded = next();
+    assert!(reloaded.lines().any(|l| l == "READY=1"), "{reloaded}");
+    assert!(reloaded.contains("config generation 2"), "{reloaded}");
+
+    relay.signal("TERM");
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert_eq!(relay.wait_exit(Duration::from_secs(30)), Some(true));
 }

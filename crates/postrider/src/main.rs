@@ -11,6 +11,7 @@ mod reload;
 mod server;
 mod session;
 mod status;
+mod systemd;
 mod tls;
 
 use std::io::{BufRead, IsTerminal};

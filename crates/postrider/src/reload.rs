@@ -30,6 +30,7 @@ use crate::email_auth::EmailAuth;
 use crate::passwords::Passwords;
 use crate::plugins::PluginBuilder;
 use crate::server::Listeners;
+use crate::systemd;
 
 /// How long the watched files must be quiet before a change is acted on: an editor's or a
 /// copy's several writes make one reload, and a half-written file is not read.
@@ -230,6 +231,7 @@ impl Reloader {
         let previous = self.current.load_full();
         let number = previous.number + 1;
         info!(trigger, generation = number, "reloading");
+        systemd::reloading();
         let result = self.try_reload(&previous, number, &mut listeners).await;
         self.metrics
             .reload(result.as_ref().map(|()| number).map_err(|_| ()));
@@ -241,6 +243,7 @@ impl Reloader {
                     ms = started.elapsed().as_millis() as u64,
                     "reload done: new sessions use the new configuration"
                 );
+                systemd::ready(&format!("accepting mail (config generation {number})"));
             }
             Err(e) => {
                 error!(
@@ -249,6 +252,10 @@ impl Reloader {
                     error = %format!("{e:#}"),
                     "reload failed: keeping the running configuration"
                 );
+                systemd::ready(&format!(
+                    "accepting mail (config generation {}; the last reload failed)",
+                    previous.number
+                ));
             }
         }
         result.map(|()| number)

@@ -20,6 +20,7 @@ use crate::outbound::{self, QueueHandle};
 use crate::plugins::PluginBuilder;
 use crate::reload::{self, ConfigSource, Current, GenerationBuilder, Reloader};
 use crate::session::{self, SessionCtx};
+use crate::systemd;
 use postrider_delivery::{Deliverer, DeliveryOptions};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{Dns, HickoryDns};
@@ -193,8 +194,13 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     ready.set(true);
     println!("postrider: ready");
     info!("ready");
+    systemd::ready(&format!(
+        "accepting mail (config generation {})",
+        reloader.current().number
+    ));
 
     shutdown_signal.await?;
+    systemd::stopping();
     ready.set(false);
     admin.abort();
     sighup.abort();
