@@ -8,7 +8,8 @@ use crate::harness::{Relay, config_dns, python, queue_id, send_message};
 use crate::peers::{Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for};
 
 /// dnsmasq records: dest.test has MX mx1 (10, 127.0.0.2) and mx2 (20, 127.0.0.3);
-/// sender.test has MX 127.0.0.4 (where DSNs go).
+/// sender.test has MX 127.0.0.4 (where DSNs go); nullmx.test has a null MX (RFC 7505) and
+/// gone.test does not exist (NXDOMAIN).
 fn records() -> Vec<String> {
     [
         "--mx-host=dest.test,mx1.dest.test,10",
@@ -17,7 +18,8 @@ fn records() -> Vec<String> {
         "--host-record=mx2.dest.test,127.0.0.3",
         "--mx-host=sender.test,mx.sender.test,10",
         "--host-record=mx.sender.test,127.0.0.4",
-        "--mx-host=nomx.test,nomx.test,10",
+        "--mx-host=nullmx.test,.,0",
+        "--local=/gone.test/",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -205,6 +207,74 @@ print("ok")
 "#,
         &[path.to_str().unwrap()],
     );
+}
+
+#[test]
+fn null_mx_and_missing_domains_bounce_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.4"]);
+    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
+    // Retries an hour apart: a DSN within the test means no retry was waited for.
+    let relay = Relay::start(
+        &relay_config(dns, port).replace("retry_intervals = [1]", "retry_intervals = [3600]"),
+    );
+    let mut c = relay.client();
+    let (code, _) = send_message(
+        &mut c,
+        "alice@sender.test",
+        &["nobody@nullmx.test", "nobody@gone.test"],
+        "Subject: nowhere\r\n\r\nbody",
+    );
+    assert_eq!(code, 250);
+    let dsns = || sunk(&tmp.path().join("dsn")).concat();
+    wait_for("DSNs for both recipients", Duration::from_secs(30), || {
+        let all = dsns();
+        all.contains("Status: 5.1.10") && all.contains("Status: 5.1.2")
+    });
+    let all = dsns();
+    assert!(
+        all.contains("nobody@nullmx.test") && all.contains("null MX"),
+        "{all}"
+    );
+    assert!(
+        all.contains("nobody@gone.test") && all.contains("not found"),
+        "{all}"
+    );
+    wait_for("the spool to empty", Duration::from_secs(10), || {
+        relay.queued() == 0
+    });
+}
+
+#[test]
+fn notify_never_leaves_a_recipient_out_of_the_dsn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dns, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let _rejecter = Receiver::start(
+        addr("127.0.0.2", port),
+        Script(vec!["550 5.1.1 no such user here"]),
+    );
+    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
+    let relay = Relay::start(&relay_config(dns, port));
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<alice@sender.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<quiet@dest.test> NOTIFY=NEVER").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<loud@dest.test> NOTIFY=FAILURE").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: two bounces\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    wait_for("the DSN", Duration::from_secs(30), || {
+        sunk(&tmp.path().join("dsn")).len() == 1
+    });
+    wait_for("the spool to empty", Duration::from_secs(10), || {
+        relay.queued() == 0
+    });
+    let dsns = sunk(&tmp.path().join("dsn"));
+    assert_eq!(dsns.len(), 1, "{dsns:?}");
+    assert!(dsns[0].contains("loud@dest.test"), "{}", dsns[0]);
+    assert!(!dsns[0].contains("quiet@dest.test"), "{}", dsns[0]);
 }
 
 #[test]

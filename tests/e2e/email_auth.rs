@@ -7,11 +7,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use postrider_queue::Envelope;
 
-use crate::harness::{BIN, Relay, config_dns, plugin, python, queue_id};
-use crate::peers::{Proc, dnsmasq};
+use crate::harness::{Relay, config_dns, list_json, plugin, python, queue, queue_id};
+use crate::peers::{Proc, Receiver, Script, dnsmasq, free_port_on, wait_for};
 
 /// The relay's authserv-id (set explicitly; it is also `hostname` of the test config).
 const AUTHSERV_ID: &str = "mx.relay.test";
@@ -912,18 +913,7 @@ fn dmarc_enforcement_rejects_and_quarantines() {
         assert!(env.quarantine.is_none(), "{subject}: {:?}", env.quarantine);
     }
     // `postrider queue list` on the stopped relay's spool says so too.
-    let out = Command::new(BIN)
-        .args(["queue", "--config"])
-        .arg(relay.dir.join("postrider.toml"))
-        .args(["--json", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list_json(&relay.dir);
     let state = |id: &str| {
         list["entries"]
             .as_array()
@@ -936,6 +926,75 @@ fn dmarc_enforcement_rejects_and_quarantines() {
     assert_eq!(state(&quarantined), "quarantined", "{list}");
     assert_ne!(state(&monitored), "quarantined", "{list}");
     assert_ne!(state(&passing), "quarantined", "{list}");
+}
+
+#[test]
+fn quarantined_mail_waits_for_release_then_goes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let ((_dns, ns), key) = dmarc_dns(dir.path());
+    let port = free_port_on(&["127.0.0.7"]);
+    let receiver = Receiver::start(
+        format!("127.0.0.7:{port}").parse().unwrap(),
+        Script(vec!["250 2.0.0 Ok"]),
+    );
+    let relay = start(
+        ns,
+        "",
+        "dmarc_enforce = true",
+        &format!(
+            "[delivery]\nretry_intervals = [1]\n\
+             [[route]]\ndomains = [\"relay.test\"]\nrelay = \"127.0.0.7:{port}\"\ntls = \"none\"\n"
+        ),
+    );
+    let quarantined = accepted(
+        &relay,
+        "client.test",
+        "bounce@other.test",
+        &signed(
+            dir.path(),
+            &key,
+            "quarantine.test",
+            "other.test",
+            "held-back",
+        ),
+    );
+    accepted(
+        &relay,
+        "client.test",
+        "bounce@other.test",
+        &signed(
+            dir.path(),
+            &key,
+            "aligned.test",
+            "aligned.test",
+            "let-through",
+        ),
+    );
+    wait_for("the aligned message", Duration::from_secs(20), || {
+        !receiver.accepted.lock().unwrap().is_empty()
+    });
+    // A few retry intervals later the quarantined one is still waiting.
+    std::thread::sleep(Duration::from_secs(3));
+    let delivered = receiver.accepted.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].2.contains("Subject: let-through"));
+    let list = list_json(&relay.dir);
+    assert_eq!(list["entries"][0]["id"], quarantined.as_str(), "{list}");
+    assert_eq!(list["entries"][0]["state"], "quarantined", "{list}");
+
+    let (ok, out) = queue(&relay.dir, &["release", &quarantined]);
+    assert!(ok, "{out}");
+    wait_for("the released message", Duration::from_secs(20), || {
+        receiver.accepted.lock().unwrap().len() == 2
+    });
+    assert!(
+        receiver.accepted.lock().unwrap()[1]
+            .2
+            .contains("Subject: held-back")
+    );
+    wait_for("an empty queue", Duration::from_secs(10), || {
+        relay.queued() == 0
+    });
 }
 
 // ---------------------------------------------------------------- forged results

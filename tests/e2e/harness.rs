@@ -439,3 +439,30 @@ pub fn password_file(dir: &Path) {
     )
     .unwrap();
 }
+
+/// Runs `postrider queue ARGS` on the relay in `relay_dir` (running or stopped): whether it
+/// succeeded, and what it printed.
+pub fn queue(relay_dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("queue")
+        .arg("--config")
+        .arg(relay_dir.join("postrider.toml"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `postrider queue --json list` on the relay in `relay_dir`.
+pub fn list_json(relay_dir: &Path) -> serde_json::Value {
+    let (ok, out) = queue(relay_dir, &["--json", "list"]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
