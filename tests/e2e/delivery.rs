@@ -2,10 +2,11 @@
 //! as the receiving MTA, and a scripted receiver for 451-then-250.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{Relay, config_dns, python, queue_id, send_message};
-use crate::peers::{Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for};
+use crate::peers::{Proc, Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for};
 
 /// dnsmasq records: dest.test has MX mx1 (10, 127.0.0.2) and mx2 (20, 127.0.0.3);
 /// sender.test has MX 127.0.0.4 (where DSNs go); nullmx.test has a null MX (RFC 7505) and
@@ -39,6 +40,20 @@ fn relay_config_with(dns: SocketAddr, port: u16, delivery: &str) -> String {
              [delivery]\nsmtp_port = {port}\nretry_intervals = [1]\nconnect_timeout = 2\nreply_timeout = 10\n{delivery}"
         ),
     )
+}
+
+/// A relay whose dest.test MX rejects every message (550 5.1.1); DSNs reach an smtp-sink,
+/// sender.test's MX, that stores them in `dsn_dir`. Keep the peers alive with the relay.
+fn bouncing_relay(dsn_dir: &Path) -> (Relay, (Proc, Receiver, Proc)) {
+    let (dns_proc, dns) = dnsmasq(&records());
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let rejecter = Receiver::start(
+        addr("127.0.0.2", port),
+        Script(vec!["550 5.1.1 no such user here"]),
+    );
+    let sender_mx = smtp_sink(addr("127.0.0.4", port), dsn_dir);
+    let relay = Relay::start(&relay_config(dns, port));
+    (relay, (dns_proc, rejecter, sender_mx))
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -154,14 +169,7 @@ fn temporary_failure_is_retried_and_delivered_once() {
 #[test]
 fn permanent_failure_sends_a_parseable_dsn_to_the_sender() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_dns, dns) = dnsmasq(&records());
-    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
-    let _rejecter = Receiver::start(
-        addr("127.0.0.2", port),
-        Script(vec!["550 5.1.1 no such user here"]),
-    );
-    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
-    let relay = Relay::start(&relay_config(dns, port));
+    let (relay, _peers) = bouncing_relay(&tmp.path().join("dsn"));
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(
@@ -249,14 +257,7 @@ fn null_mx_and_missing_domains_bounce_at_once() {
 #[test]
 fn notify_never_leaves_a_recipient_out_of_the_dsn() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_dns, dns) = dnsmasq(&records());
-    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
-    let _rejecter = Receiver::start(
-        addr("127.0.0.2", port),
-        Script(vec!["550 5.1.1 no such user here"]),
-    );
-    let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
-    let relay = Relay::start(&relay_config(dns, port));
+    let (relay, _peers) = bouncing_relay(&tmp.path().join("dsn"));
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<alice@sender.test>").0, 250);
