@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use postrider_testkit::plugin_wasm;
 
-use crate::harness::{Relay, config, config_dns, make_cert, password_file, send_message};
+use crate::harness::{
+    Relay, config, config_dns, list_json, make_cert, password_file, queue, queue_id, send_message,
+};
 use crate::peers::{
     RcptScript, Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for,
 };
@@ -102,6 +104,58 @@ fn static_relay_route_delivers_a_local_domain_that_would_be_held() {
             .any(|l| l.contains("no route for local domain") && l.contains("carol@held.test")),
         "{logs}"
     );
+}
+
+#[test]
+fn a_route_hold_waits_for_release_then_takes_the_mx() {
+    let (_dns, dns) = dnsmasq(&[
+        "--mx-host=review.test,mx.review.test,10".to_owned(),
+        "--host-record=mx.review.test,127.0.0.6".to_owned(),
+    ]);
+    let port = free_port_on(&["127.0.0.6"]);
+    let mx = Receiver::start(addr("127.0.0.6", port), Script(vec!["250 2.0.0 Ok"]));
+    let plugin = format!(
+        "[[plugin]]\nname = \"routes\"\npath = \"{}\"\n\
+         config = {{ routes = {{ \"review.test\" = {{ type = \"hold\", reason = \"manual review\" }} }} }}\n",
+        plugin_wasm("route-by-domain").display()
+    );
+    let relay = Relay::start(&config_dns(
+        &dns.to_string(),
+        &settings(&[], &format!("smtp_port = {port}"), &plugin),
+    ));
+    let mut c = relay.client();
+    let (code, lines) = send_message(
+        &mut c,
+        "alice@sender.test",
+        &["ann@review.test"],
+        "Subject: review me\r\n\r\nx",
+    );
+    assert_eq!(code, 250);
+    let id = queue_id(&lines);
+    wait_for("the route hold", Duration::from_secs(20), || {
+        list_json(&relay.dir)["entries"][0]["state"] == "held"
+    });
+    // Retry intervals pass; the hold stays, and `retry` does not undo it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(queue(&relay.dir, &["retry", &id]).0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(mx.accepted.lock().unwrap().is_empty());
+    let (_, shown) = queue(&relay.dir, &["show", &id]);
+    assert!(shown.contains("manual review"), "{shown}");
+
+    let (ok, out) = queue(&relay.dir, &["release", &id]);
+    assert!(ok, "{out}");
+    wait_for("delivery to the MX", Duration::from_secs(20), || {
+        mx.accepted.lock().unwrap().len() == 1
+    });
+    assert!(
+        mx.accepted.lock().unwrap()[0]
+            .2
+            .contains("Subject: review me")
+    );
+    wait_for("the spool to empty", Duration::from_secs(10), || {
+        relay.queued() == 0
+    });
 }
 
 #[test]

@@ -69,6 +69,10 @@ pub struct RcptState {
     /// How the recipient is routed, e.g. `"mx"` or `"relay:host:port"`, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// An operator released a hold a route plugin put on this recipient: routing now takes
+    /// the default route when a plugin says hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_released: bool,
 }
 
 /// The delivery state of a whole message, persisted by [`Spool::save_state`].
@@ -96,6 +100,7 @@ impl MessageState {
             last_reply: None,
             next_attempt_ms: now_ms,
             route: None,
+            hold_released: false,
         };
         MessageState {
             recipients: vec![fresh; n_recipients],
@@ -412,5 +417,19 @@ mod tests {
             decode_state(&bytes),
             Err(StateReadError::UnsupportedVersion(2))
         ));
+    }
+
+    #[test]
+    fn hold_released_is_optional_within_version_1() {
+        // A recipient as a build before the field wrote it.
+        let old = r#"{"recipients":[{"status":"pending","attempts":1,"next_attempt_ms":5}]}"#;
+        let mut state: MessageState = serde_json::from_str(old).unwrap();
+        assert!(!state.recipients[0].hold_released);
+        let written = serde_json::to_string(&state).unwrap();
+        assert!(!written.contains("hold_released"), "{written}");
+        state.recipients[0].hold_released = true;
+        let written = serde_json::to_string(&state).unwrap();
+        let back: MessageState = serde_json::from_str(&written).unwrap();
+        assert!(back.recipients[0].hold_released, "{written}");
     }
 }

@@ -508,7 +508,7 @@ impl Manager {
                     format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
                 )
             } else {
-                self.route(&envelope, address).await
+                self.route(&envelope, address, st.hold_released).await
             };
             match plan {
                 Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
@@ -693,8 +693,10 @@ impl Manager {
             .min()
     }
 
-    /// Where one recipient goes: static route, then route plugins, then MX.
-    async fn route(&self, envelope: &Envelope, address: &str) -> Plan {
+    /// Where one recipient goes: static route, then route plugins, then MX. With
+    /// `hold_released` (an operator released a route hold) a plugin's hold gives way to
+    /// the default route.
+    async fn route(&self, envelope: &Envelope, address: &str, hold_released: bool) -> Plan {
         let generation = self.current.load_full();
         let config = &generation.config;
         let domain = domain_of(address);
@@ -748,7 +750,10 @@ impl Manager {
                         Plan::Deliver,
                     );
                 }
-                RouteDecision::Hold(r) => return Plan::Hold(r),
+                RouteDecision::Hold(r) if !hold_released => return Plan::Hold(r),
+                RouteDecision::Hold(r) => {
+                    info!(rcpt = %address, reason = %r, "route hold released by an operator: default route");
+                }
                 RouteDecision::Discard => return Plan::Discard,
                 RouteDecision::Bounce(r) => {
                     return Plan::Bounce(

@@ -36,7 +36,8 @@ pub enum Request {
         /// Queue ID.
         id: String,
     },
-    /// Release a held or quarantined message (also recipients a route held) and attempt it now.
+    /// Release a held or quarantined message and attempt it now; recipients a route plugin
+    /// held take the default route.
     Release {
         /// Queue ID.
         id: String,
@@ -232,6 +233,10 @@ pub fn reschedule(spool: &Spool, id: &QueueId, release: bool) -> Result<(), Spoo
         .iter_mut()
         .filter(|r| r.status == RcptStatus::Pending)
     {
+        if release && r.next_attempt_ms == u64::MAX {
+            // Held by a route plugin: from now on its hold gives way to the default route.
+            r.hold_released = true;
+        }
         if release || r.next_attempt_ms != u64::MAX {
             r.next_attempt_ms = now;
         }

@@ -48,7 +48,7 @@ enum Spec {
     },
     /// LMTP to `host:port` or `unix:/path`.
     Lmtp { target: String },
-    /// Keep in the queue until an operator releases it.
+    /// Keep in the queue until an operator releases it (it then takes the default route).
     Hold { reason: String },
     /// Drop without delivery.
     Discard,
