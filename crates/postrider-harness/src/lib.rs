@@ -7,6 +7,7 @@
 //! The binary is `postrider-harness`; see `plugins/README.md` for the case format.
 
 pub mod case;
+pub mod policy;
 pub mod report;
 pub mod runner;
 pub mod transcript;

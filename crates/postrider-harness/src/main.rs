@@ -344,9 +344,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..ConnSpec::default()
     }
     .resolve("harness-1");
-    let dialogue = transcript::play(&pipeline, conn_info(&conn), &transcript, args.trace)
-        .await
-        .context("playing the transcript")?;
+    let dialogue = transcript::play(
+        &pipeline,
+        conn_info(&conn),
+        &transcript,
+        args.clock_ms,
+        args.trace,
+    )
+    .await
+    .context("playing the transcript")?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(dialogue.as_bytes())

@@ -11,10 +11,14 @@ use std::time::Duration;
 use postrider_kv::{KvError, KvFuture, KvStore, ManualClock, MemoryKv};
 use postrider_plugin_host::Dns;
 use postrider_plugin_host::{
-    AuthResult, Authentication, CallFailure, ChainSession, ConnInfo, Decision, EngineOptions,
-    EnvelopeInfo, FailurePolicy, HeaderEdit, HostCall, HostError, LoadedPlugin, MessageView,
-    Pipeline, PluginEngine, PluginSpec, RouteDecision, Services, Stage, StaticDns, TlsInfo,
-    TlsPolicy, apply_edits,
+    Authentication, CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy,
+    HeaderEdit, HostCall, HostError, LoadedPlugin, Pipeline, PluginEngine, PluginSpec,
+    RouteDecision, Services, Stage, StaticDns, TlsInfo, TlsPolicy, apply_edits,
+};
+use postrider_smtp::reply::Reply;
+use postrider_smtp::server::{Misuse, Session, SessionConfig};
+use postrider_stages::{
+    Driver, Handled, MessageResult, Policy as _, StageRun, auth_result_keyword,
 };
 use serde::Serialize;
 
@@ -22,6 +26,7 @@ use crate::case::{
     Case, Connection, Expectations, FailureKind, HeaderExpect, KvFault, KvMatch, Policy,
     RouteExpect, Run, StageExpect, TlsKind, VerdictKind, bare_path,
 };
+use crate::policy::{DEFAULT_HELO, HOSTNAME, HarnessPolicy};
 
 /// The relay's default bound on kv calls (`[plugins] kv_timeout_ms`).
 pub const KV_TIMEOUT: Duration = Duration::from_millis(250);
@@ -535,16 +540,6 @@ impl StageReport {
         }
     }
 
-    fn passes(&self) -> bool {
-        self.verdict.as_ref().is_none_or(VerdictReport::passes)
-    }
-
-    fn disconnects(&self) -> bool {
-        self.verdict
-            .as_ref()
-            .is_some_and(|v| v.verdict == "disconnect")
-    }
-
     fn failure(&self) -> Option<&CallReport> {
         self.calls.iter().find(|c| c.failure.is_some())
     }
@@ -618,23 +613,9 @@ pub fn describe_env(e: &EnvelopeInfo) -> String {
             .unwrap_or_default(),
         e.spf
             .as_ref()
-            .map(|s| format!(", spf {} ({})", result_name(s.result), s.domain))
+            .map(|s| format!(", spf {} ({})", auth_result_keyword(s.result), s.domain))
             .unwrap_or_default(),
     )
-}
-
-/// The RFC 8601 name of a result, as case files write it.
-pub fn result_name(r: AuthResult) -> &'static str {
-    match r {
-        AuthResult::None => "none",
-        AuthResult::Pass => "pass",
-        AuthResult::Fail => "fail",
-        AuthResult::Softfail => "softfail",
-        AuthResult::Neutral => "neutral",
-        AuthResult::Temperror => "temperror",
-        AuthResult::Permerror => "permerror",
-        AuthResult::Policy => "policy",
-    }
 }
 
 /// DKIM, DMARC and ARC results, for traces: `dkim pass (d.example/s1), dmarc fail, arc none`.
@@ -644,14 +625,21 @@ pub fn describe_authentication(a: &Authentication) -> String {
     } else {
         a.dkim
             .iter()
-            .map(|d| format!("{} ({}/{})", result_name(d.result), d.domain, d.selector))
+            .map(|d| {
+                format!(
+                    "{} ({}/{})",
+                    auth_result_keyword(d.result),
+                    d.domain,
+                    d.selector
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
     format!(
         "dkim {dkim}, dmarc {}, arc {}",
-        result_name(a.dmarc),
-        result_name(a.arc)
+        auth_result_keyword(a.dmarc),
+        auth_result_keyword(a.arc)
     )
 }
 
@@ -700,7 +688,10 @@ fn header_block(msg: &[u8]) -> String {
     text[..end].replace("\r\n", "\n")
 }
 
-/// Plays one run, stage by stage, stopping where the relay would.
+/// Plays one run as an SMTP client would, through the relay's stage driver: EHLO, MAIL FROM
+/// with its parameters, each RCPT TO, DATA; each command only if the one before it was
+/// accepted, as a client would. The route stage runs for the accepted recipients once the
+/// message is stored, or when the run has no message, once the recipients are in.
 async fn play(pipeline: &Arc<Pipeline>, run: &Run, n: usize, clock: &ManualClock) -> RunReport {
     use postrider_kv::Clock;
     let mut report = RunReport {
@@ -709,139 +700,252 @@ async fn play(pipeline: &Arc<Pipeline>, run: &Run, n: usize, clock: &ManualClock
         stages: Vec::new(),
         kv: BTreeMap::new(),
     };
-    let mut conn = conn_info(&run.conn.resolve(&format!("harness-{n}")));
-    let mut chain = pipeline.session(true);
-
-    let mut stage = StageReport::new(Stage::Connect, None, describe_conn(&conn));
-    let out = chain.on_connect(&conn).await;
-    chain.end_transaction();
-    stage.verdict = Some(VerdictReport::of(&out.decision));
-    stage.calls = call_reports!(out.calls);
-    let go_on = stage.passes();
-    report.stages.push(stage);
-    if !go_on {
-        return report;
+    let conn = conn_info(&run.conn.resolve(&format!("harness-{n}")));
+    let mut client = Client::new(pipeline, conn, run, n, report.clock_ms);
+    if let Err(e) = client.play(run, &mut report).await {
+        report.stages.push(StageReport::new(
+            Stage::Connect,
+            None,
+            format!("the harness drove the SMTP state machine wrongly: {e}"),
+        ));
     }
-
-    if let Some(helo) = &run.helo {
-        conn.helo = Some(helo.clone());
-        let mut stage = StageReport::new(Stage::Helo, None, helo.clone());
-        let out = chain.on_helo(&conn, helo).await;
-        chain.end_transaction();
-        stage.verdict = Some(VerdictReport::of(&out.decision));
-        stage.calls = call_reports!(out.calls);
-        let go_on = stage.passes();
-        report.stages.push(stage);
-        if !go_on {
-            return report;
-        }
-    }
-
-    let Some(from) = &run.mail_from else {
-        return report;
-    };
-    let mut env = EnvelopeInfo {
-        queue_id: None,
-        mail_from: bare_path(from),
-        mail_params: run.mail_params.clone(),
-        recipients: Vec::new(),
-        smtputf8: run.mail_params.iter().any(|(k, _)| k == "SMTPUTF8"),
-        spf: run.spf.clone(),
-    };
-    if !transaction(&mut chain, &conn, &mut env, run, &mut report).await {
-        chain.end_transaction();
-        return report;
-    }
-    chain.end_transaction();
-    if env.recipients.is_empty() {
-        return report;
-    }
-    if pipeline.wants(Stage::Route) || !run.expect.routes.is_empty() {
-        env.queue_id = Some(run.queue_id.clone().unwrap_or_else(|| format!("H{n:05}")));
-        for rcpt in env.recipients.clone() {
-            let mut stage = StageReport::new(Stage::Route, Some(rcpt.clone()), describe_env(&env));
-            let (route, calls) = pipeline.route(&conn, &env, &rcpt, true).await;
-            stage.route = Some(describe_route(&route));
-            stage.raw_route = Some(route);
-            stage.calls = call_reports!(calls);
-            report.stages.push(stage);
-        }
-    }
+    client.driver.end_transaction();
     report
 }
 
-/// MAIL FROM, each RCPT TO and DATA; false when the session ended or the message was refused.
-async fn transaction(
-    chain: &mut ChainSession,
-    conn: &ConnInfo,
-    env: &mut EnvelopeInfo,
-    run: &Run,
-    report: &mut RunReport,
-) -> bool {
-    let mut stage = StageReport::new(Stage::MailFrom, None, describe_env(env));
-    let out = chain.on_mail_from(conn, env).await;
-    stage.verdict = Some(VerdictReport::of(&out.decision));
-    stage.calls = call_reports!(out.calls);
-    let go_on = stage.passes();
-    report.stages.push(stage);
-    if !go_on {
-        return false;
-    }
-    for rcpt in &run.rcpt {
-        let given = bare_path(rcpt);
-        let mut stage = StageReport::new(
-            Stage::Rcpt,
-            Some(rcpt.clone()),
-            format!("<{given}>, {}", describe_env(env)),
+/// The client side of one run.
+struct Client<'a> {
+    pipeline: &'a Arc<Pipeline>,
+    session: Session,
+    driver: Driver,
+    policy: HarnessPolicy,
+}
+
+impl<'a> Client<'a> {
+    fn new(
+        pipeline: &'a Arc<Pipeline>,
+        conn: ConnInfo,
+        run: &Run,
+        n: usize,
+        clock_ms: u64,
+    ) -> Client<'a> {
+        let config = SessionConfig {
+            hostname: HOSTNAME.into(),
+            ..SessionConfig::default()
+        };
+        let session = Session::new(config, conn.tls.is_some());
+        let driver = Driver::new(Some(pipeline.session(true)), conn, HOSTNAME);
+        let mut policy = HarnessPolicy::new(
+            run.queue_id.clone().unwrap_or_else(|| format!("H{n:05}")),
+            clock_ms,
         );
-        let out = chain.on_rcpt(conn, env, &given).await;
-        stage.verdict = Some(VerdictReport::of(&out.decision));
-        stage.rewrite = out.rewrite.clone();
-        stage.calls = call_reports!(out.calls);
-        let (passes, ends) = (stage.passes(), stage.disconnects());
-        report.stages.push(stage);
-        if ends {
-            return false;
-        }
-        if passes {
-            env.recipients.push(out.rewrite.unwrap_or(given));
+        policy.spf = run.spf.clone();
+        policy.authentication = run.authentication.clone();
+        Client {
+            pipeline,
+            session,
+            driver,
+            policy,
         }
     }
-    let Some(message) = &run.message else {
-        return true;
-    };
-    if env.recipients.is_empty() {
-        return false;
+
+    async fn play(&mut self, run: &Run, report: &mut RunReport) -> Result<(), Misuse> {
+        self.driver.connect(&mut self.session).await?;
+        self.collect(report, None);
+        if !self.positive() {
+            return Ok(());
+        }
+        let helo = run.helo.as_deref().unwrap_or(DEFAULT_HELO);
+        if !self.command(&format!("EHLO {helo}"), report, None).await? {
+            return Ok(());
+        }
+        let Some(from) = &run.mail_from else {
+            return Ok(());
+        };
+        let params: String = run
+            .mail_params
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!(" {k}={v}"),
+                None => format!(" {k}"),
+            })
+            .collect();
+        let mail = format!("MAIL FROM:<{}>{params}", bare_path(from));
+        if !self.command(&mail, report, None).await? {
+            return Ok(());
+        }
+        for rcpt in &run.rcpt {
+            let line = format!("RCPT TO:<{}>", bare_path(rcpt));
+            self.command(&line, report, Some(rcpt)).await?;
+            if self.session.is_closed() {
+                return Ok(());
+            }
+        }
+        let routes = self.pipeline.wants(Stage::Route) || !run.expect.routes.is_empty();
+        let Some(message) = &run.message else {
+            // No message: route what the transaction holds, as if it were stored.
+            if routes && let Some(tx) = self.session.transaction() {
+                let envelope = postrider_smtp::server::Envelope {
+                    from: tx.from.clone(),
+                    mail_params: tx.mail_params.clone(),
+                    recipients: tx.recipients.clone(),
+                    data: Vec::new(),
+                };
+                let (spool, _) = postrider_stages::spool_entry(
+                    self.policy.now(),
+                    HOSTNAME,
+                    self.driver.conn(),
+                    &self.session,
+                    envelope,
+                    "",
+                    run.spf.as_ref(),
+                );
+                let id = self.policy.queue_id.clone();
+                self.route(&id, &spool, report).await;
+            }
+            return Ok(());
+        };
+        if self
+            .session
+            .transaction()
+            .is_none_or(|tx| tx.recipients.is_empty())
+        {
+            return Ok(());
+        }
+        if !self.command("DATA", report, None).await? {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(message.len() + 8);
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                body.push(b'.');
+            }
+            body.extend_from_slice(line);
+        }
+        if !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b".\r\n");
+        self.session.feed(&body);
+        let stored = self.pump(report, None).await?;
+        if routes && let Some((id, envelope)) = stored {
+            self.route(&id, &envelope, report).await;
+        }
+        Ok(())
     }
-    env.queue_id = run.queue_id.clone();
-    let mut stage = StageReport::new(
-        Stage::Data,
-        None,
-        format!(
-            "{} bytes, {}{}",
-            message.len(),
-            describe_env(env),
-            run.authentication
-                .as_ref()
-                .map(|a| format!(", {}", describe_authentication(a)))
-                .unwrap_or_default()
+
+    /// Routes every recipient of a stored message.
+    async fn route(
+        &mut self,
+        id: &str,
+        envelope: &postrider_queue::Envelope,
+        report: &mut RunReport,
+    ) {
+        for rcpt in &envelope.recipients {
+            let run =
+                postrider_stages::route(self.pipeline, id, envelope, &rcpt.address, true).await;
+            report.stages.push(stage_report(run, None));
+        }
+    }
+
+    /// Sends one command line; true when the reply was positive (2xx or 3xx).
+    async fn command(
+        &mut self,
+        line: &str,
+        report: &mut RunReport,
+        subject: Option<&String>,
+    ) -> Result<bool, Misuse> {
+        self.session.feed(format!("{line}\r\n").as_bytes());
+        self.pump(report, subject).await?;
+        Ok(self.positive())
+    }
+
+    /// Answers every pending event through the driver; returns the stored message, if any.
+    async fn pump(
+        &mut self,
+        report: &mut RunReport,
+        subject: Option<&String>,
+    ) -> Result<Option<(String, postrider_queue::Envelope)>, Misuse> {
+        let mut stored = None;
+        while let Some(event) = self.session.poll_event() {
+            let handled = self
+                .driver
+                .handle(&mut self.session, event, &mut self.policy)
+                .await?;
+            self.collect(report, subject);
+            match handled {
+                Handled::Message(m) => {
+                    if let MessageResult::Queued(id) = m.result {
+                        stored = Some((id, m.envelope));
+                    }
+                }
+                Handled::StartTls => {
+                    self.session
+                        .reject(Reply::local(454, (4, 7, 0), "TLS not available"))?
+                }
+                Handled::Answered | Handled::Close => {}
+            }
+        }
+        Ok(stored)
+    }
+
+    fn collect(&mut self, report: &mut RunReport, subject: Option<&String>) {
+        for run in self.driver.take_runs() {
+            report.stages.push(stage_report(run, subject));
+        }
+    }
+
+    /// Whether the last reply the session wrote was positive.
+    fn positive(&mut self) -> bool {
+        let out = self.session.take_output();
+        let last = out
+            .split(|&b| b == b'\n')
+            .rev()
+            .find(|l| !l.is_empty())
+            .unwrap_or_default();
+        !self.session.is_closed() && matches!(last.first(), Some(b'2' | b'3'))
+    }
+}
+
+/// A stage as the driver ran it, as the harness reports it; `subject` names the recipient
+/// as the case wrote it (rcpt).
+fn stage_report(run: StageRun, subject: Option<&String>) -> StageReport {
+    let input = match (run.stage, &run.envelope) {
+        (Stage::Connect, _) | (_, None) => describe_conn(&run.conn),
+        (Stage::Helo, _) => run.conn.helo.clone().unwrap_or_default(),
+        (Stage::Rcpt, Some(env)) => format!(
+            "<{}>, {}",
+            run.rcpt.as_deref().unwrap_or_default(),
+            describe_env(env)
         ),
-    );
-    let mut view = MessageView::new(Arc::from(message.as_slice()));
-    if let Some(auth) = &run.authentication {
-        view = view.with_authentication(auth.clone());
+        (Stage::Data, Some(env)) => format!(
+            "{} bytes, {}",
+            run.message.as_ref().map_or(0, |m| m.len()),
+            describe_env(env)
+        ),
+        (_, Some(env)) => describe_env(env),
+    };
+    let subject = match run.stage {
+        Stage::Rcpt => subject.cloned().or(run.rcpt.clone()),
+        Stage::Route => run.rcpt.clone(),
+        _ => None,
+    };
+    let mut stage = StageReport::new(run.stage, subject, input);
+    if run.stage != Stage::Route {
+        stage.verdict = Some(VerdictReport::of(&run.decision));
     }
-    let out = chain.on_data(conn, env, &view).await;
-    env.queue_id = None;
-    stage.verdict = Some(VerdictReport::of(&out.decision));
-    stage.edits = out.edits.iter().map(describe_edit).collect();
-    stage.headers_after = Some(header_block(&apply_edits(message, &out.edits)));
-    stage.raw_edits = out.edits;
-    stage.quarantine = out.quarantine;
-    stage.calls = call_reports!(out.calls);
-    let go_on = stage.passes();
-    report.stages.push(stage);
-    go_on
+    stage.rewrite = run.rewrite;
+    stage.edits = run.edits.iter().map(describe_edit).collect();
+    stage.headers_after = run
+        .message
+        .as_ref()
+        .map(|m| header_block(&apply_edits(m, &run.edits)));
+    stage.raw_edits = run.edits;
+    stage.quarantine = run.quarantine;
+    stage.route = run.route.as_ref().map(describe_route);
+    stage.raw_route = run.route;
+    stage.calls = call_reports!(run.calls);
+    stage
 }
 
 // ---- Comparison ----

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use postrider_plugin_host::{
-    ConnInfo, Decision, EnvelopeInfo, MessageView, Pipeline, Stage, apply_edits,
-};
-use postrider_smtp::address;
-use postrider_smtp::reply::{EnhancedCode, Reply};
-use postrider_smtp::server::{Event, Misuse, Session, SessionConfig, TimeoutPhase};
+use postrider_plugin_host::{ConnInfo, Pipeline, Stage, apply_edits};
+use postrider_smtp::reply::Reply;
+use postrider_smtp::server::{Misuse, Session, SessionConfig, TimeoutPhase};
+use postrider_stages::{Driver, Handled, MessageResult, StageRun};
 
+use crate::policy::{HOSTNAME, HarnessPolicy};
 use crate::runner::{
     CallReport, call_reports, describe_conn, describe_edit, describe_env, describe_route,
 };
@@ -24,11 +23,13 @@ pub enum TranscriptError {
 }
 
 /// Plays `transcript` (client lines; `#` comments and blank lines outside DATA are skipped,
-/// a leading `C: ` is dropped, `S: ` lines are ignored) and returns the dialogue.
+/// a leading `C: ` is dropped, `S: ` lines are ignored) through the relay's stage driver and
+/// returns the dialogue.
 pub async fn play(
     pipeline: &Arc<Pipeline>,
-    mut conn: ConnInfo,
+    conn: ConnInfo,
     transcript: &str,
+    clock_ms: u64,
     trace: bool,
 ) -> Result<String, TranscriptError> {
     let mut out = Dialogue {
@@ -36,19 +37,16 @@ pub async fn play(
         trace,
     };
     let config = SessionConfig {
-        hostname: "harness.postrider.invalid".into(),
+        hostname: HOSTNAME.into(),
         ..SessionConfig::default()
     };
     let mut session = Session::new(config, conn.tls.is_some());
-    let mut chain = pipeline.session(true);
-    let mut in_transaction = false;
-    let queue_ids = std::sync::atomic::AtomicU64::new(1);
-
+    let mut queued = 1u64;
+    let mut policy = HarnessPolicy::new(queue_id(queued), clock_ms);
     out.trace_note(&format!("connect: {}", describe_conn(&conn)));
-    let connect = chain.on_connect(&conn).await;
-    chain.end_transaction();
-    out.calls("connect", call_reports!(connect.calls));
-    connect.decision.greet(&mut session)?;
+    let mut driver = Driver::new(Some(pipeline.session(true)), conn, HOSTNAME);
+    driver.connect(&mut session).await?;
+    out.runs(driver.take_runs());
     out.server(&session.take_output());
 
     for line in transcript.lines() {
@@ -74,107 +72,34 @@ pub async fn play(
         out.text.push_str(&format!("C: {line}\n"));
         session.feed(format!("{line}\r\n").as_bytes());
         while let Some(event) = session.poll_event() {
-            match event {
-                Event::Helo { domain, .. } => {
-                    let helo = domain.to_string();
-                    conn.helo = Some(helo.clone());
-                    let o = chain.on_helo(&conn, &helo).await;
-                    chain.end_transaction();
-                    in_transaction = false;
-                    out.calls("helo", call_reports!(o.calls));
-                    if !refused(&mut session, o.decision)? {
-                        session.accept()?;
-                    }
+            let handled = driver.handle(&mut session, event, &mut policy).await?;
+            out.runs(driver.take_runs());
+            match handled {
+                Handled::Answered | Handled::Close => {}
+                Handled::StartTls => {
+                    session.reject(Reply::local(454, (4, 7, 0), "TLS not available"))?
                 }
-                Event::MailFrom { from, params, .. } => {
-                    if in_transaction {
-                        chain.end_transaction();
-                    }
-                    in_transaction = true;
-                    let env = EnvelopeInfo::from_transaction(&from, &params, &[]);
-                    out.trace_note(&format!("mail-from: {}", describe_env(&env)));
-                    let o = chain.on_mail_from(&conn, &env).await;
-                    out.calls("mail-from", call_reports!(o.calls));
-                    if !refused(&mut session, o.decision)? {
-                        session.accept()?;
-                    }
-                }
-                Event::RcptTo { to, .. } => {
-                    let Some(tx) = session.transaction() else {
-                        session.accept()?;
+                Handled::Message(report) => {
+                    let MessageResult::Queued(id) = &report.result else {
                         continue;
                     };
-                    let env =
-                        EnvelopeInfo::from_transaction(&tx.from, &tx.mail_params, &tx.recipients);
-                    let o = chain.on_rcpt(&conn, &env, &to.address()).await;
-                    out.calls("rcpt", call_reports!(o.calls));
-                    if refused(&mut session, o.decision)? {
-                    } else if let Some(new) = o.rewrite {
-                        match address::parse_forward_path(&format!("<{new}>"), env.smtputf8) {
-                            Ok(parsed) => {
-                                out.note(&format!("recipient rewritten to <{new}>"));
-                                session.accept_rcpt_as(parsed.path)?;
-                            }
-                            Err(_) => {
-                                session.reject(reply(451, (4, 3, 0), "Temporary local problem"))?
-                            }
-                        }
-                    } else {
-                        session.accept()?;
-                    }
-                }
-                Event::DataStart => session.accept()?,
-                Event::Message(envelope) => {
-                    let env = EnvelopeInfo::from_transaction(
-                        &envelope.from,
-                        &envelope.mail_params,
-                        &envelope.recipients,
-                    );
-                    let view = MessageView::new(Arc::from(envelope.data.as_slice()));
-                    let o = chain.on_data(&conn, &env, &view).await;
-                    chain.end_transaction();
-                    in_transaction = false;
-                    out.calls("data", call_reports!(o.calls));
-                    if refused(&mut session, o.decision)? {
+                    queued += 1;
+                    policy.queue_id = queue_id(queued);
+                    if !pipeline.wants(Stage::Route) {
                         continue;
                     }
-                    for e in &o.edits {
-                        out.note(&format!("header edit: {}", describe_edit(e)));
-                    }
-                    if let Some(q) = &o.quarantine {
-                        out.note(&format!("quarantined: {q}"));
-                    }
-                    if trace {
-                        let edited = apply_edits(&envelope.data, &o.edits);
-                        let text = String::from_utf8_lossy(&edited);
-                        let end = text.find("\r\n\r\n").unwrap_or(text.len());
-                        out.note("headers as they would be queued:");
-                        for l in text[..end].split("\r\n") {
-                            out.note(&format!("  | {l}"));
-                        }
-                    }
-                    let n = queue_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let id = format!("H{n:05}");
-                    session.queued(&id)?;
-                    if pipeline.wants(Stage::Route) {
-                        let env = EnvelopeInfo {
-                            queue_id: Some(id.clone()),
-                            ..env
-                        };
-                        for rcpt in &env.recipients {
-                            let (route, calls) = pipeline.route(&conn, &env, rcpt, true).await;
-                            out.calls("route", call_reports!(calls));
-                            out.note(&format!("route <{rcpt}>: {}", describe_route(&route)));
-                        }
+                    for rcpt in &report.envelope.recipients {
+                        let run = postrider_stages::route(
+                            pipeline,
+                            id,
+                            &report.envelope,
+                            &rcpt.address,
+                            true,
+                        )
+                        .await;
+                        out.runs(vec![run]);
                     }
                 }
-                Event::Auth { .. } => session.reject(reply(
-                    535,
-                    (5, 7, 8),
-                    "Authentication is not simulated; use --auth-user",
-                ))?,
-                Event::StartTls => session.reject(reply(454, (4, 7, 0), "TLS not available"))?,
-                Event::Close => {}
             }
         }
         out.server(&session.take_output());
@@ -183,6 +108,11 @@ pub async fn play(
         out.note("end of transcript (connection still open)");
     }
     Ok(out.text)
+}
+
+/// The queue id of the `n`th message of a transcript.
+fn queue_id(n: u64) -> String {
+    format!("H{n:05}")
 }
 
 /// The dialogue being written.
@@ -210,6 +140,46 @@ impl Dialogue {
         }
     }
 
+    /// Notes what each stage did: its plugin calls (when tracing), rewrites, header edits,
+    /// quarantine and routes.
+    fn runs(&mut self, runs: Vec<StageRun>) {
+        for run in runs {
+            if run.stage == Stage::MailFrom
+                && let Some(env) = &run.envelope
+            {
+                self.trace_note(&format!("mail-from: {}", describe_env(env)));
+            }
+            self.calls(run.stage.name(), call_reports!(run.calls));
+            if let Some(new) = &run.rewrite
+                && matches!(run.decision.kind(), "continue" | "accept")
+            {
+                self.note(&format!("recipient rewritten to <{new}>"));
+            }
+            if run.stage == Stage::Data && matches!(run.decision.kind(), "continue" | "accept") {
+                for e in &run.edits {
+                    self.note(&format!("header edit: {}", describe_edit(e)));
+                }
+                if let Some(q) = &run.quarantine {
+                    self.note(&format!("quarantined: {q}"));
+                }
+                if self.trace
+                    && let Some(message) = &run.message
+                {
+                    let edited = apply_edits(message, &run.edits);
+                    let text = String::from_utf8_lossy(&edited);
+                    let end = text.find("\r\n\r\n").unwrap_or(text.len());
+                    self.note("headers as they would be queued:");
+                    for l in text[..end].split("\r\n") {
+                        self.note(&format!("  | {l}"));
+                    }
+                }
+            }
+            if let (Some(route), Some(rcpt)) = (&run.route, &run.rcpt) {
+                self.note(&format!("route <{rcpt}>: {}", describe_route(route)));
+            }
+        }
+    }
+
     fn calls(&mut self, stage: &str, calls: Vec<CallReport>) {
         if !self.trace {
             return;
@@ -233,19 +203,4 @@ impl Dialogue {
             }
         }
     }
-}
-
-fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    let enhanced = EnhancedCode {
-        class: e.0,
-        subject: e.1,
-        detail: e.2,
-    };
-    Reply::new(code, Some(enhanced), text)
-        .unwrap_or_else(|_| unreachable!("constant reply is valid"))
-}
-
-/// Applies a refusing decision as the relay does; false when the command goes on.
-fn refused(session: &mut Session, decision: Decision) -> Result<bool, Misuse> {
-    decision.refuse(session)
 }

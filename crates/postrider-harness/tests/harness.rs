@@ -149,7 +149,8 @@ expect.rcpt."mallory@example.org" = { verdict = "tempfail", code = 451 }
         doc["cases"][1]["mismatches"][0]["at"],
         "run 1, rcpt <mallory@example.org>"
     );
-    let rcpt = &doc["cases"][1]["runs"][0]["stages"][2];
+    // connect, helo (the harness greets for a case without helo), mail-from, rcpt.
+    let rcpt = &doc["cases"][1]["runs"][0]["stages"][3];
     assert_eq!(rcpt["stage"], "rcpt");
     assert_eq!(rcpt["verdict"]["code"], 550);
     assert_eq!(rcpt["calls"][0]["plugin"], "rcpt-allowlist");

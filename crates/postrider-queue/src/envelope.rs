@@ -75,4 +75,14 @@ pub struct ClientInfo {
     pub authenticated: Option<String>,
     /// The verified reverse DNS name of the client, if any.
     pub reverse_dns: Option<String>,
+    /// The session id the relay logged for the connection. Absent in files written before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Our address on the connection. Absent in files written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<std::net::SocketAddr>,
+    /// The TLS server name (SNI) the client asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
 }

@@ -248,10 +248,23 @@ impl Spool {
     ///
     /// Cancel-safe: if the future is dropped first, the entry is not written, or is withdrawn.
     pub async fn store(&self, envelope: Envelope, message: Vec<u8>) -> Result<QueueId, SpoolError> {
-        let (tx, rx) = oneshot::channel();
-        let id = self.submit(&envelope, message, Reply::Async(tx))?;
-        rx.await.map_err(|_| SpoolError::Closed)??;
+        let id = QueueId::generate();
+        self.store_as(id.clone(), envelope, message).await?;
         Ok(id)
+    }
+
+    /// Like [`Spool::store`] under an id the caller generated beforehand with
+    /// [`QueueId::generate`] (so the data-stage plugins see the id the message gets).
+    pub async fn store_as(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        message: Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(id, &envelope, message, Reply::Async(tx))?;
+        rx.await.map_err(|_| SpoolError::Closed)??;
+        Ok(())
     }
 
     /// Like [`Spool::store`], blocking the calling thread (safe to call anywhere, even
@@ -262,7 +275,8 @@ impl Spool {
         message: Vec<u8>,
     ) -> Result<QueueId, SpoolError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let id = self.submit(&envelope, message, Reply::Blocking(tx))?;
+        let id = QueueId::generate();
+        self.submit(id.clone(), &envelope, message, Reply::Blocking(tx))?;
         rx.recv().map_err(|_| SpoolError::Closed)??;
         Ok(id)
     }
@@ -270,21 +284,17 @@ impl Spool {
     /// Encodes an entry on the caller's thread and hands it to the writer.
     fn submit(
         &self,
+        id: QueueId,
         envelope: &Envelope,
         message: Vec<u8>,
         reply: Reply,
-    ) -> Result<QueueId, SpoolError> {
+    ) -> Result<(), SpoolError> {
         let entry = format::encode(envelope, message)?;
-        let id = QueueId::generate();
         let tx = self.inner.tx.read().unwrap_or_else(PoisonError::into_inner);
         let tx = tx.as_ref().ok_or(SpoolError::Closed)?;
-        tx.send(Request {
-            id: id.clone(),
-            entry,
-            reply,
-        })
-        .map_err(|_| SpoolError::Closed)?;
-        Ok(id)
+        tx.send(Request { id, entry, reply })
+            .map_err(|_| SpoolError::Closed)?;
+        Ok(())
     }
 
     /// Reads an entry back, verifying its header, lengths and checksum.

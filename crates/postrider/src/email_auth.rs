@@ -14,7 +14,6 @@ use postrider_auth::{
 };
 use postrider_config::{Authentication, SigningKey};
 use postrider_plugin_host::{self as host, TokioResolver};
-use postrider_queue::SpfRecord;
 use tracing::warn;
 
 /// One generation's email authentication: verifier, signing keys and settings.
@@ -211,23 +210,6 @@ pub fn spf_check(spf: &SpfOutcome) -> host::SpfCheck {
     }
 }
 
-/// SPF as the spool keeps it, for the route stage.
-pub fn spf_record(spf: &SpfOutcome) -> SpfRecord {
-    SpfRecord {
-        result: spf.result.as_str().to_owned(),
-        domain: spf.domain.clone(),
-    }
-}
-
-/// SPF from a spooled envelope, as plugins see it; `None` for an unknown result word.
-pub fn spf_from_record(record: &SpfRecord) -> Option<host::SpfCheck> {
-    let result: AuthResult = record.result.parse().ok()?;
-    Some(host::SpfCheck {
-        result: wit_result(result),
-        domain: record.domain.clone(),
-    })
-}
-
 /// DKIM, DMARC and ARC as plugins see them.
 pub fn authentication(outcome: &AuthOutcome) -> host::Authentication {
     host::Authentication {
@@ -256,9 +238,12 @@ pub fn prepend(header: &str, message: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postrider_queue::SpfRecord;
 
+    /// The spool keeps mail-auth's keywords; the stage driver reads them back.
     #[test]
     fn spf_records_round_trip_every_result() {
+        use postrider_stages::spf_from_record;
         for r in AuthResult::ALL {
             let record = SpfRecord {
                 result: r.as_str().to_owned(),

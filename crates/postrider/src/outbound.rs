@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postrider_config::{Config, RouteTarget, TlsPolicy};
 use postrider_delivery::{Deliverer, Destination};
 use postrider_metrics::{DeliveryResult, Metrics};
-use postrider_plugin_host::{ConnInfo, EnvelopeInfo, RouteDecision};
+use postrider_plugin_host::RouteDecision;
 use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
@@ -508,7 +508,7 @@ impl Manager {
                     format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
                 )
             } else {
-                self.route(&envelope, address, st.hold_released).await
+                self.route(&id, &envelope, address, st.hold_released).await
             };
             match plan {
                 Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
@@ -696,7 +696,13 @@ impl Manager {
     /// Where one recipient goes: static route, then route plugins, then MX. With
     /// `hold_released` (an operator released a route hold) a plugin's hold gives way to
     /// the default route.
-    async fn route(&self, envelope: &Envelope, address: &str, hold_released: bool) -> Plan {
+    async fn route(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        address: &str,
+        hold_released: bool,
+    ) -> Plan {
         let generation = self.current.load_full();
         let config = &generation.config;
         let domain = domain_of(address);
@@ -725,14 +731,9 @@ impl Manager {
         if let Some(pipeline) = &generation.pipeline
             && pipeline.wants(postrider_plugin_host::Stage::Route)
         {
-            let (decision, calls) = pipeline
-                .route(
-                    &conn_info(&envelope.client),
-                    &envelope_info(envelope),
-                    address,
-                    false,
-                )
-                .await;
+            let run =
+                postrider_stages::route(pipeline, id.as_str(), envelope, address, false).await;
+            let (decision, calls) = (run.route.unwrap_or(RouteDecision::Mx), run.calls);
             crate::session::record_calls(&self.metrics, &calls);
             match decision {
                 RouteDecision::Mx => {}
@@ -960,6 +961,9 @@ impl Manager {
                 tls: None,
                 authenticated: None,
                 reverse_dns: None,
+                session: None,
+                server: None,
+                sni: None,
             },
             quarantine: None,
             spf: None,
@@ -1072,32 +1076,6 @@ fn notify(keywords: &[String]) -> Notify {
         failure: keywords.iter().any(|k| k == "FAILURE"),
         delay: keywords.iter().any(|k| k == "DELAY"),
     })
-}
-
-fn conn_info(c: &ClientInfo) -> ConnInfo {
-    ConnInfo {
-        id: String::new(),
-        client_ip: c.ip,
-        client_port: c.port,
-        client_name: c.reverse_dns.clone(),
-        listener: c.listener.clone(),
-        server_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        server_port: 0,
-        helo: Some(c.helo.clone()),
-        tls: None,
-        auth_user: c.authenticated.clone(),
-    }
-}
-
-fn envelope_info(e: &Envelope) -> EnvelopeInfo {
-    EnvelopeInfo {
-        queue_id: None,
-        mail_from: e.mail_from.clone(),
-        mail_params: Vec::new(),
-        recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
-        smtputf8: e.smtputf8,
-        spf: e.spf.as_ref().and_then(crate::email_auth::spf_from_record),
-    }
 }
 
 #[cfg(test)]

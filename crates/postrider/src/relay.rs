@@ -11,18 +11,7 @@ use postrider_smtp::reply::Reply;
 
 /// The reply for every refused relay attempt: 554 5.7.1.
 pub fn relay_denied() -> Reply {
-    static_reply(554, "5.7.1", "Relay access denied")
-}
-
-/// A reply from constant parts that are known to be valid.
-pub fn static_reply(code: u16, enhanced: &str, text: &str) -> Reply {
-    let mut parts = enhanced.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
-    let class = parts.next().unwrap_or(0) as u8;
-    Reply::local(
-        code,
-        (class, parts.next().unwrap_or(0), parts.next().unwrap_or(0)),
-        text,
-    )
+    Reply::local(554, (5, 7, 1), "Relay access denied")
 }
 
 /// Decides whether a client may send to `to`: `Ok` to accept, or the refusal reply.

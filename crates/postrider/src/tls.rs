@@ -35,8 +35,8 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Protocol and cipher suite, e.g. ("TLSv1.3", "TLS13_AES_256_GCM_SHA384").
-pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
+/// Protocol, cipher suite and the server name the client asked for (SNI), as plugins see them.
+pub fn describe(conn: &rustls::ServerConnection) -> postrider_plugin_host::TlsInfo {
     let version = conn
         .protocol_version()
         .and_then(|v| v.as_str())
@@ -45,5 +45,9 @@ pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str())
         .unwrap_or("unknown");
-    (version.to_owned(), suite.to_owned())
+    postrider_plugin_host::TlsInfo {
+        protocol: version.to_owned(),
+        cipher: suite.to_owned(),
+        sni: conn.server_name().map(str::to_owned),
+    }
 }
