@@ -22,4 +22,5 @@ mod reload;
 mod routing;
 mod smtp;
 mod smuggling;
+mod stage_parity;
 mod tls_auth;

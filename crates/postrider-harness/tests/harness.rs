@@ -373,3 +373,37 @@ fn run_plays_a_transcript() {
         "{text}"
     );
 }
+
+/// The data and route stages see what the relay would show them: the queue id the message is
+/// stored under, the connection it came in on (client, listener, our address, HELO, TLS with
+/// SNI, AUTH user) and the MAIL FROM parameters (tests/e2e/stage_parity.rs checks the relay).
+#[test]
+fn data_and_route_stages_see_the_connection_and_envelope_of_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inputs.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[case]]
+name = "every input at data and route"
+config = { mode = "inputs" }
+connection = { id = "c-7", client_ip = "198.51.100.7", client_port = 41234, listener = "submission", server_ip = "192.0.2.25", server_port = 587, tls = { protocol = "TLSv1.3", cipher = "TLS13_AES_256_GCM_SHA384", sni = "mx.example.org" }, auth_user = "alice" }
+helo = "client.example"
+mail_from = "alice@example.org"
+mail_params = { SIZE = 300, BODY = "8BITMIME", RET = "HDRS", ENVID = "e-1" }
+spf = "softfail"
+rcpt = ["bob@example.net", "carol@example.net"]
+queue_id = "Q42"
+message = "Subject: x\n\nbody\n"
+expect.data = "continue"
+expect.headers = [{ append = "X-Stage-Inputs", value = "q=Q42 id=c-7 ip=198.51.100.7 port=41234 name=- l=submission srv=192.0.2.25:587 helo=client.example tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/mx.example.org user=alice from=alice@example.org params=SIZE=300,BODY=8BITMIME,RET=HDRS,ENVID=e-1 spf=softfail/example.org rcpts=bob@example.net,carol@example.net" }]
+expect.routes."bob@example.net" = { type = "hold", reason = "^q=Q42 id=c-7 ip=198.51.100.7 port=41234 name=- l=submission srv=192.0.2.25:587 helo=client.example tls=TLSv1.3/TLS13_AES_256_GCM_SHA384/mx.example.org user=alice from=alice@example.org params=SIZE=300,BODY=8BITMIME,RET=HDRS,ENVID=e-1 spf=softfail/example.org rcpts=bob@example.net,carol@example.net$" }
+expect.routes."carol@example.net" = { type = "hold", reason = "^q=Q42 .* rcpts=bob@example.net,carol@example.net$" }
+"#,
+    )
+    .unwrap();
+    let out = test_cmd("misbehave", &file, &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(last_line(&out), "1 passed, 0 failed", "{text}");
+}

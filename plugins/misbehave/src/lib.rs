@@ -3,8 +3,12 @@
 //!
 //! ```toml
 //! [plugin.config]
-//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count"
+//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count" | "inputs"
 //! ```
+//!
+//! `inputs` shows what the host gives the data and route stages: at data it appends
+//! `X-Stage-Inputs: <summary>`, at route it holds the recipient with the summary as reason
+//! (see [`summary`]), so tests can check each field against the connection they made.
 //!
 //! `count` shows what a reused instance keeps (the host's warm pool): each rcpt answers
 //! `550 5.7.1 calls C inits I seen S`, where C counts rcpt calls and I `init` calls since the
@@ -14,7 +18,7 @@
 
 use postrider_plugin::{
     Config, Connection, DataOutcome, Envelope, HeaderEdit, Message, Plugin, RcptOutcome, Reply,
-    Stages, Verdict,
+    Route, Stages, Verdict,
 };
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,6 +55,9 @@ impl Plugin for Misbehave {
     }
 
     fn stages(&self) -> Stages {
+        if self.mode == "inputs" {
+            return Stages::DATA | Stages::ROUTE;
+        }
         Stages::RCPT | Stages::DATA
     }
 
@@ -109,7 +116,7 @@ impl Plugin for Misbehave {
         }
     }
 
-    fn on_data(&mut self, _conn: &Connection, _env: &Envelope, _msg: &Message) -> DataOutcome {
+    fn on_data(&mut self, conn: &Connection, env: &Envelope, _msg: &Message) -> DataOutcome {
         match self.mode.as_str() {
             "bad-header" => DataOutcome {
                 verdict: Verdict::Continue,
@@ -119,9 +126,68 @@ impl Plugin for Misbehave {
                 })],
                 quarantine: None,
             },
+            "inputs" => DataOutcome {
+                verdict: Verdict::Continue,
+                edits: vec![HeaderEdit::Append(postrider_plugin::Header {
+                    name: "X-Stage-Inputs".into(),
+                    value: summary(conn, env),
+                })],
+                quarantine: None,
+            },
             _ => DataOutcome::default(),
         }
     }
+
+    fn on_route(&mut self, conn: &Connection, env: &Envelope, _rcpt: &str) -> Route {
+        Route::Hold(summary(conn, env))
+    }
+}
+
+/// The stage's inputs on one line, fields separated by spaces, `-` for an absent value:
+/// `q=QUEUEID id=CONN ip=IP port=P name=N l=LISTENER srv=IP:P helo=H
+/// tls=PROTO/CIPHER/SNI user=U from=F params=K=V,K spf=RESULT/DOMAIN rcpts=A,B`.
+fn summary(c: &Connection, e: &Envelope) -> String {
+    let or = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let tls = c.tls.as_ref().map_or("-".to_owned(), |t| {
+        format!("{}/{}/{}", t.protocol, t.cipher, or(t.sni.as_deref()))
+    });
+    let params: Vec<String> = e
+        .mail_params
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        })
+        .collect();
+    let spf = e.spf.as_ref().map_or("-".to_owned(), |s| {
+        let result = format!("{:?}", s.result).to_lowercase();
+        let result = result.rsplit("::").next().unwrap_or_default().to_owned();
+        format!("{result}/{}", s.domain)
+    });
+    format!(
+        "q={} id={} ip={} port={} name={} l={} srv={}:{} helo={} tls={tls} user={} from={} params={} spf={spf} rcpts={}",
+        or(e.queue_id.as_deref()),
+        if c.id.is_empty() { "-" } else { &c.id },
+        c.client_ip,
+        c.client_port,
+        or(c.client_name.as_deref()),
+        c.listener,
+        c.server_ip,
+        c.server_port,
+        or(c.helo.as_deref()),
+        or(c.auth_user.as_deref()),
+        if e.mail_from.is_empty() {
+            "<>"
+        } else {
+            &e.mail_from
+        },
+        if params.is_empty() {
+            "-".to_owned()
+        } else {
+            params.join(",")
+        },
+        e.recipients.join(","),
+    )
 }
 
 postrider_plugin::export!(Misbehave);
