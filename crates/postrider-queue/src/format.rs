@@ -232,6 +232,25 @@ pub(crate) fn read_entry<R: Read>(
     Ok((envelope, message))
 }
 
+/// Decodes and fully verifies a whole spool file held in memory, as the spool reads one
+/// from disk: the envelope and, if `keep_message`, the message.
+///
+/// Not a stable API: public for the fuzz targets in `fuzz/`. Errors carry an empty path.
+#[doc(hidden)]
+pub fn decode_entry(
+    bytes: &[u8],
+    keep_message: bool,
+) -> Result<(Envelope, Option<Vec<u8>>), crate::SpoolError> {
+    let path = std::path::PathBuf::new();
+    read_entry(bytes, bytes.len() as u64, keep_message).map_err(|e| match e {
+        ReadError::Io(source) => crate::SpoolError::Io { path, source },
+        ReadError::Corrupt(reason) => crate::SpoolError::Corrupt { path, reason },
+        ReadError::UnsupportedVersion(version) => {
+            crate::SpoolError::UnsupportedVersion { path, version }
+        }
+    })
+}
+
 /// Checks the magic line, telling an unknown version apart from garbage.
 fn read_magic<R: Read>(r: &mut R) -> Result<(), ReadError> {
     let mut line = Vec::with_capacity(MAGIC.len());

@@ -185,6 +185,22 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<MessageState, StateReadError>
     serde_json::from_slice(json).map_err(|e| CorruptReason::State(e).into())
 }
 
+/// Decodes and verifies a whole state file held in memory, as [`Spool::load_state`] reads
+/// one from disk.
+///
+/// Not a stable API: public for the fuzz targets in `fuzz/`. Errors carry an empty path.
+#[doc(hidden)]
+pub fn decode_state_file(bytes: &[u8]) -> Result<MessageState, SpoolError> {
+    let path = std::path::PathBuf::new();
+    decode_state(bytes).map_err(|e| match e {
+        StateReadError::Io(source) => SpoolError::Io { path, source },
+        StateReadError::Corrupt(reason) => SpoolError::Corrupt { path, reason },
+        StateReadError::UnsupportedVersion(version) => {
+            SpoolError::UnsupportedVersion { path, version }
+        }
+    })
+}
+
 /// Checks the magic line and returns what follows it, telling an unknown version from garbage.
 fn strip_magic(bytes: &[u8]) -> Result<&[u8], StateReadError> {
     if let Some(rest) = bytes.strip_prefix(STATE_MAGIC) {

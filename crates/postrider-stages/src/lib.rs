@@ -147,7 +147,16 @@ pub enum MessageResult {
 }
 
 impl MessageResult {
-    /// The word for logs and metrics: queued, rejected, tempfailed.
+    /// The transaction's result in metrics: accepted, rejected, tempfailed.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            MessageResult::Queued(_) => "accepted",
+            MessageResult::Rejected => "rejected",
+            MessageResult::Tempfailed => "tempfailed",
+        }
+    }
+
+    /// The word for the transaction's log line: queued, rejected, tempfailed.
     pub fn name(&self) -> &'static str {
         match self {
             MessageResult::Queued(_) => "queued",

@@ -190,7 +190,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
                     let metrics = &ctx.shared.metrics;
                     let size =
                         matches!(report.result, MessageResult::Queued(_)).then_some(report.size);
-                    metrics.transaction(&ctx.listener.name, report.result.name(), size);
+                    metrics.transaction(&ctx.listener.name, report.result.metric(), size);
                     transaction_line(&driver, &report);
                 }
                 Handled::StartTls => {
