@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use postrider_harness::case::{ConnSpec, DEFAULT_CLOCK_MS, DEFAULT_MEMORY_MB, Policy};
+use postrider_harness::case::{ConnSpec, DEFAULT_CLOCK_MS, DEFAULT_MEMORY_MB};
 use postrider_harness::policy::HOSTNAME;
 use postrider_harness::runner::{Harness, LoadOptions, World, conn_info};
 use postrider_plugin_host::StaticDns;
@@ -66,7 +66,7 @@ fn harness_dialogue(plugin_file: &str, config_json: &str) -> (Vec<String>, Vec<S
         let world = World::new(DEFAULT_CLOCK_MS, StaticDns::default(), None);
         let options = LoadOptions {
             config_json: config_json.to_owned(),
-            failure_policy: Policy::Tempfail,
+            failure_policy: postrider_plugin_host::FailurePolicy::Tempfail,
             timeout_ms: 2000,
             memory_mb: DEFAULT_MEMORY_MB,
             reuse: 1,

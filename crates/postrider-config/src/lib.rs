@@ -166,16 +166,44 @@ pub struct KvRedis {
     pub ca_file: Option<PathBuf>,
 }
 
-/// What the relay does when a plugin call fails (trap, timeout, invalid answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What the relay does when a plugin call traps, times out or answers something invalid: the
+/// one failure policy type (config, plugin host, harness cases and command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailurePolicy {
-    /// 451 4.3.0 (the default).
+    /// 451 4.3.0: the client retries later (the default: nothing is lost, nothing slips by).
+    #[default]
     Tempfail,
-    /// Ignore the plugin for that call.
+    /// Ignore the plugin for this call, as if it answered `continue`.
     Continue,
-    /// 550 5.7.1.
+    /// 550 5.7.1: refuse.
     Reject,
+}
+
+impl FailurePolicy {
+    /// The config word: tempfail, continue or reject.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePolicy::Tempfail => "tempfail",
+            FailurePolicy::Continue => "continue",
+            FailurePolicy::Reject => "reject",
+        }
+    }
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            FailurePolicy::Tempfail,
+            FailurePolicy::Continue,
+            FailurePolicy::Reject,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("{s:?}: expected tempfail, continue or reject"))
+    }
 }
 
 /// One `[[plugin]]`: a WebAssembly component called at the stages it asks for, in config order.
@@ -243,17 +271,7 @@ impl Default for Delivery {
     }
 }
 
-/// TLS towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsPolicy {
-    /// Never.
-    None,
-    /// STARTTLS when offered (the default).
-    Opportunistic,
-    /// STARTTLS or no delivery.
-    Require,
-}
+pub use postrider_smtp::client::TlsPolicy;
 
 /// A static route: mail for these domains goes to a fixed next hop instead of their MX.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,15 +386,7 @@ impl Relay {
     }
 }
 
-/// How a bare CR or LF in message content is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LineEndings {
-    /// Refuse the message with a 5xx (the default: SMTP smuggling needs bare line ends).
-    Reject,
-    /// Turn them into CRLF.
-    Normalize,
-}
+pub use postrider_smtp::LineEndings;
 
 /// Protocol and resource limits.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use postrider_dns::Dns;
 use postrider_smtp::client::{
     ClientConfig, ClientEvent, ClientSession, ConnectionFailure, Credentials, OutboundMessage,
-    RcptOutcome, RcptResult, TlsWanted,
+    RcptOutcome, RcptResult, TlsPolicy,
 };
 use postrider_smtp::reply::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,7 +28,7 @@ pub enum Destination {
         /// Recipient domain.
         domain: String,
         /// TLS policy.
-        tls: TlsWanted,
+        tls: TlsPolicy,
     },
     /// A fixed relay host (smarthost).
     Relay {
@@ -37,7 +37,7 @@ pub enum Destination {
         /// Port.
         port: u16,
         /// TLS policy.
-        tls: TlsWanted,
+        tls: TlsPolicy,
         /// AUTH credentials, sent only over TLS.
         auth: Option<Credentials>,
     },
@@ -98,10 +98,6 @@ struct Idle {
 const IDLE_TIME: Duration = Duration::from_secs(5);
 /// Most messages sent over one connection.
 const MAX_REUSE: u32 = 100;
-
-fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    Reply::local(code, e, text)
-}
 
 fn all(msg: &OutboundMessage, result: &RcptResult) -> Vec<RcptOutcome> {
     msg.recipients
@@ -204,7 +200,7 @@ impl Deliverer {
                 Err(ResolveError::NullMx) => Attempt {
                     outcomes: all(
                         msg,
-                        &RcptResult::Permanent(reply(
+                        &RcptResult::Permanent(Reply::local(
                             556,
                             (5, 1, 10),
                             "Recipient domain accepts no mail (null MX)",
@@ -215,14 +211,18 @@ impl Deliverer {
                 Err(ResolveError::NxDomain) => Attempt {
                     outcomes: all(
                         msg,
-                        &RcptResult::Permanent(reply(550, (5, 1, 2), "Recipient domain not found")),
+                        &RcptResult::Permanent(Reply::local(
+                            550,
+                            (5, 1, 2),
+                            "Recipient domain not found",
+                        )),
                     ),
                     remote: None,
                 },
                 Err(ResolveError::Temporary(e)) => Attempt {
                     outcomes: all(
                         msg,
-                        &RcptResult::Temporary(reply(
+                        &RcptResult::Temporary(Reply::local(
                             451,
                             (4, 4, 3),
                             &format!("DNS lookup failed: {e}"),
@@ -252,7 +252,7 @@ impl Deliverer {
                 self.try_hosts(
                     std::slice::from_ref(host),
                     *port,
-                    TlsWanted::None,
+                    TlsPolicy::None,
                     None,
                     true,
                     msg,
@@ -261,7 +261,7 @@ impl Deliverer {
                 .await
             }
             Destination::LmtpUnix(path) => {
-                let config = self.client_config(TlsWanted::None, None, true);
+                let config = self.client_config(TlsPolicy::None, None, true);
                 let remote = Some(format!("unix:{}", path.display()));
                 match tokio::time::timeout(self.options.connect_timeout, UnixStream::connect(path))
                     .await
@@ -288,7 +288,11 @@ impl Deliverer {
                         Err(ConnError::Stale) => Attempt {
                             outcomes: all(
                                 msg,
-                                &RcptResult::Temporary(reply(451, (4, 4, 2), "Connection closed")),
+                                &RcptResult::Temporary(Reply::local(
+                                    451,
+                                    (4, 4, 2),
+                                    "Connection closed",
+                                )),
                             ),
                             remote,
                         },
@@ -296,7 +300,7 @@ impl Deliverer {
                     _ => Attempt {
                         outcomes: all(
                             msg,
-                            &RcptResult::Temporary(reply(
+                            &RcptResult::Temporary(Reply::local(
                                 451,
                                 (4, 4, 1),
                                 "LMTP socket not reachable",
@@ -309,7 +313,7 @@ impl Deliverer {
         }
     }
 
-    fn client_config(&self, tls: TlsWanted, auth: Option<Credentials>, lmtp: bool) -> ClientConfig {
+    fn client_config(&self, tls: TlsPolicy, auth: Option<Credentials>, lmtp: bool) -> ClientConfig {
         ClientConfig {
             helo_name: self.options.helo_name.clone(),
             lmtp,
@@ -328,13 +332,13 @@ impl Deliverer {
         &self,
         hosts: &[String],
         port: u16,
-        tls: TlsWanted,
+        tls: TlsPolicy,
         auth: Option<Credentials>,
         lmtp: bool,
         msg: &OutboundMessage,
         data: &[u8],
     ) -> Attempt {
-        let mut last = RcptResult::Temporary(reply(451, (4, 4, 1), "No mail host answered"));
+        let mut last = RcptResult::Temporary(Reply::local(451, (4, 4, 1), "No mail host answered"));
         let mut temporary = None;
         let mut unsupported = None;
         let mut remote = None;
@@ -345,7 +349,7 @@ impl Deliverer {
                     Ok(ips) => ips,
                     Err(e) => {
                         debug!(host = %host, error = %e, "no address for mail host");
-                        last = RcptResult::Temporary(reply(
+                        last = RcptResult::Temporary(Reply::local(
                             451,
                             (4, 4, 3),
                             &format!("No address for {host}"),
@@ -369,10 +373,10 @@ impl Deliverer {
                                 remote,
                             };
                         }
-                        Err(ConnError::TlsFailed(r)) if tls_now == TlsWanted::Opportunistic => {
+                        Err(ConnError::TlsFailed(r)) if tls_now == TlsPolicy::Opportunistic => {
                             // Opportunistic TLS must not stop the mail: once more in plaintext.
                             info!(host = %host, %addr, result = ?r, "STARTTLS failed, retrying without TLS");
-                            tls_now = TlsWanted::None;
+                            tls_now = TlsPolicy::None;
                         }
                         Err(ConnError::Unsupported(r)) => {
                             info!(host = %host, %addr, result = ?r, "host cannot take the message, trying the next host");
@@ -460,14 +464,14 @@ impl Deliverer {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 info!(host = %host, %addr, error = %e, "connect failed");
-                return Err(ConnError::NextHost(RcptResult::Temporary(reply(
+                return Err(ConnError::NextHost(RcptResult::Temporary(Reply::local(
                     451,
                     (4, 4, 1),
                     &format!("Connection to {host} failed"),
                 ))));
             }
             Err(_) => {
-                return Err(ConnError::NextHost(RcptResult::Temporary(reply(
+                return Err(ConnError::NextHost(RcptResult::Temporary(Reply::local(
                     451,
                     (4, 4, 1),
                     &format!("Connection to {host} timed out"),
@@ -531,7 +535,7 @@ impl Deliverer {
     ) -> SessionResult {
         // A failed STARTTLS may be retried in plaintext, except with AUTH: credentials
         // never go without TLS, so that retry could not succeed.
-        let tls_fallback = config.tls == TlsWanted::Opportunistic && config.auth.is_none();
+        let tls_fallback = config.tls == TlsPolicy::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
         let mut progress = Progress::default();
         let mut session = match reused {
@@ -545,7 +549,7 @@ impl Deliverer {
         };
         let mut buf = vec![0u8; 16 * 1024];
         let mut ended = false;
-        let local_fail = |text: &str| RcptResult::Temporary(reply(451, (4, 4, 2), text));
+        let local_fail = |text: &str| RcptResult::Temporary(Reply::local(451, (4, 4, 2), text));
         loop {
             while let Some(event) = session.poll_event() {
                 match event {

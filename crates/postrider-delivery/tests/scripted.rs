@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination};
 use postrider_dns::StaticDns;
-use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult, TlsWanted};
+use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult, TlsPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -156,7 +156,7 @@ fn lmtp(port: u16) -> Destination {
     }
 }
 
-fn relay(port: u16, tls: TlsWanted) -> Destination {
+fn relay(port: u16, tls: TlsPolicy) -> Destination {
     Destination::Relay {
         host: "127.0.0.1".into(),
         port,
@@ -258,7 +258,7 @@ async fn opportunistic_tls_falls_back_to_plaintext() {
     let d = deliverer(StaticDns::default(), 25, Duration::from_secs(5));
     let attempt = d
         .deliver(
-            &relay(port, TlsWanted::Opportunistic),
+            &relay(port, TlsPolicy::Opportunistic),
             &message(&["a@d.test"], b"hi\r\n"),
             b"hi\r\n",
         )
@@ -280,7 +280,7 @@ async fn required_tls_never_falls_back() {
     let d = deliverer(StaticDns::default(), 25, Duration::from_secs(5));
     let attempt = d
         .deliver(
-            &relay(port, TlsWanted::Require),
+            &relay(port, TlsPolicy::Require),
             &message(&["a@d.test"], b"hi\r\n"),
             b"hi\r\n",
         )
@@ -325,7 +325,7 @@ async fn without_8bitmime(peer: &mut Peer) {
 fn mx(domain: &str) -> Destination {
     Destination::Mx {
         domain: domain.into(),
-        tls: TlsWanted::None,
+        tls: TlsPolicy::None,
     }
 }
 
@@ -430,7 +430,7 @@ async fn a_large_message_on_a_slow_link_is_not_cut_off() {
     let d = deliverer(StaticDns::default(), 25, Duration::from_millis(500));
     let attempt = d
         .deliver(
-            &relay(port, TlsWanted::None),
+            &relay(port, TlsPolicy::None),
             &message(&["a@d.test"], &data),
             &data,
         )

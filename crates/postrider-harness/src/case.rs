@@ -12,7 +12,9 @@ use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use postrider_plugin_host::{AuthResult, Authentication, DkimCheck, DnsError, SpfCheck, StaticDns};
+use postrider_plugin_host::{
+    AuthResult, Authentication, DkimCheck, DnsError, FailurePolicy, SpfCheck, StaticDns, TlsPolicy,
+};
 use regex::Regex;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
@@ -89,18 +91,6 @@ impl fmt::Display for FailureKind {
             FailureKind::Busy => "busy",
         })
     }
-}
-
-/// The failure policy of the plugin under test, as in the relay's `[[plugin]]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// 451 4.3.0 (the relay's default).
-    Tempfail,
-    /// Ignore the failed call.
-    Continue,
-    /// 550 5.7.1.
-    Reject,
 }
 
 /// A verdict a stage is expected to end with.
@@ -276,7 +266,7 @@ struct RawInputs {
     name: Option<String>,
     description: Option<String>,
     config: Option<toml::Table>,
-    failure_policy: Option<Policy>,
+    failure_policy: Option<FailurePolicy>,
     timeout_ms: Option<u64>,
     memory_mb: Option<u32>,
     reuse: Option<u32>,
@@ -395,18 +385,6 @@ struct RawDkim {
     selector: String,
 }
 
-/// The TLS policy a relay route is expected to have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsKind {
-    /// Plain text.
-    None,
-    /// STARTTLS when offered.
-    Opportunistic,
-    /// STARTTLS or fail.
-    Require,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawRoute {
@@ -414,7 +392,7 @@ enum RawRoute {
     Relay {
         host: Option<String>,
         port: Option<u16>,
-        tls: Option<TlsKind>,
+        tls: Option<TlsPolicy>,
     },
     Lmtp {
         target: Option<String>,
@@ -522,7 +500,7 @@ pub enum RouteExpect {
         /// Port.
         port: Option<u16>,
         /// TLS policy.
-        tls: Option<TlsKind>,
+        tls: Option<TlsPolicy>,
     },
     /// LMTP.
     Lmtp {
@@ -659,7 +637,7 @@ pub struct PluginSettings {
     /// `config` as JSON.
     pub config_json: String,
     /// What a failed call means.
-    pub failure_policy: Policy,
+    pub failure_policy: FailurePolicy,
     /// Deadline of each call.
     pub timeout_ms: u64,
     /// Memory cap of each instance.
@@ -954,10 +932,7 @@ fn resolve(
         line,
         plugin: PluginSettings {
             config_json,
-            failure_policy: case
-                .failure_policy
-                .or(d.failure_policy)
-                .unwrap_or(Policy::Tempfail),
+            failure_policy: case.failure_policy.or(d.failure_policy).unwrap_or_default(),
             timeout_ms,
             memory_mb,
             reuse,

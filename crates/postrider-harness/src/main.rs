@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use postrider_harness::case::{self, Case, ConnSpec, Policy, TlsSpec};
+use postrider_harness::case::{self, Case, ConnSpec, TlsSpec};
 use postrider_harness::report;
 use postrider_harness::runner::{Harness, LoadOptions, World, conn_info};
 use postrider_harness::transcript;
-use postrider_plugin_host::StaticDns;
+use postrider_plugin_host::{FailurePolicy, StaticDns};
 
 /// Tests Postrider plugins (WebAssembly components) through the relay's own plugin host.
 ///
@@ -113,9 +113,10 @@ struct RunArgs {
     /// The clock plugins see, Unix milliseconds.
     #[arg(long, default_value_t = case::DEFAULT_CLOCK_MS)]
     clock_ms: u64,
-    /// What a trap, timeout or invalid answer means.
-    #[arg(long, value_enum, default_value_t = PolicyArg::Tempfail)]
-    failure_policy: PolicyArg,
+    /// What a trap, timeout or invalid answer means: tempfail (451 4.3.0), continue (ignore
+    /// the failed call) or reject (550 5.7.1).
+    #[arg(long, default_value = "tempfail")]
+    failure_policy: FailurePolicy,
     /// Deadline of each plugin call.
     #[arg(long, default_value_t = case::DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
@@ -130,16 +131,6 @@ struct RunArgs {
     trace: bool,
     #[command(flatten)]
     common: Common,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum PolicyArg {
-    /// 451 4.3.0.
-    Tempfail,
-    /// Ignore the failed call.
-    Continue,
-    /// 550 5.7.1.
-    Reject,
 }
 
 fn main() -> ExitCode {
@@ -316,11 +307,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let world = World::new(args.clock_ms, dns, None);
     let options = LoadOptions {
         config_json,
-        failure_policy: match args.failure_policy {
-            PolicyArg::Tempfail => Policy::Tempfail,
-            PolicyArg::Continue => Policy::Continue,
-            PolicyArg::Reject => Policy::Reject,
-        },
+        failure_policy: args.failure_policy,
         timeout_ms: args.timeout_ms,
         memory_mb: args.memory_mb,
         reuse: args.reuse,

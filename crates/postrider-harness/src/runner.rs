@@ -23,8 +23,8 @@ use postrider_stages::{
 use serde::Serialize;
 
 use crate::case::{
-    Case, Connection, Expectations, FailureKind, HeaderExpect, KvFault, KvMatch, Policy,
-    RouteExpect, Run, StageExpect, TlsKind, VerdictKind, bare_path,
+    Case, Connection, Expectations, FailureKind, HeaderExpect, KvFault, KvMatch, RouteExpect, Run,
+    StageExpect, VerdictKind, bare_path,
 };
 use crate::policy::{DEFAULT_HELO, HOSTNAME, HarnessPolicy};
 
@@ -59,7 +59,7 @@ pub struct LoadOptions {
     /// Config JSON.
     pub config_json: String,
     /// Failure policy.
-    pub failure_policy: Policy,
+    pub failure_policy: FailurePolicy,
     /// Per-call deadline.
     pub timeout_ms: u64,
     /// Memory cap.
@@ -152,11 +152,7 @@ impl Harness {
             name: self.name.clone(),
             path: self.wasm.clone(),
             config_json: options.config_json.clone(),
-            failure_policy: match options.failure_policy {
-                Policy::Tempfail => FailurePolicy::Tempfail,
-                Policy::Continue => FailurePolicy::Continue,
-                Policy::Reject => FailurePolicy::Reject,
-            },
+            failure_policy: options.failure_policy,
             timeout: Duration::from_millis(options.timeout_ms),
             memory_bytes: (options.memory_mb as usize) << 20,
             reuse: options.reuse,
@@ -1028,11 +1024,6 @@ fn header_matches(exp: &HeaderExpect, actual: &HeaderEdit) -> bool {
 }
 
 fn route_matches(exp: &RouteExpect, actual: &RouteDecision) -> bool {
-    let tls = |t: TlsKind| match t {
-        TlsKind::None => TlsPolicy::None,
-        TlsKind::Opportunistic => TlsPolicy::Opportunistic,
-        TlsKind::Require => TlsPolicy::Require,
-    };
     match (exp, actual) {
         (RouteExpect::Mx, RouteDecision::Mx) | (RouteExpect::Discard, RouteDecision::Discard) => {
             true
@@ -1047,7 +1038,7 @@ fn route_matches(exp: &RouteExpect, actual: &RouteDecision) -> bool {
         ) => {
             eh.as_ref().is_none_or(|h| h == host)
                 && ep.is_none_or(|p| p == *port)
-                && et.is_none_or(|e| tls(e) == *t)
+                && et.is_none_or(|e| e == *t)
         }
         (RouteExpect::Lmtp { target: e }, RouteDecision::Lmtp(t)) => {
             e.as_ref().is_none_or(|e| e == t)

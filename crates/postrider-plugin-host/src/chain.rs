@@ -230,17 +230,15 @@ pub struct ChainSession {
 fn policy_decision(policy: FailurePolicy) -> Decision {
     match policy {
         FailurePolicy::Continue => Decision::Continue,
-        FailurePolicy::Tempfail => Decision::Tempfail(fixed(
+        FailurePolicy::Tempfail => Decision::Tempfail(Reply::local(
             451,
             (4, 3, 0),
             "Temporary local problem, try again later",
         )),
-        FailurePolicy::Reject => Decision::Reject(fixed(550, (5, 7, 1), "Refused by policy")),
+        FailurePolicy::Reject => {
+            Decision::Reject(Reply::local(550, (5, 7, 1), "Refused by policy"))
+        }
     }
-}
-
-fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    Reply::local(code, e, text)
 }
 
 impl Drop for ChainSession {

@@ -125,16 +125,7 @@ pub enum HeaderEdit {
     },
 }
 
-/// TLS policy towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsPolicy {
-    /// Plain text.
-    None,
-    /// STARTTLS when offered.
-    Opportunistic,
-    /// STARTTLS or fail.
-    Require,
-}
+pub use postrider_smtp::client::TlsPolicy;
 
 /// Where one recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

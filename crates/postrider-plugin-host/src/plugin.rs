@@ -17,17 +17,7 @@ use crate::error::{CallFailure, HostError};
 use crate::pool::WarmPool;
 use crate::state::{HostState, Services};
 
-/// What the relay does when a plugin call traps, times out or answers something invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailurePolicy {
-    /// 451 4.3.0: the client retries later (the default: nothing is lost, nothing slips by).
-    #[default]
-    Tempfail,
-    /// Ignore the plugin for this call, as if it answered `continue`.
-    Continue,
-    /// 550 5.7.1: refuse.
-    Reject,
-}
+pub use postrider_config::FailurePolicy;
 
 /// A stage of the SMTP transaction a plugin can be called at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -130,13 +130,13 @@ pub use dsn::{
 };
 pub use envelope::{ClientInfo, Envelope, Recipient, SpfRecord};
 pub use error::SpoolError;
-pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 /// Decoders of whole files in memory, for the fuzz targets; not a stable API.
 #[doc(hidden)]
 pub use format::decode_entry;
-#[doc(hidden)]
-pub use state::decode_state_file;
+pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};
 pub use schedule::{FALLBACK_INTERVAL, Retry, RetryPolicy};
 pub use spool::{Recovery, Spool, SpoolOptions, SyncMode, SyncObserver, SyncOp};
+#[doc(hidden)]
+pub use state::decode_state_file;
 pub use state::{MessageState, RcptState, RcptStatus, STATE_FORMAT_VERSION};

@@ -24,9 +24,15 @@ use crate::reply::{EnhancedCode, Reply};
 pub use parse::{MAX_LINE, MAX_LINES, ReplySyntaxError};
 use parse::{ReplyReader, parse_ehlo};
 
-/// Whether to use STARTTLS.
+/// Whether to use STARTTLS towards a next hop: the one TLS policy type of the relay (config,
+/// route plugins, delivery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TlsWanted {
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum TlsPolicy {
     /// Never send STARTTLS.
     None,
     /// STARTTLS if the server offers it; continue in plaintext if not offered or refused.
@@ -64,7 +70,7 @@ pub struct ClientConfig {
     /// Speak LMTP (LHLO, one reply per recipient after the data, no HELO fallback).
     pub lmtp: bool,
     /// STARTTLS policy.
-    pub tls: TlsWanted,
+    pub tls: TlsPolicy,
     /// AUTH PLAIN credentials, sent only over TLS: without TLS, or if the server does
     /// not offer PLAIN, the connection fails temporarily instead.
     pub auth: Option<Credentials>,
@@ -707,7 +713,7 @@ impl ClientSession {
                     self.events.push_back(ClientEvent::StartTls);
                 } else if reply.is_positive() || code == 421 {
                     self.refused(reply);
-                } else if self.config.tls == TlsWanted::Require {
+                } else if self.config.tls == TlsPolicy::Require {
                     let text = format!("TLS required but STARTTLS refused: {reply}");
                     self.fail(local(421, (4, 7, 5), &text), false, true);
                 } else {
@@ -817,12 +823,12 @@ impl ClientSession {
     }
 
     fn after_hello(&mut self) {
-        if self.tls || self.config.tls == TlsWanted::None {
+        if self.tls || self.config.tls == TlsPolicy::None {
             self.start_auth();
         } else if self.extensions.starttls {
             self.output.extend_from_slice(b"STARTTLS\r\n");
             self.state = State::StartTls;
-        } else if self.config.tls == TlsWanted::Require {
+        } else if self.config.tls == TlsPolicy::Require {
             self.state = State::StartTls;
             let reply = local(421, (4, 7, 5), "TLS required but not offered");
             self.fail(reply, false, true);

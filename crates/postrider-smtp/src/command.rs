@@ -6,7 +6,7 @@
 use crate::address::{
     self, AddressError, Domain, ForwardPath, ReversePath, forward_path_prefix, reverse_path_prefix,
 };
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::Reply;
 
 /// Maximum length of an ENVID value after decoding (RFC 3461 §4.4).
 const MAX_ENVID: usize = 100;
@@ -243,7 +243,7 @@ impl CommandError {
             Self::InvalidParameter(_) => (501, (5, 5, 4), "Invalid parameter value"),
             Self::BinaryMime => (555, (5, 5, 4), "BODY=BINARYMIME is not supported"),
         };
-        Reply::fixed(code, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
+        Reply::local(code, e, text)
     }
 }
 

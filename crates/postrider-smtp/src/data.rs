@@ -6,13 +6,18 @@
 //! lines, and the message and header size limits. A failed message keeps being
 //! consumed to its end, so the session stays in sync with the client.
 
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::Reply;
 
 /// Maximum line length in message content, CRLF included (RFC 5321 §4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
 
-/// What to do with a CR or LF that is not part of a CRLF pair.
+/// What to do with a CR or LF that is not part of a CRLF pair (`[limits] line_endings`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum LineEndings {
     /// Fail the message (550 5.6.0); the safe default against SMTP smuggling.
     #[default]
@@ -73,7 +78,7 @@ impl DataError {
             ),
             Self::HeaderTooLarge => (552, (5, 3, 4), "Message header section too large"),
         };
-        Reply::fixed(code, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
+        Reply::local(code, e, text)
     }
 }
 

@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::Reply;
 
 /// Maximum SASL response line, CRLF included (RFC 4954 §4 allows 12288 octets).
 pub(crate) const MAX_SASL_LINE: usize = 12288;
@@ -27,7 +27,7 @@ impl SaslError {
             Self::BadBase64 => ((5, 5, 2), "Invalid base64 data"),
             Self::Malformed => ((5, 5, 2), "Malformed authentication data"),
         };
-        Reply::fixed(501, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
+        Reply::local(501, e, text)
     }
 }
 

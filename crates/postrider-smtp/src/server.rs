@@ -322,7 +322,7 @@ fn has_verb(line: &[u8], verb: &str) -> bool {
 
 /// Shorthand for the crate's fixed replies.
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    Reply::fixed(code, Some(EnhancedCode::new(e.0, e.1, e.2)), text)
+    Reply::local(code, e, text)
 }
 
 impl Session {

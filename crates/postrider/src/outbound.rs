@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postrider_config::{Config, RouteTarget, TlsPolicy};
+use postrider_config::{Config, RouteTarget};
 use postrider_delivery::{Deliverer, Destination};
 use postrider_metrics::{DeliveryResult, Metrics};
 use postrider_plugin_host::RouteDecision;
@@ -17,9 +17,7 @@ use postrider_queue::dsn::{
 use postrider_queue::schedule::{Retry, RetryPolicy};
 use postrider_queue::state::{MessageState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
-use postrider_smtp::client::{
-    Credentials, OutboundMessage, OutboundRecipient, RcptResult, TlsWanted,
-};
+use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, RcptResult};
 use postrider_smtp::command::{Notify, NotifyOn, Ret};
 use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
@@ -372,22 +370,6 @@ enum Plan {
     Defer(String),
 }
 
-fn tls_wanted(t: TlsPolicy) -> TlsWanted {
-    match t {
-        TlsPolicy::None => TlsWanted::None,
-        TlsPolicy::Opportunistic => TlsWanted::Opportunistic,
-        TlsPolicy::Require => TlsWanted::Require,
-    }
-}
-
-fn host_tls(t: postrider_plugin_host::TlsPolicy) -> TlsWanted {
-    match t {
-        postrider_plugin_host::TlsPolicy::None => TlsWanted::None,
-        postrider_plugin_host::TlsPolicy::Opportunistic => TlsWanted::Opportunistic,
-        postrider_plugin_host::TlsPolicy::Require => TlsWanted::Require,
-    }
-}
-
 fn lmtp_destination(target: &str) -> Option<Destination> {
     if let Some(path) = target.strip_prefix("unix:") {
         return Some(Destination::LmtpUnix(path.into()));
@@ -716,7 +698,7 @@ impl Manager {
                 } => Plan::Deliver(Destination::Relay {
                     host: host.clone(),
                     port: *port,
-                    tls: tls_wanted(*tls),
+                    tls: *tls,
                     auth: auth.as_ref().map(|(u, p)| Credentials {
                         username: u.clone(),
                         password: p.clone(),
@@ -741,7 +723,7 @@ impl Manager {
                     return Plan::Deliver(Destination::Relay {
                         host,
                         port,
-                        tls: host_tls(tls),
+                        tls,
                         auth: None,
                     });
                 }
@@ -775,7 +757,7 @@ impl Manager {
         }
         Plan::Deliver(Destination::Mx {
             domain: domain.to_ascii_lowercase(),
-            tls: tls_wanted(config.delivery.tls),
+            tls: config.delivery.tls,
         })
     }
 

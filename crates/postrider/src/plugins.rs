@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use postrider_config::{Config, FailurePolicy, KvRedis, PluginConfig, PluginSettings};
+use postrider_config::{Config, KvRedis, PluginConfig, PluginSettings};
 use postrider_kv::{Clock, EmbeddedKv, KvStore, RedisKv, RedisOptions, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{
-    self as host, Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
+    Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
 };
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -204,11 +204,7 @@ fn spec_of(p: &PluginConfig) -> PluginSpec {
         name: p.name.clone(),
         path: p.path.clone(),
         config_json: p.config_json.clone(),
-        failure_policy: match p.failure_policy {
-            FailurePolicy::Tempfail => host::FailurePolicy::Tempfail,
-            FailurePolicy::Continue => host::FailurePolicy::Continue,
-            FailurePolicy::Reject => host::FailurePolicy::Reject,
-        },
+        failure_policy: p.failure_policy,
         timeout: Duration::from_millis(p.timeout_ms),
         memory_bytes: (p.memory_mb as usize) << 20,
         reuse: p.reuse,

@@ -534,7 +534,7 @@ async fn status(admin: &Admin) -> crate::status::Status {
                     hash: p.hash.clone(),
                     loaded_at: unix_secs(p.loaded_at),
                     stages: p.stage_names().into_iter().map(str::to_owned).collect(),
-                    failure_policy: format!("{:?}", p.spec().failure_policy).to_lowercase(),
+                    failure_policy: p.spec().failure_policy.name().to_owned(),
                     timeout_ms: p.spec().timeout.as_millis() as u64,
                 })
                 .collect()

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use postrider_auth::{AuthOutcome, SpfOutcome};
-use postrider_config::{LineEndings, Listener, ListenerKind};
+use postrider_config::{Listener, ListenerKind};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{ConnInfo, PluginCall, SpfCheck};
 use postrider_queue::{Envelope, QueueId};
@@ -143,10 +143,7 @@ fn session_config(ctx: &SessionCtx) -> SessionConfig {
         max_recipients: config.limits.max_recipients,
         max_bad_commands: config.limits.max_bad_commands,
         max_header_size: config.limits.max_header_size,
-        line_endings: match config.limits.line_endings {
-            LineEndings::Reject => smtp::LineEndings::Reject,
-            LineEndings::Normalize => smtp::LineEndings::Normalize,
-        },
+        line_endings: config.limits.line_endings,
         starttls: ctx.tls.is_some(),
         auth: ctx.tls.is_some() && ctx.generation.passwords.is_some(),
         auth_required: ctx.listener.kind.requires_auth(),

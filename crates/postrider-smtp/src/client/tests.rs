@@ -14,7 +14,7 @@ fn config() -> ClientConfig {
     ClientConfig {
         helo_name: "client.example".into(),
         lmtp: false,
-        tls: TlsWanted::None,
+        tls: TlsPolicy::None,
         auth: None,
     }
 }
@@ -292,7 +292,7 @@ fn helo_name_is_sanitized() {
 
 const EHLO_TLS: &str = "250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
 
-fn to_starttls(tls: TlsWanted, auth: Option<Credentials>) -> ClientSession {
+fn to_starttls(tls: TlsPolicy, auth: Option<Credentials>) -> ClientSession {
     let mut c = ClientSession::new(ClientConfig {
         tls,
         auth,
@@ -307,7 +307,7 @@ fn to_starttls(tls: TlsWanted, auth: Option<Credentials>) -> ClientSession {
 
 #[test]
 fn starttls_required_and_offered() {
-    let mut c = to_starttls(TlsWanted::Require, None);
+    let mut c = to_starttls(TlsPolicy::Require, None);
     assert_eq!(c.tls_established(), Err(Misuse::NoTlsPending));
     // Plaintext after the 220 is an injection attempt and must be dropped.
     assert_eq!(
@@ -331,7 +331,7 @@ fn starttls_required_and_offered() {
 #[test]
 fn starttls_required_but_missing_or_refused() {
     let mut c = ClientSession::new(ClientConfig {
-        tls: TlsWanted::Require,
+        tls: TlsPolicy::Require,
         ..config()
     });
     feed(&mut c, "220 mx\r\n");
@@ -342,7 +342,7 @@ fn starttls_required_but_missing_or_refused() {
     );
     assert_eq!(out(&mut c), "QUIT\r\n");
 
-    let mut c = to_starttls(TlsWanted::Require, None);
+    let mut c = to_starttls(TlsPolicy::Require, None);
     c.feed(b"454 4.7.0 TLS not available\r\n");
     let Some(ClientEvent::Failed(f)) = c.poll_event() else {
         panic!()
@@ -356,23 +356,23 @@ fn starttls_required_but_missing_or_refused() {
     assert_eq!(out(&mut c), "QUIT\r\n");
 
     // Opportunistic: plaintext goes on.
-    let mut c = to_starttls(TlsWanted::Opportunistic, None);
+    let mut c = to_starttls(TlsPolicy::Opportunistic, None);
     assert_eq!(feed(&mut c, "454 4.7.0 no\r\n"), ["Ready"]);
     assert!(!c.is_tls());
     let mut c = ClientSession::new(ClientConfig {
-        tls: TlsWanted::Opportunistic,
+        tls: TlsPolicy::Opportunistic,
         ..config()
     });
     feed(&mut c, "220 mx\r\n");
     assert_eq!(feed(&mut c, EHLO_FULL), ["Ready"]);
     // A server closing down is a failure in any mode.
-    let mut c = to_starttls(TlsWanted::Opportunistic, None);
+    let mut c = to_starttls(TlsPolicy::Opportunistic, None);
     assert_eq!(
         feed(&mut c, "421 4.3.2 bye\r\n"),
         ["Failed(starttls T 421/4.3.2)", "Closed"]
     );
     assert_eq!(out(&mut c), "");
-    // TlsWanted::None never sends STARTTLS.
+    // TlsPolicy::None never sends STARTTLS.
     let mut c = ready(config(), EHLO_TLS);
     assert!(c.extensions().starttls);
     assert_eq!(out(&mut c), "");
@@ -380,7 +380,7 @@ fn starttls_required_but_missing_or_refused() {
 
 #[test]
 fn auth_plain_after_tls() {
-    let mut c = to_starttls(TlsWanted::Require, creds());
+    let mut c = to_starttls(TlsPolicy::Require, creds());
     feed(&mut c, "220 go\r\n");
     c.tls_established().unwrap();
     out(&mut c);
@@ -399,7 +399,7 @@ fn auth_plain_after_tls() {
 #[test]
 fn auth_failures() {
     fn at_auth() -> ClientSession {
-        let mut c = to_starttls(TlsWanted::Opportunistic, creds());
+        let mut c = to_starttls(TlsPolicy::Opportunistic, creds());
         feed(&mut c, "220 go\r\n");
         c.tls_established().unwrap();
         feed(&mut c, "250-mx\r\n250 AUTH PLAIN\r\n");
@@ -435,7 +435,7 @@ fn auth_failures() {
     );
 
     // Never credentials in plaintext.
-    for tls in [TlsWanted::None, TlsWanted::Opportunistic] {
+    for tls in [TlsPolicy::None, TlsPolicy::Opportunistic] {
         let mut c = ClientSession::new(ClientConfig {
             tls,
             auth: creds(),
@@ -450,14 +450,14 @@ fn auth_failures() {
         assert_eq!(out(&mut c), "QUIT\r\n");
     }
     // Opportunistic TLS refused: still no credentials.
-    let mut c = to_starttls(TlsWanted::Opportunistic, creds());
+    let mut c = to_starttls(TlsPolicy::Opportunistic, creds());
     assert_eq!(
         feed(&mut c, "454 no\r\n"),
         ["Failed(auth T 421/4.7.0)", "Closed"]
     );
     assert_eq!(out(&mut c), "QUIT\r\n");
     // PLAIN not offered.
-    let mut c = to_starttls(TlsWanted::Require, creds());
+    let mut c = to_starttls(TlsPolicy::Require, creds());
     feed(&mut c, "220 go\r\n");
     c.tls_established().unwrap();
     out(&mut c);
@@ -936,7 +936,7 @@ fn misuse_and_quit_outside_ready() {
     assert_eq!(events(&mut c), ["Closed"]);
     assert_eq!(out(&mut c), "");
     // Quit while a StartTls event is still queued: the event is dropped.
-    let mut c = to_starttls(TlsWanted::Require, None);
+    let mut c = to_starttls(TlsPolicy::Require, None);
     c.feed(b"220 go\r\n");
     c.quit();
     assert_eq!(events(&mut c), ["Closed"]);
@@ -1369,7 +1369,7 @@ fn against_server_starttls_and_auth() {
         ..SessionConfig::default()
     };
     let client = ClientConfig {
-        tls: TlsWanted::Require,
+        tls: TlsPolicy::Require,
         auth: creds(),
         ..config()
     };
@@ -1409,7 +1409,7 @@ fn against_server_starttls_and_auth() {
     let pair = Pair::new(
         SessionConfig::default(),
         ClientConfig {
-            tls: TlsWanted::Opportunistic,
+            tls: TlsPolicy::Opportunistic,
             ..config()
         },
     )
@@ -1420,7 +1420,7 @@ fn against_server_starttls_and_auth() {
     let pair = Pair::new(
         SessionConfig::default(),
         ClientConfig {
-            tls: TlsWanted::Require,
+            tls: TlsPolicy::Require,
             ..config()
         },
     )
