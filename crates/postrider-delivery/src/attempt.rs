@@ -70,7 +70,7 @@ pub struct DeliveryOptions {
 pub struct Attempt {
     /// Per recipient.
     pub outcomes: Vec<RcptOutcome>,
-    /// "host[ip]" of the server that answered last, if any.
+    /// `host[ip]` of the server that answered last, if any.
     pub remote: Option<String>,
 }
 

@@ -183,7 +183,7 @@ pub enum Handled {
     /// The event is answered; go on reading.
     Answered,
     /// A complete message was stored or refused.
-    Message(MessageReport),
+    Message(Box<MessageReport>),
     /// STARTTLS: the caller flushes, hands the socket to TLS and calls
     /// [`Driver::tls_established`], or refuses.
     StartTls,
@@ -297,7 +297,7 @@ impl Driver {
             },
             Event::Message(envelope) => {
                 let report = self.message(session, *envelope, policy).await?;
-                return Ok(Handled::Message(report));
+                return Ok(Handled::Message(Box::new(report)));
             }
             Event::StartTls => return Ok(Handled::StartTls),
             Event::Close => {

@@ -1,18 +1,19 @@
 //! The Postrider mail relay.
 
 mod admin_http;
-mod email_auth;
-mod outbound;
-mod passwords;
+mod admin_socket;
+mod generation;
+mod inbound;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod layout;
 mod plugins;
-mod queue_admin;
-mod relay;
+mod queue;
 mod reload;
-mod server;
-mod session;
+mod serve;
 mod status;
 mod systemd;
-mod tls;
+mod watch;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -108,7 +109,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
-        action: queue_admin::Request,
+        action: queue::admin::Request,
     },
 }
 
@@ -186,25 +187,29 @@ fn serve(config: Option<PathBuf>, log_json: bool, watch: bool) -> anyhow::Result
     let source = match config {
         // Absolute, so that reloads and the file watcher see the same paths whatever the
         // working directory.
-        Some(path) => reload::ConfigSource::File(
+        Some(path) => generation::ConfigSource::File(
             std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))?,
         ),
-        None => reload::ConfigSource::Embedded,
+        None => generation::ConfigSource::Embedded,
     };
     let config = match &source {
-        reload::ConfigSource::File(path) => Config::load(path)?,
-        reload::ConfigSource::Embedded => Config::embedded()?,
+        generation::ConfigSource::File(path) => Config::load(path)?,
+        generation::ConfigSource::Embedded => Config::embedded()?,
     };
     tracing::info!(config = %config.origin, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(server::serve(source, config, watch))
+    runtime.block_on(serve::serve(source, config, watch))
 }
 
-fn queue(config: Option<PathBuf>, json: bool, request: queue_admin::Request) -> anyhow::Result<()> {
-    use queue_admin::Response;
+fn queue(
+    config: Option<PathBuf>,
+    json: bool,
+    request: queue::admin::Request,
+) -> anyhow::Result<()> {
+    use queue::admin::Response;
     let config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::embedded()?,
@@ -224,7 +229,7 @@ fn queue(config: Option<PathBuf>, json: bool, request: queue_admin::Request) -> 
                     config.spool_dir.display()
                 )
             })?;
-            queue_admin::run_offline(&spool, &request)
+            queue::admin::run_offline(&spool, &request)
         }
     };
     if json {
@@ -233,7 +238,7 @@ fn queue(config: Option<PathBuf>, json: bool, request: queue_admin::Request) -> 
             serde_json::to_string_pretty(&response).context("encoding JSON")?
         );
     } else {
-        print!("{}", queue_admin::render(&response));
+        print!("{}", queue::admin::render(&response));
     }
     if let Response::Error { message } = response {
         anyhow::bail!("{message}");
@@ -244,8 +249,8 @@ fn queue(config: Option<PathBuf>, json: bool, request: queue_admin::Request) -> 
 /// Sends one request on a connected admin socket and reads the answer.
 fn admin_call(
     mut stream: std::os::unix::net::UnixStream,
-    request: &queue_admin::Request,
-) -> anyhow::Result<queue_admin::Response> {
+    request: &queue::admin::Request,
+) -> anyhow::Result<queue::admin::Response> {
     use std::io::Write;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
@@ -264,7 +269,7 @@ fn admin_call(
 
 /// `postrider reload`: asks the running relay to reload, and reports what it answered.
 fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
-    use queue_admin::Response;
+    use queue::admin::Response;
     let config = match config {
         Some(path) => Config::load(&path)
             .with_context(|| format!("not reloading: {} is not valid", path.display()))?,
@@ -272,7 +277,7 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
         .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
-    match admin_call(stream, &queue_admin::Request::Reload)? {
+    match admin_call(stream, &queue::admin::Request::Reload)? {
         Response::Ok { generation } => {
             println!("reloaded: configuration generation {generation}");
             Ok(())
@@ -284,14 +289,14 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `postrider status`: asks the running relay what it is doing.
 fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    use queue_admin::Response;
+    use queue::admin::Response;
     let config = match config {
         Some(path) => Config::load(&path)?,
         None => Config::embedded()?,
     };
     let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
         .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
-    match admin_call(stream, &queue_admin::Request::Status)? {
+    match admin_call(stream, &queue::admin::Request::Status)? {
         Response::Status { status } => {
             if json {
                 println!(
@@ -318,6 +323,6 @@ fn hash_password() -> anyhow::Result<()> {
     if password.is_empty() {
         anyhow::bail!("empty password");
     }
-    println!("{}", passwords::hash_password(password)?);
+    println!("{}", inbound::passwords::hash_password(password)?);
     Ok(())
 }

@@ -239,3 +239,22 @@ async fn file_hash(path: &Path) -> anyhow::Result<String> {
     .await
     .context("hashing a plugin file")?
 }
+
+/// Records each plugin call of a stage in the metrics: duration, verdict, failure.
+pub fn record_calls(
+    metrics: &postrider_metrics::Metrics,
+    calls: &[postrider_plugin_host::PluginCall],
+) {
+    for call in calls {
+        metrics.plugin_call(
+            call.stage.name(),
+            &call.plugin,
+            call.verdict,
+            call.failure.as_ref().map(|f| f.kind()),
+            call.elapsed,
+        );
+        if let Some(source) = call.instance {
+            metrics.plugin_instance(&call.plugin, source.name());
+        }
+    }
+}

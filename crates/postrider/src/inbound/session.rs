@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use postrider_auth::{AuthOutcome, SpfOutcome};
 use postrider_config::{Listener, ListenerKind};
-use postrider_metrics::Metrics;
-use postrider_plugin_host::{ConnInfo, PluginCall, SpfCheck};
+use postrider_plugin_host::{ConnInfo, SpfCheck};
 use postrider_queue::{Envelope, QueueId};
 use postrider_smtp::address::{ForwardPath, ReversePath};
 use postrider_smtp::reply::Reply;
@@ -22,10 +21,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::email_auth::{self, DmarcAction};
-use crate::relay::check_recipient;
-use crate::reload::Generation;
-use crate::server::Shared;
+use crate::generation::Generation;
+use crate::inbound::Shared;
+use crate::inbound::email_auth::{self, DmarcAction};
+use crate::inbound::relay_control::check_recipient;
 
 /// What one session gets from the server.
 pub struct SessionCtx {
@@ -99,22 +98,6 @@ enum SessionEnd {
     Misuse(#[from] smtp::Misuse),
 }
 
-/// Records each plugin call of a stage in the metrics: duration, verdict, failure.
-pub fn record_calls(metrics: &Metrics, calls: &[PluginCall]) {
-    for call in calls {
-        metrics.plugin_call(
-            call.stage.name(),
-            &call.plugin,
-            call.verdict,
-            call.failure.as_ref().map(|f| f.kind()),
-            call.elapsed,
-        );
-        if let Some(source) = call.instance {
-            metrics.plugin_instance(&call.plugin, source.name());
-        }
-    }
-}
-
 /// Runs one connection to its end. Never panics on client input; errors end the session.
 pub async fn run(ctx: SessionCtx, stream: TcpStream) {
     let id = format!(
@@ -166,7 +149,10 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
             .as_ref()
             .ok_or_else(|| SessionEnd::Handshake("listener has no certificate".into()))?;
         let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
-        driver.tls_established(&mut session, crate::tls::describe(stream.get_ref().1))?;
+        driver.tls_established(
+            &mut session,
+            crate::inbound::tls::describe(stream.get_ref().1),
+        )?;
         Conn::Tls(Box::new(stream))
     } else {
         Conn::Plain(tcp)
@@ -203,7 +189,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
                     // Nothing read before the handshake is kept (CVE-2011-0411): the session
                     // discarded its buffer, and we hand the raw socket over without a read buffer.
                     let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
-                    let tls = crate::tls::describe(stream.get_ref().1);
+                    let tls = crate::inbound::tls::describe(stream.get_ref().1);
                     info!(tls = %format!("{} {}", tls.protocol, tls.cipher), "STARTTLS");
                     conn = Conn::Tls(Box::new(stream));
                     driver.tls_established(&mut session, tls)?;
@@ -244,7 +230,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
 /// Records the plugin calls of the stages just run in the metrics.
 fn record_runs(ctx: &SessionCtx, driver: &mut Driver) {
     for run in driver.take_runs() {
-        record_calls(&ctx.shared.metrics, &run.calls);
+        crate::plugins::record_calls(&ctx.shared.metrics, &run.calls);
     }
 }
 

@@ -7,23 +7,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postrider_config::{Config, RouteTarget};
+use postrider_config::Config;
 use postrider_delivery::{Deliverer, Destination};
 use postrider_metrics::{DeliveryResult, Metrics};
-use postrider_plugin_host::RouteDecision;
 use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
 use postrider_queue::schedule::{Retry, RetryPolicy};
 use postrider_queue::state::{MessageState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
-use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, RcptResult};
+use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult};
 use postrider_smtp::command::{Notify, NotifyOn, Ret};
 use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
-use crate::queue_admin::{Request, Response, parse_id, run_offline, state_label};
-use crate::reload::Current;
+use crate::generation::Current;
+use crate::queue::admin::{Request, Response, parse_id, run_offline, state_label};
+use crate::queue::route::{Plan, domain_of, reply_text, route};
 
 /// One line per recipient and attempt, in the spirit of Postfix's smtp delivery lines: the
 /// message is the status (delivered, deferred, bounced, expired); the fields say the queue
@@ -360,27 +360,6 @@ impl Schedule {
     }
 }
 
-/// One recipient's route, as a destination key plus how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Plan {
-    Deliver(Destination),
-    Hold(String),
-    Discard,
-    Bounce(String, String),
-    Defer(String),
-}
-
-fn lmtp_destination(target: &str) -> Option<Destination> {
-    if let Some(path) = target.strip_prefix("unix:") {
-        return Some(Destination::LmtpUnix(path.into()));
-    }
-    let (host, port) = target.rsplit_once(':')?;
-    Some(Destination::LmtpTcp {
-        host: host.trim_matches(['[', ']']).to_owned(),
-        port: port.parse().ok()?,
-    })
-}
-
 fn destination_key(d: &Destination) -> String {
     match d {
         Destination::Mx { domain, .. } => format!("mx:{domain}"),
@@ -388,10 +367,6 @@ fn destination_key(d: &Destination) -> String {
         Destination::LmtpTcp { host, port } => format!("lmtp:{host}:{port}"),
         Destination::LmtpUnix(p) => format!("lmtp:unix:{}", p.display()),
     }
-}
-
-fn domain_of(address: &str) -> &str {
-    address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
 impl Manager {
@@ -490,7 +465,15 @@ impl Manager {
                     format!("554 5.4.6 Too many hops ({hops} Received headers): mail loop"),
                 )
             } else {
-                self.route(&id, &envelope, address, st.hold_released).await
+                route(
+                    &self.current.load_full(),
+                    &self.metrics,
+                    id,
+                    &envelope,
+                    address,
+                    st.hold_released,
+                )
+                .await
             };
             match plan {
                 Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
@@ -673,92 +656,6 @@ impl Manager {
             .filter(|r| r.status == RcptStatus::Pending && r.next_attempt_ms != u64::MAX)
             .map(|r| r.next_attempt_ms)
             .min()
-    }
-
-    /// Where one recipient goes: static route, then route plugins, then MX. With
-    /// `hold_released` (an operator released a route hold) a plugin's hold gives way to
-    /// the default route.
-    async fn route(
-        &self,
-        id: &QueueId,
-        envelope: &Envelope,
-        address: &str,
-        hold_released: bool,
-    ) -> Plan {
-        let generation = self.current.load_full();
-        let config = &generation.config;
-        let domain = domain_of(address);
-        if let Some(route) = config.route_for(domain) {
-            return match &route.to {
-                RouteTarget::Relay {
-                    host,
-                    port,
-                    tls,
-                    auth,
-                } => Plan::Deliver(Destination::Relay {
-                    host: host.clone(),
-                    port: *port,
-                    tls: *tls,
-                    auth: auth.as_ref().map(|(u, p)| Credentials {
-                        username: u.clone(),
-                        password: p.clone(),
-                    }),
-                }),
-                RouteTarget::Lmtp(t) => lmtp_destination(t).map_or_else(
-                    || Plan::Defer(format!("bad LMTP target {t}")),
-                    Plan::Deliver,
-                ),
-            };
-        }
-        if let Some(pipeline) = &generation.pipeline
-            && pipeline.wants(postrider_plugin_host::Stage::Route)
-        {
-            let run =
-                postrider_stages::route(pipeline, id.as_str(), envelope, address, false).await;
-            let (decision, calls) = (run.route.unwrap_or(RouteDecision::Mx), run.calls);
-            crate::session::record_calls(&self.metrics, &calls);
-            match decision {
-                RouteDecision::Mx => {}
-                RouteDecision::Relay { host, port, tls } => {
-                    return Plan::Deliver(Destination::Relay {
-                        host,
-                        port,
-                        tls,
-                        auth: None,
-                    });
-                }
-                RouteDecision::Lmtp(t) => {
-                    return lmtp_destination(&t).map_or_else(
-                        || Plan::Defer(format!("bad LMTP target {t}")),
-                        Plan::Deliver,
-                    );
-                }
-                RouteDecision::Hold(r) if !hold_released => return Plan::Hold(r),
-                RouteDecision::Hold(r) => {
-                    info!(rcpt = %address, reason = %r, "route hold released by an operator: default route");
-                }
-                RouteDecision::Discard => return Plan::Discard,
-                RouteDecision::Bounce(r) => {
-                    return Plan::Bounce(
-                        r.enhanced()
-                            .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string()),
-                        reply_text(&r),
-                    );
-                }
-                RouteDecision::Defer(reason) => return Plan::Defer(reason),
-            }
-        }
-        if config.relay.is_local_domain(domain) {
-            // Delivering a local domain by MX would loop back to us. A configuration gap is
-            // retried (and in the end bounced) like any temporary failure.
-            return Plan::Defer(format!(
-                "no route for local domain {domain}: add a [[route]] or a route plugin"
-            ));
-        }
-        Plan::Deliver(Destination::Mx {
-            domain: domain.to_ascii_lowercase(),
-            tls: config.delivery.tls,
-        })
     }
 
     /// Delivers to one destination within the global and per-destination limits.
@@ -995,16 +892,6 @@ fn temporary_status(reply: &str, default: &str) -> String {
     Some(reply_status(reply, default))
         .filter(|s| s.starts_with("4."))
         .unwrap_or_else(|| default.to_owned())
-}
-
-fn reply_text(r: &postrider_smtp::reply::Reply) -> String {
-    let mut out = Vec::new();
-    r.write_to(&mut out);
-    String::from_utf8_lossy(&out)
-        .lines()
-        .map(|l| l.trim_end())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn count_received(message: &[u8]) -> usize {

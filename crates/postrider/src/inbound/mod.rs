@@ -1,0 +1,33 @@
+//! The inbound side, along the data path: [`listeners`] accept connections, a [`session`]
+//! speaks SMTP on each (through the stage driver, `postrider-stages`) with the relay's own
+//! policy: [`relay_control`], [`passwords`] for AUTH, [`email_auth`] and [`tls`].
+
+pub mod email_auth;
+pub mod listeners;
+pub mod passwords;
+pub mod relay_control;
+pub mod session;
+pub mod tls;
+
+use std::sync::Arc;
+
+use postrider_metrics::Metrics;
+use postrider_queue::Spool;
+use tokio::sync::watch;
+
+use crate::generation::Current;
+use crate::queue::manager::QueueHandle;
+
+/// Everything a session needs that is shared by the whole server.
+pub struct Shared {
+    /// The configuration generation new sessions use (config, passwords, TLS, plugins).
+    pub current: Current,
+    /// The durable spool.
+    pub spool: Spool,
+    /// Hands newly spooled messages to the queue manager.
+    pub queue: QueueHandle,
+    /// Set to true when sessions must close now (end of the shutdown grace period).
+    pub force_close: watch::Receiver<bool>,
+    /// The relay's metrics.
+    pub metrics: Arc<Metrics>,
+}
