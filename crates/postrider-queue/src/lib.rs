@@ -114,6 +114,7 @@
 //! file of an unknown version as [`SpoolError::UnsupportedVersion`] (never as `None`,
 //! which would re-deliver what a newer build delivered), and open leaves it in place.
 
+pub mod decide;
 pub mod dsn;
 mod envelope;
 mod error;

@@ -64,8 +64,15 @@ pub struct RcptState {
     /// The last reply from the remote side (e.g. `"451 4.7.1 try later"`), for logs and DSNs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<String>,
-    /// When the next attempt is due, in milliseconds since the Unix epoch (meaningful while pending).
+    /// When the next attempt is due, in milliseconds since the Unix epoch (meaningful while
+    /// pending and not held).
     pub next_attempt_ms: u64,
+    /// Why a route plugin holds this pending recipient: it waits for an operator's release
+    /// (`postrider queue release`). Files written before this field marked such a recipient
+    /// with `next_attempt_ms` = `u64::MAX` and a `"held: REASON"` reply; reading one turns
+    /// that into this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_hold: Option<String>,
     /// How the recipient is routed, e.g. `"mx"` or `"relay:host:port"`, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
@@ -99,6 +106,7 @@ impl MessageState {
             attempts: 0,
             last_reply: None,
             next_attempt_ms: now_ms,
+            route_hold: None,
             route: None,
             hold_released: false,
         };
@@ -115,13 +123,74 @@ impl MessageState {
         !self.recipients.iter().any(|r| r.status.is_pending())
     }
 
-    /// The earliest `next_attempt_ms` among pending recipients, if any is pending.
+    /// The earliest `next_attempt_ms` among pending recipients a route does not hold: when
+    /// to look at the message again, if ever.
     pub fn next_due_ms(&self) -> Option<u64> {
         self.recipients
             .iter()
-            .filter(|r| r.status.is_pending())
+            .filter(|r| r.status.is_pending() && r.route_hold.is_none())
             .map(|r| r.next_attempt_ms)
             .min()
+    }
+
+    /// Where the message stands in the queue; `quarantined` says the envelope carries a
+    /// quarantine reason.
+    pub fn queue_state(&self, quarantined: bool) -> QueueState {
+        let mut pending = self.recipients.iter().filter(|r| r.status.is_pending());
+        if quarantined && !self.quarantine_released {
+            QueueState::Quarantined
+        } else if self.held || pending.clone().any(|r| r.route_hold.is_some()) {
+            QueueState::Held
+        } else if pending.any(|r| r.attempts > 0) {
+            QueueState::Deferred
+        } else {
+            QueueState::Queued
+        }
+    }
+
+    /// Turns the sentinel older files used for a route hold into [`RcptState::route_hold`].
+    fn upgrade(mut self) -> MessageState {
+        for r in &mut self.recipients {
+            if r.status.is_pending() && r.route_hold.is_none() && r.next_attempt_ms == u64::MAX {
+                let reason = r.last_reply.as_deref().unwrap_or("held");
+                r.route_hold = Some(reason.strip_prefix("held: ").unwrap_or(reason).to_owned());
+                r.last_reply = None;
+            }
+        }
+        self
+    }
+}
+
+/// Where a message stands in the queue, for `postrider queue` and the queue gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Attempted, and due again later.
+    Deferred,
+    /// On hold: by an operator, or a route plugin holds a recipient.
+    Held,
+    /// A plugin or DMARC quarantined it; an operator releases it.
+    Quarantined,
+}
+
+impl QueueState {
+    /// Every state, in gauge order.
+    pub const ALL: [QueueState; 4] = [
+        QueueState::Queued,
+        QueueState::Deferred,
+        QueueState::Held,
+        QueueState::Quarantined,
+    ];
+
+    /// The word in listings and metrics: queued, deferred, held, quarantined.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queued",
+            QueueState::Deferred => "deferred",
+            QueueState::Held => "held",
+            QueueState::Quarantined => "quarantined",
+        }
     }
 }
 
@@ -182,7 +251,9 @@ pub(crate) fn decode_state(bytes: &[u8]) -> Result<MessageState, StateReadError>
     if stored != computed {
         return Err(CorruptReason::Checksum { stored, computed }.into());
     }
-    serde_json::from_slice(json).map_err(|e| CorruptReason::State(e).into())
+    serde_json::from_slice::<MessageState>(json)
+        .map(MessageState::upgrade)
+        .map_err(|e| CorruptReason::State(e).into())
 }
 
 /// Decodes and verifies a whole state file held in memory, as [`Spool::load_state`] reads

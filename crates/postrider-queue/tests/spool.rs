@@ -384,3 +384,24 @@ fn a_dropped_store_future_leaves_nothing_behind() {
     assert_eq!(spool.list().unwrap().len(), completed);
     assert_eq!(spool.stored_count(), completed as u64);
 }
+
+/// A version-1 spool entry written before this build (committed in `tests/fixtures`, with
+/// every MAIL and RCPT parameter and no session, server or SNI fields) still loads.
+#[test]
+fn a_version_1_entry_from_an_older_build_loads() {
+    let file = include_bytes!("fixtures/v1-entry.spool");
+    let (envelope, message) = postrider_queue::decode_entry(file, true).unwrap();
+    assert_eq!(envelope.mail_from, "alice@example.org");
+    assert_eq!(envelope.size_param, Some(120));
+    assert_eq!(envelope.envid.as_deref(), Some("env-1"));
+    assert_eq!(envelope.recipients.len(), 2);
+    assert_eq!(
+        envelope.recipients[0].orcpt.as_deref(),
+        Some("rfc822;bob@example.net")
+    );
+    assert_eq!(envelope.client.session, None);
+    assert_eq!(envelope.client.server, None);
+    assert_eq!(envelope.spf.map(|s| s.result), Some("pass".to_owned()));
+    let message = message.unwrap();
+    assert!(message.ends_with(b"written by the version-1 spool\r\n"));
+}

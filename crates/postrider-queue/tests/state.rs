@@ -272,3 +272,24 @@ fn sync_observer_sees_commit_state_and_remove() {
         [SyncOp::Commit, SyncOp::State, SyncOp::Remove]
     );
 }
+
+/// A version-1 state file as written before route holds had their own field (committed in
+/// `tests/fixtures`): a pending recipient due at `u64::MAX` with a `held: REASON` reply. It
+/// reads back as a typed hold.
+#[test]
+fn a_legacy_route_hold_reads_as_a_typed_hold() {
+    let file = include_bytes!("fixtures/v1-route-hold.state");
+    let state = postrider_queue::state::decode_state_file(file).unwrap();
+    assert_eq!(
+        state.recipients[0].route_hold.as_deref(),
+        Some("manual review")
+    );
+    assert_eq!(state.recipients[0].last_reply, None);
+    assert_eq!(state.recipients[1].route_hold, None);
+    assert_eq!(state.recipients[1].route.as_deref(), Some("mx"));
+    assert_eq!(state.next_due_ms(), Some(1_764_640_300_000));
+    assert_eq!(
+        state.queue_state(false),
+        postrider_queue::state::QueueState::Held
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use postrider_queue::state::{MessageState, RcptStatus};
+use postrider_queue::state::{MessageState, QueueState, RcptStatus};
 use postrider_queue::{QueueId, Spool, SpoolError};
 use serde::{Deserialize, Serialize};
 
@@ -144,24 +144,6 @@ fn state_of(
         .unwrap_or_else(|| MessageState::new(recipients, received)))
 }
 
-/// A message's queue state: "quarantined", "held" (also when a route held a recipient),
-/// "deferred" (a pending recipient was attempted) or "queued".
-pub fn state_label(envelope: &postrider_queue::Envelope, state: &MessageState) -> &'static str {
-    let mut pending = state
-        .recipients
-        .iter()
-        .filter(|r| r.status == RcptStatus::Pending);
-    if envelope.quarantine.is_some() && !state.quarantine_released {
-        "quarantined"
-    } else if state.held || pending.clone().any(|r| r.next_attempt_ms == u64::MAX) {
-        "held"
-    } else if pending.any(|r| r.attempts > 0) {
-        "deferred"
-    } else {
-        "queued"
-    }
-}
-
 /// The summary of one message.
 pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError> {
     let (envelope, message) = spool.load(id)?;
@@ -175,12 +157,17 @@ pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError>
         .filter(|r| r.status == RcptStatus::Pending)
         .collect();
     let now = now_ms();
-    let label = state_label(&envelope, &state);
+    let queue_state = state.queue_state(envelope.quarantine.is_some());
     let reason = envelope
         .quarantine
         .clone()
-        .filter(|_| label == "quarantined")
-        .or_else(|| pending.iter().find_map(|r| r.last_reply.clone()));
+        .filter(|_| queue_state == QueueState::Quarantined)
+        .or_else(|| {
+            pending.iter().find_map(|r| match &r.route_hold {
+                Some(reason) => Some(format!("held: {reason}")),
+                None => r.last_reply.clone(),
+            })
+        });
     let entry = Entry {
         id: id.to_string(),
         age_secs: now.saturating_sub(envelope.received_at_unix_ms) / 1000,
@@ -188,7 +175,7 @@ pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError>
         sender: envelope.mail_from.clone(),
         pending: pending.len(),
         recipients: envelope.recipients.len(),
-        state: label.to_owned(),
+        state: queue_state.name().to_owned(),
         reason,
     };
     let head_end = message
@@ -233,11 +220,11 @@ pub fn reschedule(spool: &Spool, id: &QueueId, release: bool) -> Result<(), Spoo
         .iter_mut()
         .filter(|r| r.status == RcptStatus::Pending)
     {
-        if release && r.next_attempt_ms == u64::MAX {
+        if release && r.route_hold.take().is_some() {
             // Held by a route plugin: from now on its hold gives way to the default route.
             r.hold_released = true;
         }
-        if release || r.next_attempt_ms != u64::MAX {
+        if r.route_hold.is_none() {
             r.next_attempt_ms = now;
         }
     }

@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postrider_config::Config;
 use postrider_delivery::{Deliverer, Destination};
 use postrider_metrics::{DeliveryResult, Metrics};
+use postrider_queue::decide::{
+    Outcome, Step, apply, decide, delay_warning_due, reply_status, temporary_status,
+};
 use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
-use postrider_queue::schedule::{Retry, RetryPolicy};
+use postrider_queue::schedule::RetryPolicy;
 use postrider_queue::state::{MessageState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
 use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult};
@@ -22,7 +25,7 @@ use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
 use crate::generation::Current;
-use crate::queue::admin::{Request, Response, parse_id, run_offline, state_label};
+use crate::queue::admin::{Request, Response, parse_id, run_offline};
 use crate::queue::route::{Plan, domain_of, reply_text, route};
 
 /// One line per recipient and attempt, in the spirit of Postfix's smtp delivery lines: the
@@ -46,13 +49,25 @@ macro_rules! attempt_line {
     };
 }
 
-/// Why a recipient is bounced.
-#[derive(Debug, Clone, Copy)]
-enum Failed {
-    /// A permanent failure (5xx), a route's bounce or a mail loop.
-    Rejected,
-    /// Temporary failures until the queue's maximum age.
-    Expired,
+/// An [`Outcome`] that owns its text.
+enum Owned {
+    Delivered(String),
+    Temporary(String),
+    Permanent(String, String),
+    Held(String),
+    Discarded,
+}
+
+impl Owned {
+    fn borrow(&self) -> Outcome<'_> {
+        match self {
+            Owned::Delivered(reply) => Outcome::Delivered { reply },
+            Owned::Temporary(reply) => Outcome::Temporary { reply },
+            Owned::Permanent(status, reply) => Outcome::Permanent { status, reply },
+            Owned::Held(reason) => Outcome::Held { reason },
+            Owned::Discarded => Outcome::Discarded,
+        }
+    }
 }
 
 /// Tells the queue manager about new messages and carries out admin requests.
@@ -447,7 +462,10 @@ impl Manager {
             }
         };
         if state.held || (envelope.quarantine.is_some() && !state.quarantine_released) {
-            self.track(id, Some(state_label(&envelope, &state)));
+            self.track(
+                id,
+                Some(state.queue_state(envelope.quarantine.is_some()).name()),
+            );
             return None;
         }
         let hops = count_received(&message);
@@ -455,7 +473,10 @@ impl Manager {
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
         for i in 0..envelope.recipients.len() {
             let st = &state.recipients[i];
-            if st.status != RcptStatus::Pending || st.next_attempt_ms > now {
+            if st.status != RcptStatus::Pending
+                || st.route_hold.is_some()
+                || st.next_attempt_ms > now
+            {
                 continue;
             }
             let address = &envelope.recipients[i].address;
@@ -475,48 +496,32 @@ impl Manager {
                 )
                 .await
             };
-            match plan {
-                Plan::Deliver(dest) => match groups.iter_mut().find(|(d, _)| *d == dest) {
-                    Some((_, v)) => v.push(i),
-                    None => groups.push((dest, vec![i])),
-                },
-                Plan::Hold(reason) => {
-                    // Held by a route plugin: waits for an operator (`postrider queue release`).
-                    info!(queue_id = %id, rcpt = %address, reason = %reason, "held");
-                    state.recipients[i].last_reply = Some(format!("held: {reason}"));
-                    state.recipients[i].next_attempt_ms = u64::MAX;
+            let outcome = match plan {
+                Plan::Deliver(dest) => {
+                    match groups.iter_mut().find(|(d, _)| *d == dest) {
+                        Some((_, v)) => v.push(i),
+                        None => groups.push((dest, vec![i])),
+                    }
+                    continue;
                 }
-                Plan::Discard => {
-                    info!(queue_id = %id, rcpt = %address, "discarded by route");
-                    self.metrics
-                        .delivery(DeliveryResult::Discarded, domain_of(address));
-                    state.recipients[i].status = RcptStatus::Discarded;
-                }
-                Plan::Bounce(status, text) => self.fail(
-                    Failed::Rejected,
-                    id,
-                    &envelope,
-                    &mut state,
-                    i,
-                    &status,
-                    &text,
-                    None,
-                    &mut bounced,
-                ),
+                Plan::Hold(reason) => Owned::Held(reason),
+                Plan::Discard => Owned::Discarded,
+                Plan::Bounce(status, text) => Owned::Permanent(status, text),
                 Plan::Defer(reason) => {
                     state.recipients[i].attempts += 1;
-                    self.retry_or_expire(
-                        id,
-                        &envelope,
-                        &mut state,
-                        i,
-                        &format!("451 4.3.0 {reason}"),
-                        None,
-                        now,
-                        &mut bounced,
-                    );
+                    Owned::Temporary(format!("451 4.3.0 {reason}"))
                 }
-            }
+            };
+            self.settle(
+                id,
+                &envelope,
+                &mut state,
+                i,
+                outcome.borrow(),
+                None,
+                now,
+                &mut bounced,
+            );
         }
 
         // Destinations of one message are tried one after another (messages run in
@@ -526,68 +531,27 @@ impl Manager {
             let (idx, attempt) = self.attempt(id, &envelope, &message, dest, idx).await;
             let remote = attempt.remote.clone();
             for (k, &i) in idx.iter().enumerate() {
-                let rcpt = envelope.recipients[i].address.clone();
                 state.recipients[i].attempts += 1;
-                let Some(outcome) = attempt.outcomes.get(k) else {
-                    self.retry_or_expire(
-                        id,
-                        &envelope,
-                        &mut state,
-                        i,
-                        "451 4.3.0 No result for this recipient",
-                        remote.clone(),
-                        now_ms(),
-                        &mut bounced,
-                    );
-                    continue;
+                let outcome = match attempt.outcomes.get(k).map(|o| &o.result) {
+                    None => Owned::Temporary("451 4.3.0 No result for this recipient".into()),
+                    Some(RcptResult::Accepted(r)) => Owned::Delivered(reply_text(r)),
+                    Some(RcptResult::Temporary(r)) => Owned::Temporary(reply_text(r)),
+                    Some(RcptResult::Permanent(r)) => Owned::Permanent(
+                        r.enhanced()
+                            .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string()),
+                        reply_text(r),
+                    ),
                 };
-                match &outcome.result {
-                    RcptResult::Accepted(r) => {
-                        let reply = reply_text(r);
-                        state.recipients[i].status = RcptStatus::Delivered;
-                        state.recipients[i].last_reply = Some(reply.clone());
-                        attempt_line!(
-                            "delivered",
-                            id,
-                            rcpt,
-                            remote.as_deref(),
-                            envelope.received_at_unix_ms,
-                            state.recipients[i].attempts,
-                            reply_status(&reply, "2.0.0"),
-                            reply
-                        );
-                        self.metrics
-                            .delivery(DeliveryResult::Delivered, domain_of(&rcpt));
-                    }
-                    RcptResult::Temporary(r) => {
-                        self.retry_or_expire(
-                            id,
-                            &envelope,
-                            &mut state,
-                            i,
-                            &reply_text(r),
-                            remote.clone(),
-                            now_ms(),
-                            &mut bounced,
-                        );
-                    }
-                    RcptResult::Permanent(r) => {
-                        let status = r
-                            .enhanced()
-                            .map_or_else(|| "5.0.0".to_owned(), |e| e.to_string());
-                        self.fail(
-                            Failed::Rejected,
-                            id,
-                            &envelope,
-                            &mut state,
-                            i,
-                            &status,
-                            &reply_text(r),
-                            remote.clone(),
-                            &mut bounced,
-                        );
-                    }
-                }
+                self.settle(
+                    id,
+                    &envelope,
+                    &mut state,
+                    i,
+                    outcome.borrow(),
+                    remote.clone(),
+                    now_ms(),
+                    &mut bounced,
+                );
             }
             // The last group's result is saved (or the message removed) below.
             if g < last_group {
@@ -596,7 +560,7 @@ impl Manager {
         }
 
         // Delay warning, once, for recipients still pending.
-        if !state.delay_warned && self.policy.warn_due(envelope.received_at_unix_ms, now_ms()) {
+        if delay_warning_due(&self.policy, &state, envelope.received_at_unix_ms, now_ms()) {
             let delayed: Vec<DsnRecipient> = envelope
                 .recipients
                 .iter()
@@ -646,16 +610,14 @@ impl Manager {
                 }
             };
         }
-        self.track(id, Some(state_label(&envelope, &state)));
+        self.track(
+            id,
+            Some(state.queue_state(envelope.quarantine.is_some()).name()),
+        );
         if !self.save(id, &state).await {
             return soon;
         }
-        state
-            .recipients
-            .iter()
-            .filter(|r| r.status == RcptStatus::Pending && r.next_attempt_ms != u64::MAX)
-            .map(|r| r.next_attempt_ms)
-            .min()
+        state.next_due_ms()
     }
 
     /// Delivers to one destination within the global and per-destination limits.
@@ -688,101 +650,89 @@ impl Manager {
         (idx, attempt)
     }
 
-    /// After a temporary failure: the next attempt time, or give up (bounce) past max age.
+    /// Records what became of recipient `i` after `outcome` (the pure decision of
+    /// [`decide`]), logs it, counts it, and collects a failure DSN for it when one is due.
     #[allow(clippy::too_many_arguments)]
-    fn retry_or_expire(
+    fn settle(
         &self,
         id: &QueueId,
         envelope: &Envelope,
         state: &mut MessageState,
         i: usize,
-        reply: &str,
+        outcome: Outcome<'_>,
         remote: Option<String>,
         now: u64,
         bounced: &mut Vec<(usize, DsnRecipient)>,
     ) {
         let st = &mut state.recipients[i];
-        st.last_reply = Some(reply.to_owned());
-        let rcpt = &envelope.recipients[i].address;
-        match self
-            .policy
-            .next(envelope.received_at_unix_ms, now, st.attempts)
-        {
-            Retry::At(at) => {
-                st.next_attempt_ms = at;
-                attempt_line!(
-                    "deferred",
-                    id,
-                    rcpt,
-                    remote.as_deref(),
-                    envelope.received_at_unix_ms,
-                    st.attempts,
-                    reply_status(reply, "4.0.0"),
-                    reply,
-                    retry_in = at.saturating_sub(now) / 1000
-                );
-                self.metrics
-                    .delivery(DeliveryResult::Deferred, domain_of(rcpt));
-            }
-            Retry::GiveUp => {
-                // The last temporary reason, reported as the permanent failure it now is
-                // ("4.2.2" becomes "5.2.2"; without one, 5.4.7: delivery time expired).
-                let status = temporary_status(reply, "4.4.7").replacen('4', "5", 1);
-                self.fail(
-                    Failed::Expired,
-                    id,
-                    envelope,
-                    state,
-                    i,
-                    &status,
-                    reply,
-                    remote,
-                    bounced,
-                );
-            }
-        }
-    }
-
-    /// After a permanent failure, or a temporary one past the queue's maximum age: the
-    /// recipient is bounced.
-    #[allow(clippy::too_many_arguments)]
-    fn fail(
-        &self,
-        how: Failed,
-        id: &QueueId,
-        envelope: &Envelope,
-        state: &mut MessageState,
-        i: usize,
-        status: &str,
-        reply: &str,
-        remote: Option<String>,
-        bounced: &mut Vec<(usize, DsnRecipient)>,
-    ) {
-        let (rcpt_status, label, result) = match how {
-            Failed::Rejected => (RcptStatus::Bounced, "bounced", DeliveryResult::Bounced),
-            Failed::Expired => (RcptStatus::Expired, "expired", DeliveryResult::Expired),
-        };
-        let st = &mut state.recipients[i];
-        st.status = rcpt_status;
-        st.last_reply = Some(reply.to_owned());
-        let rcpt = &envelope.recipients[i].address;
-        attempt_line!(
-            label,
-            id,
-            rcpt,
-            remote.as_deref(),
+        let step = decide(
+            &self.policy,
             envelope.received_at_unix_ms,
+            now,
             st.attempts,
-            status,
-            reply
+            &outcome,
         );
-        self.metrics.delivery(result, domain_of(rcpt));
-        if wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure) {
+        apply(st, &outcome, &step);
+        let rcpt = &envelope.recipients[i].address;
+        let domain = domain_of(rcpt);
+        let (reply, status) = match (&outcome, &step) {
+            (Outcome::Held { reason }, _) => {
+                info!(queue_id = %id, rcpt = %rcpt, reason = %reason, "held");
+                return;
+            }
+            (Outcome::Discarded, _) => {
+                info!(queue_id = %id, rcpt = %rcpt, "discarded by route");
+                self.metrics.delivery(DeliveryResult::Discarded, domain);
+                return;
+            }
+            (Outcome::Delivered { reply }, _) => (*reply, reply_status(reply, "2.0.0")),
+            (_, Step::Bounced { status } | Step::Expired { status }) => {
+                (st.last_reply.as_deref().unwrap_or_default(), status.clone())
+            }
+            (Outcome::Temporary { reply }, _) | (Outcome::Permanent { reply, .. }, _) => {
+                (*reply, reply_status(reply, "4.0.0"))
+            }
+        };
+        let relay = remote.as_deref();
+        match &step {
+            Step::Deferred { retry_at_ms } => attempt_line!(
+                step.name(),
+                id,
+                rcpt,
+                relay,
+                envelope.received_at_unix_ms,
+                st.attempts,
+                status,
+                reply,
+                retry_in = retry_at_ms.saturating_sub(now) / 1000
+            ),
+            _ => attempt_line!(
+                step.name(),
+                id,
+                rcpt,
+                relay,
+                envelope.received_at_unix_ms,
+                st.attempts,
+                status,
+                reply
+            ),
+        }
+        let result = match step {
+            Step::Delivered => DeliveryResult::Delivered,
+            Step::Deferred { .. } => DeliveryResult::Deferred,
+            Step::Bounced { .. } => DeliveryResult::Bounced,
+            Step::Expired { .. } => DeliveryResult::Expired,
+            Step::Held | Step::Discarded => return,
+        };
+        self.metrics.delivery(result, domain);
+        if matches!(result, DeliveryResult::Bounced | DeliveryResult::Expired)
+            && wants_dsn(envelope, &envelope.recipients[i], DsnKind::Failure)
+        {
             bounced.push((
                 i,
                 DsnRecipient {
                     recipient: envelope.recipients[i].clone(),
-                    status: status.to_owned(),
+                    status,
                     diagnostic: Some(reply.to_owned()),
                     remote_mta: remote,
                 },
@@ -871,29 +821,6 @@ fn delay_secs(received_ms: u64) -> f64 {
     now_ms().saturating_sub(received_ms) as f64 / 1000.0
 }
 
-/// The enhanced status code of a reply line ("250 2.1.5 Ok" gives "2.1.5"), or `default`.
-fn reply_status(reply: &str, default: &str) -> String {
-    reply
-        .split(' ')
-        .nth(1)
-        .filter(|s| {
-            let parts: Vec<&str> = s.split('.').collect();
-            parts.len() == 3
-                && parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map_or_else(|| default.to_owned(), str::to_owned)
-}
-
-/// The enhanced status of a temporary failure's reply ("452 4.2.2 ..." gives "4.2.2"), or
-/// `default` when it has none of class 4.
-fn temporary_status(reply: &str, default: &str) -> String {
-    Some(reply_status(reply, default))
-        .filter(|s| s.starts_with("4."))
-        .unwrap_or_else(|| default.to_owned())
-}
-
 fn count_received(message: &[u8]) -> usize {
     let head = message
         .windows(4)
@@ -945,19 +872,4 @@ fn notify(keywords: &[String]) -> Notify {
         failure: keywords.iter().any(|k| k == "FAILURE"),
         delay: keywords.iter().any(|k| k == "DELAY"),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_status_takes_only_a_class_4_code() {
-        assert_eq!(temporary_status("452 4.2.2 mailbox full", "4.0.0"), "4.2.2");
-        assert_eq!(temporary_status("451 try again later", "4.0.0"), "4.0.0");
-        assert_eq!(temporary_status("451 4.x.1 broken", "4.0.0"), "4.0.0");
-        assert_eq!(temporary_status("550 5.1.1 no such user", "4.0.0"), "4.0.0");
-        assert_eq!(temporary_status("held: by plugin", "4.4.7"), "4.4.7");
-        assert_eq!(temporary_status("", "4.4.7").replacen('4', "5", 1), "5.4.7");
-    }
 }
