@@ -81,10 +81,10 @@ fn bdat_chunks_are_assembled() {
     assert_eq!(spool.len(), 1);
     let (env, msg) = &spool[0];
     assert!(msg.ends_with(b"Subject: b\r\n\r\nbody\r\n."));
-    assert_eq!(env.body.as_deref(), Some("8BITMIME"));
+    assert_eq!(env.body.map(|b| b.keyword()), Some("8BITMIME"));
     assert_eq!(
-        env.recipients[0].notify.as_deref(),
-        Some(&["SUCCESS".to_owned(), "FAILURE".to_owned()][..])
+        env.recipients[0].notify.map(|n| n.keywords()),
+        Some(vec!["SUCCESS", "FAILURE"])
     );
     assert_eq!(
         env.recipients[0].orcpt.as_deref(),

@@ -94,7 +94,7 @@ fn envelope() -> Envelope {
         received_at_unix_ms: 1_700_000_000_000,
         mail_from: "bench@example.org".into(),
         smtputf8: false,
-        body: Some("8BITMIME".into()),
+        body: Some(postrider_smtp::command::Body::EightBitMime),
         ret: None,
         envid: None,
         size_param: Some(4096),

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
+use postrider_smtp::command::{Notify, Ret};
 
 use crate::{Envelope, Recipient, RetryPolicy};
 
@@ -51,16 +52,6 @@ pub enum DsnKind {
     Failure,
     /// Delivery is still being retried (`Action: delayed`).
     Delay,
-}
-
-impl DsnKind {
-    /// The RFC 3461 `NOTIFY=` keyword that asks for this kind.
-    fn notify_keyword(self) -> &'static str {
-        match self {
-            Self::Failure => "FAILURE",
-            Self::Delay => "DELAY",
-        }
-    }
 }
 
 /// One recipient reported in a DSN.
@@ -101,14 +92,13 @@ pub fn wants_dsn(envelope: &Envelope, recipient: &Recipient, kind: DsnKind) -> b
     if is_null_sender(&envelope.mail_from) {
         return false;
     }
-    match &recipient.notify {
+    match recipient.notify {
         None => true,
-        Some(keywords) => {
-            !keywords.iter().any(|k| k.eq_ignore_ascii_case("NEVER"))
-                && keywords
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(kind.notify_keyword()))
-        }
+        Some(Notify::Never) => false,
+        Some(Notify::On(on)) => match kind {
+            DsnKind::Failure => on.failure,
+            DsnKind::Delay => on.delay,
+        },
     }
 }
 
@@ -169,11 +159,7 @@ pub fn build_dsn_with(
         .map_or_else(|| RetryPolicy::default().deadline_ms(arrival), unix_ms);
 
     // Part 3 first, so the explanation can say what was attached.
-    let headers_only_wanted = kind == DsnKind::Delay
-        || envelope
-            .ret
-            .as_deref()
-            .is_some_and(|r| r.eq_ignore_ascii_case("HDRS"));
+    let headers_only_wanted = kind == DsnKind::Delay || envelope.ret == Some(Ret::Hdrs);
     let too_large = !headers_only_wanted && original.len() > options.max_returned_len;
     let headers = header_section(original);
     let global_original = !headers.is_ascii();

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use postrider_smtp::command::{Body, Notify, Ret};
 use serde::{Deserialize, Serialize};
 
 /// Everything the SMTP transaction said about a message besides its content.
@@ -15,10 +16,10 @@ pub struct Envelope {
     pub mail_from: String,
     /// Whether the client asked for `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
-    /// The `BODY=` parameter (`"7BIT"` or `"8BITMIME"`), if given.
-    pub body: Option<String>,
-    /// The DSN `RET=` parameter (`"FULL"` or `"HDRS"`), if given (RFC 3461).
-    pub ret: Option<String>,
+    /// The `BODY=` parameter, if given (stored as `"7BIT"` or `"8BITMIME"`).
+    pub body: Option<Body>,
+    /// The DSN `RET=` parameter, if given (RFC 3461; stored as `"FULL"` or `"HDRS"`).
+    pub ret: Option<Ret>,
     /// The DSN `ENVID=` parameter, if given (RFC 3461).
     pub envid: Option<String>,
     /// The `SIZE=` parameter the client declared, if any (RFC 1870).
@@ -52,8 +53,9 @@ pub struct SpfRecord {
 pub struct Recipient {
     /// The forward-path without angle brackets.
     pub address: String,
-    /// The DSN `NOTIFY=` keywords: `["NEVER"]` or a subset of `SUCCESS`, `FAILURE`, `DELAY`.
-    pub notify: Option<Vec<String>>,
+    /// The DSN `NOTIFY=` parameter (stored as `["NEVER"]` or a subset of `SUCCESS`,
+    /// `FAILURE`, `DELAY`).
+    pub notify: Option<Notify>,
     /// The DSN `ORCPT=` parameter as given, e.g. `"rfc822;user@example.org"`.
     pub orcpt: Option<String>,
 }
@@ -85,4 +87,19 @@ pub struct ClientInfo {
     /// The TLS server name (SNI) the client asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+}
+
+impl Envelope {
+    /// The MAIL FROM parameters that describe the message, as the session parsed them (AUTH=
+    /// is not kept).
+    pub fn mail_params(&self) -> postrider_smtp::MailParams {
+        postrider_smtp::MailParams {
+            size: self.size_param,
+            body: self.body,
+            smtputf8: self.smtputf8,
+            ret: self.ret,
+            envid: self.envid.clone(),
+            auth: None,
+        }
+    }
 }

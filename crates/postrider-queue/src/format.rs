@@ -317,13 +317,15 @@ mod tests {
             received_at_unix_ms: 1_700_000_000_000,
             mail_from: "alice@example.org".into(),
             smtputf8: false,
-            body: Some("8BITMIME".into()),
-            ret: Some("HDRS".into()),
+            body: Some(postrider_smtp::command::Body::EightBitMime),
+            ret: Some(postrider_smtp::command::Ret::Hdrs),
             envid: Some("QQ314159".into()),
             size_param: Some(1234),
             recipients: vec![Recipient {
                 address: "bob@example.net".into(),
-                notify: Some(vec!["FAILURE".into(), "DELAY".into()]),
+                notify: Some(postrider_smtp::command::Notify::from_keywords(&[
+                    "FAILURE", "DELAY",
+                ])),
                 orcpt: Some("rfc822;bob@example.net".into()),
             }],
             client: ClientInfo {

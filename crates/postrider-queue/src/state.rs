@@ -82,6 +82,17 @@ pub struct RcptState {
     pub hold_released: bool,
 }
 
+impl RcptState {
+    /// What an operator is shown for this recipient: `held: REASON` while a route holds it,
+    /// else the last reply.
+    pub fn shown_reply(&self) -> Option<String> {
+        match &self.route_hold {
+            Some(reason) => Some(format!("held: {reason}")),
+            None => self.last_reply.clone(),
+        }
+    }
+}
+
 /// The delivery state of a whole message, persisted by [`Spool::save_state`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageState {

@@ -15,14 +15,16 @@ fn envelope(n: usize) -> Envelope {
         received_at_unix_ms: 1_700_000_000_000 + n as u64,
         mail_from: format!("sender{n}@example.org"),
         smtputf8: n.is_multiple_of(2),
-        body: Some("8BITMIME".into()),
+        body: Some(postrider_smtp::command::Body::EightBitMime),
         ret: None,
         envid: Some(format!("env-{n}")),
         size_param: Some(4096),
         recipients: vec![
             Recipient {
                 address: "bob@example.net".into(),
-                notify: Some(vec!["SUCCESS".into(), "FAILURE".into()]),
+                notify: Some(postrider_smtp::command::Notify::from_keywords(&[
+                    "SUCCESS", "FAILURE",
+                ])),
                 orcpt: Some("rfc822;bob@example.net".into()),
             },
             Recipient {

@@ -72,12 +72,15 @@ pub enum Command {
     },
 }
 
-/// The BODY parameter of MAIL (RFC 6152).
+/// The BODY parameter of MAIL (RFC 6152); kept in the spool as its keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Body {
     /// `BODY=7BIT`.
+    #[cfg_attr(feature = "serde", serde(rename = "7BIT"))]
     SevenBit,
     /// `BODY=8BITMIME`.
+    #[cfg_attr(feature = "serde", serde(rename = "8BITMIME"))]
     EightBitMime,
 }
 
@@ -91,12 +94,15 @@ impl Body {
     }
 }
 
-/// The RET parameter of MAIL (RFC 3461 §4.3).
+/// The RET parameter of MAIL (RFC 3461 §4.3); kept in the spool as its keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Ret {
     /// Return the full message in a DSN.
+    #[cfg_attr(feature = "serde", serde(rename = "FULL"))]
     Full,
     /// Return only the headers in a DSN.
+    #[cfg_attr(feature = "serde", serde(rename = "HDRS"))]
     Hdrs,
 }
 
@@ -121,13 +127,59 @@ pub struct NotifyOn {
     pub delay: bool,
 }
 
-/// The NOTIFY parameter of RCPT (RFC 3461 §4.1).
+/// The NOTIFY parameter of RCPT (RFC 3461 §4.1); kept in the spool as its list of keywords
+/// (`["NEVER"]`, or some of `SUCCESS`, `FAILURE`, `DELAY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notify {
     /// `NOTIFY=NEVER`.
     Never,
     /// A non-empty set of SUCCESS, FAILURE and DELAY.
     On(NotifyOn),
+}
+
+impl Notify {
+    /// The keywords as written on the wire, in RFC 3461's order.
+    pub fn keywords(self) -> Vec<&'static str> {
+        match self {
+            Notify::Never => vec!["NEVER"],
+            Notify::On(on) => [
+                (on.success, "SUCCESS"),
+                (on.failure, "FAILURE"),
+                (on.delay, "DELAY"),
+            ]
+            .into_iter()
+            .filter_map(|(on, k)| on.then_some(k))
+            .collect(),
+        }
+    }
+
+    /// From keywords (any case); NEVER wins over the others, unknown words are ignored.
+    pub fn from_keywords<S: AsRef<str>>(keywords: &[S]) -> Notify {
+        let has = |k: &str| keywords.iter().any(|w| w.as_ref().eq_ignore_ascii_case(k));
+        if has("NEVER") {
+            return Notify::Never;
+        }
+        Notify::On(NotifyOn {
+            success: has("SUCCESS"),
+            failure: has("FAILURE"),
+            delay: has("DELAY"),
+        })
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Notify {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.keywords())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Notify {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let words = <Vec<String> as serde::Deserialize>::deserialize(deserializer)?;
+        Ok(Notify::from_keywords(&words))
+    }
 }
 
 /// ESMTP parameters of MAIL FROM.

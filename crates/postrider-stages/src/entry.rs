@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use postrider_plugin_host::{AuthResult, ConnInfo, EnvelopeInfo, SpfCheck, TlsInfo};
 use postrider_queue::{ClientInfo, Envelope, Recipient, SpfRecord};
 use postrider_smtp::address::ForwardPath;
-use postrider_smtp::command::{MailParams, Notify, RcptParams};
+use postrider_smtp::command::{MailParams, RcptParams};
 use postrider_smtp::server::{self as smtp, Session};
 
 /// Builds the spool entry of a complete message: the envelope, and the message with our
@@ -47,8 +47,8 @@ pub fn spool_entry(
             .map_or(0, |d| d.as_millis() as u64),
         mail_from: from.address(),
         smtputf8,
-        body: body.map(|b| b.keyword().to_owned()),
-        ret: ret.map(|r| r.keyword().to_owned()),
+        body,
+        ret,
         envid,
         size_param: size,
         recipients: recipients
@@ -79,26 +79,11 @@ pub fn spool_entry(
 fn recipient(to: &ForwardPath, params: &RcptParams) -> Recipient {
     Recipient {
         address: to.address(),
-        notify: params.notify.as_ref().map(notify_keywords),
+        notify: params.notify,
         orcpt: params
             .orcpt
             .as_ref()
             .map(|(kind, addr)| format!("{kind};{addr}")),
-    }
-}
-
-fn notify_keywords(notify: &Notify) -> Vec<String> {
-    match notify {
-        Notify::Never => vec!["NEVER".to_owned()],
-        Notify::On(on) => [
-            (on.success, "SUCCESS"),
-            (on.failure, "FAILURE"),
-            (on.delay, "DELAY"),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, k)| k.to_owned())
-        .collect(),
     }
 }
 
@@ -168,26 +153,10 @@ pub fn route_inputs(queue_id: &str, e: &Envelope) -> (ConnInfo, EnvelopeInfo) {
         tls,
         auth_user: c.authenticated.clone(),
     };
-    let mut mail_params = Vec::new();
-    if let Some(size) = e.size_param {
-        mail_params.push(("SIZE".to_owned(), Some(size.to_string())));
-    }
-    if let Some(body) = &e.body {
-        mail_params.push(("BODY".to_owned(), Some(body.clone())));
-    }
-    if e.smtputf8 {
-        mail_params.push(("SMTPUTF8".to_owned(), None));
-    }
-    if let Some(ret) = &e.ret {
-        mail_params.push(("RET".to_owned(), Some(ret.clone())));
-    }
-    if let Some(envid) = &e.envid {
-        mail_params.push(("ENVID".to_owned(), Some(envid.clone())));
-    }
     let env = EnvelopeInfo {
         queue_id: Some(queue_id.to_owned()),
         mail_from: e.mail_from.clone(),
-        mail_params,
+        mail_params: e.mail_params().keywords(),
         recipients: e.recipients.iter().map(|r| r.address.clone()).collect(),
         smtputf8: e.smtputf8,
         spf: e.spf.as_ref().and_then(spf_from_record),

@@ -47,7 +47,7 @@ fn rcpt(address: &str) -> Recipient {
 
 fn notify(keywords: &[&str]) -> Recipient {
     Recipient {
-        notify: Some(keywords.iter().map(|k| (*k).to_owned()).collect()),
+        notify: Some(postrider_smtp::command::Notify::from_keywords(keywords)),
         ..rcpt("bob@example.net")
     }
 }
@@ -385,7 +385,7 @@ print(json.dumps(out))
 #[test]
 fn ret_hdrs_returns_only_the_header_section() {
     let mut env = envelope("alice@example.org");
-    env.ret = Some("HDRS".into());
+    env.ret = Some(postrider_smtp::command::Ret::Hdrs);
     let dsn = build_dsn(
         "mx1.example.org",
         &env,
@@ -403,7 +403,7 @@ fn ret_hdrs_returns_only_the_header_section() {
     assert!(!s.contains("Shall we have lunch"));
 
     // RET=FULL and no RET return everything.
-    env.ret = Some("FULL".into());
+    env.ret = Some(postrider_smtp::command::Ret::Full);
     let full = build_dsn("h", &env, ORIGINAL, &[], DsnKind::Failure, now());
     assert!(text(&full).contains("Shall we have lunch"));
 }

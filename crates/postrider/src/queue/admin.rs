@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use postrider_queue::state::{MessageState, QueueState, RcptStatus};
+use postrider_queue::state::{MessageState, QueueState, RcptState, RcptStatus};
 use postrider_queue::{QueueId, Spool, SpoolError};
 use serde::{Deserialize, Serialize};
 
@@ -162,12 +162,7 @@ pub fn entry(spool: &Spool, id: &QueueId) -> Result<(Entry, Detail), SpoolError>
         .quarantine
         .clone()
         .filter(|_| queue_state == QueueState::Quarantined)
-        .or_else(|| {
-            pending.iter().find_map(|r| match &r.route_hold {
-                Some(reason) => Some(format!("held: {reason}")),
-                None => r.last_reply.clone(),
-            })
-        });
+        .or_else(|| pending.iter().find_map(|r| r.shown_reply()));
     let entry = Entry {
         id: id.to_string(),
         age_secs: now.saturating_sub(envelope.received_at_unix_ms) / 1000,
@@ -339,7 +334,7 @@ pub fn render(response: &Response) -> String {
                     format!("{:?}", s.status).to_lowercase()
                 });
                 let attempts = st.map_or(0, |s| s.attempts);
-                let reply = st.and_then(|s| s.last_reply.clone()).unwrap_or_default();
+                let reply = st.and_then(RcptState::shown_reply).unwrap_or_default();
                 out.push_str(&format!(
                     "  <{}>  {status}  attempts={attempts}  {reply}\n",
                     r.address

@@ -20,7 +20,7 @@ use postrider_queue::schedule::RetryPolicy;
 use postrider_queue::state::{MessageState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
 use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult};
-use postrider_smtp::command::{Notify, NotifyOn, Ret};
+use postrider_smtp::command::Body;
 use tokio::sync::{Notify as Wake, Semaphore, mpsc};
 use tracing::{info, warn};
 
@@ -773,7 +773,7 @@ impl Manager {
             received_at_unix_ms: now_ms(),
             mail_from: String::new(),
             smtputf8,
-            body: Some("8BITMIME".into()),
+            body: Some(Body::EightBitMime),
             ret: None,
             envid: None,
             size_param: None,
@@ -840,7 +840,7 @@ fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessa
                 let r = &envelope.recipients[*i];
                 OutboundRecipient {
                     address: r.address.clone(),
-                    notify: r.notify.as_ref().map(|n| notify(n)),
+                    notify: r.notify,
                     orcpt: r
                         .orcpt
                         .as_ref()
@@ -852,24 +852,7 @@ fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessa
         size: message.len() as u64,
         eight_bit: message.iter().any(|b| *b >= 0x80),
         smtputf8: envelope.smtputf8,
-        ret: envelope.ret.as_deref().map(|r| {
-            if r.eq_ignore_ascii_case("HDRS") {
-                Ret::Hdrs
-            } else {
-                Ret::Full
-            }
-        }),
+        ret: envelope.ret,
         envid: envelope.envid.clone(),
     }
-}
-
-fn notify(keywords: &[String]) -> Notify {
-    if keywords.iter().any(|k| k == "NEVER") {
-        return Notify::Never;
-    }
-    Notify::On(NotifyOn {
-        success: keywords.iter().any(|k| k == "SUCCESS"),
-        failure: keywords.iter().any(|k| k == "FAILURE"),
-        delay: keywords.iter().any(|k| k == "DELAY"),
-    })
 }
