@@ -6,6 +6,11 @@
 //! (group commit). [`Spool::open`] recovers every complete entry and clears out partial
 //! ones.
 //!
+//! Two halves, kept apart: **storage** — the spool and its file format (`spool`, `format`,
+//! `writer` for group commit and recovery, `state_file`), and **queue logic** with no IO —
+//! the typed delivery [`state`], the manager's [`decide`]ions, the retry [`schedule`] and
+//! the [`dsn`]s.
+//!
 //! # Directory layout
 //!
 //! ```text
@@ -123,6 +128,7 @@ mod id;
 pub mod schedule;
 mod spool;
 pub mod state;
+mod state_file;
 mod writer;
 
 pub use dsn::{
@@ -138,6 +144,7 @@ pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};
 pub use schedule::{FALLBACK_INTERVAL, Retry, RetryPolicy};
 pub use spool::{Recovery, Spool, SpoolOptions, SyncMode, SyncObserver, SyncOp};
+pub use state::{MessageState, QueueState, RcptState, RcptStatus};
+pub use state_file::STATE_FORMAT_VERSION;
 #[doc(hidden)]
-pub use state::decode_state_file;
-pub use state::{MessageState, RcptState, RcptStatus, STATE_FORMAT_VERSION};
+pub use state_file::decode_state_file;

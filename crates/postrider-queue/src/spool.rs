@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::format::{self, CorruptReason, ReadError};
-use crate::state::{StateReadError, read_state_file};
+use crate::state_file::{StateReadError, read_state_file};
 use crate::writer::{Reply, Request, Shared, Writer};
 use crate::{Envelope, QueueId, SpoolError};
 

@@ -279,7 +279,7 @@ fn sync_observer_sees_commit_state_and_remove() {
 #[test]
 fn a_legacy_route_hold_reads_as_a_typed_hold() {
     let file = include_bytes!("fixtures/v1-route-hold.state");
-    let state = postrider_queue::state::decode_state_file(file).unwrap();
+    let state = postrider_queue::decode_state_file(file).unwrap();
     assert_eq!(
         state.recipients[0].route_hold.as_deref(),
         Some("manual review")
