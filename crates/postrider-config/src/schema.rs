@@ -1,0 +1,397 @@
+//! The validated configuration the relay runs on: what every section means once checked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The whole relay configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (a path or [`EMBEDDED_NAME`]).
+    pub origin: String,
+    /// Our host name, used in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Directory of the durable spool.
+    pub spool_dir: PathBuf,
+    /// Unix socket of the admin interface (`postrider queue` talks to it; owner-only).
+    pub admin_socket: PathBuf,
+    /// The admin HTTP listener (metrics, health) and metric settings.
+    pub admin: Admin,
+    /// The listeners.
+    pub listeners: Vec<Listener>,
+    /// Who may send mail where.
+    pub relay: Relay,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Settings shared by all plugins.
+    pub plugin_settings: PluginSettings,
+    /// The plugin chain, in call order.
+    pub plugins: Vec<PluginConfig>,
+    /// Nameservers for the relay's resolver ("ip:port"); empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// Outbound delivery settings.
+    pub delivery: Delivery,
+    /// Static routes, in config order.
+    pub routes: Vec<Route>,
+    /// SPF, DKIM, DMARC and ARC verification of incoming mail; DKIM signing and ARC sealing.
+    pub authentication: Authentication,
+}
+
+/// Email authentication settings (`[authentication]` and `[[dkim_sign]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    /// Verify SPF, DKIM, ARC and DMARC of mail from clients that are neither authenticated
+    /// nor in `relay_networks`, and add an `Authentication-Results` header.
+    pub verify: bool,
+    /// The authserv-id of our `Authentication-Results` headers (default: `hostname`); incoming
+    /// headers claiming it are removed.
+    pub authserv_id: String,
+    /// Honour DMARC `p=reject` (550 5.7.1) and `p=quarantine` (the message is quarantined).
+    pub dmarc_enforce: bool,
+    /// Bound on each verification step (SPF, or the message's DKIM/ARC/DMARC); past it the
+    /// result is `temperror`.
+    pub timeout_ms: u64,
+    /// Seal verified incoming mail with ARC (RFC 8617) with this key.
+    pub arc_seal: Option<SigningKey>,
+    /// DKIM keys: mail from authenticated or `relay_networks` clients whose From domain has
+    /// one is signed with it.
+    pub dkim_sign: Vec<SigningKey>,
+}
+
+/// A DKIM (or ARC) signing key and what it signs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `{selector}._domainkey.{domain}`.
+    pub selector: String,
+    /// PEM file with the private key: RSA (2048 bits or more) or Ed25519.
+    pub key_file: PathBuf,
+    /// Headers to sign; empty means the default list.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// The `[admin]` table: the HTTP listener for `/metrics`, `/health` and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Address of the HTTP listener; `None`: no HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// Destination domains with their own label value in the delivery metrics; later
+    /// domains count as "other".
+    pub metrics_domains: usize,
+}
+
+/// Settings shared by all plugins.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// Where compiled plugins are cached (by content hash and engine version).
+    pub cache_dir: PathBuf,
+    /// The embedded kv store's file (used when no Redis is configured).
+    pub kv_path: PathBuf,
+    /// A shared Redis for the kv store instead of the embedded file.
+    pub kv_redis: Option<KvRedis>,
+    /// Most plugin instances alive at once.
+    pub max_instances: u32,
+    /// Bound on each kv call a plugin makes.
+    pub kv_timeout_ms: u64,
+    /// Bound on each DNS lookup a plugin makes.
+    pub dns_timeout_ms: u64,
+}
+
+/// Where several relays keep their shared plugin state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRedis {
+    /// `redis://[user:password@]host:port/db` or `rediss://...` (TLS).
+    pub url: String,
+    /// Key prefix of this relay cluster, so several clusters can share one Redis.
+    pub cluster: String,
+    /// PEM file of the CA to trust for `rediss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What the relay does when a plugin call traps, times out or answers something invalid: the
+/// one failure policy type (config, plugin host, harness cases and command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// 451 4.3.0: the client retries later (the default: nothing is lost, nothing slips by).
+    #[default]
+    Tempfail,
+    /// Ignore the plugin for this call, as if it answered `continue`.
+    Continue,
+    /// 550 5.7.1: refuse.
+    Reject,
+}
+
+impl FailurePolicy {
+    /// The config word: tempfail, continue or reject.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailurePolicy::Tempfail => "tempfail",
+            FailurePolicy::Continue => "continue",
+            FailurePolicy::Reject => "reject",
+        }
+    }
+}
+
+impl std::str::FromStr for FailurePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            FailurePolicy::Tempfail,
+            FailurePolicy::Continue,
+            FailurePolicy::Reject,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("{s:?}: expected tempfail, continue or reject"))
+    }
+}
+
+/// One `[[plugin]]`: a WebAssembly component called at the stages it asks for, in config order.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// Name in logs; also its kv namespace.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// Its `config` table, as JSON text for its `init`.
+    pub config_json: String,
+    /// What a failed call means.
+    pub failure_policy: FailurePolicy,
+    /// Deadline of each call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Memory cap of each instance, in MiB.
+    pub memory_mb: u32,
+    /// Transactions (or routing calls) one instance may serve before it is recycled; 1 (the
+    /// default) is a fresh instance for each.
+    pub reuse: u32,
+    /// Most idle instances kept warm for reuse (default 8; only with `reuse` > 1).
+    pub pool_idle: u32,
+}
+
+/// Outbound delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Port used for MX hosts (25; tests point it elsewhere).
+    pub smtp_port: u16,
+    /// Seconds to connect to one address.
+    pub connect_timeout: u64,
+    /// Seconds to wait for each reply.
+    pub reply_timeout: u64,
+    /// Most delivery attempts at once.
+    pub concurrency: usize,
+    /// Most attempts at once to one destination (domain, relay host or LMTP target).
+    pub per_destination: usize,
+    /// Retry intervals in seconds after the 1st, 2nd, ... failure; the last repeats.
+    pub retry_intervals: Vec<u64>,
+    /// After this many seconds in the queue a message is bounced.
+    pub max_age: u64,
+    /// Send a delay warning after this many seconds (0: never).
+    pub delay_warning: u64,
+    /// A message with more Received headers than this is bounced as a mail loop.
+    pub max_hops: usize,
+    /// TLS towards MX hosts: "none", "opportunistic" or "require".
+    pub tls: TlsPolicy,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            smtp_port: 25,
+            connect_timeout: 30,
+            reply_timeout: 300,
+            concurrency: 20,
+            per_destination: 5,
+            retry_intervals: vec![300, 600, 1200, 2400, 3600],
+            max_age: 5 * 24 * 3600,
+            delay_warning: 4 * 3600,
+            max_hops: 50,
+            tls: TlsPolicy::Opportunistic,
+        }
+    }
+}
+
+pub use postrider_smtp::client::TlsPolicy;
+
+/// A static route: mail for these domains goes to a fixed next hop instead of their MX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Recipient domains (lower case; "*.example.org" matches subdomains).
+    pub domains: Vec<String>,
+    /// Where to.
+    pub to: RouteTarget,
+}
+
+/// The next hop of a static route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// SMTP relay (smarthost).
+    Relay {
+        /// Host name or IP.
+        host: String,
+        /// Port.
+        port: u16,
+        /// TLS policy.
+        tls: TlsPolicy,
+        /// AUTH user and password, sent only over TLS.
+        auth: Option<(String, String)>,
+    },
+    /// LMTP at "host:port" or "unix:/path".
+    Lmtp(String),
+}
+
+impl Config {
+    /// The static route for `domain`, if any (first match in config order).
+    pub fn route_for(&self, domain: &str) -> Option<&Route> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.routes.iter().find(|r| {
+            r.domains.iter().any(|d| match d.strip_prefix("*.") {
+                Some(suffix) => {
+                    domain.len() > suffix.len() + 1 && domain.ends_with(&format!(".{suffix}"))
+                }
+                None => *d == domain,
+            })
+        })
+    }
+}
+
+/// What a listener is for, which decides TLS and AUTH behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 style: plain text, STARTTLS when a certificate is configured, AUTH optional.
+    Smtp,
+    /// Port 587 style: STARTTLS, and AUTH is required before MAIL.
+    Submission,
+    /// Port 465 style: implicit TLS from the first byte, AUTH required before MAIL.
+    Submissions,
+}
+
+impl ListenerKind {
+    /// Whether clients must authenticate before a mail transaction.
+    pub fn requires_auth(self) -> bool {
+        !matches!(self, ListenerKind::Smtp)
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name used in logs and passed to plugins.
+    pub name: String,
+    /// Address to bind; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// What the listener is for.
+    pub kind: ListenerKind,
+    /// Certificate chain and key (PEM), enabling STARTTLS or implicit TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Relay control: who may send to which domains.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// Domains we accept mail for from anyone (lower case).
+    pub local_domains: Vec<String>,
+    /// Client networks allowed to relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+    /// File of `user:argon2-hash` lines; without it AUTH is not offered.
+    pub passwords: Option<PathBuf>,
+}
+
+impl Relay {
+    /// Whether `domain` is one of ours (ASCII case-insensitive).
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether a client at `ip` may relay without authenticating.
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.relay_networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+pub use postrider_smtp::LineEndings;
+
+/// Protocol and resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in octets (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients in one transaction.
+    pub max_recipients: usize,
+    /// Error replies tolerated before the session is closed with 421.
+    pub max_bad_commands: u32,
+    /// Largest header section, in octets.
+    pub max_header_size: usize,
+    /// Most concurrent connections over all listeners.
+    pub max_connections: usize,
+    /// Most concurrent connections from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Bare CR/LF policy for message content.
+    pub line_endings: LineEndings,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_bad_commands: 20,
+            max_header_size: 64 * 1024,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            line_endings: LineEndings::Reject,
+        }
+    }
+}
+
+/// Timeouts in seconds (RFC 5321 section 4.5.3.2 for the SMTP ones).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Waiting for the next command.
+    pub command: u64,
+    /// Waiting for the next block of message content.
+    pub data_block: u64,
+    /// A TLS handshake, implicit or after STARTTLS.
+    pub tls_handshake: u64,
+    /// After SIGTERM, how long sessions may go on before they get 421.
+    pub shutdown_grace: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: 300,
+            data_block: 180,
+            tls_handshake: 30,
+            shutdown_grace: 30,
+        }
+    }
+}

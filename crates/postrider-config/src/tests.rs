@@ -1,0 +1,341 @@
+//! Parsing and validation of whole config texts: defaults, every error's location.
+
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml", Path::new("/etc/postrider"))
+}
+
+const MINIMAL: &str =
+    "[[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n";
+
+#[test]
+fn embedded_default_is_valid_and_loopback_only() {
+    let config = Config::embedded().unwrap();
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(
+        config.listeners[0].address,
+        "127.0.0.1:2525".parse().unwrap()
+    );
+    assert!(config.listeners[0].address.ip().is_loopback());
+    assert!(
+        config.relay.relay_networks.is_empty(),
+        "default must not relay for anyone"
+    );
+    assert!(config.relay.passwords.is_none());
+    assert_eq!(config.limits.line_endings, LineEndings::Reject);
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_resolves_paths() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.hostname, "localhost");
+    assert_eq!(config.spool_dir, Path::new("/etc/postrider/var/spool"));
+    assert_eq!(config.timeouts.command, 300);
+    assert_eq!(config.limits.max_message_size, 25 * 1024 * 1024);
+}
+
+#[test]
+fn kv_redis_settings() {
+    assert_eq!(parse(MINIMAL).unwrap().plugin_settings.kv_redis, None);
+    let text = format!(
+        "{MINIMAL}[plugins]\nkv_url = \"rediss://:pw@10.0.0.5:6380/2\"\nkv_cluster = \"eu-1\"\nkv_ca_file = \"ca.pem\"\n"
+    );
+    let redis = parse(&text).unwrap().plugin_settings.kv_redis.unwrap();
+    assert_eq!(redis.url, "rediss://:pw@10.0.0.5:6380/2");
+    assert_eq!(redis.cluster, "eu-1");
+    assert_eq!(redis.ca_file.unwrap(), Path::new("/etc/postrider/ca.pem"));
+
+    let text = format!("{MINIMAL}[plugins]\nkv_url = \"redis://h\"\n");
+    let redis = parse(&text).unwrap().plugin_settings.kv_redis.unwrap();
+    assert_eq!(redis.cluster, "default");
+
+    let text = format!("{MINIMAL}[plugins]\nkv_url = \"http://h\"\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:6:"), "{err}");
+    assert!(err.contains("plugins.kv_url"), "{err}");
+
+    let text = format!("{MINIMAL}[plugins]\nkv_url = \"redis://h\"\nkv_cluster = \"a:b\"\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:7:"), "{err}");
+    assert!(err.contains("plugins.kv_cluster"), "{err}");
+
+    let text = format!("{MINIMAL}[plugins]\nkv_ca_file = \"ca.pem\"\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("needs plugins.kv_url"), "{err}");
+}
+
+#[test]
+fn authentication_settings() {
+    let auth = parse(MINIMAL).unwrap().authentication;
+    assert!(auth.verify);
+    assert!(!auth.dmarc_enforce);
+    assert_eq!(auth.authserv_id, "localhost");
+    assert!(auth.dkim_sign.is_empty() && auth.arc_seal.is_none());
+    let text = format!(
+        "{MINIMAL}[authentication]\nauthserv_id = \"mx.example.org\"\ndmarc_enforce = true\narc_seal = {{ domain = \"example.org\", selector = \"arc\", key_file = \"arc.pem\" }}\n[[dkim_sign]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey_file = \"keys/s1.pem\"\nheaders = [\"From\", \"Subject\"]\n"
+    );
+    let auth = parse(&text).unwrap().authentication;
+    assert_eq!(auth.authserv_id, "mx.example.org");
+    assert!(auth.dmarc_enforce);
+    assert_eq!(auth.dkim_sign.len(), 1);
+    assert_eq!(
+        auth.dkim_sign[0].key_file,
+        Path::new("/etc/postrider/keys/s1.pem")
+    );
+    assert_eq!(auth.dkim_sign[0].headers, ["From", "Subject"]);
+    assert_eq!(
+        auth.arc_seal.unwrap().key_file,
+        Path::new("/etc/postrider/arc.pem")
+    );
+    let dup = format!(
+        "{MINIMAL}[[dkim_sign]]\ndomain = \"a.example\"\nselector = \"s\"\nkey_file = \"k\"\n[[dkim_sign]]\ndomain = \"A.example\"\nselector = \"t\"\nkey_file = \"k\"\n"
+    );
+    let err = parse(&dup).unwrap_err().to_string();
+    assert!(err.contains("dkim_sign[1].domain"), "{err}");
+    let bad = format!("{MINIMAL}[authentication]\nauthserv_id = \"a b\"\n");
+    assert!(parse(&bad).unwrap_err().to_string().contains("authserv_id"));
+    let unknown = format!(
+        "{MINIMAL}[[dkim_sign]]\ndomain = \"a\"\nselector = \"s\"\nkey_file = \"k\"\nalgo = 1\n"
+    );
+    assert!(parse(&unknown).unwrap_err().to_string().contains("algo"));
+}
+
+#[test]
+fn unknown_key_names_file_key_and_line() {
+    let text = format!("{MINIMAL}\n[limits]\nmax_recipients = 10\nmax_frobs = 3\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:8:"), "{err}");
+    assert!(err.contains("max_frobs"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let text = format!("{MINIMAL}[timeouts]\ncommand = \"soon\"\n");
+    let err = parse(&text).unwrap_err();
+    match &err {
+        ConfigError::Parse { line, key, .. } => {
+            assert_eq!(*line, 6);
+            assert_eq!(key, "command");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn bad_toml_syntax_is_located() {
+    let err = parse("hostname = \n").unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:1:"), "{err}");
+}
+
+#[test]
+fn bad_address_names_listener_key_and_line() {
+    let text = "[[listener]]\nname = \"a\"\nkind = \"smtp\"\naddress = \"localhost:25\"\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("test.toml:4: key `listener[0].address`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_network_names_index_and_line() {
+    let text = format!("{MINIMAL}[relay]\nrelay_networks = [\"10.0.0.0/8\",\n  \"300.1.1.1\"]\n");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(
+        err.starts_with("test.toml:7: key `relay.relay_networks[1]`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn submission_needs_tls() {
+    let text = "[[listener]]\nname = \"sub\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
+    let err = parse(text).unwrap_err().to_string();
+    assert!(err.contains("listener[0].kind"), "{err}");
+}
+
+#[test]
+fn duplicate_listener_names_refused() {
+    let text = format!("{MINIMAL}{MINIMAL}");
+    assert!(
+        parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("listener[1].name")
+    );
+}
+
+#[test]
+fn relay_checks() {
+    let text = format!(
+        "{MINIMAL}[relay]\nlocal_domains = [\"Example.ORG.\"]\nrelay_networks = [\"192.0.2.0/24\", \"::1\"]\n"
+    );
+    let relay = parse(&text).unwrap().relay;
+    assert!(relay.is_local_domain("example.org"));
+    assert!(relay.is_local_domain("EXAMPLE.org."));
+    assert!(!relay.is_local_domain("sub.example.org"));
+    assert!(relay.is_relay_client("192.0.2.7".parse().unwrap()));
+    assert!(relay.is_relay_client("::ffff:192.0.2.7".parse().unwrap()));
+    assert!(relay.is_relay_client("::1".parse().unwrap()));
+    assert!(!relay.is_relay_client("127.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn plugins_in_order_with_config_as_json() {
+    let text = format!(
+        "{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\nconfig = {{ zones = [\"x.test\"], n = 3 }}\n\
+         [[plugin]]\nname = \"b\"\npath = \"/p/b.wasm\"\nfailure_policy = \"continue\"\ntimeout_ms = 50\nmemory_mb = 8\n\
+         reuse = 100\npool_idle = 4\n\
+         [dns]\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n"
+    );
+    let config = parse(&text).unwrap();
+    let names: Vec<_> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(config.plugins[0].path, Path::new("/etc/postrider/a.wasm"));
+    assert_eq!(
+        config.plugins[0].config_json,
+        r#"{"n":3,"zones":["x.test"]}"#
+    );
+    assert_eq!(config.plugins[0].failure_policy, FailurePolicy::Tempfail);
+    assert_eq!(
+        (config.plugins[1].timeout_ms, config.plugins[1].memory_mb),
+        (50, 8)
+    );
+    assert_eq!(config.plugins[1].failure_policy, FailurePolicy::Continue);
+    assert_eq!(
+        (config.plugins[0].reuse, config.plugins[0].pool_idle),
+        (1, 8)
+    );
+    assert_eq!(
+        (config.plugins[1].reuse, config.plugins[1].pool_idle),
+        (100, 4)
+    );
+    assert_eq!(config.plugins[1].config_json, "{}");
+    assert_eq!(
+        config.nameservers,
+        [
+            "127.0.0.1:5353".parse().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        config.plugin_settings.kv_path,
+        Path::new("/etc/postrider/var/kv.redb")
+    );
+}
+
+#[test]
+fn bad_plugin_settings_are_located() {
+    let base = format!("{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\n");
+    let err = parse(&format!("{base}timeout_ms = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml:8: key `plugin[0].timeout_ms`"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}failure_policy = \"explode\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("test.toml:8:"), "{err}");
+    let err = parse(&format!(
+        "{base}[[plugin]]\nname = \"a\"\npath = \"b.wasm\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("plugin[1].name"), "{err}");
+    let err = parse(&format!("{base}reuse = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml:8: key `plugin[0].reuse`"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}pool_idle = 4\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml:8: key `plugin[0].pool_idle`") && err.contains("reuse"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}reuse = 10\npool_idle = 0\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml:9: key `plugin[0].pool_idle`"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}reuse = 10\npool_size = 4\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pool_size"), "{err}");
+}
+
+#[test]
+fn routes_and_delivery_settings() {
+    let text = format!(
+        "{MINIMAL}[delivery]\nsmtp_port = 2525\nretry_intervals = [1, 2]\n\
+         [[route]]\ndomains = [\"Relay.Test\", \"*.corp.test\"]\nrelay = \"127.0.0.2:2526\"\ntls = \"none\"\n\
+         [[route]]\ndomains = [\"local.test\"]\nlmtp = \"unix:/run/lmtp\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.delivery.smtp_port, 2525);
+    assert_eq!(config.delivery.retry_intervals, [1, 2]);
+    let relay = RouteTarget::Relay {
+        host: "127.0.0.2".into(),
+        port: 2526,
+        tls: TlsPolicy::None,
+        auth: None,
+    };
+    assert_eq!(config.route_for("relay.test.").map(|r| &r.to), Some(&relay));
+    assert_eq!(config.route_for("a.corp.test").map(|r| &r.to), Some(&relay));
+    assert_eq!(config.route_for("corp.test"), None);
+    assert_eq!(
+        config.route_for("LOCAL.test").map(|r| &r.to),
+        Some(&RouteTarget::Lmtp("unix:/run/lmtp".into()))
+    );
+    let err = parse(&format!(
+        "{MINIMAL}[[route]]\ndomains = [\"x.test\"]\nrelay = \"h:0\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("route[0].relay"), "{err}");
+    let err = parse(&format!("{MINIMAL}[[route]]\ndomains = [\"x.test\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exactly one of relay and lmtp"), "{err}");
+}
+
+#[test]
+fn admin_http_listener() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(
+        config.admin.http, None,
+        "no HTTP listener unless configured"
+    );
+    assert_eq!(config.admin.metrics_domains, 20);
+    let text = format!("{MINIMAL}[admin]\nhttp = \"127.0.0.1:9587\"\nmetrics_domains = 5\n");
+    let admin = parse(&text).unwrap().admin;
+    assert_eq!(admin.http, Some("127.0.0.1:9587".parse().unwrap()));
+    assert_eq!(admin.metrics_domains, 5);
+    let err = parse(&format!("{MINIMAL}[admin]\nhttp = \"localhost:80\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("test.toml:6: key `admin.http`"), "{err}");
+    let err = parse(&format!("{MINIMAL}[admin]\nlisten = \"127.0.0.1:1\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("test.toml:6:"), "{err}");
+    assert!(err.contains("listen"), "{err}");
+    let embedded = Config::embedded().unwrap().admin.http.unwrap();
+    assert!(embedded.ip().is_loopback(), "{embedded}");
+}
+
+#[test]
+fn load_reports_missing_file() {
+    let err = Config::load(Path::new("/nonexistent/postrider.toml")).unwrap_err();
+    assert!(err.to_string().starts_with("/nonexistent/postrider.toml:"));
+}

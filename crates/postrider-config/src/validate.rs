@@ -1,0 +1,495 @@
+//! Parsing and validation: TOML text to a checked [`Config`], with errors that name the file,
+//! line and key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::error::{ConfigError, Source};
+use crate::raw::*;
+use crate::schema::*;
+use crate::{EMBEDDED_DEFAULT, EMBEDDED_NAME};
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded default configuration, with paths relative to the working directory.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new("."))
+    }
+
+    /// Parses and validates `text`; `name` appears in errors, `base` resolves relative paths.
+    pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+        let src = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = src.line_col(offset);
+            ConfigError::Parse {
+                file: name.to_owned(),
+                line,
+                column,
+                key: src.key_near(offset),
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let hostname = raw.hostname.get_ref().trim().to_owned();
+        if hostname.is_empty()
+            || !hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return src.invalid(
+                raw.hostname.span(),
+                "hostname",
+                "must be a host name (letters, digits, '-', '.')",
+            );
+        }
+
+        if raw.listener.is_empty() {
+            return src.invalid(0..0, "listener", "at least one [[listener]] is needed");
+        }
+        let mut listeners = Vec::with_capacity(raw.listener.len());
+        for (i, l) in raw.listener.into_iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            let address: SocketAddr = match l.address.get_ref().parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    return src.invalid(
+                        l.address.span(),
+                        &key("address"),
+                        format!("not an IP:port socket address: {e}"),
+                    );
+                }
+            };
+            let name_span = l.name.span();
+            let name = l.name.into_inner();
+            if name.is_empty() || listeners.iter().any(|x: &Listener| x.name == name) {
+                return src.invalid(
+                    name_span,
+                    &key("name"),
+                    "listener names must be non-empty and unique",
+                );
+            }
+            let tls = match (l.tls_cert, l.tls_key) {
+                (Some(cert), Some(key_file)) => Some(TlsFiles {
+                    cert: resolve(cert.get_ref()),
+                    key: resolve(key_file.get_ref()),
+                }),
+                (None, None) => None,
+                (Some(c), None) => {
+                    return src.invalid(c.span(), &key("tls_key"), "tls_cert needs tls_key");
+                }
+                (None, Some(k)) => {
+                    return src.invalid(k.span(), &key("tls_cert"), "tls_key needs tls_cert");
+                }
+            };
+            if tls.is_none() && l.kind != ListenerKind::Smtp {
+                return src.invalid(name_span, &key("kind"), "submission and submissions listeners need tls_cert and tls_key (AUTH is only offered over TLS)");
+            }
+            listeners.push(Listener {
+                name,
+                address,
+                kind: l.kind,
+                tls,
+            });
+        }
+
+        let admin = Admin {
+            http: match &raw.admin.http {
+                None => None,
+                Some(text) => match text.get_ref().trim().parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        return src.invalid(
+                            text.span(),
+                            "admin.http",
+                            format!("not an IP:port socket address: {e}"),
+                        );
+                    }
+                },
+            },
+            metrics_domains: raw.admin.metrics_domains,
+        };
+
+        let mut local_domains = Vec::new();
+        for (i, d) in raw.relay.local_domains.iter().enumerate() {
+            let domain = d
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '@') {
+                return src.invalid(
+                    d.span(),
+                    &format!("relay.local_domains[{i}]"),
+                    "not a domain name",
+                );
+            }
+            local_domains.push(domain);
+        }
+        let mut relay_networks = Vec::new();
+        for (i, n) in raw.relay.relay_networks.iter().enumerate() {
+            let text = n.get_ref().trim();
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+            match net {
+                Ok(net) => relay_networks.push(net.trunc()),
+                Err(_) => {
+                    return src.invalid(
+                        n.span(),
+                        &format!("relay.relay_networks[{i}]"),
+                        "not an IP address or CIDR network",
+                    );
+                }
+            }
+        }
+
+        let limits = raw.limits;
+        if limits.max_message_size == 0
+            || limits.max_recipients == 0
+            || limits.max_connections == 0
+            || limits.max_connections_per_ip == 0
+        {
+            return src.invalid(0..0, "limits", "limits must be greater than zero");
+        }
+        let timeouts = raw.timeouts;
+        if timeouts.command == 0 || timeouts.data_block == 0 || timeouts.tls_handshake == 0 {
+            return src.invalid(0..0, "timeouts", "timeouts must be greater than zero");
+        }
+
+        let settings = raw.plugins;
+        if settings.max_instances == 0
+            || settings.kv_timeout_ms == 0
+            || settings.dns_timeout_ms == 0
+        {
+            return src.invalid(
+                0..0,
+                "plugins",
+                "max_instances and timeouts must be greater than zero",
+            );
+        }
+        let kv_redis = match &settings.kv_url {
+            None => {
+                if settings.kv_ca_file.is_some() {
+                    return src.invalid(0..0, "plugins.kv_ca_file", "needs plugins.kv_url");
+                }
+                None
+            }
+            Some(url) => {
+                let scheme = url.get_ref().split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("redis" | "rediss")) {
+                    return src.invalid(
+                        url.span(),
+                        "plugins.kv_url",
+                        "must be a redis:// or rediss:// URL",
+                    );
+                }
+                let cluster = settings.kv_cluster.get_ref();
+                if cluster.is_empty()
+                    || !cluster
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return src.invalid(
+                        settings.kv_cluster.span(),
+                        "plugins.kv_cluster",
+                        "must be letters, digits, '-', '_' or '.'",
+                    );
+                }
+                Some(KvRedis {
+                    url: url.get_ref().clone(),
+                    cluster: cluster.clone(),
+                    ca_file: settings.kv_ca_file.as_deref().map(resolve),
+                })
+            }
+        };
+        let mut plugins: Vec<PluginConfig> = Vec::new();
+        for (i, p) in raw.plugin.into_iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            let name_span = p.name.span();
+            let name = p.name.into_inner();
+            let name_ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok || plugins.iter().any(|x| x.name == name) {
+                return src.invalid(
+                    name_span,
+                    &key("name"),
+                    "plugin names must be unique and made of letters, digits, '-' and '_'",
+                );
+            }
+            if !(1..=60_000).contains(p.timeout_ms.get_ref()) {
+                return src.invalid(
+                    p.timeout_ms.span(),
+                    &key("timeout_ms"),
+                    "must be between 1 and 60000",
+                );
+            }
+            if !(1..=4096).contains(p.memory_mb.get_ref()) {
+                return src.invalid(
+                    p.memory_mb.span(),
+                    &key("memory_mb"),
+                    "must be between 1 and 4096",
+                );
+            }
+            if !(1..=1_000_000).contains(p.reuse.get_ref()) {
+                return src.invalid(
+                    p.reuse.span(),
+                    &key("reuse"),
+                    "must be between 1 (a fresh instance per transaction) and 1000000",
+                );
+            }
+            let pool_idle = match &p.pool_idle {
+                None => DEFAULT_POOL_IDLE.min(settings.max_instances),
+                Some(n) if *p.reuse.get_ref() == 1 => {
+                    return src.invalid(
+                        n.span(),
+                        &key("pool_idle"),
+                        "needs reuse greater than 1 (without reuse no instance is kept)",
+                    );
+                }
+                Some(n) if !(1..=settings.max_instances).contains(n.get_ref()) => {
+                    return src.invalid(
+                        n.span(),
+                        &key("pool_idle"),
+                        "must be between 1 and plugins.max_instances",
+                    );
+                }
+                Some(n) => *n.get_ref(),
+            };
+            let config_json = match &p.config {
+                Some(table) => match serde_json::to_string(table) {
+                    Ok(json) => json,
+                    Err(e) => {
+                        return src.invalid(
+                            name_span,
+                            &key("config"),
+                            format!("cannot be passed to the plugin: {e}"),
+                        );
+                    }
+                },
+                None => "{}".to_owned(),
+            };
+            plugins.push(PluginConfig {
+                name,
+                path: resolve(&p.path),
+                config_json,
+                failure_policy: p.failure_policy,
+                timeout_ms: *p.timeout_ms.get_ref(),
+                memory_mb: *p.memory_mb.get_ref(),
+                reuse: *p.reuse.get_ref(),
+                pool_idle,
+            });
+        }
+        let mut nameservers = Vec::new();
+        for (i, n) in raw.dns.nameservers.iter().enumerate() {
+            let text = n.get_ref().trim();
+            let addr = text
+                .parse::<SocketAddr>()
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match addr {
+                Ok(a) => nameservers.push(a),
+                Err(_) => {
+                    return src.invalid(
+                        n.span(),
+                        &format!("dns.nameservers[{i}]"),
+                        "not an IP address or IP:port",
+                    );
+                }
+            }
+        }
+
+        let delivery = raw.delivery;
+        if delivery.concurrency == 0
+            || delivery.per_destination == 0
+            || delivery.retry_intervals.contains(&0)
+            || delivery.retry_intervals.is_empty()
+            || delivery.max_age == 0
+            || delivery.smtp_port == 0
+        {
+            return src.invalid(0..0, "delivery", "concurrency, per_destination, smtp_port, max_age and each retry interval must be greater than zero");
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            let domains_span = r.domains.span();
+            let domains: Vec<String> = r
+                .domains
+                .into_inner()
+                .iter()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            if domains.is_empty()
+                || domains
+                    .iter()
+                    .any(|d| d.is_empty() || d.contains(['@', ' ']))
+            {
+                return src.invalid(
+                    domains_span,
+                    &key("domains"),
+                    "a non-empty list of domain names",
+                );
+            }
+            let to = match (r.relay, r.lmtp) {
+                (Some(relay), None) => {
+                    let text = relay.get_ref();
+                    let (host, port) = match text.rsplit_once(':') {
+                        Some((h, p)) if !h.contains(':') || h.starts_with('[') => match p
+                            .parse::<u16>()
+                        {
+                            Ok(port) if port > 0 => (h.trim_matches(['[', ']']).to_owned(), port),
+                            _ => {
+                                return src.invalid(
+                                    relay.span(),
+                                    &key("relay"),
+                                    "expected host or host:port",
+                                );
+                            }
+                        },
+                        _ => (text.clone(), 25),
+                    };
+                    if host.is_empty() {
+                        return src.invalid(
+                            relay.span(),
+                            &key("relay"),
+                            "expected host or host:port",
+                        );
+                    }
+                    let auth = match (r.auth_user, r.auth_password) {
+                        (Some(u), Some(p)) => Some((u, p)),
+                        (None, None) => None,
+                        _ => {
+                            return src.invalid(
+                                relay.span(),
+                                &key("auth_user"),
+                                "auth_user and auth_password go together",
+                            );
+                        }
+                    };
+                    RouteTarget::Relay {
+                        host,
+                        port,
+                        tls: r.tls,
+                        auth,
+                    }
+                }
+                (None, Some(lmtp)) => {
+                    let t = lmtp.get_ref();
+                    let ok = match t.strip_prefix("unix:") {
+                        Some(path) => path.starts_with('/'),
+                        None => t.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        }),
+                    };
+                    if !ok {
+                        return src.invalid(
+                            lmtp.span(),
+                            &key("lmtp"),
+                            "expected host:port or unix:/path",
+                        );
+                    }
+                    RouteTarget::Lmtp(t.clone())
+                }
+                _ => {
+                    return src.invalid(
+                        domains_span,
+                        &key("relay"),
+                        "a route needs exactly one of relay and lmtp",
+                    );
+                }
+            };
+            routes.push(Route { domains, to });
+        }
+
+        let auth = raw.authentication;
+        if auth.timeout_ms == 0 {
+            return src.invalid(
+                0..0,
+                "authentication.timeout_ms",
+                "must be greater than zero",
+            );
+        }
+        let authserv_id = auth.authserv_id.unwrap_or_else(|| hostname.clone());
+        if authserv_id.is_empty() || authserv_id.chars().any(|c| c.is_whitespace() || c == ';') {
+            return src.invalid(
+                0..0,
+                "authentication.authserv_id",
+                "must be a non-empty token (no spaces or ';')",
+            );
+        }
+        let resolve_key = |k: SigningKey| SigningKey {
+            key_file: resolve(&k.key_file),
+            ..k
+        };
+        let mut dkim_sign = Vec::with_capacity(raw.dkim_sign.len());
+        for (i, k) in raw.dkim_sign.into_iter().enumerate() {
+            if dkim_sign
+                .iter()
+                .any(|d: &SigningKey| d.domain.eq_ignore_ascii_case(&k.domain))
+            {
+                return src.invalid(
+                    0..0,
+                    &format!("dkim_sign[{i}].domain"),
+                    "a domain can have only one signing key",
+                );
+            }
+            dkim_sign.push(resolve_key(k));
+        }
+        let authentication = Authentication {
+            verify: auth.verify,
+            authserv_id,
+            dmarc_enforce: auth.dmarc_enforce,
+            timeout_ms: auth.timeout_ms,
+            arc_seal: auth.arc_seal.map(resolve_key),
+            dkim_sign,
+        };
+
+        Ok(Config {
+            origin: name.to_owned(),
+            hostname,
+            spool_dir: resolve(&raw.spool_dir),
+            admin_socket: resolve(&raw.admin_socket),
+            admin,
+            listeners,
+            relay: Relay {
+                local_domains,
+                relay_networks,
+                passwords: raw.relay.passwords.as_deref().map(resolve),
+            },
+            limits,
+            timeouts,
+            plugin_settings: PluginSettings {
+                cache_dir: resolve(&settings.cache_dir),
+                kv_path: resolve(&settings.kv_path),
+                kv_redis,
+                max_instances: settings.max_instances,
+                kv_timeout_ms: settings.kv_timeout_ms,
+                dns_timeout_ms: settings.dns_timeout_ms,
+            },
+            plugins,
+            nameservers,
+            delivery,
+            routes,
+            authentication,
+        })
+    }
+}
