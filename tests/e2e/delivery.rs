@@ -52,7 +52,7 @@ fn bouncing_relay(dsn_dir: &Path) -> (Relay, (Proc, Receiver, Proc)) {
         Script(vec!["550 5.1.1 no such user here"]),
     );
     let sender_mx = smtp_sink(addr("127.0.0.4", port), dsn_dir);
-    let relay = Relay::start(&relay_config(dns, port));
+    let relay = Relay::builder(&relay_config(dns, port)).start();
     (relay, (dns_proc, rejecter, sender_mx))
 }
 
@@ -66,7 +66,7 @@ fn delivers_to_the_mx_via_smtp_sink_and_empties_the_spool() {
     let (_dns, dns) = dnsmasq(&records());
     let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
     let _sink = smtp_sink(addr("127.0.0.2", port), &tmp.path().join("sink"));
-    let mut relay = Relay::start(&relay_config(dns, port));
+    let mut relay = Relay::builder(&relay_config(dns, port)).start();
     let mut c = relay.client();
     let (code, _) = send_message(
         &mut c,
@@ -111,7 +111,7 @@ fn dead_first_mx_falls_back_to_the_second() {
     let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
     // Nothing listens on mx1 (127.0.0.2); smtp-sink on mx2.
     let _sink = smtp_sink(addr("127.0.0.3", port), &tmp.path().join("sink"));
-    let relay = Relay::start(&relay_config(dns, port));
+    let relay = Relay::builder(&relay_config(dns, port)).start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -138,7 +138,7 @@ fn temporary_failure_is_retried_and_delivered_once() {
         addr("127.0.0.2", port),
         Script(vec!["451 4.3.0 try later", "250 2.0.0 Ok"]),
     );
-    let relay = Relay::start(&relay_config(dns, port));
+    let relay = Relay::builder(&relay_config(dns, port)).start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -224,9 +224,10 @@ fn null_mx_and_missing_domains_bounce_at_once() {
     let port = free_port_on(&["127.0.0.4"]);
     let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
     // Retries an hour apart: a DSN within the test means no retry was waited for.
-    let relay = Relay::start(
+    let relay = Relay::builder(
         &relay_config(dns, port).replace("retry_intervals = [1]", "retry_intervals = [3600]"),
-    );
+    )
+    .start();
     let mut c = relay.client();
     let (code, _) = send_message(
         &mut c,
@@ -288,11 +289,12 @@ fn temporary_failures_warn_then_expire_with_a_dsn_and_leave_the_queue() {
         Script(vec!["452 4.2.2 mailbox full"]),
     );
     let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
-    let mut relay = Relay::start(&relay_config_with(
+    let mut relay = Relay::builder(&relay_config_with(
         dns,
         port,
         "delay_warning = 1\nmax_age = 5\n",
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     let (code, lines) = send_message(
         &mut c,
@@ -355,7 +357,7 @@ fn restart_with_a_full_queue_delivers_everything_once() {
     let cfg = relay_config(dns, port).replace("retry_intervals = [1]", "retry_intervals = [3]");
     {
         // No receiver yet: every message is deferred; the relay dies before the retry.
-        let relay = Relay::start_in(tmp.path(), &cfg);
+        let relay = Relay::builder(&cfg).in_dir(tmp.path()).start();
         for i in 0..5 {
             let mut c = relay.client();
             assert_eq!(
@@ -373,7 +375,7 @@ fn restart_with_a_full_queue_delivers_everything_once() {
         relay.signal("KILL");
     }
     let receiver = Receiver::start(addr("127.0.0.2", port), Script(vec!["250 2.0.0 Ok"]));
-    let _relay = Relay::start_in(tmp.path(), &cfg);
+    let _relay = Relay::builder(&cfg).in_dir(tmp.path()).start();
     wait_for("all five after restart", Duration::from_secs(30), || {
         receiver.accepted.lock().unwrap().len() == 5
     });
@@ -400,7 +402,7 @@ fn several_messages_share_one_outbound_connection() {
     let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
     let receiver = Receiver::start(addr("127.0.0.2", port), Script(vec!["250 2.0.0 Ok"]));
     let cfg = relay_config(dns, port).replace("[delivery]\n", "[delivery]\nper_destination = 1\n");
-    let relay = Relay::start(&cfg);
+    let relay = Relay::builder(&cfg).start();
     let mut c = relay.client();
     for i in 0..5 {
         assert_eq!(

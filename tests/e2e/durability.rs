@@ -10,7 +10,7 @@ fn message_survives_kill_9_right_after_250() {
     let cfg = config("[relay]\nlocal_domains = [\"relay.test\"]\n");
     let mut ids = Vec::new();
     {
-        let relay = Relay::start_in(tmp.path(), &cfg);
+        let relay = Relay::builder(&cfg).in_dir(tmp.path()).start();
         for i in 0..5 {
             let mut c = relay.client();
             let (code, lines) = send_message(
@@ -24,7 +24,7 @@ fn message_survives_kill_9_right_after_250() {
         }
         relay.signal("KILL");
     }
-    let mut relay = Relay::start_in(tmp.path(), &cfg);
+    let mut relay = Relay::builder(&cfg).in_dir(tmp.path()).start();
     // The restarted relay recovered the spool and still accepts mail.
     let mut c = relay.client();
     assert_eq!(
@@ -52,7 +52,7 @@ fn message_survives_kill_9_right_after_250() {
 
 #[test]
 fn concurrent_clients_all_get_unique_ids() {
-    let mut relay = Relay::start(&config("[relay]\nlocal_domains = [\"relay.test\"]\n"));
+    let mut relay = Relay::builder(&config("[relay]\nlocal_domains = [\"relay.test\"]\n")).start();
     let addr = relay.addr("smtp");
     let handles: Vec<_> = (0..8)
         .map(|t| {

@@ -198,13 +198,14 @@ fn dns(records: &[String]) -> (Proc, SocketAddr) {
 /// A relay resolving through `ns`, with local domain relay.test; `relay` goes into `[relay]`,
 /// `auth` into `[authentication]`, `extra` after them (`[[dkim_sign]]`, `[[plugin]]`).
 fn start(ns: SocketAddr, relay: &str, auth: &str, extra: &str) -> Relay {
-    Relay::start(&config_dns(
+    Relay::builder(&config_dns(
         &ns.to_string(),
         &format!(
             "[relay]\nlocal_domains = [\"relay.test\"]\n{relay}\n\
              [authentication]\nauthserv_id = \"{AUTHSERV_ID}\"\ntimeout_ms = 5000\n{auth}\n{extra}"
         ),
     ))
+    .start()
 }
 
 /// header-stamp as `X-Stamp: e2e; item=...` with these report items.
@@ -1164,14 +1165,15 @@ fn a_silent_resolver_gives_temperror_within_the_timeout() {
     // A "DNS server" that reads every query and never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let ns = silent.local_addr().unwrap();
-    let mut relay = Relay::start(&config_dns(
+    let mut relay = Relay::builder(&config_dns(
         &ns.to_string(),
         &format!(
             "[relay]\nlocal_domains = [\"relay.test\"]\n\
              [authentication]\nauthserv_id = \"{AUTHSERV_ID}\"\ntimeout_ms = 300\n{}",
             stamp("\"spf\", \"dmarc\"")
         ),
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     let started = std::time::Instant::now();

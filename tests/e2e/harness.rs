@@ -70,42 +70,76 @@ pub fn config_full(nameserver: &str, plugin_settings: &str, extra: &str) -> Stri
     )
 }
 
+/// How to start a relay: its config text, where it lives, extra `serve` arguments and
+/// environment. `Relay::builder(cfg).start()` runs it in a new temporary directory.
+pub struct RelayBuilder {
+    config: String,
+    dir: Place,
+    args: Vec<String>,
+    env: Vec<(String, std::ffi::OsString)>,
+}
+
+/// Where a relay keeps its config, spool and certificates.
+enum Place {
+    /// A temporary directory removed when the relay is dropped.
+    Temp(tempfile::TempDir),
+    /// An existing directory (to restart on the same spool).
+    Dir(PathBuf),
+}
+
+impl RelayBuilder {
+    /// Runs in `tmp` (prepared beforehand, e.g. with certificates), removed on drop.
+    pub fn in_tmp(mut self, tmp: tempfile::TempDir) -> Self {
+        self.dir = Place::Temp(tmp);
+        self
+    }
+
+    /// Runs in an existing directory, kept after the relay stops (to restart on its spool).
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        self.dir = Place::Dir(dir.to_owned());
+        self
+    }
+
+    /// Extra `serve` arguments (e.g. "--no-watch").
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// An extra environment variable.
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.env.push((key.to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Writes `postrider.toml`, starts the relay and waits until it says it is ready.
+    pub fn start(self) -> Relay {
+        let (dir, tmp) = match self.dir {
+            Place::Temp(t) => (t.path().to_owned(), Some(t)),
+            Place::Dir(d) => (d, None),
+        };
+        let mut relay = Relay::spawn(&dir, &self.config, &self.args, &self.env);
+        relay._tmp = tmp;
+        relay
+    }
+}
+
 impl Relay {
-    /// Starts a relay with `config_text` written to `postrider.toml` in a new temp dir.
-    pub fn start(config_text: &str) -> Relay {
-        Relay::start_tmp(tempfile::tempdir().unwrap(), config_text)
+    /// A relay with `config_text` as its `postrider.toml`; see [`RelayBuilder`].
+    pub fn builder(config_text: &str) -> RelayBuilder {
+        RelayBuilder {
+            config: config_text.to_owned(),
+            dir: Place::Temp(tempfile::tempdir().unwrap()),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
-    /// Starts a relay in `tmp`, which is removed when the relay is dropped.
-    pub fn start_tmp(tmp: tempfile::TempDir, config_text: &str) -> Relay {
-        let mut relay = Relay::start_in(tmp.path(), config_text);
-        relay._tmp = Some(tmp);
-        relay
-    }
-
-    /// Starts a relay in an existing directory (to restart on the same spool).
-    pub fn start_in(dir: &Path, config_text: &str) -> Relay {
-        Relay::start_in_with(dir, config_text, &[])
-    }
-
-    /// Starts a relay in `tmp` with extra `serve` arguments (e.g. "--no-watch").
-    pub fn start_tmp_with(tmp: tempfile::TempDir, config_text: &str, args: &[&str]) -> Relay {
-        let mut relay = Relay::start_in_with(tmp.path(), config_text, args);
-        relay._tmp = Some(tmp);
-        relay
-    }
-
-    /// Like [`Relay::start_in`], with extra `serve` arguments.
-    pub fn start_in_with(dir: &Path, config_text: &str, args: &[&str]) -> Relay {
-        Relay::start_in_with_env(dir, config_text, args, &[])
-    }
-
-    /// Like [`Relay::start_in_with`], with extra environment variables.
-    pub fn start_in_with_env(
+    fn spawn(
         dir: &Path,
         config_text: &str,
-        args: &[&str],
-        env: &[(&str, &std::ffi::OsStr)],
+        args: &[String],
+        env: &[(String, std::ffi::OsString)],
     ) -> Relay {
         std::fs::write(dir.join("postrider.toml"), config_text).unwrap();
         let mut child = Command::new(BIN)
@@ -113,7 +147,7 @@ impl Relay {
             .arg(dir.join("postrider.toml"))
             .args(args)
             .env("POSTRIDER_LOG", "debug")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -401,6 +435,28 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&c, cert.cert.pem()).unwrap();
     std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
     (c, k)
+}
+
+/// A `[[listener]]` called `name` of `kind` (smtp, submission, submissions) on a free
+/// loopback port with the self-signed certificate of `dir` (made on first use), as TOML.
+pub fn tls_listener(dir: &Path, name: &str, kind: &str) -> String {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() {
+        make_cert(dir);
+    }
+    format!(
+        "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\nkind = \"{kind}\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// `[relay]` with `domain` local and AUTH for user alice, password s3cret (the password file
+/// is written into `dir`), as TOML.
+pub fn auth_relay(dir: &Path, domain: &str) -> String {
+    password_file(dir);
+    format!("[relay]\nlocal_domains = [\"{domain}\"]\npasswords = \"passwords\"\n")
 }
 
 /// Runs a Python 3 script with arguments; panics with its output unless it exits 0.

@@ -6,7 +6,7 @@ use crate::harness::{Client, Relay, config};
 
 #[test]
 fn idle_client_gets_421_after_command_timeout() {
-    let relay = Relay::start(&config("[timeouts]\ncommand = 1\n"));
+    let relay = Relay::builder(&config("[timeouts]\ncommand = 1\n")).start();
     let mut c = relay.client();
     let start = Instant::now();
     let (code, lines) = c.reply();
@@ -20,9 +20,10 @@ fn idle_client_gets_421_after_command_timeout() {
 
 #[test]
 fn stalled_data_gets_421_after_data_timeout() {
-    let relay = Relay::start(&config(
+    let relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\"]\n[timeouts]\ndata_block = 1\n",
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
@@ -34,7 +35,7 @@ fn stalled_data_gets_421_after_data_timeout() {
 
 #[test]
 fn per_ip_connection_limit() {
-    let relay = Relay::start(&config("[limits]\nmax_connections_per_ip = 2\n"));
+    let relay = Relay::builder(&config("[limits]\nmax_connections_per_ip = 2\n")).start();
     let _a = relay.client();
     let _b = relay.client();
     let mut c = Client::connect(relay.addr("smtp"));
@@ -58,7 +59,7 @@ fn per_ip_connection_limit() {
 
 #[test]
 fn too_many_bad_commands_closes_the_session() {
-    let relay = Relay::start(&config("[limits]\nmax_bad_commands = 3\n"));
+    let relay = Relay::builder(&config("[limits]\nmax_bad_commands = 3\n")).start();
     let mut c = relay.client();
     for _ in 0..3 {
         assert_eq!(c.cmd("FROB").0, 500);
@@ -75,7 +76,7 @@ fn too_many_bad_commands_closes_the_session() {
 
 #[test]
 fn long_command_line_is_refused_and_session_goes_on() {
-    let relay = Relay::start(&config(""));
+    let relay = Relay::builder(&config("")).start();
     let mut c = relay.client();
     let long = format!("NOOP {}", "x".repeat(600));
     assert_eq!(c.cmd(&long), (500, "5.5.2".into()));
@@ -84,9 +85,10 @@ fn long_command_line_is_refused_and_session_goes_on() {
 
 #[test]
 fn message_over_size_limit_gets_552() {
-    let relay = Relay::start(&config(
+    let relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\"]\n[limits]\nmax_message_size = 1000\n",
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(
@@ -113,9 +115,10 @@ fn message_over_size_limit_gets_552() {
 
 #[test]
 fn sigterm_lets_a_session_finish_then_exits() {
-    let mut relay = Relay::start(&config(
+    let mut relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\"]\n[timeouts]\nshutdown_grace = 20\n",
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
@@ -140,7 +143,7 @@ fn sigterm_lets_a_session_finish_then_exits() {
 
 #[test]
 fn sigterm_closes_idle_sessions_with_421_after_grace() {
-    let mut relay = Relay::start(&config("[timeouts]\nshutdown_grace = 1\n"));
+    let mut relay = Relay::builder(&config("[timeouts]\nshutdown_grace = 1\n")).start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     relay.signal("TERM");
@@ -154,7 +157,7 @@ fn sigterm_closes_idle_sessions_with_421_after_grace() {
 
 #[test]
 fn total_connection_limit() {
-    let relay = Relay::start(&config("[limits]\nmax_connections = 1\n"));
+    let relay = Relay::builder(&config("[limits]\nmax_connections = 1\n")).start();
     let _a = relay.client();
     let mut b = Client::connect(relay.addr("smtp"));
     let (code, lines) = b.reply();

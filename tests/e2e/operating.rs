@@ -35,7 +35,10 @@ fn delivering_relay(
              [delivery]\nsmtp_port = {port}\nretry_intervals = [1]\nconnect_timeout = 2\nreply_timeout = 10\n{extra}"
         ),
     );
-    let relay = Relay::start_tmp_with(tempfile::tempdir().unwrap(), &cfg, args);
+    let relay = Relay::builder(&cfg)
+        .in_tmp(tempfile::tempdir().unwrap())
+        .args(args)
+        .start();
     (relay, dns_proc, sink)
 }
 
@@ -163,7 +166,10 @@ fn reloads_are_counted_and_status_shows_the_relay() {
     let cfg = config(&format!(
         "{ADMIN}[relay]\nlocal_domains = [\"relay.test\"]\n{stamp}"
     ));
-    let relay = Relay::start_tmp_with(tempfile::tempdir().unwrap(), &cfg, &["--no-watch"]);
+    let relay = Relay::builder(&cfg)
+        .in_tmp(tempfile::tempdir().unwrap())
+        .args(&["--no-watch"])
+        .start();
     let file = relay.dir.join("postrider.toml");
     let file = file.to_str().unwrap();
     let reloads = |m: &HashMap<String, f64>| {
@@ -226,7 +232,7 @@ fn reloads_are_counted_and_status_shows_the_relay() {
 
 #[test]
 fn a_second_relay_needs_its_own_admin_port_and_status_fails_without_a_relay() {
-    let first = Relay::start(&config(ADMIN));
+    let first = Relay::builder(&config(ADMIN)).start();
     let taken = first.admin_http.unwrap();
     // The same port for a second relay: it refuses to start and says which key.
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +250,7 @@ fn a_second_relay_needs_its_own_admin_port_and_status_fails_without_a_relay() {
         "{err}"
     );
     // Another port works: both serve metrics side by side.
-    let second = Relay::start(&config(ADMIN));
+    let second = Relay::builder(&config(ADMIN)).start();
     assert_ne!(second.admin_http, first.admin_http);
     assert_eq!(http(second.admin_http.unwrap(), "GET", "/health").0, 200);
     // No relay on this config's admin socket.
@@ -255,9 +261,10 @@ fn a_second_relay_needs_its_own_admin_port_and_status_fails_without_a_relay() {
 
 #[test]
 fn ready_turns_503_while_draining_and_health_stays_200() {
-    let relay = Relay::start(&config(&format!(
+    let relay = Relay::builder(&config(&format!(
         "{ADMIN}[timeouts]\nshutdown_grace = 10\n"
-    )));
+    )))
+    .start();
     let admin = relay.admin_http.unwrap();
     assert_eq!(http(admin, "GET", "/ready").0, 200);
     // An open session keeps the relay draining after SIGTERM.
@@ -422,12 +429,10 @@ fn systemd_hears_ready_reloading_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut relay = Relay::start_in_with_env(
-        dir.path(),
-        &config(""),
-        &[],
-        &[("NOTIFY_SOCKET", path.as_os_str())],
-    );
+    let mut relay = Relay::builder(&config(""))
+        .in_dir(dir.path())
+        .env("NOTIFY_SOCKET", &path)
+        .start();
     let ready = next();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert!(

@@ -18,9 +18,10 @@ fn allowlist_and_stamp_shape_what_is_accepted_and_stored() {
             "config = { header = \"X-Stamp\", value = \"e2e\", report = [\"message-id\"] }"
         ),
     );
-    let mut relay = Relay::start(&config(&format!(
+    let mut relay = Relay::builder(&config(&format!(
         "[relay]\nlocal_domains = [\"relay.test\"]\n{plugins}"
-    )));
+    )))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<s@client.test>").0, 250);
@@ -45,9 +46,10 @@ fn allowlist_and_stamp_shape_what_is_accepted_and_stored() {
 #[test]
 fn a_trapping_plugin_tempfails_and_the_relay_keeps_serving() {
     let plugins = plugin("bad", "misbehave", "config = { mode = \"trap\" }");
-    let mut relay = Relay::start(&config(&format!(
+    let mut relay = Relay::builder(&config(&format!(
         "[relay]\nlocal_domains = [\"relay.test\"]\n{plugins}"
-    )));
+    )))
+    .start();
     for _ in 0..3 {
         let mut c = relay.client();
         assert_eq!(c.cmd("EHLO client.test").0, 250);
@@ -123,11 +125,10 @@ fn reload(conf: &std::path::Path) {
 fn warm_instances_serve_reuse_transactions_across_connections_and_reloads() {
     let tmp = tempfile::tempdir().unwrap();
     let conf = tmp.path().join("postrider.toml");
-    let mut relay = Relay::start_tmp_with(
-        tmp,
-        &counting_config("reuse = 3\npool_idle = 2", ""),
-        &["--no-watch"],
-    );
+    let mut relay = Relay::builder(&counting_config("reuse = 3\npool_idle = 2", ""))
+        .in_tmp(tmp)
+        .args(&["--no-watch"])
+        .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     mail(&mut c);

@@ -35,9 +35,10 @@ fn a_chain_of_c_python_javascript_and_rust_plugins_filters_mail() {
         ),
     ]
     .concat();
-    let mut relay = Relay::start(&config(&format!(
+    let mut relay = Relay::builder(&config(&format!(
         "[relay]\nlocal_domains = [\"relay.test\"]\n{chain}"
-    )));
+    )))
+    .start();
     let headers = "Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <1@sender.example>\r\n";
 
     // JavaScript, at MAIL FROM.

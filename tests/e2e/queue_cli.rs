@@ -12,7 +12,7 @@ fn list_show_hold_retry_release_delete_online_and_offline() {
         "[relay]\nlocal_domains = [\"relay.test\"]\n[delivery]\nretry_intervals = [3600]\nconnect_timeout = 2\n\
          [[route]]\ndomains = [\"relay.test\"]\nrelay = \"127.0.0.6:{port}\"\ntls = \"none\"\n"
     ));
-    let mut relay = Relay::start(&cfg);
+    let mut relay = Relay::builder(&cfg).start();
     let dir = relay.dir.clone();
     for i in 0..3 {
         let mut c = relay.client();

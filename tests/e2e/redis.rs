@@ -12,11 +12,12 @@ use crate::peers::wait_for;
 
 /// A relay whose kv store is `redis` (cluster "e2e") with one plugin entry.
 fn relay(redis: &RedisServer, plugin_entry: &str) -> Relay {
-    Relay::start(&config_full(
+    Relay::builder(&config_full(
         NO_DNS,
         &format!("kv_url = \"{}\"\nkv_cluster = \"e2e\"", redis.url(0)),
         &format!("{ADMIN}[relay]\nlocal_domains = [\"relay.test\"]\n{plugin_entry}"),
     ))
+    .start()
 }
 
 fn mail_from(c: &mut Client) -> (u16, String) {

@@ -19,7 +19,7 @@ const FORMS: [&str; 12] = [
 
 #[test]
 fn relay_test_forms_are_refused() {
-    let mut relay = Relay::start(&config("[relay]\nlocal_domains = [\"relay.test\"]\n"));
+    let mut relay = Relay::builder(&config("[relay]\nlocal_domains = [\"relay.test\"]\n")).start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);
@@ -40,9 +40,10 @@ fn relay_test_forms_are_refused() {
 
 #[test]
 fn relay_networks_may_relay() {
-    let mut relay = Relay::start(&config(
+    let mut relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.0/8\"]\n",
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);

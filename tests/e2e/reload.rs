@@ -253,7 +253,9 @@ fn plugin_and_config_swaps_under_load_lose_nothing_and_show_within_two_seconds()
     let dir: PathBuf = tmp.path().to_owned();
     let (stamp, grey) = copy_plugins(&dir);
     let conf = dir.join("postrider.toml");
-    let mut relay = Relay::start_tmp(tmp, &reload_config(&dir, BOTH, true, ""));
+    let mut relay = Relay::builder(&reload_config(&dir, BOTH, true, ""))
+        .in_tmp(tmp)
+        .start();
     let addr = relay.addr("smtp");
     let (mut swap, mut bob) = (Swap::Stamp, true);
     assert_eq!(probe(addr), expected(swap, bob));
@@ -383,11 +385,10 @@ fn sighup_reloads_and_the_first_plugins_start_the_engine() {
     copy_plugins(&dir);
     let conf = dir.join("postrider.toml");
     // No plugins at start: the plugin engine is created at the first reload that has some.
-    let mut relay = Relay::start_tmp_with(
-        tmp,
-        &config("[relay]\nlocal_domains = [\"relay.test\"]\n"),
-        &["--no-watch"],
-    );
+    let mut relay = Relay::builder(&config("[relay]\nlocal_domains = [\"relay.test\"]\n"))
+        .in_tmp(tmp)
+        .args(&["--no-watch"])
+        .start();
     let addr = relay.addr("smtp");
     assert_eq!(probe(addr), (250, 250));
     std::fs::write(&conf, reload_config(&dir, ALICE, false, "")).unwrap();
@@ -436,8 +437,10 @@ fn postrider_reload_answers_ok_or_the_error() {
     let dir = tmp.path().to_owned();
     let (stamp, _) = copy_plugins(&dir);
     let conf = dir.join("postrider.toml");
-    let mut relay =
-        Relay::start_tmp_with(tmp, &reload_config(&dir, BOTH, true, ""), &["--no-watch"]);
+    let mut relay = Relay::builder(&reload_config(&dir, BOTH, true, ""))
+        .in_tmp(tmp)
+        .args(&["--no-watch"])
+        .start();
     let addr = relay.addr("smtp");
     assert_eq!(probe(addr), (250, 250));
     // A copy of a valid config tells `postrider reload` where the admin socket is.
@@ -537,7 +540,7 @@ fn listeners_come_and_go_and_a_new_certificate_is_used_without_dropping_sessions
     );
     let base = config(&format!("{tls}[relay]\nlocal_domains = [\"relay.test\"]\n"));
     let conf = dir.join("postrider.toml");
-    let mut relay = Relay::start_tmp(tmp, &base);
+    let mut relay = Relay::builder(&base).in_tmp(tmp).start();
     let port = relay.addr("smtp").port().to_string();
     let check = || crate::harness::python(PY_CERT, &[&port, &cert.display().to_string()]);
     assert_eq!(check().trim(), "match");

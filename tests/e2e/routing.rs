@@ -9,7 +9,7 @@ use std::time::Duration;
 use postrider_testkit::plugin_wasm;
 
 use crate::harness::{
-    Relay, config, config_dns, list_json, make_cert, password_file, queue, queue_id, send_message,
+    Relay, auth_relay, config, config_dns, list_json, queue, queue_id, send_message, tls_listener,
 };
 use crate::peers::{
     RcptScript, Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for,
@@ -51,7 +51,8 @@ fn static_relay_route_delivers_a_local_domain_that_would_be_held() {
     let route = format!(
         "[[route]]\ndomains = [\"relay.test\"]\nrelay = \"127.0.0.5:{port}\"\ntls = \"none\"\n"
     );
-    let mut relay = Relay::start(&config(&settings(&["relay.test", "held.test"], "", &route)));
+    let mut relay =
+        Relay::builder(&config(&settings(&["relay.test", "held.test"], "", &route))).start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -119,10 +120,11 @@ fn a_route_hold_waits_for_release_then_takes_the_mx() {
          config = {{ routes = {{ \"review.test\" = {{ type = \"hold\", reason = \"manual review\" }} }} }}\n",
         plugin_wasm("route-by-domain").display()
     );
-    let relay = Relay::start(&config_dns(
+    let relay = Relay::builder(&config_dns(
         &dns.to_string(),
         &settings(&[], &format!("smtp_port = {port}"), &plugin),
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     let (code, lines) = send_message(
         &mut c,
@@ -172,10 +174,11 @@ fn route_by_domain_plugin_relays_discards_and_bounces() {
          \"old.test\" = {{ type = \"bounce\", code = 550, enhanced = \"5.1.6\", text = \"Domain moved\" }} }} }}\n",
         plugin_wasm("route-by-domain").display()
     );
-    let mut relay = Relay::start(&config_dns(
+    let mut relay = Relay::builder(&config_dns(
         &dns.to_string(),
         &settings(&["relay.test"], &format!("smtp_port = {port}"), &plugin),
-    ));
+    ))
+    .start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -260,7 +263,7 @@ fn lmtp_script() -> RcptScript {
 /// dave bounced (null sender: no DSN), and the spool empty.
 fn lmtp_delivers_per_recipient(target: &str, lmtp: &Receiver) {
     let route = format!("[[route]]\ndomains = [\"lmtp.test\"]\nlmtp = \"{target}\"\n");
-    let mut relay = Relay::start(&config(&settings(&["lmtp.test"], "", &route)));
+    let mut relay = Relay::builder(&config(&settings(&["lmtp.test"], "", &route))).start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -338,25 +341,19 @@ fn lmtp_over_a_unix_socket_replies_per_recipient_and_retries_only_the_deferred()
 fn smarthost_route_with_starttls_and_auth() {
     // The smarthost: a second relay whose submission listener requires STARTTLS and AUTH.
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(tmp.path());
-    password_file(tmp.path());
-    let mut smarthost = Relay::start_tmp(
-        tmp,
-        &config(&format!(
-            "[[listener]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n\
-             tls_cert = \"{}\"\ntls_key = \"{}\"\n\
-             [relay]\nlocal_domains = [\"smart.test\"]\npasswords = \"passwords\"\n",
-            cert.display(),
-            key.display()
-        )),
-    );
+    let cfg = config(&format!(
+        "{}{}",
+        tls_listener(tmp.path(), "submission", "submission"),
+        auth_relay(tmp.path(), "smart.test")
+    ));
+    let mut smarthost = Relay::builder(&cfg).in_tmp(tmp).start();
     let sub = smarthost.addr("submission");
     let route = format!(
         "[[route]]\ndomains = [\"smart.test\"]\nrelay = \"127.0.0.1:{}\"\ntls = \"require\"\n\
          auth_user = \"alice\"\nauth_password = \"s3cret\"\n",
         sub.port()
     );
-    let relay = Relay::start(&config(&settings(&["relay.test"], "", &route)));
+    let relay = Relay::builder(&config(&settings(&["relay.test"], "", &route))).start();
     let mut c = relay.client();
     assert_eq!(
         send_message(
@@ -402,14 +399,15 @@ fn too_many_received_headers_bounce_as_a_mail_loop() {
     let port = free_port_on(&["127.0.0.2", "127.0.0.4"]);
     let dest = Receiver::start(addr("127.0.0.2", port), Script(vec!["250 2.0.0 Ok"]));
     let _sender_mx = smtp_sink(addr("127.0.0.4", port), &tmp.path().join("dsn"));
-    let relay = Relay::start(&config_dns(
+    let relay = Relay::builder(&config_dns(
         &dns.to_string(),
         &settings(
             &["relay.test"],
             &format!("smtp_port = {port}\nmax_hops = 3"),
             "",
         ),
-    ));
+    ))
+    .start();
     let received = |n: usize| -> String {
         (0..n)
             .map(|i| {

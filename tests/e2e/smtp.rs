@@ -8,7 +8,7 @@ const LOCAL: &str = "[relay]\nlocal_domains = [\"relay.test\"]\n";
 
 #[test]
 fn raw_client_message_is_spooled_with_envelope_and_received_header() {
-    let mut relay = Relay::start(&config(LOCAL));
+    let mut relay = Relay::builder(&config(LOCAL)).start();
     let mut c = relay.client();
     let (code, lines) = send_message(
         &mut c,
@@ -44,7 +44,7 @@ fn raw_client_message_is_spooled_with_envelope_and_received_header() {
 
 #[test]
 fn pipelined_commands_get_replies_in_order() {
-    let mut relay = Relay::start(&config(LOCAL));
+    let mut relay = Relay::builder(&config(LOCAL)).start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     c.send(b"MAIL FROM:<a@client.test> SIZE=100\r\nRCPT TO:<x@relay.test>\r\nRCPT TO:<y@elsewhere.test>\r\nRCPT TO:<z@relay.test>\r\nDATA\r\n");
@@ -65,7 +65,7 @@ fn pipelined_commands_get_replies_in_order() {
 
 #[test]
 fn bdat_chunks_are_assembled() {
-    let mut relay = Relay::start(&config(LOCAL));
+    let mut relay = Relay::builder(&config(LOCAL)).start();
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<a@client.test> BODY=8BITMIME").0, 250);
@@ -94,7 +94,7 @@ fn bdat_chunks_are_assembled() {
 
 #[test]
 fn swaks_delivers_a_message() {
-    let mut relay = Relay::start(&config(LOCAL));
+    let mut relay = Relay::builder(&config(LOCAL)).start();
     let addr = relay.addr("smtp");
     let out = Command::new("swaks")
         .args([
@@ -125,9 +125,10 @@ fn swaks_delivers_a_message() {
 
 #[test]
 fn python_smtplib_sends_utf8_and_8bit_mail() {
-    let mut relay = Relay::start(&config(
+    let mut relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\", \"bücher.test\"]\n",
-    ));
+    ))
+    .start();
     let addr = relay.addr("smtp");
     python(
         r#"

@@ -47,7 +47,7 @@ fn smuggle(relay: &Relay, seq: &[u8]) -> Vec<u16> {
 
 #[test]
 fn no_sequence_smuggles_a_second_message() {
-    let mut relay = Relay::start(&config("[relay]\nlocal_domains = [\"relay.test\"]\n"));
+    let mut relay = Relay::builder(&config("[relay]\nlocal_domains = [\"relay.test\"]\n")).start();
     for seq in SEQUENCES {
         let codes = smuggle(&relay, seq);
         // One reply for the whole message (refused: it contains a bare CR/LF or NUL), then NOOP.
@@ -73,9 +73,10 @@ fn no_sequence_smuggles_a_second_message() {
 
 #[test]
 fn normalize_mode_keeps_one_message_per_sequence() {
-    let mut relay = Relay::start(&config(
+    let mut relay = Relay::builder(&config(
         "[relay]\nlocal_domains = [\"relay.test\"]\n[limits]\nline_endings = \"normalize\"\n",
-    ));
+    ))
+    .start();
     for seq in SEQUENCES {
         let codes = smuggle(&relay, seq);
         assert_eq!(codes.len(), 2, "{seq:?}: replies {codes:?}");

@@ -10,7 +10,7 @@ use postrider_harness::policy::HOSTNAME;
 use postrider_harness::runner::{Harness, LoadOptions, World, conn_info};
 use postrider_plugin_host::StaticDns;
 
-use crate::harness::{Client, Relay, config, list_json, make_cert, password_file, plugin, python};
+use crate::harness::{Client, Relay, auth_relay, config, list_json, plugin, python, tls_listener};
 
 /// The client's side of the dialogue: commands, and the message inside DATA.
 const TRANSCRIPT: &[&str] = &[
@@ -110,7 +110,7 @@ fn without_queue_id(lines: Vec<String>) -> Vec<String> {
 fn relay_and_harness_decide_every_stage_alike() {
     let rcpt_config = r#"{"domains":{"example.org":["alice"],"example.net":["info"]}}"#;
     let route_config = r#"{"routes":{"review.example":{"type":"hold","reason":"manual review"}}}"#;
-    let relay = Relay::start(&format!(
+    let relay = Relay::builder(&format!(
         "{}\n[relay]\nlocal_domains = [\"example.org\", \"example.net\", \"review.example\"]\n{}{}",
         config("").replace("mx.relay.test", HOSTNAME),
         plugin(
@@ -123,7 +123,7 @@ fn relay_and_harness_decide_every_stage_alike() {
             "route-by-domain",
             "config = { routes = { \"review.example\" = { type = \"hold\", reason = \"manual review\" } } }"
         ),
-    ));
+    )).start();
     let relay_lines = without_queue_id(relay_dialogue(&relay));
 
     // The harness runs one plugin at a time: each plugin's dialogue must match the relay's
@@ -226,18 +226,14 @@ s.quit()
 #[test]
 fn the_route_stage_sees_the_connection_and_envelope_the_message_came_in_with() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let (cert, key) = make_cert(&dir);
-    password_file(&dir);
-    let cfg = format!(
-        "{}tls_cert = \"{}\"\ntls_key = \"{}\"\n[relay]\nlocal_domains = [\"relay.test\"]\npasswords = \"passwords\"\n{}",
-        config("").replace("kind = \"smtp\"", "kind = \"submission\""),
-        cert.display(),
-        key.display(),
+    let cfg = config(&format!(
+        "{}{}{}",
+        tls_listener(tmp.path(), "sub", "submission"),
+        auth_relay(tmp.path(), "relay.test"),
         plugin("inputs", "misbehave", "config = { mode = \"inputs\" }"),
-    );
-    let relay = Relay::start_tmp(tmp, &cfg);
-    let addr = relay.addr("smtp");
+    ));
+    let relay = Relay::builder(&cfg).in_tmp(tmp).start();
+    let addr = relay.addr("sub");
     let out = python(PY_SUBMIT, &[&addr.port().to_string()]);
     let mut lines = out.lines();
     let client_port = lines.next().unwrap();
@@ -254,7 +250,7 @@ fn the_route_stage_sees_the_connection_and_envelope_the_message_came_in_with() {
         ("ip", "127.0.0.1".to_owned()),
         ("port", client_port.to_owned()),
         ("name", "-".to_owned()),
-        ("l", "smtp".to_owned()),
+        ("l", "sub".to_owned()),
         ("srv", addr.to_string()),
         ("helo", "client.example".to_owned()),
         ("user", "alice".to_owned()),

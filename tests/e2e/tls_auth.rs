@@ -2,29 +2,22 @@
 
 use std::process::Command;
 
-use crate::harness::{Relay, make_cert, python};
+use crate::harness::{Relay, auth_relay, python, tls_listener};
 
 /// A relay with an `smtp` listener offering STARTTLS, a `submission` and a `submissions`
 /// listener, and one user `alice` with password `s3cret`.
 fn tls_relay() -> Relay {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let (cert, key) = make_cert(&dir);
-    crate::harness::password_file(&dir);
-    let tls = format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
     let cfg = format!(
         "hostname = \"mx.relay.test\"\nspool_dir = \"spool\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
-         [authentication]\nverify = false\n\
-         [[listener]]\nname = \"smtp\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n{tls}\
-         [[listener]]\nname = \"submission\"\naddress = \"127.0.0.1:0\"\nkind = \"submission\"\n{tls}\
-         [[listener]]\nname = \"submissions\"\naddress = \"127.0.0.1:0\"\nkind = \"submissions\"\n{tls}\
-         [relay]\nlocal_domains = [\"relay.test\"]\npasswords = \"passwords\"\n"
+         [authentication]\nverify = false\n{}{}{}{}",
+        tls_listener(&dir, "smtp", "smtp"),
+        tls_listener(&dir, "submission", "submission"),
+        tls_listener(&dir, "submissions", "submissions"),
+        auth_relay(&dir, "relay.test"),
     );
-    Relay::start_tmp(tmp, &cfg)
+    Relay::builder(&cfg).in_tmp(tmp).start()
 }
 
 const PY_TLS: &str = r#"
