@@ -7,6 +7,9 @@
 //! spooled envelope through [`route`], for the relay's queue manager and the harness alike.
 
 mod entry;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -233,12 +236,14 @@ impl Driver {
         std::mem::take(&mut self.runs)
     }
 
-    /// TLS is up (implicit TLS, or after STARTTLS's handshake).
+    /// TLS is up (implicit TLS, or after STARTTLS's handshake). After STARTTLS the client
+    /// greets again (RFC 3207 section 4.2): the HELO name is forgotten until it does.
     pub fn tls_established(&mut self, session: &mut Session, tls: TlsInfo) -> Result<(), Misuse> {
         self.conn.tls = Some(tls);
         if session.tls() {
             return Ok(());
         }
+        self.conn.helo = None;
         session.tls_established()
     }
 
