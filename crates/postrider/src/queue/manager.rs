@@ -17,7 +17,7 @@ use postrider_queue::dsn::{
     DsnKind, DsnOptions, DsnRecipient, build_dsn_with, dsn_needs_smtputf8, wants_dsn,
 };
 use postrider_queue::schedule::RetryPolicy;
-use postrider_queue::state::{MessageState, RcptStatus};
+use postrider_queue::state::{MessageState, QueueState, RcptStatus};
 use postrider_queue::{ClientInfo, Envelope, QueueId, Recipient, Spool, SpoolError};
 use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult};
 use postrider_smtp::command::Body;
@@ -47,6 +47,16 @@ macro_rules! attempt_line {
             $status
         )
     };
+}
+
+/// One pass over a message: what was loaded, and what the pass decided so far.
+struct Pass<'a> {
+    id: &'a QueueId,
+    envelope: Envelope,
+    message: Vec<u8>,
+    state: MessageState,
+    /// Recipients that failed in this pass and want a failure DSN.
+    bounced: Vec<(usize, DsnRecipient)>,
 }
 
 /// An [`Outcome`] that owns its text.
@@ -427,6 +437,23 @@ impl Manager {
             // Another task or an admin change has it; look again shortly.
             return Some(now_ms().saturating_add(1000));
         };
+        let mut pass = match self.load(id).await {
+            Ok(pass) => pass,
+            Err(next) => return next,
+        };
+        let quarantined = pass.envelope.quarantine.is_some();
+        if pass.state.held || (quarantined && !pass.state.quarantine_released) {
+            self.track(id, Some(pass.state.queue_state(quarantined).name()));
+            return None;
+        }
+        let groups = self.plan(&mut pass).await;
+        self.deliver(&mut pass, groups).await;
+        self.notify_sender(&mut pass).await;
+        self.finish(pass).await
+    }
+
+    /// Loads a message and its delivery state; `Err` says when to look again, if ever.
+    async fn load<'a>(&self, id: &'a QueueId) -> Result<Pass<'a>, Option<u64>> {
         let soon = Some(now_ms().saturating_add(60_000));
         let idc = id.clone();
         let (envelope, message) = match self.blocking(move |spool| spool.load(&idc)).await {
@@ -434,52 +461,55 @@ impl Manager {
             // Deleted by an operator meanwhile.
             Err(Some(SpoolError::NotFound { .. })) => {
                 self.track(id, None);
-                return None;
+                return Err(None);
             }
             Err(Some(e @ (SpoolError::Corrupt { .. } | SpoolError::UnsupportedVersion { .. }))) => {
                 warn!(queue_id = %id, error = %e, "queued message unreadable; left for an operator");
                 self.track(id, None);
-                return None;
+                return Err(None);
             }
             Err(e) => {
                 warn!(queue_id = %id, error = ?e, "cannot load queued message; trying again later");
-                return soon;
+                return Err(soon);
             }
         };
-        let now = now_ms();
-        let mut state = match self.spool.load_state(id) {
+        let state = match self.spool.load_state(id) {
             Ok(Some(s)) if s.recipients.len() == envelope.recipients.len() => s,
             Ok(Some(_)) => {
                 warn!(queue_id = %id, "delivery state does not match the envelope; left for an operator");
-                self.track(id, Some("held"));
-                return None;
+                self.track(id, Some(QueueState::Held.name()));
+                return Err(None);
             }
             Ok(None) => MessageState::new(envelope.recipients.len(), envelope.received_at_unix_ms),
             // Never guess: a fresh state would deliver again to recipients already done.
             Err(e) => {
                 warn!(queue_id = %id, error = %e, "cannot read delivery state; trying again later");
-                return soon;
+                return Err(soon);
             }
         };
-        if state.held || (envelope.quarantine.is_some() && !state.quarantine_released) {
-            self.track(
-                id,
-                Some(state.queue_state(envelope.quarantine.is_some()).name()),
-            );
-            return None;
-        }
-        let hops = count_received(&message);
-        let mut bounced: Vec<(usize, DsnRecipient)> = Vec::new();
+        Ok(Pass {
+            id,
+            envelope,
+            message,
+            state,
+            bounced: Vec::new(),
+        })
+    }
+
+    /// Routes every due recipient: those to deliver, grouped by destination, are returned;
+    /// the others (held, discarded, bounced, deferred by their route) are settled here.
+    async fn plan(&self, pass: &mut Pass<'_>) -> Vec<(Destination, Vec<usize>)> {
+        let now = now_ms();
+        let hops = count_received(&pass.message);
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
-        for i in 0..envelope.recipients.len() {
-            let st = &state.recipients[i];
+        for i in 0..pass.envelope.recipients.len() {
+            let st = &pass.state.recipients[i];
             if st.status != RcptStatus::Pending
                 || st.route_hold.is_some()
                 || st.next_attempt_ms > now
             {
                 continue;
             }
-            let address = &envelope.recipients[i].address;
             let plan = if hops > self.config().delivery.max_hops {
                 Plan::Bounce(
                     "5.4.6".into(),
@@ -489,9 +519,9 @@ impl Manager {
                 route(
                     &self.current.load_full(),
                     &self.metrics,
-                    id,
-                    &envelope,
-                    address,
+                    pass.id,
+                    &pass.envelope,
+                    &pass.envelope.recipients[i].address,
                     st.hold_released,
                 )
                 .await
@@ -508,30 +538,26 @@ impl Manager {
                 Plan::Discard => Owned::Discarded,
                 Plan::Bounce(status, text) => Owned::Permanent(status, text),
                 Plan::Defer(reason) => {
-                    state.recipients[i].attempts += 1;
+                    pass.state.recipients[i].attempts += 1;
                     Owned::Temporary(format!("451 4.3.0 {reason}"))
                 }
             };
-            self.settle(
-                id,
-                &envelope,
-                &mut state,
-                i,
-                outcome.borrow(),
-                None,
-                now,
-                &mut bounced,
-            );
+            self.settle(pass, i, outcome.borrow(), None, now);
         }
+        groups
+    }
 
-        // Destinations of one message are tried one after another (messages run in
-        // parallel); the state is saved after each, so a crash repeats at most one.
+    /// Delivers to each destination in turn (messages run in parallel); the state is saved
+    /// after each but the last, so a crash repeats at most one.
+    async fn deliver(&self, pass: &mut Pass<'_>, groups: Vec<(Destination, Vec<usize>)>) {
         let last_group = groups.len().saturating_sub(1);
         for (g, (dest, idx)) in groups.into_iter().enumerate() {
-            let (idx, attempt) = self.attempt(id, &envelope, &message, dest, idx).await;
+            let (idx, attempt) = self
+                .attempt(pass.id, &pass.envelope, &pass.message, dest, idx)
+                .await;
             let remote = attempt.remote.clone();
             for (k, &i) in idx.iter().enumerate() {
-                state.recipients[i].attempts += 1;
+                pass.state.recipients[i].attempts += 1;
                 let outcome = match attempt.outcomes.get(k).map(|o| &o.result) {
                     None => Owned::Temporary("451 4.3.0 No result for this recipient".into()),
                     Some(RcptResult::Accepted(r)) => Owned::Delivered(reply_text(r)),
@@ -542,31 +568,31 @@ impl Manager {
                         reply_text(r),
                     ),
                 };
-                self.settle(
-                    id,
-                    &envelope,
-                    &mut state,
-                    i,
-                    outcome.borrow(),
-                    remote.clone(),
-                    now_ms(),
-                    &mut bounced,
-                );
+                self.settle(pass, i, outcome.borrow(), remote.clone(), now_ms());
             }
-            // The last group's result is saved (or the message removed) below.
+            // The last group's result is saved (or the message removed) by `finish`.
             if g < last_group {
-                self.save(id, &state).await;
+                self.save(pass.id, &pass.state).await;
             }
         }
+    }
 
-        // Delay warning, once, for recipients still pending.
-        if delay_warning_due(&self.policy, &state, envelope.received_at_unix_ms, now_ms()) {
+    /// Queues the DSNs this pass owes the sender: a delay warning (once), and the failures.
+    async fn notify_sender(&self, pass: &mut Pass<'_>) {
+        let Pass {
+            id,
+            envelope,
+            message,
+            state,
+            bounced,
+        } = pass;
+        if delay_warning_due(&self.policy, state, envelope.received_at_unix_ms, now_ms()) {
             let delayed: Vec<DsnRecipient> = envelope
                 .recipients
                 .iter()
                 .zip(&state.recipients)
                 .filter(|(r, s)| {
-                    s.status == RcptStatus::Pending && wants_dsn(&envelope, r, DsnKind::Delay)
+                    s.status == RcptStatus::Pending && wants_dsn(envelope, r, DsnKind::Delay)
                 })
                 .map(|(r, s)| DsnRecipient {
                     recipient: r.clone(),
@@ -577,23 +603,33 @@ impl Manager {
                 .collect();
             state.delay_warned = delayed.is_empty()
                 || self
-                    .send_dsn(id, &envelope, &message, &delayed, DsnKind::Delay)
+                    .send_dsn(id, envelope, message, &delayed, DsnKind::Delay)
                     .await;
         }
         if !bounced.is_empty() {
             let rcpts: Vec<DsnRecipient> = bounced.iter().map(|(_, r)| r.clone()).collect();
             if !self
-                .send_dsn(id, &envelope, &message, &rcpts, DsnKind::Failure)
+                .send_dsn(id, envelope, message, &rcpts, DsnKind::Failure)
                 .await
             {
                 // The sender must hear about it: keep these recipients until the DSN is queued.
-                for (i, _) in &bounced {
+                for (i, _) in bounced.iter() {
                     state.recipients[*i].status = RcptStatus::Pending;
                     state.recipients[*i].next_attempt_ms = now_ms().saturating_add(60_000);
                 }
             }
         }
+    }
 
+    /// Removes a finished message, or saves its state; returns when to look again, if ever.
+    async fn finish(&self, pass: Pass<'_>) -> Option<u64> {
+        let Pass {
+            id,
+            envelope,
+            state,
+            ..
+        } = pass;
+        let soon = Some(now_ms().saturating_add(60_000));
         if state.is_done() {
             let idc = id.clone();
             return match self.blocking(move |spool| spool.remove(&idc)).await {
@@ -652,18 +688,22 @@ impl Manager {
 
     /// Records what became of recipient `i` after `outcome` (the pure decision of
     /// [`decide`]), logs it, counts it, and collects a failure DSN for it when one is due.
-    #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
-        id: &QueueId,
-        envelope: &Envelope,
-        state: &mut MessageState,
+        pass: &mut Pass<'_>,
         i: usize,
         outcome: Outcome<'_>,
         remote: Option<String>,
         now: u64,
-        bounced: &mut Vec<(usize, DsnRecipient)>,
     ) {
+        let Pass {
+            id,
+            envelope,
+            state,
+            bounced,
+            ..
+        } = pass;
+        let id: &QueueId = id;
         let st = &mut state.recipients[i];
         let step = decide(
             &self.policy,
