@@ -8,8 +8,9 @@ use postrider_plugin_host::{Authentication, SpfCheck};
 use postrider_queue::Envelope;
 use postrider_smtp::address::{ForwardPath, ReversePath};
 use postrider_smtp::reply::Reply;
+use postrider_smtp::server::Misuse;
 use postrider_smtp::server::{self as smtp, Session};
-use postrider_stages::{Policy, Verified};
+use postrider_stages::{Driver, Handled, MessageResult, Policy, StageRun, Verified};
 
 /// The SMTP host name the harness's session announces and writes in `Received`.
 pub const HOSTNAME: &str = "harness.postrider.invalid";
@@ -84,4 +85,32 @@ impl Policy for HarnessPolicy {
         self.stored.push((id.to_owned(), envelope));
         Ok(())
     }
+}
+
+/// Answers every event the session has pending through the stage driver, as the relay's
+/// session does (STARTTLS is refused: the harness has no TLS). `runs` gets each event's stage
+/// runs as they happen; returns the stored messages as (queue id, envelope).
+pub async fn answer_events(
+    session: &mut Session,
+    driver: &mut Driver,
+    policy: &mut HarnessPolicy,
+    mut runs: impl FnMut(Vec<StageRun>),
+) -> Result<Vec<(String, Envelope)>, Misuse> {
+    let mut stored = Vec::new();
+    while let Some(event) = session.poll_event() {
+        let handled = driver.handle(session, event, policy).await?;
+        runs(driver.take_runs());
+        match handled {
+            Handled::Message(m) => {
+                if let MessageResult::Queued(id) = m.result {
+                    stored.push((id, m.envelope));
+                }
+            }
+            Handled::StartTls => {
+                session.reject(Reply::local(454, (4, 7, 0), "TLS not available"))?
+            }
+            Handled::Answered | Handled::Close => {}
+        }
+    }
+    Ok(stored)
 }

@@ -15,18 +15,15 @@ use postrider_plugin_host::{
     HeaderEdit, HostCall, HostError, LoadedPlugin, Pipeline, PluginEngine, PluginSpec,
     RouteDecision, Services, Stage, StaticDns, TlsInfo, TlsPolicy, apply_edits,
 };
-use postrider_smtp::reply::Reply;
 use postrider_smtp::server::{Misuse, Session, SessionConfig};
-use postrider_stages::{
-    Driver, Handled, MessageResult, Policy as _, StageRun, auth_result_keyword,
-};
+use postrider_stages::{Driver, Policy as _, StageRun, auth_result_keyword};
 use serde::Serialize;
 
 use crate::case::{
     Case, Connection, Expectations, FailureKind, HeaderExpect, KvFault, KvMatch, RouteExpect, Run,
     StageExpect, VerdictKind, bare_path,
 };
-use crate::policy::{DEFAULT_HELO, HOSTNAME, HarnessPolicy};
+use crate::policy::{DEFAULT_HELO, HOSTNAME, HarnessPolicy, answer_events};
 
 /// The relay's default bound on kv calls (`[plugins] kv_timeout_ms`).
 pub const KV_TIMEOUT: Duration = Duration::from_millis(250);
@@ -862,27 +859,18 @@ impl<'a> Client<'a> {
         report: &mut RunReport,
         subject: Option<&String>,
     ) -> Result<Option<(String, postrider_queue::Envelope)>, Misuse> {
-        let mut stored = None;
-        while let Some(event) = self.session.poll_event() {
-            let handled = self
-                .driver
-                .handle(&mut self.session, event, &mut self.policy)
-                .await?;
-            self.collect(report, subject);
-            match handled {
-                Handled::Message(m) => {
-                    if let MessageResult::Queued(id) = m.result {
-                        stored = Some((id, m.envelope));
-                    }
-                }
-                Handled::StartTls => {
-                    self.session
-                        .reject(Reply::local(454, (4, 7, 0), "TLS not available"))?
-                }
-                Handled::Answered | Handled::Close => {}
-            }
-        }
-        Ok(stored)
+        let stored = answer_events(
+            &mut self.session,
+            &mut self.driver,
+            &mut self.policy,
+            |runs| {
+                report
+                    .stages
+                    .extend(runs.into_iter().map(|r| stage_report(r, subject)))
+            },
+        )
+        .await?;
+        Ok(stored.into_iter().last())
     }
 
     fn collect(&mut self, report: &mut RunReport, subject: Option<&String>) {

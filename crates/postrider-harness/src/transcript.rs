@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use postrider_plugin_host::{ConnInfo, Pipeline, Stage, apply_edits};
-use postrider_smtp::reply::Reply;
 use postrider_smtp::server::{Misuse, Session, SessionConfig, TimeoutPhase};
-use postrider_stages::{Driver, Handled, MessageResult, StageRun};
+use postrider_stages::{Driver, StageRun};
 
-use crate::policy::{HOSTNAME, HarnessPolicy};
+use crate::policy::{HOSTNAME, HarnessPolicy, answer_events};
 use crate::runner::{
     CallReport, call_reports, describe_conn, describe_edit, describe_env, describe_route,
 };
@@ -71,35 +70,20 @@ pub async fn play(
         };
         out.text.push_str(&format!("C: {line}\n"));
         session.feed(format!("{line}\r\n").as_bytes());
-        while let Some(event) = session.poll_event() {
-            let handled = driver.handle(&mut session, event, &mut policy).await?;
-            out.runs(driver.take_runs());
-            match handled {
-                Handled::Answered | Handled::Close => {}
-                Handled::StartTls => {
-                    session.reject(Reply::local(454, (4, 7, 0), "TLS not available"))?
-                }
-                Handled::Message(report) => {
-                    let MessageResult::Queued(id) = &report.result else {
-                        continue;
-                    };
-                    queued += 1;
-                    policy.queue_id = queue_id(queued);
-                    if !pipeline.wants(Stage::Route) {
-                        continue;
-                    }
-                    for rcpt in &report.envelope.recipients {
-                        let run = postrider_stages::route(
-                            pipeline,
-                            id,
-                            &report.envelope,
-                            &rcpt.address,
-                            true,
-                        )
-                        .await;
-                        out.runs(vec![run]);
-                    }
-                }
+        let stored = answer_events(&mut session, &mut driver, &mut policy, |runs| {
+            out.runs(runs)
+        })
+        .await?;
+        for (id, envelope) in stored {
+            queued += 1;
+            policy.queue_id = queue_id(queued);
+            if !pipeline.wants(Stage::Route) {
+                continue;
+            }
+            for rcpt in &envelope.recipients {
+                let run =
+                    postrider_stages::route(pipeline, &id, &envelope, &rcpt.address, true).await;
+                out.runs(vec![run]);
             }
         }
         out.server(&session.take_output());
