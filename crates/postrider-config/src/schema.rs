@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// The whole relay configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where this configuration came from (a path or [`EMBEDDED_NAME`]).
+    /// Where this configuration came from (a path or [`crate::EMBEDDED_NAME`]).
     pub origin: String,
     /// Our host name, used in the greeting, EHLO reply and Received headers.
     pub hostname: String,
