@@ -1,5 +1,7 @@
-//! The DATA receiver: how the input is cut into reads must not change what it consumes, when
-//! it ends or what it stores; whatever it stores follows the content rules.
+//! The DATA receiver: how the input is cut into reads, and whether the stored octets are taken
+//! out after each read (as the relay does to keep large messages on disk), must not change
+//! what it consumes, when it ends or what it stores; whatever it stores follows the content
+//! rules.
 //!
 //! Input: 6 octets of settings (line-ending policy, message and header size limits, seed for
 //! the read sizes), then the octets that follow the 354 reply.
@@ -19,15 +21,21 @@ fuzz_target!(|input: &[u8]| {
     let limits = limits(settings);
     let seed = u64::from(u16::from_le_bytes([settings[4], settings[5]])) | 1;
 
-    let whole = receive(data, limits, |_| data.len().max(1));
-    let one_by_one = receive(data, limits, |_| 1);
+    let whole = receive(data, limits, false, |_| data.len().max(1));
+    let one_by_one = receive(data, limits, false, |_| 1);
     assert_eq!(one_by_one, whole, "octet by octet differs from one read");
     let mut rng = Rng(seed);
     let max_read = 1 + (settings[5] as usize % 4) * 40;
-    let pieces = receive(data, limits, |_| 1 + rng.below(max_read));
+    let pieces = receive(data, limits, false, |_| 1 + rng.below(max_read));
     assert_eq!(
         pieces, whole,
         "reads of up to {max_read} octets differ from one read"
+    );
+    let mut rng = Rng(seed);
+    let drained = receive(data, limits, true, |_| 1 + rng.below(max_read));
+    assert_eq!(
+        drained, whole,
+        "taking the stored octets after each read differs from one read"
     );
 
     let (consumed, done, _, result) = whole;
@@ -45,9 +53,16 @@ fuzz_target!(|input: &[u8]| {
     }
 });
 
-/// Feeds `data` in reads of `next_len(i)` octets until the message ends or the data does.
-fn receive(data: &[u8], limits: Limits, mut next_len: impl FnMut(usize) -> usize) -> Outcome {
+/// Feeds `data` in reads of `next_len(i)` octets until the message ends or the data does;
+/// with `drain`, takes the stored octets out after each read and puts them back at the end.
+fn receive(
+    data: &[u8],
+    limits: Limits,
+    drain: bool,
+    mut next_len: impl FnMut(usize) -> usize,
+) -> Outcome {
     let mut rx = DataReceiver::new(limits);
+    let mut taken = Vec::new();
     let mut pos = 0;
     let mut done = false;
     let mut reads = 0;
@@ -58,6 +73,10 @@ fn receive(data: &[u8], limits: Limits, mut next_len: impl FnMut(usize) -> usize
         assert!(p.consumed <= end - pos);
         assert_eq!(p.done, rx.is_done());
         pos += p.consumed;
+        if drain && !p.done {
+            taken.extend_from_slice(rx.pending());
+            rx.clear_pending();
+        }
         if p.done {
             done = true;
             break;
@@ -65,7 +84,10 @@ fn receive(data: &[u8], limits: Limits, mut next_len: impl FnMut(usize) -> usize
         assert_eq!(pos, end, "a read was not consumed whole before the end");
     }
     let failed = rx.has_failed();
-    let result = rx.finish();
+    let result = rx.finish().map(|rest| {
+        taken.extend_from_slice(&rest);
+        taken
+    });
     assert_eq!(failed, result.is_err());
     (pos, done, failed, result)
 }

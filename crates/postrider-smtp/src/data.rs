@@ -215,6 +215,16 @@ impl Content {
         }
     }
 
+    /// The stored octets not taken yet.
+    fn pending(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Forgets the stored octets (the caller took them), keeping the buffer.
+    fn clear_pending(&mut self) {
+        self.data.clear();
+    }
+
     fn finish(self) -> Result<Vec<u8>, DataError> {
         match self.failure {
             Some(err) => Err(err),
@@ -299,8 +309,20 @@ impl DataReceiver {
     }
 
     /// The stored message (canonical CRLF text, without the final ".\r\n") or the failure.
+    /// After [`DataReceiver::clear_pending`], only what was stored since.
     pub fn finish(self) -> Result<Vec<u8>, DataError> {
         self.content.finish()
+    }
+
+    /// What was stored since the last [`DataReceiver::clear_pending`], so a caller can move
+    /// a large message out of memory while it arrives.
+    pub fn pending(&self) -> &[u8] {
+        self.content.pending()
+    }
+
+    /// Forgets the stored octets the caller has taken; the limits still count them.
+    pub fn clear_pending(&mut self) {
+        self.content.clear_pending();
     }
 
     fn step(&mut self, b: u8) {
@@ -424,6 +446,16 @@ impl BdatReceiver {
     /// The failure so far, if any.
     pub fn failure(&self) -> Option<DataError> {
         self.content.failure
+    }
+
+    /// What was stored since the last [`BdatReceiver::clear_pending`].
+    pub fn pending(&self) -> &[u8] {
+        self.content.pending()
+    }
+
+    /// Forgets the stored octets the caller has taken; the limits still count them.
+    pub fn clear_pending(&mut self) {
+        self.content.clear_pending();
     }
 
     /// The stored message (canonical CRLF text) or the failure.

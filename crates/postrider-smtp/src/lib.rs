@@ -8,6 +8,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod deadline;
 pub mod reply;
 mod sasl;
 pub mod server;
@@ -15,6 +16,7 @@ pub mod server;
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use command::{Body, Command, CommandError, MailParams, Notify, NotifyOn, RcptParams, Ret};
 pub use data::{DataError, LineEndings};
+pub use deadline::{DeadlineLimits, ReadDeadline};
 pub use reply::{EnhancedCode, Reply, ReplyError};
 pub use server::{
     AuthMechanism, Envelope, Event, Misuse, Session, SessionConfig, TimeoutPhase, Transaction,

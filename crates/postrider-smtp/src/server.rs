@@ -428,6 +428,34 @@ impl Session {
         }
     }
 
+    /// True while message content is being received: inside DATA, or between the BDAT
+    /// chunks of one message.
+    pub fn message_in_progress(&self) -> bool {
+        matches!(self.mode, Mode::Data(_) | Mode::Chunk) || self.bdat.is_some()
+    }
+
+    /// The message content stored since the last [`Session::clear_pending_content`] (empty
+    /// outside a message). A caller that keeps large messages out of memory moves these
+    /// octets elsewhere (e.g. a file), clears them, and puts them back in front of
+    /// [`Envelope::data`], which then holds only the rest.
+    pub fn pending_content(&self) -> &[u8] {
+        match (&self.mode, &self.bdat) {
+            (Mode::Data(rx), _) => rx.pending(),
+            (_, Some(rx)) => rx.pending(),
+            _ => &[],
+        }
+    }
+
+    /// Forgets the content returned by [`Session::pending_content`]; the size limits still
+    /// count it.
+    pub fn clear_pending_content(&mut self) {
+        match (&mut self.mode, &mut self.bdat) {
+            (Mode::Data(rx), _) => rx.clear_pending(),
+            (_, Some(rx)) => rx.clear_pending(),
+            _ => {}
+        }
+    }
+
     /// The read timed out: writes 421 4.4.2 and closes.
     pub fn timed_out(&mut self) {
         if !self.is_closed() {

@@ -1443,3 +1443,48 @@ fn disconnect_without_pending_decision_at_connect() {
     assert!(session.is_closed());
     assert_eq!(replies(&session.take_output()), ["421 4.7.0"]);
 }
+
+/// Feeds `input` byte by byte, taking the pending content out after each byte as the relay
+/// does; returns the messages, each with the taken octets put back in front.
+fn run_draining(input: &[u8]) -> Vec<Vec<u8>> {
+    let mut h = Harness::new(config(), false);
+    let mut taken = Vec::new();
+    let mut messages = Vec::new();
+    for b in input {
+        h.feed(std::slice::from_ref(b));
+        for event in h.events.drain(..) {
+            if let Event::Message(env) = event {
+                let mut whole = std::mem::take(&mut taken);
+                whole.extend_from_slice(&env.data);
+                messages.push(whole);
+            }
+        }
+        if h.session.message_in_progress() {
+            taken.extend_from_slice(h.session.pending_content());
+            h.session.clear_pending_content();
+        } else {
+            taken.clear();
+        }
+    }
+    messages
+}
+
+#[test]
+fn pending_content_taken_while_it_arrives_makes_up_the_message() {
+    let mut data = TX.to_vec();
+    data.extend_from_slice(b"Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        run_draining(&data),
+        [b"Subject: x\r\n\r\n.dot\r\nbody\r\n".to_vec()]
+    );
+    assert_eq!(run_draining(BDAT_TX), [b"hello\r\n world\r\n".to_vec()]);
+    // A failed message leaves nothing behind for the next one.
+    let mut failing = TX.to_vec();
+    failing.extend_from_slice(b"bare\nLF\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\n");
+    failing.extend_from_slice(b"DATA\r\nok\r\n.\r\n");
+    assert_eq!(run_draining(&failing), [b"ok\r\n".to_vec()]);
+    // Outside a message there is nothing pending.
+    let h = run(b"EHLO c\r\n");
+    assert!(!h.session.message_in_progress());
+    assert!(h.session.pending_content().is_empty());
+}
