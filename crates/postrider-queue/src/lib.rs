@@ -7,7 +7,8 @@
 //! ones.
 //!
 //! Two halves, kept apart: **storage** — the spool and its file format (`spool`, `format`,
-//! `writer` for group commit and recovery, `state_file`), and **queue logic** with no IO —
+//! `writer` for group commit and recovery, `state_file`, and [`Incoming`] for a message
+//! still arriving), and **queue logic** with no IO —
 //! the typed delivery [`state`], the manager's [`decide`]ions, the retry [`schedule`] and
 //! the [`dsn`]s.
 //!
@@ -16,6 +17,7 @@
 //! ```text
 //! DIR/lock        held with an exclusive flock(2) while a Spool is open
 //! DIR/tmp/ID      an entry being written; anything here at open is deleted
+//!                 (messages still arriving spill here into unnamed files, see Incoming)
 //! DIR/active/ID   a complete entry: queued for delivery
 //! DIR/corrupt/    files from active/ that failed verification, kept as evidence
 //!                 (corrupt state files land here as ID.state)
@@ -125,6 +127,7 @@ mod envelope;
 mod error;
 mod format;
 mod id;
+mod incoming;
 pub mod schedule;
 mod spool;
 pub mod state;
@@ -142,6 +145,7 @@ pub use error::SpoolError;
 pub use format::decode_entry;
 pub use format::{CorruptReason, EncodeError, FORMAT_VERSION, MAX_ENVELOPE_LEN};
 pub use id::{ParseQueueIdError, QueueId};
+pub use incoming::Incoming;
 pub use schedule::{FALLBACK_INTERVAL, Retry, RetryPolicy};
 pub use spool::{Recovery, Spool, SpoolOptions, SyncMode, SyncObserver, SyncOp};
 pub use state::{MessageState, QueueState, RcptState, RcptStatus};

@@ -355,6 +355,12 @@ impl Spool {
         Ok(ids)
     }
 
+    /// Where messages still arriving spill ([`crate::Incoming`]): the spool's `tmp/`, on the
+    /// same file system as the spool.
+    pub fn incoming_dir(&self) -> &Path {
+        &self.inner.paths.tmp
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.inner.paths.dir
