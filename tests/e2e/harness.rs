@@ -354,6 +354,23 @@ impl Client {
         self.stream.get_mut().write_all(bytes).unwrap();
     }
 
+    /// Writes raw bytes; `Err` once the server has closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// Whether a reply (or the end of the connection) is waiting, without blocking.
+    pub fn has_data(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
+        }
+        let socket = self.stream.get_mut();
+        socket.set_nonblocking(true).unwrap();
+        let peeked = socket.peek(&mut [0u8; 1]);
+        socket.set_nonblocking(false).unwrap();
+        peeked.is_ok()
+    }
+
     /// Reads one (possibly multi-line) reply: code and text lines.
     pub fn reply(&mut self) -> (u16, Vec<String>) {
         let mut lines = Vec::new();

@@ -10,6 +10,7 @@ mod cli;
 mod delivery;
 mod durability;
 mod email_auth;
+mod hostile;
 mod limits;
 mod operating;
 mod peers;

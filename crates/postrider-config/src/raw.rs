@@ -28,6 +28,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
+    pub(crate) smtp_auth: SmtpAuth,
+    #[serde(default)]
     pub(crate) plugins: RawPluginSettings,
     #[serde(default)]
     pub(crate) plugin: Vec<RawPlugin>,

@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// SMTP AUTH: password checks, authorization identities, failure throttling.
+    pub smtp_auth: SmtpAuth,
     /// Settings shared by all plugins.
     pub plugin_settings: PluginSettings,
     /// The plugin chain, in call order.
@@ -355,6 +357,10 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Bare CR/LF policy for message content.
     pub line_endings: LineEndings,
+    /// Memory, in bytes, that complete messages may take together while they are checked
+    /// and stored (each takes about 4 times its size); messages beyond wait their turn.
+    /// Messages still arriving are kept on disk past their first 64 KiB.
+    pub message_memory: u64,
 }
 
 impl Default for Limits {
@@ -367,6 +373,52 @@ impl Default for Limits {
             max_connections: 1000,
             max_connections_per_ip: 50,
             line_endings: LineEndings::Reject,
+            message_memory: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// SMTP AUTH against the password file, hardened for a port open to the Internet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpAuth {
+    /// Password checks running at once (each argon2id check takes its memory cost, 19 MiB
+    /// for `hash-password`'s hashes, and tens of ms of CPU); 0: one per CPU.
+    pub max_concurrent_checks: usize,
+    /// Checks that may wait for a free slot; beyond them AUTH gets 454 4.7.0 at once.
+    pub max_waiting_checks: usize,
+    /// User name → the other identities it may act as (the RFC 4616 authorization
+    /// identity); any other authzid than the user's own gets 535 5.7.8.
+    pub act_as: std::collections::BTreeMap<String, Vec<String>>,
+    /// Seconds over which failures are counted, per client (IPv6: per /64) and per user,
+    /// across connections; the count starts with the first failure and ends with the window.
+    pub failure_window: u64,
+    /// Failures in the window after which each AUTH answer waits, doubling from `delay_ms`.
+    pub delay_after: u32,
+    /// First delay, in milliseconds.
+    pub delay_ms: u64,
+    /// Longest delay, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Failures from one client in the window after which AUTH gets 454 4.7.0 without a
+    /// password check until the window ends; 0: never.
+    pub lockout_client: u32,
+    /// Failures for one user in the window after which AUTH as that user gets 454 4.7.0;
+    /// higher than `lockout_client`, since anyone can lock a user out; 0: never.
+    pub lockout_user: u32,
+}
+
+impl Default for SmtpAuth {
+    fn default() -> Self {
+        SmtpAuth {
+            max_concurrent_checks: 0,
+            max_waiting_checks: 64,
+            act_as: Default::default(),
+            failure_window: 900,
+            delay_after: 3,
+            delay_ms: 1000,
+            max_delay_ms: 16_000,
+            lockout_client: 10,
+            lockout_user: 30,
         }
     }
 }
@@ -375,11 +427,17 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// Waiting for the next command.
+    /// One whole command line (or SASL response), from our previous reply: a total, not
+    /// reset by each byte that arrives.
     pub command: u64,
-    /// Waiting for the next block of message content.
+    /// Message content budget: spent by time, earned back at `min_data_rate`, never above this.
     pub data_block: u64,
-    /// A TLS handshake, implicit or after STARTTLS.
+    /// One whole message (DATA body, or all BDAT chunks), whatever the rate.
+    pub data_total: u64,
+    /// Octets per second of message content that keep `data_block` from running down
+    /// (Postfix's `smtpd_min_data_rate`); 0: the budget only runs down.
+    pub min_data_rate: u64,
+    /// A whole TLS handshake, implicit or after STARTTLS.
     pub tls_handshake: u64,
     /// After SIGTERM, how long sessions may go on before they get 421.
     pub shutdown_grace: u64,
@@ -390,6 +448,8 @@ impl Default for Timeouts {
         Timeouts {
             command: 300,
             data_block: 180,
+            data_total: 3600,
+            min_data_rate: 500,
             tls_handshake: 30,
             shutdown_grace: 30,
         }

@@ -167,12 +167,25 @@ impl Config {
             || limits.max_recipients == 0
             || limits.max_connections == 0
             || limits.max_connections_per_ip == 0
+            || limits.message_memory == 0
         {
             return src.invalid(0..0, "limits", "limits must be greater than zero");
         }
         let timeouts = raw.timeouts;
-        if timeouts.command == 0 || timeouts.data_block == 0 || timeouts.tls_handshake == 0 {
+        if timeouts.command == 0
+            || timeouts.data_block == 0
+            || timeouts.data_total == 0
+            || timeouts.tls_handshake == 0
+        {
             return src.invalid(0..0, "timeouts", "timeouts must be greater than zero");
+        }
+
+        if raw.smtp_auth.failure_window == 0 {
+            return src.invalid(
+                0..0,
+                "smtp_auth.failure_window",
+                "the failure window must be greater than zero",
+            );
         }
 
         let settings = raw.plugins;
@@ -477,6 +490,7 @@ impl Config {
             },
             limits,
             timeouts,
+            smtp_auth: raw.smtp_auth,
             plugin_settings: PluginSettings {
                 cache_dir: resolve(&settings.cache_dir),
                 kv_path: resolve(&settings.kv_path),

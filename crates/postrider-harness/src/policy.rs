@@ -10,7 +10,7 @@ use postrider_smtp::address::{ForwardPath, ReversePath};
 use postrider_smtp::reply::Reply;
 use postrider_smtp::server::Misuse;
 use postrider_smtp::server::{self as smtp, Session};
-use postrider_stages::{Driver, Handled, MessageResult, Policy, StageRun, Verified};
+use postrider_stages::{Credentials, Driver, Handled, MessageResult, Policy, StageRun, Verified};
 
 /// The SMTP host name the harness's session announces and writes in `Received`.
 pub const HOSTNAME: &str = "harness.postrider.invalid";
@@ -54,7 +54,7 @@ impl Policy for HarnessPolicy {
         self.spf.clone()
     }
 
-    async fn authenticate(&mut self, _: &str, _: &str) -> Result<(), Reply> {
+    async fn authenticate(&mut self, _: Credentials<'_>) -> Result<String, Reply> {
         Err(Reply::local(
             535,
             (5, 7, 8),

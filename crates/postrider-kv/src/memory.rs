@@ -64,6 +64,16 @@ impl MemoryKv {
             .collect()
     }
 
+    /// Removes the expired entries (a store that lives long calls it now and then, since
+    /// entries nobody reads again are otherwise kept); returns how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, entry| is_live(entry.expires_at_ms, now));
+        before - entries.len()
+    }
+
     /// Locks the map. A panic while the lock was held cannot leave an entry half-written
     /// (every update is a single insert or remove), so a poisoned lock is safe to reuse.
     fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, String), Entry>> {

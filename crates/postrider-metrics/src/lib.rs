@@ -154,6 +154,7 @@ pub struct Metrics {
     transactions: Family<ListenerResultLabels, Counter>,
     message_size: Histogram,
     auth: Family<ListenerResultLabels, Counter>,
+    timeouts: Family<ListenerResultLabels, Counter>,
     verdicts: Family<VerdictLabels, Counter>,
     plugin_duration: Family<PluginLabels, Histogram>,
     plugin_failures: Family<FailureLabels, Counter>,
@@ -223,8 +224,18 @@ impl Metrics {
         let auth = Family::default();
         registry.register(
             "auth_attempts",
-            "SMTP AUTH attempts, by listener and result (success, failure)",
+            "SMTP AUTH attempts, by listener and result: success, failure, authzid (an \
+             authorization identity the user may not act as), busy (454: too many password \
+             checks waiting), delayed (answered after the failure delay), locked (454: too \
+             many recent failures from the client or for the user)",
             auth.clone(),
+        );
+        let timeouts = Family::default();
+        registry.register(
+            "session_timeouts",
+            "SMTP sessions closed with 421 4.4.2 because a deadline passed, by listener and \
+             what was late (command: a command line; data: message content; tls: a handshake)",
+            timeouts.clone(),
         );
         let verdicts = Family::default();
         registry.register(
@@ -336,6 +347,7 @@ impl Metrics {
             transactions,
             message_size,
             auth,
+            timeouts,
             verdicts,
             plugin_duration,
             plugin_failures,
@@ -410,6 +422,16 @@ impl Metrics {
             .get_or_create(&ListenerResultLabels {
                 listener: listener.to_owned(),
                 result,
+            })
+            .inc();
+    }
+
+    /// A session closed on `listener` because a deadline passed (`what`: command, data, tls).
+    pub fn timeout(&self, listener: &str, what: &'static str) {
+        self.timeouts
+            .get_or_create(&ListenerResultLabels {
+                listener: listener.to_owned(),
+                result: what,
             })
             .inc();
     }

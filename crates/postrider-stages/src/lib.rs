@@ -27,6 +27,27 @@ use postrider_smtp::server::{self as smtp, Event, Misuse, Session};
 
 pub use entry::{auth_result_keyword, route_inputs, spf_from_record, spf_record, spool_entry};
 
+/// What an AUTH exchange carried (RFC 4616 names).
+#[derive(Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The authorization identity: who the client wants to act as; empty for "myself".
+    pub authzid: &'a str,
+    /// The authentication identity: the user whose password this is.
+    pub username: &'a str,
+    /// The password.
+    pub password: &'a str,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authzid", &self.authzid)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the driver asks of its host: the built-in policy around the plugin stages.
 pub trait Policy {
     /// Relay control for one recipient, before any plugin: `Err` is the refusal.
@@ -45,12 +66,13 @@ pub trait Policy {
         from: &ReversePath,
     ) -> impl Future<Output = Option<SpfCheck>> + Send;
 
-    /// Verifies AUTH credentials: `Err` is the reply to send (535 5.7.8).
+    /// Verifies AUTH credentials. `Ok` is the identity the session acts as from then on (for
+    /// relay control, signing, logs and plugins' `auth-user`): the user, or the
+    /// authorization identity it may act as. `Err` is the reply to send (535 5.7.8, 454 4.7.0).
     fn authenticate(
         &mut self,
-        username: &str,
-        password: &str,
-    ) -> impl Future<Output = Result<(), Reply>> + Send;
+        credentials: Credentials<'_>,
+    ) -> impl Future<Output = Result<String, Reply>> + Send;
 
     /// Email authentication of a complete message, before the data stage; may rewrite
     /// `data` (removing forged results).
@@ -292,14 +314,24 @@ impl Driver {
             } => self.rcpt(session, &to, source_route, policy).await?,
             Event::DataStart => session.accept()?,
             Event::Auth {
-                username, password, ..
-            } => match policy.authenticate(&username, &password).await {
-                Ok(()) => {
-                    session.auth_succeeded(&username)?;
-                    self.conn.auth_user = Some(username);
+                authzid,
+                username,
+                password,
+                ..
+            } => {
+                let credentials = Credentials {
+                    authzid: &authzid,
+                    username: &username,
+                    password: &password,
+                };
+                match policy.authenticate(credentials).await {
+                    Ok(identity) => {
+                        session.auth_succeeded(&identity)?;
+                        self.conn.auth_user = Some(identity);
+                    }
+                    Err(reply) => session.reject(reply)?,
                 }
-                Err(reply) => session.reject(reply)?,
-            },
+            }
             Event::Message(envelope) => {
                 let report = self.message(session, *envelope, policy).await?;
                 return Ok(Handled::Message(Box::new(report)));

@@ -36,7 +36,7 @@ impl Policy for Script {
         self.spf.clone()
     }
 
-    async fn authenticate(&mut self, _: &str, _: &str) -> Result<(), Reply> {
+    async fn authenticate(&mut self, _: Credentials<'_>) -> Result<String, Reply> {
         Err(Reply::local(535, (5, 7, 8), "no"))
     }
 

@@ -43,27 +43,9 @@ fn open_kv(
     clock: &Arc<dyn Clock>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn KvStore>> {
-    if let Some(redis) = &settings.kv_redis {
-        let ca_pem = match &redis.ca_file {
-            Some(path) => {
-                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-            }
-            None => None,
-        };
-        let kv = RedisKv::new(
-            RedisOptions {
-                url: redis.url.clone(),
-                cluster: redis.cluster.clone(),
-                ca_pem,
-                timeout: Duration::from_millis(settings.kv_timeout_ms),
-            },
-            Arc::clone(clock),
-        )
-        .context("plugins.kv_url")?;
-        let metrics = Arc::clone(metrics);
-        let kv = kv.with_failure_hook(Arc::new(move || metrics.kv_failure()));
-        info!(cluster = %redis.cluster, "kv store: redis");
-        return Ok(Arc::new(kv));
+    if let Some(redis) = open_redis(settings, clock, metrics)? {
+        info!("kv store: redis");
+        return Ok(redis);
     }
     if let Some(dir) = settings.kv_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -71,6 +53,37 @@ fn open_kv(
     let kv = EmbeddedKv::open(&settings.kv_path, Arc::clone(clock))
         .with_context(|| format!("opening the kv store {}", settings.kv_path.display()))?;
     Ok(Arc::new(kv))
+}
+
+/// A client of the Redis of `[plugins] kv_url` (not connected yet, so the relay starts while
+/// Redis is down), or `None` without one. The relay's own shared counts use it too.
+pub fn open_redis(
+    settings: &PluginSettings,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<dyn KvStore>>> {
+    let Some(redis) = &settings.kv_redis else {
+        return Ok(None);
+    };
+    let ca_pem = match &redis.ca_file {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let kv = RedisKv::new(
+        RedisOptions {
+            url: redis.url.clone(),
+            cluster: redis.cluster.clone(),
+            ca_pem,
+            timeout: Duration::from_millis(settings.kv_timeout_ms),
+        },
+        Arc::clone(clock),
+    )
+    .context("plugins.kv_url")?;
+    let metrics = Arc::clone(metrics);
+    let kv = kv.with_failure_hook(Arc::new(move || metrics.kv_failure()));
+    Ok(Some(Arc::new(kv)))
 }
 
 /// Builds pipelines; owns the one engine, kv store and resolver of the process.

@@ -160,6 +160,14 @@ fn warn_restart_only(old: &Config, new: &Config) {
     if old.limits.max_connections != new.limits.max_connections {
         changed.push("limits.max_connections");
     }
+    if old.limits.message_memory != new.limits.message_memory {
+        changed.push("limits.message_memory");
+    }
+    if old.smtp_auth.max_concurrent_checks != new.smtp_auth.max_concurrent_checks
+        || old.smtp_auth.max_waiting_checks != new.smtp_auth.max_waiting_checks
+    {
+        changed.push("smtp_auth (max_concurrent_checks, max_waiting_checks)");
+    }
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         changed.push("timeouts.shutdown_grace");
     }

@@ -16,12 +16,16 @@ use crate::admin_http::{self, Readiness};
 use crate::admin_socket::{Admin, admin_socket};
 use crate::generation::{ConfigSource, Current, GenerationBuilder};
 use crate::inbound::Shared;
+use crate::inbound::auth_throttle::AuthThrottle;
 use crate::inbound::listeners::Listeners;
-use crate::plugins::PluginBuilder;
+use crate::inbound::message_memory::MessageMemory;
+use crate::inbound::passwords::PasswordChecks;
+use crate::plugins::{PluginBuilder, open_redis};
 use crate::queue::manager::{self};
 use crate::reload::Reloader;
 use crate::systemd;
 use postrider_delivery::{Deliverer, DeliveryOptions};
+use postrider_kv::{Clock, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{Dns, HickoryDns};
 
@@ -92,6 +96,13 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
+    let smtp_auth = config.smtp_auth.clone();
+    let message_memory = config.limits.message_memory;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let auth_throttle = match open_redis(&config.plugin_settings, &clock, &metrics)? {
+        Some(redis) => AuthThrottle::shared(redis),
+        None => AuthThrottle::in_memory(),
+    };
     let grace = Duration::from_secs(config.timeouts.shutdown_grace);
     let first = builder.build(1, config, None).await?;
     metrics.config_loaded(first.number);
@@ -103,8 +114,21 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         Arc::clone(&metrics),
     );
 
+    let password_checks = PasswordChecks::start(
+        smtp_auth.max_concurrent_checks,
+        smtp_auth.max_waiting_checks,
+    )
+    .context("starting the password check threads")?;
+    info!(
+        threads = password_checks.threads(),
+        waiting = smtp_auth.max_waiting_checks,
+        "password checks"
+    );
     let (force_tx, force_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        password_checks,
+        auth_throttle,
+        message_memory: MessageMemory::new(message_memory),
         current: Arc::clone(&current),
         spool,
         queue: queue.clone(),

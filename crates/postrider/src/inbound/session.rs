@@ -5,16 +5,19 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postrider_auth::{AuthOutcome, SpfOutcome};
-use postrider_config::{Listener, ListenerKind};
+use postrider_config::{Listener, ListenerKind, SmtpAuth, Timeouts};
 use postrider_plugin_host::{ConnInfo, SpfCheck};
-use postrider_queue::{Envelope, QueueId};
+use postrider_queue::{Envelope, Incoming, QueueId};
 use postrider_smtp::address::{ForwardPath, ReversePath};
+use postrider_smtp::deadline::{DeadlineLimits, ReadDeadline};
 use postrider_smtp::reply::Reply;
-use postrider_smtp::server::{self as smtp, Session, SessionConfig, TimeoutPhase};
-use postrider_stages::{Driver, Handled, MessageReport, MessageResult, Policy, Verified};
+use postrider_smtp::server::{self as smtp, Event, Session, SessionConfig, TimeoutPhase};
+use postrider_stages::{
+    Credentials, Driver, Handled, MessageReport, MessageResult, Policy, Verified,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -23,7 +26,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::generation::Generation;
 use crate::inbound::Shared;
+use crate::inbound::auth_throttle::Gate;
 use crate::inbound::email_auth::{self, DmarcAction};
+use crate::inbound::message_memory::IN_MEMORY;
+use crate::inbound::passwords::Busy;
 use crate::inbound::relay_control::check_recipient;
 
 /// What one session gets from the server.
@@ -148,7 +154,7 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
             .tls
             .as_ref()
             .ok_or_else(|| SessionEnd::Handshake("listener has no certificate".into()))?;
-        let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
+        let stream = handshake(ctx, acceptor, tcp).await?;
         driver.tls_established(
             &mut session,
             crate::inbound::tls::describe(stream.get_ref().1),
@@ -163,9 +169,34 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
     record_runs(ctx, &mut driver);
     let mut force_close = ctx.shared.force_close.clone();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut deadline = ReadDeadline::new(deadline_limits(timeouts), Instant::now());
+    let mut replied = true;
+    let mut incoming = Incoming::new(ctx.shared.spool.incoming_dir(), IN_MEMORY);
     loop {
-        while let Some(event) = session.poll_event() {
+        while let Some(mut event) = session.poll_event() {
+            // A complete message is held whole only within the memory budget.
+            let mut reserved = None;
+            if let Event::Message(envelope) = &mut event {
+                let size = incoming.len() + envelope.data.len() as u64;
+                reserved = ctx.shared.message_memory.reserve(size).await;
+                match incoming.finish(std::mem::take(&mut envelope.data)) {
+                    Ok(message) => envelope.data = message,
+                    Err(e) => {
+                        warn!(error = %e, "keeping the message while it arrived failed");
+                        driver.end_transaction();
+                        let metrics = &ctx.shared.metrics;
+                        metrics.transaction(&ctx.listener.name, "tempfailed", None);
+                        session.reject(Reply::local(
+                            452,
+                            (4, 3, 1),
+                            "Insufficient system storage",
+                        ))?;
+                        continue;
+                    }
+                }
+            }
             let handled = driver.handle(&mut session, event, &mut policy).await?;
+            drop(reserved);
             record_runs(ctx, &mut driver);
             match handled {
                 Handled::Answered | Handled::Close => {}
@@ -188,42 +219,72 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
                     };
                     // Nothing read before the handshake is kept (CVE-2011-0411): the session
                     // discarded its buffer, and we hand the raw socket over without a read buffer.
-                    let stream = handshake(acceptor, tcp, timeouts.tls_handshake).await?;
+                    let stream = handshake(ctx, acceptor, tcp).await?;
                     let tls = crate::inbound::tls::describe(stream.get_ref().1);
                     info!(tls = %format!("{} {}", tls.protocol, tls.cipher), "STARTTLS");
                     conn = Conn::Tls(Box::new(stream));
                     driver.tls_established(&mut session, tls)?;
+                    // The next command's time starts after the handshake.
+                    replied = true;
                 }
             }
         }
         let out = session.take_output();
         if !out.is_empty() {
             conn.write_all(&out, write_limit).await?;
+            replied = true;
         }
         if session.is_closed() {
             conn.shutdown(write_limit).await;
             return Ok(());
         }
-        let wait = Duration::from_secs(match session.timeout_phase() {
-            TimeoutPhase::Command => timeouts.command,
-            TimeoutPhase::DataBlock => timeouts.data_block,
-        });
         if *force_close.borrow() {
             session.shutdown();
             continue;
         }
+        if session.message_in_progress() {
+            incoming.push(session.pending_content());
+            session.clear_pending_content();
+        } else {
+            incoming.clear();
+            deadline.message_done();
+        }
+        let until = deadline.before_read(session.timeout_phase(), replied, Instant::now());
+        replied = false;
         tokio::select! {
-            read = tokio::time::timeout(wait, conn.read(&mut buf)) => match read {
+            read = tokio::time::timeout_at(until.into(), conn.read(&mut buf)) => match read {
                 Err(_) => {
-                    info!("timeout");
+                    info!(phase = ?session.timeout_phase(), "timeout");
+                    ctx.shared.metrics.timeout(&ctx.listener.name, timeout_name(session.timeout_phase()));
                     session.timed_out();
                 }
                 Ok(Ok(0)) => return Err(SessionEnd::Eof),
-                Ok(Ok(n)) => session.feed(&buf[..n]),
+                Ok(Ok(n)) => {
+                    deadline.received(n, Instant::now());
+                    session.feed(&buf[..n]);
+                }
                 Ok(Err(e)) => return Err(e.into()),
             },
             _ = force_close.changed() => session.shutdown(),
         }
+    }
+}
+
+/// The session's read deadlines from `[timeouts]`.
+fn deadline_limits(timeouts: &Timeouts) -> DeadlineLimits {
+    DeadlineLimits {
+        command: Duration::from_secs(timeouts.command),
+        data_block: Duration::from_secs(timeouts.data_block),
+        data_total: Duration::from_secs(timeouts.data_total),
+        min_data_rate: timeouts.min_data_rate,
+    }
+}
+
+/// The metrics label of a read deadline.
+fn timeout_name(phase: TimeoutPhase) -> &'static str {
+    match phase {
+        TimeoutPhase::Command => "command",
+        TimeoutPhase::DataBlock => "data",
     }
 }
 
@@ -234,15 +295,21 @@ fn record_runs(ctx: &SessionCtx, driver: &mut Driver) {
     }
 }
 
+/// A whole TLS handshake, bounded by `[timeouts] tls_handshake` (a client trickling its
+/// ClientHello does not extend it); on timeout the connection just closes.
 async fn handshake(
+    ctx: &SessionCtx,
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
-    secs: u64,
 ) -> Result<TlsStream<TcpStream>, SessionEnd> {
-    match tokio::time::timeout(Duration::from_secs(secs), acceptor.accept(tcp)).await {
+    let limit = Duration::from_secs(ctx.generation.config.timeouts.tls_handshake);
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(SessionEnd::Handshake(e.to_string())),
-        Err(_) => Err(SessionEnd::Handshake("timed out".into())),
+        Err(_) => {
+            ctx.shared.metrics.timeout(&ctx.listener.name, "tls");
+            Err(SessionEnd::Handshake("timed out".into()))
+        }
     }
 }
 
@@ -320,30 +387,71 @@ impl Policy for RelayPolicy<'_> {
         Some(check)
     }
 
-    async fn authenticate(&mut self, username: &str, password: &str) -> Result<(), Reply> {
-        let ok = match &self.ctx.generation.passwords {
-            Some(passwords) => {
-                let passwords = Arc::clone(passwords);
-                let (user, password) = (username.to_owned(), password.to_owned());
-                tokio::task::spawn_blocking(move || passwords.verify(&user, &password))
-                    .await
-                    .unwrap_or(false)
+    async fn authenticate(&mut self, credentials: Credentials<'_>) -> Result<String, Reply> {
+        let ctx = self.ctx;
+        let config = &ctx.generation.config.smtp_auth;
+        let metrics = &ctx.shared.metrics;
+        let listener = &ctx.listener.name;
+        let user = credentials.username;
+        let identity = match acting_as(config, credentials) {
+            Ok(identity) => identity,
+            Err(reply) => {
+                warn!(user = %user, authzid = %credentials.authzid, "AUTH: may not act as authzid");
+                metrics.auth(listener, "authzid");
+                return Err(reply);
             }
-            None => false,
         };
-        let metrics = &self.ctx.shared.metrics;
-        if ok {
-            info!(user = %username, "authenticated");
-            metrics.auth(&self.ctx.listener.name, "success");
-            Ok(())
-        } else {
-            warn!(user = %username, "authentication failed");
-            metrics.auth(&self.ctx.listener.name, "failure");
-            Err(Reply::local(
-                535,
-                (5, 7, 8),
-                "Authentication credentials invalid",
-            ))
+        let Some(passwords) = &ctx.generation.passwords else {
+            metrics.auth(listener, "failure");
+            return Err(invalid_credentials());
+        };
+        // Clients of relay_networks (a webmail, say) are counted per user only.
+        let client = (!self.trusted_network).then_some(ctx.peer.ip());
+        let throttle = &ctx.shared.auth_throttle;
+        match throttle.gate(config, client, user).await {
+            Gate::Open => {}
+            Gate::Delay(delay) => {
+                debug!(user = %user, delay_ms = delay.as_millis(), "AUTH: delayed after failures");
+                metrics.auth(listener, "delayed");
+                tokio::time::sleep(delay).await;
+            }
+            Gate::Locked => {
+                warn!(user = %user, "AUTH: locked after too many failures");
+                metrics.auth(listener, "locked");
+                return Err(Reply::local(
+                    454,
+                    (4, 7, 0),
+                    "Too many failed authentications; try again later",
+                ));
+            }
+        }
+        let checked = ctx
+            .shared
+            .password_checks
+            .check(Arc::clone(passwords), user, credentials.password)
+            .await;
+        match checked {
+            Ok(true) => {
+                info!(user = %user, as_user = %identity, "authenticated");
+                metrics.auth(listener, "success");
+                throttle.succeeded(user).await;
+                Ok(identity)
+            }
+            Ok(false) => {
+                warn!(user = %user, "authentication failed");
+                metrics.auth(listener, "failure");
+                throttle.failed(config, client, user).await;
+                Err(invalid_credentials())
+            }
+            Err(Busy) => {
+                warn!(user = %user, "AUTH: too many password checks waiting");
+                metrics.auth(listener, "busy");
+                Err(Reply::local(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure; try again later",
+                ))
+            }
         }
     }
 
@@ -437,6 +545,33 @@ impl Policy for RelayPolicy<'_> {
             }
         }
     }
+}
+
+/// The identity an AUTH as `credentials.username` acts as: the user itself, or an
+/// authorization identity `[smtp_auth] act_as` allows it (RFC 4616 §2); else 535 5.7.8.
+fn acting_as(config: &SmtpAuth, credentials: Credentials<'_>) -> Result<String, Reply> {
+    let (authzid, user) = (credentials.authzid, credentials.username);
+    if authzid.is_empty() || authzid == user {
+        return Ok(user.to_owned());
+    }
+    let allowed = config
+        .act_as
+        .get(user)
+        .is_some_and(|ids| ids.iter().any(|id| id == authzid));
+    if allowed {
+        Ok(authzid.to_owned())
+    } else {
+        Err(Reply::local(
+            535,
+            (5, 7, 8),
+            "Authentication credentials invalid: not authorized to act as that identity",
+        ))
+    }
+}
+
+/// 535 5.7.8 for a wrong user name or password (the two are not told apart).
+fn invalid_credentials() -> Reply {
+    Reply::local(535, (5, 7, 8), "Authentication credentials invalid")
 }
 
 /// The one line per received message (like Postfix's smtpd and cleanup lines together):
