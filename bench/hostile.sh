@@ -38,7 +38,7 @@
 #   --no-build         use target/release/postrider as it is (no cargo build)
 #
 # DISK: each data case writes clients x size octets, about 26 GB (24.4 GiB) with the defaults:
-# Postrider spills arriving messages past their first 64 KiB to its spool's tmp/ and keeps the
+# Postrider spills arriving messages larger than 32 KiB to its spool's tmp/ and keeps the
 # completed ones (deferred: they never leave), Postfix writes its incoming queue files. The
 # script refuses to start if the work directory's (or Postfix's queue's) file system has less
 # than twice that free.

@@ -386,7 +386,7 @@ fn messages_being_received_are_kept_out_of_memory_and_arrive_whole() {
         c.send(&body);
     }
     // Every session has its content, but in unnamed files in the spool's tmp/, beyond the
-    // first 64 KiB (and one read) kept in memory.
+    // 32 KiB kept in memory.
     let pid = relay.pid();
     let want = (CLIENTS * (body.len() - 128 * 1024)) as u64;
     crate::peers::wait_for("the content in files", Duration::from_secs(60), || {

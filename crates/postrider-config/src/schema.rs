@@ -359,7 +359,7 @@ pub struct Limits {
     pub line_endings: LineEndings,
     /// Memory, in bytes, that complete messages may take together while they are checked
     /// and stored (each takes about 4 times its size); messages beyond wait their turn.
-    /// Messages still arriving are kept on disk past their first 64 KiB.
+    /// Messages still arriving are kept on disk once past 32 KiB.
     pub message_memory: u64,
 }
 

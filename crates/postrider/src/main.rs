@@ -2,6 +2,7 @@
 
 mod admin_http;
 mod admin_socket;
+mod allocator;
 mod generation;
 mod inbound;
 #[cfg(test)]
@@ -184,6 +185,7 @@ fn serve(config: Option<PathBuf>, log_json: bool, watch: bool) -> anyhow::Result
     } else {
         builder.init();
     }
+    allocator::return_large_buffers();
     let source = match config {
         // Absolute, so that reloads and the file watcher see the same paths whatever the
         // working directory.

@@ -13,8 +13,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 /// budget one message takes.
 pub const COPIES: u64 = 4;
 
-/// The first octets of a message kept in memory while it arrives; the rest goes to a file.
-pub const IN_MEMORY: usize = 64 * 1024;
+/// A message arriving stays in memory up to this size; a larger one goes to a file.
+pub const IN_MEMORY: usize = 32 * 1024;
 
 /// A budget of bytes, counted in KiB permits.
 pub struct MessageMemory {

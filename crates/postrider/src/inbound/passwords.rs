@@ -7,9 +7,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use password_hash::rand_core::OsRng;
-use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use tokio::sync::oneshot;
 
 /// Memory cost of the hashes `hash-password` writes, in KiB (argon2id, 19 MiB, 2 passes, 1
@@ -93,22 +93,56 @@ impl Passwords {
         })
     }
 
-    /// Whether `password` is right for `user`. Slow on purpose (argon2): call it through
-    /// [`PasswordChecks`], never on the async threads.
+    /// Whether `password` is right for `user`, in a buffer of its own.
+    #[cfg(test)]
     pub fn verify(&self, user: &str, password: &str) -> bool {
+        self.verify_in(user, password, &mut Vec::new())
+    }
+
+    /// Whether `password` is right for `user`, with the hash's memory in `memory` (grown to
+    /// the hash's cost and kept). Slow on purpose (argon2): [`PasswordChecks`] calls it off
+    /// the async threads. A checking thread reuses one buffer instead of allocating the cost anew
+    /// for every check, which the allocator would keep in one arena per thread it ran on.
+    pub fn verify_in(&self, user: &str, password: &str, memory: &mut Vec<Block>) -> bool {
         let (hash, known) = match self.users.get(user) {
             Some(h) => (h.as_str(), true),
             None => (self.dummy.as_str(), false),
         };
-        let Ok(parsed) = PasswordHash::new(hash) else {
-            return false;
-        };
-        // The parameters come from the hash itself.
-        let ok = Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
-        ok && known
+        matches_hash(hash, password.as_bytes(), memory) && known
     }
+}
+
+/// Whether `password` hashes to the PHC string `hash` (its algorithm, version, parameters and
+/// salt), computed in `memory`; the comparison takes constant time.
+fn matches_hash(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = parsed.version.map_or(Ok(Version::V0x13), Version::try_from);
+    let (Ok(version), Some(salt), Some(expected)) = (version, parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if memory.len() < params.block_count() {
+        memory.resize(params.block_count(), Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password,
+        salt,
+        &mut out,
+        memory.as_mut_slice(),
+    );
+    hashed.is_ok() && Output::new(&out).is_ok_and(|out| out == expected)
 }
 
 /// Hashes `password` with argon2id ([`MEMORY_KIB`], [`PASSES`], one lane) and a random salt,
@@ -189,13 +223,15 @@ impl PasswordChecks {
 
 /// A checking thread: runs jobs until the pool is dropped.
 fn check_jobs(jobs: &Mutex<Receiver<Job>>) {
+    let mut memory: Vec<Block> = Vec::new();
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { return };
         // The client may have gone: then nobody reads the answer.
-        let _ = job
-            .answer
-            .send(job.passwords.verify(&job.user, &job.password));
+        let ok = job
+            .passwords
+            .verify_in(&job.user, &job.password, &mut memory);
+        let _ = job.answer.send(ok);
     }
 }
 
@@ -211,6 +247,31 @@ mod tests {
         assert!(!pw.verify("alice", "wrong"));
         assert!(!pw.verify("bob", "s3cret"));
         assert!(!pw.verify("bob", "dummy password for timing"));
+    }
+
+    #[test]
+    fn hashes_with_other_parameters_verify_in_a_reused_buffer() {
+        let salt = SaltString::generate(&mut OsRng);
+        let mut memory = Vec::new();
+        for (algorithm, m, t) in [
+            (Algorithm::Argon2i, 8192, 3),
+            (Algorithm::Argon2id, 4096, 1),
+        ] {
+            let argon2 = Argon2::new(
+                algorithm,
+                Version::V0x13,
+                Params::new(m, t, 1, None).unwrap(),
+            );
+            let hash = argon2.hash_password(b"s3cret", &salt).unwrap().to_string();
+            assert!(matches_hash(&hash, b"s3cret", &mut memory), "{hash}");
+            assert!(!matches_hash(&hash, b"s3cre", &mut memory), "{hash}");
+        }
+        assert_eq!(memory.len(), 8192, "grown to the largest cost, then kept");
+        assert!(!matches_hash(
+            "$argon2id$v=19$m=4096,t=1,p=1$bad",
+            b"x",
+            &mut memory
+        ));
     }
 
     #[test]
