@@ -298,6 +298,8 @@ fi
 pf_auth=0    # 1: a SASL backend is there, auth-flood runs against Postfix
 pf_sasl=""   # smtpd options naming it, when main.cf does not
 if wants postfix; then
+  # Debian's "No configuration" install has no main.cf; postconf needs one.
+  [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
   pf_queue=$(postconf -h queue_directory)
   if wants_case auth-flood; then
     if [ "$(postconf -h smtpd_sasl_auth_enable)" = yes ]; then
@@ -317,7 +319,8 @@ if wants postfix; then
   cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
   postfix_touched=1
   postfix stop >/dev/null 2>&1 || true
-  leftover=$(find "$pf_queue"/{incoming,active,deferred,hold,maildrop} -type f 2>/dev/null | wc -l)
+  # (The queue directories do not exist before Postfix first starts.)
+  leftover=$( (find "$pf_queue"/{incoming,active,deferred,hold,maildrop} -type f 2>/dev/null || true) | wc -l)
   [ "$leftover" -eq 0 ] || die "Postfix's queue holds $leftover messages; empty it first (postsuper -d ALL)"
   pf_queue_was_empty=1
   wants_data && check_disk "$pf_queue" postfix
