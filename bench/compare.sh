@@ -156,34 +156,8 @@ work=$(mktemp -d /var/tmp/postrider-bench.XXXXXX)
 mkdir -p "$work/runs"
 srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; dns_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
 
-alive() { # pid: running (an exited child not yet reaped is a zombie: not alive)
-  local rest
-  [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
-  read -r rest <"/proc/$1/stat" 2>/dev/null || return 1
-  rest=${rest##*) }
-  [ "${rest%% *}" != Z ]
-}
-stop_pid() { # pid seconds: TERM, then KILL after the grace period (children too)
-  local pid=$1 grace=$2 kids
-  alive "$pid" || { [ -n "$pid" ] && wait "$pid" 2>/dev/null; return 0; }
-  kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq $((grace * 20))); do alive "$pid" || break; sleep 0.05; done
-  # shellcheck disable=SC2086
-  kill -KILL "$pid" $kids 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-# Long client runs go through here: in the background and waited for, so that Ctrl-C (and
-# SIGTERM) interrupts the wait and runs the trap at once (bash does not act on a SIGINT that
-# a foreground child such as timeout(1) handled itself).
-run_fg() {
-  "$@" &
-  fg_pid=$!
-  local rc=0
-  wait "$fg_pid" || rc=$?
-  fg_pid=""
-  return "$rc"
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 cleanup() {
   set +e
   trap - INT TERM

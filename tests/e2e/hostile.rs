@@ -315,26 +315,16 @@ fn a_flood_of_auth_attempts_waits_or_gets_454_and_other_clients_are_answered() {
     let ehlo: f64 = counts["ehlo"].parse().unwrap();
     assert!(ehlo < 1.0, "EHLO took {ehlo} s during the flood");
     // Memory: two checks at a time, not a hundred.
-    let hwm = peak_rss_kib(relay.pid());
+    let hwm = status_kib(relay.pid(), "VmHWM");
     assert!(hwm < 300 * 1024, "peak RSS {hwm} KiB");
 }
 
-/// The peak resident set of a process (VmHWM), in KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` field in KiB: `VmHWM` (peak resident set) or `VmRSS` (now).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// The resident set of a process now (VmRSS), in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -378,7 +368,7 @@ fn messages_being_received_are_kept_out_of_memory_and_arrive_whole() {
         .take(whole_lines(BODY))
         .collect();
     let three = whole_lines(3 * 1024 * 1024);
-    let before = rss_kib(relay.pid());
+    let before = status_kib(relay.pid(), "VmRSS");
     // Ten clients each send 10 MiB of content and stop before the final dot.
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| in_data(&relay)).collect();
     for c in &mut clients {
@@ -392,7 +382,7 @@ fn messages_being_received_are_kept_out_of_memory_and_arrive_whole() {
     crate::peers::wait_for("the content in files", Duration::from_secs(60), || {
         spilled_bytes(pid) >= want
     });
-    let during = rss_kib(pid);
+    let during = status_kib(pid, "VmRSS");
     assert!(
         during < before + 40 * 1024,
         "RSS grew from {before} KiB to {during} KiB with {CLIENTS} x 10 MiB arriving"
