@@ -167,24 +167,13 @@ cleanup() {
   stop_pid "$sink_pid" 5; stop_pid "$dns_pid" 5
   if [ "$postfix_touched" = 1 ]; then
     postfix stop >/dev/null 2>&1
-    cp -p "$work/postfix-main.cf" /etc/postfix/main.cf 2>/dev/null
-    cp -p "$work/postfix-master.cf" /etc/postfix/master.cf 2>/dev/null
-    [ "$postfix_was_running" = 1 ] && postfix start >/dev/null 2>&1
+    restore_postfix
   fi
   if [ "$keep" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() { # seconds command...: true once the command succeeds, false after the deadline
-  local limit=$1; shift
-  local end=$(( ${EPOCHREALTIME%.*} + limit ))
-  until "$@"; do
-    [ "${EPOCHREALTIME%.*}" -lt "$end" ] || return 1
-    sleep 0.05
-  done
-}
-listening() { ss -Hltn "sport = :$1" | grep -q .; }
 
 # ------------------------------------------------------------------ the sink and DNS
 smtp-sink -u nobody -c "127.0.0.1:$sink_port" 1024 >"$work/sink.out" 2>"$work/sink.err" &
@@ -286,11 +275,7 @@ wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" fresh
 wants postrider-3p-warm && write_postrider_config postrider-3p-warm "$pr3w_port" warm
 
 if wants postfix; then
-  postfix status >/dev/null 2>&1 && postfix_was_running=1
-  [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
-  cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
-  postfix_touched=1
-  postfix stop >/dev/null 2>&1 || true
+  take_over_postfix
   # Loopback only, relay for 127.0.0.0/8, everything to the sink.
   postconf -e "inet_interfaces = loopback-only" "mydestination =" "mynetworks = 127.0.0.0/8" \
     "relayhost = [127.0.0.1]:$sink_port" "smtpd_client_restrictions =" \

@@ -4,7 +4,6 @@
     hostile.py data-open     --port P --clients N --size BYTES [common options]
     hostile.py data-complete --port P --clients N --size BYTES [common options]
     hostile.py auth-flood    --port P --clients N [--user NAME] [common options]
-    hostile.py sample PID INTERVAL_S OUTFILE
     hostile.py rss PID
 
     common options: [--host 127.0.0.1] [--domain relay.test] [--timeout S] [--hold S]
@@ -21,9 +20,8 @@ with a wrong password and reads the reply; meanwhile a probe opens a new connect
 Prints one summary line on standard output; --json FILE gets every number. --pid PID: the
 server (its process tree), whose summed RSS is read at the hold point of the data cases.
 
-sample: the peak of the summed VmRSS of PID and its descendants every INTERVAL_S seconds
-(and of their Pss every tenth time, from smaps_rollup, dearer to read), until SIGTERM or PID
-is gone; then writes "PEAK_RSS_KB PEAK_PSS_KB" to OUTFILE. rss: prints "RSS_KB PSS_KB" now.
+rss: prints the summed "RSS_KB PSS_KB" of PID and its descendants now (the peak sampler is
+bench/compare/rss_peak.py).
 
 All waits are bounded: each step (connect, reply, write) by STEP_S seconds, a whole run by
 --timeout; connection setup (up to DATA, or up to the second EHLO) runs at most SETUP_AT_ONCE
@@ -38,7 +36,6 @@ import email.utils
 import json
 import os
 import resource
-import signal
 import socket
 import ssl
 import statistics
@@ -54,69 +51,11 @@ PROBE_TIMEOUT_S = 30.0
 
 
 # ------------------------------------------------------------------ process tree memory
-def children(pid):
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    out.extend(int(c) for c in f.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def tree(root):
-    seen, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo.extend(children(pid))
-    return seen
-
-
-def field_kb(path, name):
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(name):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def tree_rss_kb(root):
-    return sum(field_kb(f"/proc/{p}/status", "VmRSS:") for p in tree(root))
-
-
-def tree_pss_kb(root):
-    return sum(field_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in tree(root))
-
-
-def cmd_sample(pid, interval, outfile):
-    peak = peak_pss = tick = 0
-    stop = False
-
-    def on_term(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    while not stop and os.path.exists(f"/proc/{pid}"):
-        peak = max(peak, tree_rss_kb(pid))
-        if tick % 10 == 0:
-            peak_pss = max(peak_pss, tree_pss_kb(pid))
-        tick += 1
-        time.sleep(interval)
-    peak = max(peak, tree_rss_kb(pid))
-    peak_pss = max(peak_pss, tree_pss_kb(pid))
-    with open(outfile, "w") as f:
-        f.write(f"{peak} {peak_pss}\n")
+# The same sums bench/compare.sh samples with (bench/compare/rss_peak.py, which hostile.sh
+# also runs as the peak sampler).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare"))
+from rss_peak import tree_pss as tree_pss_kb  # noqa: E402
+from rss_peak import tree_rss as tree_rss_kb  # noqa: E402
 
 
 # ------------------------------------------------------------------ SMTP helpers
@@ -554,11 +493,6 @@ async def run_auth(a):
 
 # ------------------------------------------------------------------ main
 def main():
-    if len(sys.argv) >= 2 and sys.argv[1] == "sample":
-        if len(sys.argv) != 5:
-            sys.exit("usage: hostile.py sample PID INTERVAL_S OUTFILE")
-        cmd_sample(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
-        return
     if len(sys.argv) >= 2 and sys.argv[1] == "rss":
         if len(sys.argv) != 3:
             sys.exit("usage: hostile.py rss PID")

@@ -175,9 +175,7 @@ cleanup() {
     # The queue was empty before the bench: whatever is in it now is the bench's, and must
     # not meet the restored configuration.
     [ "$pf_queue_was_empty" = 1 ] && postsuper -d ALL >/dev/null 2>&1
-    cp -p "$work/postfix-main.cf" /etc/postfix/main.cf 2>/dev/null
-    cp -p "$work/postfix-master.cf" /etc/postfix/master.cf 2>/dev/null
-    [ "$postfix_was_running" = 1 ] && postfix start >/dev/null 2>&1
+    restore_postfix
   fi
   rm -rf "$pr/spool"
   if [ "$keep" = 1 ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
@@ -185,15 +183,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_until() { # seconds command...: true once the command succeeds, false after the deadline
-  local limit=$1; shift
-  local end=$(( ${EPOCHREALTIME%.*} + limit ))
-  until "$@"; do
-    [ "${EPOCHREALTIME%.*}" -lt "$end" ] || return 1
-    sleep 0.05
-  done
-}
-listening() { ss -Hltn "sport = :$1" | grep -q .; }
 human() { numfmt --to=iec-i --suffix=B "$1"; }
 check_disk() { # dir what
   local avail
@@ -289,11 +278,7 @@ if wants postfix; then
       pf_auth=1; pf_sasl=" -o smtpd_sasl_type=dovecot -o smtpd_sasl_path=private/auth"
     fi
   fi
-  postfix status >/dev/null 2>&1 && postfix_was_running=1
-  [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
-  cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
-  postfix_touched=1
-  postfix stop >/dev/null 2>&1 || true
+  take_over_postfix
   # (The queue directories do not exist before Postfix first starts.)
   leftover=$( (find "$pf_queue"/{incoming,active,deferred,hold,maildrop} -type f 2>/dev/null || true) | wc -l)
   [ "$leftover" -eq 0 ] || die "Postfix's queue holds $leftover messages; empty it first (postsuper -d ALL)"
@@ -378,7 +363,7 @@ run_case() { # server case
     add_row "$s" "$c" "" "" "" "-" "ERROR: ${err:-start failed}"
     return
   fi
-  python3 "$root/bench/hostile.py" sample "$srv_pid" 0.1 "$dir/peak" &
+  python3 "$root/bench/compare/rss_peak.py" "$srv_pid" 0.1 "$dir/peak" &
   sampler_pid=$!
   t0=$EPOCHREALTIME
   run_fg timeout --kill-after=10 $((timeout + 120)) python3 "$root/bench/hostile.py" "$c" \

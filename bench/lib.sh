@@ -28,3 +28,28 @@ run_fg() {
   fg_pid=""
   return "$rc"
 }
+wait_until() { # seconds command...: true once the command succeeds, false after the deadline
+  local limit=$1; shift
+  local end=$(( ${EPOCHREALTIME%.*} + limit ))
+  until "$@"; do
+    [ "${EPOCHREALTIME%.*}" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+listening() { ss -Hltn "sport = :$1" | grep -q .; }
+# Saves the system Postfix's main.cf and master.cf into $work and stops it, remembering
+# whether it ran ($postfix_was_running) and that it must be restored ($postfix_touched).
+take_over_postfix() {
+  postfix status >/dev/null 2>&1 && postfix_was_running=1
+  [ -f /etc/postfix/main.cf ] || touch /etc/postfix/main.cf
+  cp -p /etc/postfix/main.cf "$work/postfix-main.cf"; cp -p /etc/postfix/master.cf "$work/postfix-master.cf"
+  postfix_touched=1
+  postfix stop >/dev/null 2>&1 || true
+}
+# After `postfix stop`: puts back the main.cf and master.cf saved in $work and starts Postfix
+# again if it ran before the bench ($postfix_was_running).
+restore_postfix() {
+  cp -p "$work/postfix-main.cf" /etc/postfix/main.cf 2>/dev/null
+  cp -p "$work/postfix-master.cf" /etc/postfix/master.cf 2>/dev/null
+  [ "$postfix_was_running" = 1 ] && postfix start >/dev/null 2>&1
+}

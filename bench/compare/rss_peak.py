@@ -9,6 +9,8 @@ On SIGTERM, or when PID is gone, it writes "PEAK_RSS_KB PEAK_PSS_KB" to OUTFILE.
 counts pages shared between processes (libraries, Postfix's shared text) once per process:
 an upper bound of the memory really used. PSS shares each such page out among the processes
 that map it, so the sum is what the processes together really occupy.
+
+Also imported by bench/hostile.py (tree_rss, tree_pss).
 """
 import os
 import signal
@@ -36,19 +38,20 @@ def field_kb(path, name):
             for line in f:
                 if line.startswith(name):
                     return int(line.split()[1])
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return 0
 
 
 def tree(root):
-    seen, todo = [], [root]
+    # A set: with a thousand and more processes (one Postfix smtpd per client) a list's
+    # membership test made every sample quadratic.
+    seen, todo = set(), [root]
     while todo:
         pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.append(pid)
-        todo.extend(children(pid))
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(children(pid))
     return seen
 
 
