@@ -53,6 +53,7 @@ PROBE_TIMEOUT_S = 30.0
 # ------------------------------------------------------------------ process tree memory
 # The same sums bench/compare.sh samples with (bench/compare/rss_peak.py, which hostile.sh
 # also runs as the peak sampler).
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare"))
 from rss_peak import tree_pss as tree_pss_kb  # noqa: E402
 from rss_peak import tree_rss as tree_rss_kb  # noqa: E402

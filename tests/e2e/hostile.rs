@@ -56,11 +56,7 @@ fn a_client_trickling_message_content_runs_out_of_its_data_budget() {
          [timeouts]\ndata_block = 3\nmin_data_rate = 500\n"
     ));
     let relay = Relay::builder(&cfg).start();
-    let mut c = relay.client();
-    assert_eq!(c.cmd("EHLO client.test").0, 250);
-    assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
-    assert_eq!(c.cmd("RCPT TO:<b@relay.test>").0, 250);
-    assert_eq!(c.cmd("DATA").0, 354);
+    let mut c = in_data(&relay);
     let start = Instant::now();
     // 4 octets a second earn 8 ms a second: the 3 s budget runs out after about 3 s.
     trickle(&mut c, &[b'x'; 60], Duration::from_millis(250));
@@ -84,11 +80,7 @@ fn a_message_sent_fast_enough_is_still_capped_at_data_total() {
          [timeouts]\ndata_block = 60\nmin_data_rate = 1\ndata_total = 3\n",
     );
     let relay = Relay::builder(&cfg).start();
-    let mut c = relay.client();
-    assert_eq!(c.cmd("EHLO client.test").0, 250);
-    assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
-    assert_eq!(c.cmd("RCPT TO:<b@relay.test>").0, 250);
-    assert_eq!(c.cmd("DATA").0, 354);
+    let mut c = in_data(&relay);
     let start = Instant::now();
     // 50 lines a second of 20 octets: 1,000 octets/s, far above min_data_rate.
     let body = "a line of content.\r\n".repeat(1000);

@@ -329,10 +329,7 @@ impl Relay {
 
     /// Whether a client at `ip` may relay without authenticating.
     pub fn is_relay_client(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.relay_networks.iter().any(|net| net.contains(&ip))
     }
 }

@@ -44,7 +44,8 @@ fn open_kv(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn KvStore>> {
     if let Some(redis) = open_redis(settings, clock, metrics)? {
-        info!("kv store: redis");
+        let cluster = settings.kv_redis.as_ref().map(|r| r.cluster.as_str());
+        info!(cluster = cluster.unwrap_or_default(), "kv store: redis");
         return Ok(redis);
     }
     if let Some(dir) = settings.kv_path.parent() {

@@ -57,11 +57,7 @@ pub fn gate(config: &SmtpAuth, client: u64, user: u64) -> Gate {
 /// The key a client's failures are counted under: its address, or its /64 for IPv6 (one
 /// host usually has a whole /64 to choose addresses from).
 pub fn client_key(ip: IpAddr) -> String {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => format!("client:{v4}"),
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -20,6 +20,7 @@ use postrider_stages::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::SemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -174,13 +175,10 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
     let mut incoming = Incoming::new(ctx.shared.spool.incoming_dir(), IN_MEMORY);
     loop {
         while let Some(mut event) = session.poll_event() {
-            // A complete message is held whole only within the memory budget.
             let mut reserved = None;
             if let Event::Message(envelope) = &mut event {
-                let size = incoming.len() + envelope.data.len() as u64;
-                reserved = ctx.shared.message_memory.reserve(size).await;
-                match incoming.finish(std::mem::take(&mut envelope.data)) {
-                    Ok(message) => envelope.data = message,
+                match whole_message(ctx, &mut incoming, envelope).await {
+                    Ok(permit) => reserved = permit,
                     Err(e) => {
                         warn!(error = %e, "keeping the message while it arrived failed");
                         driver.end_transaction();
@@ -268,6 +266,19 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
             _ = force_close.changed() => session.shutdown(),
         }
     }
+}
+
+/// Puts what went to `incoming` while the message arrived back in front of its last octets,
+/// once the memory budget has room for it whole; the permit holds that room until dropped.
+async fn whole_message<'a>(
+    ctx: &'a SessionCtx,
+    incoming: &mut Incoming,
+    envelope: &mut smtp::Envelope,
+) -> std::io::Result<Option<SemaphorePermit<'a>>> {
+    let size = incoming.len() + envelope.data.len() as u64;
+    let permit = ctx.shared.message_memory.reserve(size).await;
+    envelope.data = incoming.finish(std::mem::take(&mut envelope.data))?;
+    Ok(permit)
 }
 
 /// The session's read deadlines from `[timeouts]`.
