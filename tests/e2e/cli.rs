@@ -1,4 +1,5 @@
-//! The command line: check-config, hash-password and dkim-records.
+//! The command line: check-config, hash-password, dkim-records, where options go and how
+//! the commands find the relay.
 
 use std::process::Command;
 
@@ -63,6 +64,156 @@ fn check_config_names_file_line_and_key() {
             "{text:?}: {out}"
         );
     }
+}
+
+/// Runs the binary with `args` in `cwd`, without POSTRIDER_CONFIG: (success, stdout+stderr).
+fn run_in(
+    cwd: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("POSTRIDER_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_config_loads_and_initialises_every_plugin_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postrider.toml");
+    let file = path.to_str().unwrap();
+    let stamp = |extra: &str| {
+        crate::harness::plugin(
+            "stamp",
+            "header-stamp",
+            &format!("config = {{ header = \"X-Stamp\", value = \"1\"{extra} }}"),
+        )
+    };
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let positional = run_in(dir.path(), &["check-config", file], &[]);
+        let option = run_in(dir.path(), &["check-config", "--config", file], &[]);
+        assert_eq!(positional.0, option.0, "{positional:?} {option:?}");
+        positional
+    };
+    let (ok, out) = check(&crate::harness::config(&stamp("")));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(": ok (1 plugin(s) loaded and initialised)"),
+        "{out}"
+    );
+
+    // init refuses the plugin's config.
+    let (ok, out) = check(&crate::harness::config(&stamp(", frobnicate = 1")));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("loading plugin stamp")
+            && out.contains("init failed")
+            && out.contains("frobnicate"),
+        "{out}"
+    );
+    let text = crate::harness::config(&stamp(", frobnicate = 1"));
+    std::fs::write(&path, &text).unwrap();
+    let (ok, serve_out) = run_in(dir.path(), &["serve", "--config", file], &[]);
+    assert!(!ok && serve_out.contains("frobnicate"), "{serve_out}");
+
+    // A missing component, a text file named .wasm, a core module.
+    let good = crate::harness::config(&stamp(""));
+    let wasm = postrider_testkit::plugin_wasm("header-stamp")
+        .display()
+        .to_string();
+    let missing = dir.path().join("missing.wasm");
+    let (ok, out) = check(&good.replace(&wasm, missing.to_str().unwrap()));
+    assert!(!ok && out.contains("missing.wasm"), "{out}");
+    let text_file = dir.path().join("text.wasm");
+    std::fs::write(&text_file, "(component)\n").unwrap();
+    let (ok, out) = check(&good.replace(&wasm, text_file.to_str().unwrap()));
+    assert!(!ok && out.contains("not a WebAssembly component"), "{out}");
+    let module = dir.path().join("module.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let (ok, out) = check(&good.replace(&wasm, module.to_str().unwrap()));
+    assert!(
+        !ok && out.contains("core WebAssembly module, not a component"),
+        "{out}"
+    );
+
+    // A certificate that is not one.
+    std::fs::write(dir.path().join("cert.pem"), "nonsense").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "nonsense").unwrap();
+    let tls = good.replace(
+        "kind = \"smtp\"\n",
+        "kind = \"smtp\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
+    let (ok, out) = check(&tls);
+    assert!(!ok && out.contains("listener smtp"), "{out}");
+}
+
+#[test]
+fn options_go_before_or_after_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postrider.toml");
+    std::fs::write(&path, crate::harness::config("")).unwrap();
+    std::fs::create_dir(dir.path().join("spool")).unwrap();
+    let file = path.to_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let forms: [&[&str]; 4] = [
+        &["queue", "list", "--json", "--config", file],
+        &["queue", "--json", "list", "--config", file],
+        &["--config", file, "queue", "list", "--json"],
+        &["queue", "--config", file, "--json", "list"],
+    ];
+    for args in forms {
+        let (ok, out) = run_in(elsewhere.path(), args, &[]);
+        assert!(ok, "{args:?}: {out}");
+        let json: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert_eq!(json["entries"], serde_json::json!([]), "{args:?}");
+    }
+    // POSTRIDER_CONFIG stands for --config.
+    let (ok, out) = run_in(
+        elsewhere.path(),
+        &["queue", "list", "--json"],
+        &[("POSTRIDER_CONFIG", &path)],
+    );
+    assert!(ok && out.contains("\"entries\""), "{out}");
+    let (ok, out) = run_in(
+        elsewhere.path(),
+        &["check-config"],
+        &[("POSTRIDER_CONFIG", &path)],
+    );
+    assert!(ok && out.contains(&format!("{file}: ok")), "{out}");
+}
+
+#[test]
+fn queue_without_a_relay_or_spool_says_where_it_looked_and_creates_nothing() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (ok, out) = run_in(elsewhere.path(), &["queue", "list"], &[]);
+    assert!(!ok, "{out}");
+    let cwd = std::fs::canonicalize(elsewhere.path()).unwrap();
+    assert!(
+        out.contains(&format!("no spool at {}/var/spool", cwd.display()))
+            && out.contains("--config (or POSTRIDER_CONFIG)")
+            && out.contains("relative to the directory the relay runs in"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "created files"
+    );
 }
 
 #[test]

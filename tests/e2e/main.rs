@@ -7,6 +7,7 @@
 mod harness;
 
 mod cli;
+mod default_setup;
 mod delivery;
 mod durability;
 mod email_auth;

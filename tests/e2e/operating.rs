@@ -195,13 +195,31 @@ fn reloads_are_counted_and_status_shows_the_relay() {
     let (ok, out, err) = run(&["reload", "--config", file]);
     assert!(!ok, "{out}{err}");
     assert_eq!(reloads(&scrape(&relay)), (2.0, 1.0, 2.0));
+    // Status says the files on disk are not what runs, and why, until a reload succeeds.
+    let (ok, out, err) = run(&["status", "--config", file]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("LAST RELOAD FAILED at ")
+            && out.contains("(admin socket): the files on disk are not what runs; generation 2")
+            && out.contains("missing.wasm"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["status", "--config", file, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["reload_failure"]["trigger"], "admin socket");
     std::fs::write(relay.dir.join("postrider.toml"), &cfg).unwrap();
+    let (ok, out, err) = run(&["reload", "--config", file]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(reloads(&scrape(&relay)), (3.0, 1.0, 3.0));
+    let (_, out, _) = run(&["status", "--config", file]);
+    assert!(!out.contains("RELOAD FAILED"), "{out}");
 
     let (ok, out, err) = run(&["status", "--config", file, "--json"]);
     assert!(ok, "{out}{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["ready"], true);
-    assert_eq!(status["generation"], 2);
+    assert_eq!(status["generation"], 3);
+    assert_eq!(status["reload_failure"], serde_json::Value::Null);
     assert_eq!(
         status["admin_http"],
         relay.admin_http.unwrap().to_string().as_str()
@@ -225,7 +243,7 @@ fn reloads_are_counted_and_status_shows_the_relay() {
     let (ok, out, err) = run(&["status", "--config", file]);
     assert!(ok, "{out}{err}");
     assert!(out.contains(": ready (pid "), "{out}");
-    assert!(out.contains("generation 2"), "{out}");
+    assert!(out.contains("generation 3"), "{out}");
     assert!(out.contains(&format!("sha256:{}", &hash[..16])), "{out}");
     assert!(out.contains("queue: 0 message(s)"), "{out}");
 }

@@ -183,3 +183,123 @@ fn warm_instances_serve_reuse_transactions_across_connections_and_reloads() {
     let logs = relay.stop_and_logs();
     assert!(logs.contains("plugin unchanged, reused"), "{logs}");
 }
+
+/// A plugin's refusal is logged with the plugin's name and the reply; `log_level` on one
+/// plugin shows its debug lines at the relay's default level, or silences its info lines.
+#[test]
+fn refusals_name_the_plugin_and_log_level_is_per_plugin() {
+    let run = |level: &str| {
+        let greylist = plugin(
+            "grey",
+            "greylist",
+            &format!("log_level = \"{level}\"\nconfig = {{ delay_seconds = 300 }}"),
+        );
+        let cfg = config(&format!(
+            "[relay]\nlocal_domains = [\"relay.test\"]\n{greylist}"
+        ));
+        let mut relay = Relay::builder(&cfg).env("POSTRIDER_LOG", "info").start();
+        for _ in 0..2 {
+            let mut c = relay.client();
+            assert_eq!(c.cmd("EHLO client.test").0, 250);
+            assert_eq!(c.cmd("MAIL FROM:<alice@sender.test>").0, 250);
+            assert_eq!(c.cmd("RCPT TO:<bob@relay.test>").0, 451);
+            c.cmd("QUIT");
+        }
+        relay.stop_and_logs()
+    };
+    let logs = run("debug");
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("refused by plugin"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{logs}"));
+    for part in [
+        "plugin=\"grey\"",
+        "stage=\"rcpt\"",
+        "subject=\"bob@relay.test\"",
+        "verdict=\"tempfail\"",
+        "reply=451 4.7.1",
+    ] {
+        assert!(refusal.contains(part), "{part}: {refusal}");
+    }
+    assert!(logs.contains("greylist: new triplet"), "{logs}");
+    let early = logs
+        .lines()
+        .find(|l| l.contains("greylist: early retry"))
+        .unwrap_or_else(|| panic!("the debug line does not show:\n{logs}"));
+    assert!(
+        early.contains(" INFO ") && early.contains("plugin_level=\"debug\""),
+        "{early}"
+    );
+    let logs = run("warn");
+    assert!(!logs.contains("greylist: "), "{logs}");
+    assert!(logs.contains("refused by plugin"), "{logs}");
+}
+
+/// `postrider kv` shows and removes a plugin's entries, through the running relay and in
+/// the store itself once it stopped.
+#[test]
+fn kv_lists_and_deletes_a_plugins_entries_online_and_offline() {
+    let greylist = plugin("grey", "greylist", "config = { delay_seconds = 300 }");
+    let cfg = config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{greylist}"
+    ));
+    let mut relay = Relay::builder(&cfg).start();
+    for rcpt in ["bob", "carol"] {
+        let mut c = relay.client();
+        c.cmd("EHLO client.test");
+        c.cmd("MAIL FROM:<alice@sender.test>");
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}@relay.test>")).0, 451);
+        c.cmd("QUIT");
+    }
+    let file = relay.dir.join("postrider.toml");
+    let kv = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("kv")
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let bob = "t:127.0.0.0/24|alice@sender.test|bob@relay.test";
+    let (ok, out) = kv(&["list", "grey"]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("KEY "), "{out}");
+    assert!(
+        out.contains(bob) && out.contains("carol@relay.test"),
+        "{out}"
+    );
+    let (ok, out) = kv(&["list", "grey", "--json", "--prefix", bob]);
+    assert!(ok, "{out}");
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(entries[0]["key"], bob);
+    assert!(
+        entries[0]["value"].as_str().unwrap().starts_with("w:"),
+        "{out}"
+    );
+    assert!(entries[0]["expires_at"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(kv(&["delete", "grey", bob]), (true, "deleted\n".to_owned()));
+    assert_eq!(
+        kv(&["delete", "grey", bob]),
+        (true, "no such entry\n".to_owned())
+    );
+    relay.stop_and_logs();
+    // Stopped: the embedded store is read directly.
+    let (ok, out) = kv(&["list", "grey"]);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains(bob) && out.contains("carol@relay.test"),
+        "{out}"
+    );
+    let (ok, out) = kv(&["list", "nobody"]);
+    assert_eq!((ok, out.as_str()), (true, "no entries\n"));
+}

@@ -12,6 +12,15 @@ mod validate;
 pub use error::ConfigError;
 pub use schema::*;
 
+/// A plugin `path` starting with this names a plugin built into the relay binary
+/// (`builtin:header-stamp`), not a file.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// The builtin plugin a plugin path names (`builtin:NAME` → `NAME`), if it names one.
+pub fn builtin_name(path: &std::path::Path) -> Option<&str> {
+    path.to_str().and_then(|p| p.strip_prefix(BUILTIN_PREFIX))
+}
+
 /// The default configuration shipped in `config/postrider.toml`, embedded in the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/postrider.toml");
 

@@ -89,6 +89,7 @@ pub(crate) struct RawRoute {
     pub(crate) domains: Spanned<Vec<String>>,
     pub(crate) relay: Option<Spanned<String>>,
     pub(crate) lmtp: Option<Spanned<String>>,
+    pub(crate) maildir: Option<Spanned<PathBuf>>,
     #[serde(default = "default_route_tls")]
     pub(crate) tls: TlsPolicy,
     pub(crate) auth_user: Option<String>,
@@ -144,6 +145,8 @@ pub(crate) struct RawPlugin {
     pub(crate) reuse: Spanned<u32>,
     #[serde(default)]
     pub(crate) pool_idle: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub(crate) log_level: Option<crate::PluginLogLevel>,
 }
 
 pub(crate) fn default_failure_policy() -> FailurePolicy {

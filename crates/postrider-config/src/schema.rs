@@ -157,6 +157,22 @@ impl std::str::FromStr for FailurePolicy {
     }
 }
 
+/// The lowest level of a plugin's `log` lines the relay writes (`[[plugin]] log_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginLogLevel {
+    /// Everything.
+    Trace,
+    /// Debug and above.
+    Debug,
+    /// Info and above.
+    Info,
+    /// Warnings and errors.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
 /// One `[[plugin]]`: a WebAssembly component called at the stages it asks for, in config order.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
@@ -177,6 +193,10 @@ pub struct PluginConfig {
     pub reuse: u32,
     /// Most idle instances kept warm for reuse (default 8; only with `reuse` > 1).
     pub pool_idle: u32,
+    /// When set, the plugin's log lines below this level are dropped and the others are
+    /// written at least at `info`, so one plugin's debug lines show without raising the
+    /// relay's own level. Unset: each line at its own level, filtered by POSTRIDER_LOG.
+    pub log_level: Option<PluginLogLevel>,
 }
 
 /// Outbound delivery settings.
@@ -249,6 +269,15 @@ pub enum RouteTarget {
     },
     /// LMTP at "host:port" or "unix:/path".
     Lmtp(String),
+    /// Local Maildir delivery: one directory per recipient local part under this root.
+    Maildir(PathBuf),
+}
+
+impl PluginConfig {
+    /// The name of the builtin plugin this entry uses (`path = "builtin:NAME"`), if it does.
+    pub fn builtin(&self) -> Option<&str> {
+        crate::builtin_name(&self.path)
+    }
 }
 
 impl Config {

@@ -306,7 +306,29 @@ fn routes_and_delivery_settings() {
     let err = parse(&format!("{MINIMAL}[[route]]\ndomains = [\"x.test\"]\n"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("exactly one of relay and lmtp"), "{err}");
+    assert!(
+        err.contains("exactly one of relay, lmtp and maildir"),
+        "{err}"
+    );
+    let config = parse(&format!(
+        "{MINIMAL}[[route]]\ndomains = [\"localhost\"]\nmaildir = \"var/mail\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.route_for("localhost").map(|r| &r.to),
+        Some(&RouteTarget::Maildir(
+            Path::new("/etc/postrider/var/mail").into()
+        ))
+    );
+    let err = parse(&format!(
+        "{MINIMAL}[[route]]\ndomains = [\"x.test\"]\nmaildir = \"m\"\nlmtp = \"h:24\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("exactly one of relay, lmtp and maildir"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -304,13 +304,19 @@ impl Config {
             };
             plugins.push(PluginConfig {
                 name,
-                path: resolve(&p.path),
+                // `builtin:NAME` names a plugin inside the relay binary, not a file.
+                path: if crate::builtin_name(&p.path).is_some() {
+                    p.path.clone()
+                } else {
+                    resolve(&p.path)
+                },
                 config_json,
                 failure_policy: p.failure_policy,
                 timeout_ms: *p.timeout_ms.get_ref(),
                 memory_mb: *p.memory_mb.get_ref(),
                 reuse: *p.reuse.get_ref(),
                 pool_idle,
+                log_level: p.log_level,
             });
         }
         let mut nameservers = Vec::new();
@@ -362,8 +368,8 @@ impl Config {
                     "a non-empty list of domain names",
                 );
             }
-            let to = match (r.relay, r.lmtp) {
-                (Some(relay), None) => {
+            let to = match (r.relay, r.lmtp, r.maildir) {
+                (Some(relay), None, None) => {
                     let text = relay.get_ref();
                     let (host, port) = match text.rsplit_once(':') {
                         Some((h, p)) if !h.contains(':') || h.starts_with('[') => match p
@@ -405,7 +411,7 @@ impl Config {
                         auth,
                     }
                 }
-                (None, Some(lmtp)) => {
+                (None, Some(lmtp), None) => {
                     let t = lmtp.get_ref();
                     let ok = match t.strip_prefix("unix:") {
                         Some(path) => path.starts_with('/'),
@@ -422,11 +428,17 @@ impl Config {
                     }
                     RouteTarget::Lmtp(t.clone())
                 }
+                (None, None, Some(dir)) => {
+                    if dir.get_ref().as_os_str().is_empty() {
+                        return src.invalid(dir.span(), &key("maildir"), "a directory");
+                    }
+                    RouteTarget::Maildir(resolve(dir.get_ref()))
+                }
                 _ => {
                     return src.invalid(
                         domains_span,
                         &key("relay"),
-                        "a route needs exactly one of relay and lmtp",
+                        "a route needs exactly one of relay, lmtp and maildir",
                     );
                 }
             };

@@ -50,6 +50,8 @@ pub enum Destination {
     },
     /// LMTP over a unix socket.
     LmtpUnix(PathBuf),
+    /// Local Maildir directories under this root, one per recipient local part.
+    Maildir(PathBuf),
 }
 
 /// Settings of the delivery agent.
@@ -259,6 +261,26 @@ impl Deliverer {
                     data,
                 )
                 .await
+            }
+            Destination::Maildir(root) => {
+                let remote = Some(format!("maildir:{}", root.display()));
+                let (root, host) = (root.clone(), self.options.helo_name.clone());
+                let (owned, data) = (msg.clone(), data.to_vec());
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::maildir::deliver(&root, &host, &owned, &data)
+                })
+                .await;
+                let outcomes = written.unwrap_or_else(|e| {
+                    all(
+                        msg,
+                        &RcptResult::Temporary(Reply::local(
+                            451,
+                            (4, 3, 0),
+                            &format!("Maildir delivery failed: {e}"),
+                        )),
+                    )
+                });
+                Attempt { outcomes, remote }
             }
             Destination::LmtpUnix(path) => {
                 let config = self.client_config(TlsPolicy::None, None, true);

@@ -1,8 +1,9 @@
-//! Outbound delivery: where a recipient's mail goes (MX resolution, relay hosts, LMTP) and
-//! one delivery attempt over SMTP or LMTP, driving `postrider-smtp`'s sans-IO client over
-//! tokio, with STARTTLS through rustls.
+//! Outbound delivery: where a recipient's mail goes (MX resolution, relay hosts, LMTP,
+//! Maildir) and one delivery attempt over SMTP or LMTP, driving `postrider-smtp`'s sans-IO
+//! client over tokio, with STARTTLS through rustls, or into local Maildir directories.
 
 mod attempt;
+pub mod maildir;
 mod resolve;
 mod tls;
 

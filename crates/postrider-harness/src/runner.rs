@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postrider_kv::{KvError, KvFuture, KvStore, ManualClock, MemoryKv};
+use postrider_kv::{KvEntry, KvError, KvFuture, KvStore, ManualClock, MemoryKv};
 use postrider_plugin_host::Dns;
 use postrider_plugin_host::{
     Authentication, CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy,
@@ -154,6 +154,7 @@ impl Harness {
             memory_bytes: (options.memory_mb as usize) << 20,
             reuse: options.reuse,
             pool_idle: options.pool_idle,
+            log_level: None,
         };
         let plugin =
             LoadedPlugin::load(&self.engine, spec, Some(&self.cache_dir), services).await?;
@@ -293,6 +294,10 @@ impl KvStore for FaultyKv {
         Box::pin(async move { Err(e) })
     }
     fn delete<'a>(&'a self, _: &'a str, _: &'a str) -> KvFuture<'a, bool> {
+        let e = self.error();
+        Box::pin(async move { Err(e) })
+    }
+    fn list<'a>(&'a self, _: &'a str, _: &'a str, _: usize) -> KvFuture<'a, Vec<KvEntry>> {
         let e = self.error();
         Box::pin(async move { Err(e) })
     }

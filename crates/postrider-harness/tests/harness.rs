@@ -332,6 +332,36 @@ fn a_malformed_case_file_is_an_error_naming_file_and_line() {
 }
 
 #[test]
+fn a_case_that_expects_nothing_and_a_file_that_is_no_component_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.toml");
+    std::fs::write(&file, "[[case]]\nname = \"x\"\nrcpt = [\"a@b.example\"]\n").unwrap();
+    let out = test_cmd("greylist", &file, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("empty.toml:1:") && err.contains("expects nothing"),
+        "{err}"
+    );
+
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        "[[case]]\nname = \"x\"\nexpect.connect = \"continue\"\n",
+    )
+    .unwrap();
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, "(component)\n").unwrap();
+    let out = harness(&["test".as_ref(), text.as_os_str(), cases.as_os_str()]);
+    assert_ne!(out.status.code(), Some(0));
+    let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        all.contains("not a WebAssembly component") && !all.contains("expected `(`"),
+        "{all}"
+    );
+}
+
+#[test]
 fn run_plays_a_transcript() {
     let dir = tempfile::tempdir().unwrap();
     let transcript = dir.path().join("session.txt");

@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
-use crate::{KvError, KvStore, Limits, ManualClock};
+use crate::{Clock, KvError, KvStore, Limits, ManualClock};
 
 const NS: &str = "conformance-a";
 const OTHER_NS: &str = "conformance-b";
@@ -32,6 +32,7 @@ pub async fn run(store: &dyn KvStore, clock: &ManualClock) {
     t.namespaces_are_isolated().await;
     t.empty_key_is_a_key().await;
     t.limits().await;
+    t.list().await;
 }
 
 struct Tester<'s> {
@@ -352,6 +353,50 @@ impl Tester<'_> {
     }
 
     /// Deletes a key so the check starts from nothing.
+    async fn list(&self) {
+        const LIST_NS: &str = "conformance-list";
+        for key in ["p:a", "p:b", "p:c", "p*x", "pzx", "q:a", "p:gone"] {
+            self.fresh(LIST_NS, key).await;
+        }
+        self.fresh(OTHER_NS, "p:other").await;
+        self.set(LIST_NS, "p:b", b"2", Some(100 * SECOND)).await;
+        self.set(LIST_NS, "p:a", b"1", None).await;
+        self.set(LIST_NS, "p:c", b"3", None).await;
+        self.set(LIST_NS, "p*x", b"star", None).await;
+        self.set(LIST_NS, "pzx", b"z", None).await;
+        self.set(LIST_NS, "q:a", b"q", None).await;
+        self.set(LIST_NS, "p:gone", b"g", Some(SECOND)).await;
+        self.set(OTHER_NS, "p:other", b"o", None).await;
+        self.clock.advance(SECOND);
+        let keys = |entries: &[crate::KvEntry]| -> Vec<String> {
+            entries.iter().map(|e| e.key.clone()).collect()
+        };
+        let all = ok("list p:", self.store.list(LIST_NS, "p:", 100).await);
+        expect_eq(
+            "list by prefix, sorted, live only",
+            keys(&all),
+            vec!["p:a".to_owned(), "p:b".to_owned(), "p:c".to_owned()],
+        );
+        expect_eq("list returns values", all[0].value.clone(), b"1".to_vec());
+        expect_eq("no expiry is None", all[0].expires_at_ms, None);
+        let expiry = self.clock.now_ms() - 1000 + 100_000;
+        expect_eq("expiry in Unix ms", all[1].expires_at_ms, Some(expiry));
+        let star = ok("list p*", self.store.list(LIST_NS, "p*", 100).await);
+        expect_eq(
+            "glob characters match literally",
+            keys(&star),
+            vec!["p*x".to_owned()],
+        );
+        let two = ok("list with a limit", self.store.list(LIST_NS, "p:", 2).await);
+        expect_eq("the limit holds", two.len(), 2);
+        let everything = ok("list everything", self.store.list(LIST_NS, "", 100).await);
+        expect_eq("an empty prefix lists the namespace", everything.len(), 6);
+        for key in ["p:a", "p:b", "p:c", "p*x", "pzx", "q:a"] {
+            self.fresh(LIST_NS, key).await;
+        }
+        self.fresh(OTHER_NS, "p:other").await;
+    }
+
     async fn fresh(&self, namespace: &str, key: &str) {
         ok(
             &format!("delete {} before a check", name(namespace, key)),

@@ -11,8 +11,8 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
 use crate::{
-    Clock, KvError, KvFuture, KvStore, Limits, OpaqueClock, add_counter, expiry_ms, is_live,
-    parse_counter,
+    Clock, KvEntry, KvError, KvFuture, KvStore, Limits, OpaqueClock, add_counter, expiry_ms,
+    is_live, parse_counter,
 };
 
 /// The only table: `(namespace, key)` → 8-byte BE expiry ms ++ value.
@@ -345,6 +345,43 @@ impl KvStore for EmbeddedKv {
                 }
                 None => false,
             })
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        namespace: &'a str,
+        prefix: &'a str,
+        limit: usize,
+    ) -> KvFuture<'a, Vec<KvEntry>> {
+        if let Err(e) = self.inner.limits.check_key(namespace, prefix) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        let (ns, prefix) = (namespace.to_owned(), prefix.to_owned());
+        self.read(move |inner| {
+            let now = inner.clock.now_ms();
+            let txn = inner.db.begin_read().map_err(backend)?;
+            let table = txn.open_table(ENTRIES).map_err(backend)?;
+            let mut out = Vec::new();
+            for item in table
+                .range((ns.as_str(), prefix.as_str())..)
+                .map_err(backend)?
+            {
+                let (id, stored) = item.map_err(backend)?;
+                let (entry_ns, key) = id.value();
+                if entry_ns != ns || !key.starts_with(&prefix) || out.len() == limit {
+                    break;
+                }
+                let record = decode(stored.value())?;
+                if is_live(record.expires_at_ms, now) {
+                    out.push(KvEntry::new(
+                        key.to_owned(),
+                        record.value.to_vec(),
+                        record.expires_at_ms,
+                    ));
+                }
+            }
+            Ok(out)
         })
     }
 }

@@ -113,6 +113,37 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Removes `key`; returns whether a live entry existed.
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool>;
+
+    /// Up to `limit` live entries of `namespace` whose key starts with `prefix`, sorted by
+    /// key (Redis: `limit` of the matching entries, not necessarily the first ones). For
+    /// operators (`postrider kv`); plugins have no such call.
+    fn list<'a>(
+        &'a self,
+        namespace: &'a str,
+        prefix: &'a str,
+        limit: usize,
+    ) -> KvFuture<'a, Vec<KvEntry>>;
+}
+
+/// One live entry, as [`KvStore::list`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The key, without the namespace.
+    pub key: String,
+    /// The value's bytes.
+    pub value: Vec<u8>,
+    /// When it expires (Unix milliseconds), or `None` for never.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl KvEntry {
+    fn new(key: String, value: Vec<u8>, expires_at_ms: u64) -> KvEntry {
+        KvEntry {
+            key,
+            value,
+            expires_at_ms: (expires_at_ms != NO_EXPIRY).then_some(expires_at_ms),
+        }
+    }
 }
 
 /// Time source for expiry, injectable so tests and the plugin test harness can fix the clock.

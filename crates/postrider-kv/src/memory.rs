@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::{
-    Clock, KvError, KvFuture, KvStore, Limits, OpaqueClock, add_counter, expiry_ms, is_live,
-    parse_counter,
+    Clock, KvEntry, KvError, KvFuture, KvStore, Limits, OpaqueClock, add_counter, expiry_ms,
+    is_live, parse_counter,
 };
 
 /// In-memory store for tests and the plugin harness (preset entries).
@@ -181,6 +181,25 @@ impl KvStore for MemoryKv {
 
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, bool> {
         Box::pin(std::future::ready(self.delete_now(namespace, key)))
+    }
+
+    fn list<'a>(
+        &'a self,
+        namespace: &'a str,
+        prefix: &'a str,
+        limit: usize,
+    ) -> KvFuture<'a, Vec<KvEntry>> {
+        let now = self.clock.now_ms();
+        let listed = self.limits.check_key(namespace, prefix).map(|()| {
+            self.lock()
+                .range((namespace.to_owned(), prefix.to_owned())..)
+                .take_while(|((ns, key), _)| ns == namespace && key.starts_with(prefix))
+                .filter(|(_, e)| is_live(e.expires_at_ms, now))
+                .take(limit)
+                .map(|((_, key), e)| KvEntry::new(key.clone(), e.value.clone(), e.expires_at_ms))
+                .collect()
+        });
+        Box::pin(std::future::ready(listed))
     }
 }
 

@@ -34,7 +34,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Script, TlsCertificates, Value};
 
-use crate::{Clock, KvError, KvFuture, KvStore, Limits, NO_EXPIRY, OpaqueClock, expiry_ms};
+use crate::{
+    Clock, KvEntry, KvError, KvFuture, KvStore, Limits, NO_EXPIRY, OpaqueClock, expiry_ms,
+};
 
 /// Returns the value if live by the caller's clock (ARGV[1]).
 const GET: &str = r"
@@ -234,6 +236,18 @@ fn error_text(e: &RedisError) -> String {
     }
 }
 
+/// `text` with Redis glob characters escaped, to match it literally in `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn expiry_arg(expires_at_ms: u64) -> String {
     if expires_at_ms == NO_EXPIRY {
         String::new()
@@ -305,6 +319,60 @@ impl KvStore for RedisKv {
             inv.arg(now);
             let existed: i64 = self.call("delete", inv.invoke_async(&mut con)).await?;
             Ok(existed == 1)
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        namespace: &'a str,
+        prefix: &'a str,
+        limit: usize,
+    ) -> KvFuture<'a, Vec<KvEntry>> {
+        Box::pin(async move {
+            let base = self.redis_key(namespace, "")?;
+            self.limits.check_key(namespace, prefix)?;
+            let pattern = format!("{base}{}*", glob_escape(prefix));
+            let mut con = self.manager.clone();
+            let mut keys = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, batch): (u64, Vec<String>) =
+                    self.call("list", cmd.query_async(&mut con)).await?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 || keys.len() >= limit {
+                    break;
+                }
+            }
+            keys.sort();
+            keys.dedup();
+            let now = self.clock.now_ms();
+            let mut out = Vec::new();
+            for rkey in keys {
+                if out.len() == limit {
+                    break;
+                }
+                let mut inv = self.scripts.get.key(&rkey);
+                inv.arg(now);
+                let value: Option<Vec<u8>> = self.call("list", inv.invoke_async(&mut con)).await?;
+                let Some(value) = value else { continue };
+                let mut cmd = redis::cmd("PEXPIRETIME");
+                cmd.arg(&rkey);
+                let expires: i64 = self.call("list", cmd.query_async(&mut con)).await?;
+                let key = rkey.get(base.len()..).unwrap_or_default().to_owned();
+                out.push(KvEntry::new(
+                    key,
+                    value,
+                    u64::try_from(expires).unwrap_or(NO_EXPIRY),
+                ));
+            }
+            Ok(out)
         })
     }
 }

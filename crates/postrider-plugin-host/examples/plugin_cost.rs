@@ -178,6 +178,7 @@ async fn main() -> Result<(), String> {
         memory_bytes: args.memory_mb << 20,
         reuse: args.reuse,
         pool_idle: args.pool_idle,
+        log_level: None,
     };
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugin-cost-cache");
     let started = Instant::now();

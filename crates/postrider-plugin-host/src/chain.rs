@@ -109,6 +109,11 @@ impl Pipeline {
         }
     }
 
+    /// The services the plugins reach (`postrider kv` reads their kv store).
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
     /// The plugins, in order.
     pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins

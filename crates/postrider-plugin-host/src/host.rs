@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
+use crate::PluginLogLevel;
 use crate::bindings::postrider::plugin::{clock, dns, kv, log, message, types};
 use crate::message::MessageView;
 use crate::state::HostState;
@@ -42,15 +43,39 @@ impl log::Host for HostState {
             log::Level::Warn => "log.warn",
             log::Level::Error => "log.error",
         };
-        match level {
-            log::Level::Trace => tracing::trace!(plugin, "{text}"),
-            log::Level::Debug => tracing::debug!(plugin, "{text}"),
-            log::Level::Info => tracing::info!(plugin, "{text}"),
-            log::Level::Warn => tracing::warn!(plugin, "{text}"),
-            log::Level::Error => tracing::error!(plugin, "{text}"),
+        // With a `log_level`, lines below it are dropped and debug/trace ones that pass are
+        // written at info (naming their own level), so they show at the relay's default.
+        let shown = match self.log_level {
+            None => Some(level),
+            Some(min) if rank(level) >= min => Some(match level {
+                log::Level::Trace | log::Level::Debug => log::Level::Info,
+                other => other,
+            }),
+            Some(_) => None,
+        };
+        let plugin_level = &name["log.".len()..];
+        match shown {
+            None => {}
+            Some(raised) if raised != level => tracing::info!(plugin, plugin_level, "{text}"),
+            Some(log::Level::Trace) => tracing::trace!(plugin, "{text}"),
+            Some(log::Level::Debug) => tracing::debug!(plugin, "{text}"),
+            Some(log::Level::Info) => tracing::info!(plugin, "{text}"),
+            Some(log::Level::Warn) => tracing::warn!(plugin, "{text}"),
+            Some(log::Level::Error) => tracing::error!(plugin, "{text}"),
         }
         self.record(name, text, String::new(), started);
         Ok(())
+    }
+}
+
+/// The config's name for a WIT log level.
+fn rank(level: log::Level) -> PluginLogLevel {
+    match level {
+        log::Level::Trace => PluginLogLevel::Trace,
+        log::Level::Debug => PluginLogLevel::Debug,
+        log::Level::Info => PluginLogLevel::Info,
+        log::Level::Warn => PluginLogLevel::Warn,
+        log::Level::Error => PluginLogLevel::Error,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{CallFailure, HostError};
 use crate::pool::WarmPool;
 use crate::state::{HostState, Services};
 
-pub use postrider_config::FailurePolicy;
+pub use postrider_config::{FailurePolicy, PluginLogLevel};
 
 /// A stage of the SMTP transaction a plugin can be called at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,8 @@ pub struct PluginSpec {
     pub reuse: u32,
     /// Most idle instances kept for reuse (only with `reuse` > 1).
     pub pool_idle: u32,
+    /// `[[plugin]] log_level`: see [`postrider_config::PluginConfig::log_level`].
+    pub log_level: Option<PluginLogLevel>,
 }
 
 /// A compiled, validated plugin, ready to instantiate.
@@ -132,6 +134,18 @@ impl LoadedPlugin {
                 path: spec.path.display().to_string(),
                 message: e.to_string(),
             })?;
+        LoadedPlugin::from_bytes(engine, spec, bytes, cache_dir, services).await
+    }
+
+    /// Compiles (through `cache_dir` when given) and canary-initialises the component
+    /// `bytes` (a plugin built into the relay, or a file already read).
+    pub async fn from_bytes(
+        engine: &Arc<PluginEngine>,
+        spec: PluginSpec,
+        bytes: Vec<u8>,
+        cache_dir: Option<&Path>,
+        services: &Services,
+    ) -> Result<LoadedPlugin, HostError> {
         let hash = hex(&Sha256::digest(&bytes));
         let component = {
             let engine = Arc::clone(engine);
@@ -296,6 +310,7 @@ impl LoadedPlugin {
     ) -> Result<(Store<HostState>, Plugin), CallFailure> {
         let state = HostState::new(
             Arc::clone(&self.namespace),
+            self.spec.log_level,
             services.clone(),
             self.spec.memory_bytes,
             trace,
@@ -369,7 +384,8 @@ fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<
             }
         }
     }
-    let component = Component::new(&engine.engine, bytes)
+    check_header(bytes)?;
+    let component = Component::from_binary(&engine.engine, bytes)
         .map_err(|e| format!("not a valid component: {e:#}"))?;
     if let Some(path) = cache
         && let Err(e) = write_cache(&component, path)
@@ -377,6 +393,30 @@ fn compile(engine: &PluginEngine, bytes: &[u8], cache: Option<&Path>) -> Result<
         tracing::warn!(path = %path.display(), error = %e, "could not write compiled plugin cache");
     }
     Ok(component)
+}
+
+/// Refuses, with a message that says what the file is, anything but a binary component: a
+/// core module or a text file named `.wasm` would otherwise get a parser's error.
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    const COMPONENT: &[u8] = &[0x0d, 0x00, 0x01, 0x00];
+    const MODULE: &[u8] = &[0x01, 0x00, 0x00, 0x00];
+    match (bytes.get(..4), bytes.get(4..8)) {
+        (Some(MAGIC), Some(COMPONENT)) => Ok(()),
+        (Some(MAGIC), Some(MODULE)) => Err("a core WebAssembly module, not a component: build \
+             for wasm32-wasip2, or wrap it with `wasm-tools component new`"
+            .to_owned()),
+        (Some(MAGIC), _) => Err(
+            "a WebAssembly binary of an unknown version, not a component \
+             this host reads"
+                .to_owned(),
+        ),
+        _ => Err(format!(
+            "not a WebAssembly component (a component file starts with \"\\0asm\"; this one \
+             starts with {:?})",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(16)])
+        )),
+    }
 }
 
 /// Writes the artifact atomically (temp file, then rename), so a half-written file is never read.
@@ -401,4 +441,31 @@ fn compat_hash(engine: &PluginEngine) -> u64 {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_header;
+
+    #[test]
+    fn only_binary_components_pass_the_header_check() {
+        assert_eq!(check_header(b"\0asm\x0d\x00\x01\x00rest"), Ok(()));
+        let module = check_header(b"\0asm\x01\x00\x00\x00").unwrap_err();
+        assert!(module.contains("core WebAssembly module"), "{module}");
+        let text = check_header(b"(component)\n").unwrap_err();
+        assert!(
+            text.contains("not a WebAssembly component") && text.contains("(component)"),
+            "{text}"
+        );
+        assert!(
+            check_header(b"")
+                .unwrap_err()
+                .contains("not a WebAssembly component")
+        );
+        assert!(
+            check_header(b"\0asm\x02\x00")
+                .unwrap_err()
+                .contains("unknown version")
+        );
+    }
 }

@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use postrider_config::PluginLogLevel;
 use postrider_dns::Dns;
 
 /// The relay services plugins reach through their imports, shared by every store.
@@ -46,6 +47,7 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) namespace: Arc<str>,
+    pub(crate) log_level: Option<PluginLogLevel>,
     pub(crate) services: Services,
     pub(crate) trace: Option<Vec<HostCall>>,
 }
@@ -53,6 +55,7 @@ pub struct HostState {
 impl HostState {
     pub(crate) fn new(
         namespace: Arc<str>,
+        log_level: Option<PluginLogLevel>,
         services: Services,
         memory_bytes: usize,
         trace: bool,
@@ -69,6 +72,7 @@ impl HostState {
                 .trap_on_grow_failure(true)
                 .build(),
             namespace,
+            log_level,
             services,
             trace: trace.then(Vec::new),
         }

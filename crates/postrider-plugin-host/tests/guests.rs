@@ -66,6 +66,7 @@ fn spec(name: &str, plugin: &str, config: &str) -> PluginSpec {
         memory_bytes: 16 << 20,
         reuse: 1,
         pool_idle: 8,
+        log_level: None,
     }
 }
 

@@ -279,9 +279,7 @@ impl Driver {
         let outcome = chain.on_connect(&self.conn).await;
         // Instances live per transaction: an idle client must not hold plugin instances.
         chain.end_transaction();
-        if outcome.decision != Decision::Continue {
-            tracing::info!(verdict = outcome.decision.kind(), "connect verdict");
-        }
+        log_refusal(Stage::Connect, &outcome.decision, &outcome.calls, "");
         run.decision = outcome.decision.clone();
         run.calls = outcome.calls;
         self.runs.push(run);
@@ -352,6 +350,7 @@ impl Driver {
         if let Some(chain) = self.chain.as_mut() {
             let mut run = StageRun::new(Stage::Helo, &self.conn, None);
             let outcome = chain.on_helo(&self.conn, helo).await;
+            log_refusal(Stage::Helo, &outcome.decision, &outcome.calls, helo);
             chain.end_transaction();
             self.in_transaction = false;
             run.decision = outcome.decision.clone();
@@ -383,9 +382,12 @@ impl Driver {
                 ..EnvelopeInfo::from_transaction(from, params, &[])
             };
             let outcome = chain.on_mail_from(&self.conn, &env).await;
-            if outcome.decision != Decision::Continue {
-                tracing::info!(from = %from.address(), verdict = outcome.decision.kind(), reply = %reply_of(&outcome.decision), "sender verdict");
-            }
+            log_refusal(
+                Stage::MailFrom,
+                &outcome.decision,
+                &outcome.calls,
+                &from.address(),
+            );
             self.record(&outcome.calls);
             let mut run = StageRun::new(Stage::MailFrom, &self.conn, Some(env));
             run.decision = outcome.decision.clone();
@@ -419,9 +421,7 @@ impl Driver {
         };
         let rcpt = to.address();
         let outcome = chain.on_rcpt(&self.conn, &env, &rcpt).await;
-        if !matches!(outcome.decision, Decision::Continue | Decision::Accept) {
-            tracing::info!(rcpt = %rcpt, verdict = outcome.decision.kind(), reply = %reply_of(&outcome.decision), "recipient refused by plugin");
-        }
+        log_refusal(Stage::Rcpt, &outcome.decision, &outcome.calls, &rcpt);
         self.record(&outcome.calls);
         let mut run = StageRun::new(Stage::Rcpt, &self.conn, Some(env.clone()));
         run.rcpt = Some(rcpt.clone());
@@ -493,6 +493,7 @@ impl Driver {
                 view = view.with_authentication(auth.clone());
             }
             let outcome = chain.on_data(&self.conn, &env, &view).await;
+            log_refusal(Stage::Data, &outcome.decision, &outcome.calls, "");
             chain.end_transaction();
             self.in_transaction = false;
             self.record(&outcome.calls);
@@ -561,11 +562,23 @@ impl Driver {
 pub const BUILTIN: &str = "builtin";
 
 /// The reply a refusing decision sends, for logs ("" for continue and accept).
-fn reply_of(decision: &Decision) -> String {
-    match decision {
-        Decision::Continue | Decision::Accept => String::new(),
+/// Logs a plugin's refusal at a stage: which plugin, its verdict and the reply the client
+/// gets. `subject` is what was refused (HELO name, sender, recipient), if any. The chain
+/// stops at the first verdict other than continue, so the last call decided.
+fn log_refusal(stage: Stage, decision: &Decision, calls: &[PluginCall], subject: &str) {
+    let reply = match decision {
+        Decision::Continue | Decision::Accept => return,
         Decision::Reject(r) | Decision::Tempfail(r) | Decision::Disconnect(r) => r.to_string(),
-    }
+    };
+    let plugin = calls.last().map_or("", |c| c.plugin.as_str());
+    tracing::info!(
+        plugin,
+        stage = stage.name(),
+        subject,
+        verdict = decision.kind(),
+        reply = %reply,
+        "refused by plugin"
+    );
 }
 
 /// Routes one recipient of a spooled message through the route-stage plugins, with the

@@ -71,6 +71,14 @@ async fn admin_request(stream: tokio::net::UnixStream, admin: Admin) -> std::io:
                 message: format!("{e:#}"),
             },
         },
+        Ok(Request::Kv { kv }) => match &admin.reloader.current().pipeline {
+            Some(pipeline) => crate::kv_admin::run(pipeline.services().kv.as_ref(), &kv)
+                .await
+                .into(),
+            None => Response::Error {
+                message: "no plugins are configured: no kv store is in use".into(),
+            },
+        },
         Ok(Request::Status) => Response::Status {
             status: Box::new(status(&admin).await),
         },
@@ -126,6 +134,7 @@ async fn status(admin: &Admin) -> crate::status::Status {
         config: config.origin.clone(),
         generation: generation.number,
         config_loaded_at: unix_secs(generation.loaded_at),
+        reload_failure: admin.reloader.failure(),
         admin_http: admin.http.map(|a| a.to_string()),
         listeners,
         plugins,

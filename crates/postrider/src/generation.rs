@@ -58,7 +58,13 @@ pub type Current = Arc<ArcSwap<Generation>>;
 pub fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.extend(config_path.map(Path::to_owned));
-    files.extend(config.plugins.iter().map(|p| p.path.clone()));
+    files.extend(
+        config
+            .plugins
+            .iter()
+            .filter(|p| p.builtin().is_none())
+            .map(|p| p.path.clone()),
+    );
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
             files.insert(tls.cert.clone());

@@ -3,8 +3,10 @@
 mod admin_http;
 mod admin_socket;
 mod allocator;
+mod builtin;
 mod generation;
 mod inbound;
+mod kv_admin;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod layout;
@@ -28,11 +30,16 @@ use postrider_config::Config;
 ///
 /// `serve` runs the relay; `reload`, `status` and `queue` talk to a running relay through its
 /// owner-only admin socket (`admin_socket` in the config); `check-config` and
-/// `hash-password` work offline. Every command takes the same `--config FILE` (default: the
-/// embedded config/postrider.toml) to find the relay.
+/// `hash-password` work offline. Every command takes the same `--config FILE`, before or
+/// after its name, to find the relay.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    /// Configuration file (TOML). Default: $POSTRIDER_CONFIG, else the embedded
+    /// config/postrider.toml, whose relative paths (var/spool, var/admin.sock) are relative
+    /// to the working directory.
+    #[arg(long, short, global = true, env = "POSTRIDER_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,9 +55,6 @@ enum Command {
     /// configuration; SIGTERM or SIGINT stops accepting and lets sessions finish within
     /// `timeouts.shutdown_grace`.
     Serve {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Log as JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
@@ -61,53 +65,50 @@ enum Command {
     },
     /// Ask the running relay to reload its configuration and plugins; prints the error and
     /// fails if the new configuration is not usable (the relay then keeps the running one).
-    Reload {
-        /// Configuration file (TOML) naming the relay's admin socket; without it, the
-        /// embedded default.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    Reload,
     /// Show what the running relay is doing: listeners, plugins (hash, load time, stages),
     /// configuration generation and queue summary, from its admin socket.
     ///
     /// Fails (exit status 1) when no relay answers on the admin socket.
     Status {
-        /// Configuration file (TOML) naming the relay's admin socket; without it, the
-        /// embedded default.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Validate a configuration file; prints the first error with file, line and key.
+    /// Validate a configuration as `serve` would load it: the file (the first error with
+    /// file, line and key), then the certificates, keys, password file and every plugin
+    /// (compiled and `init` called with its config). Exits 1 on the first failure.
     CheckConfig {
-        /// Configuration file (TOML).
-        file: PathBuf,
+        /// Configuration file (TOML); the same as --config.
+        file: Option<PathBuf>,
     },
     /// Print the DNS TXT records to publish for the DKIM (and ARC) signing keys of the
     /// configuration, in zone-file form, e.g.
     /// `s1._domainkey.example.org. IN TXT "v=DKIM1; k=ed25519; p=..."`.
-    DkimRecords {
-        /// Configuration file (TOML); without it, the embedded default.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    DkimRecords,
     /// Read a password on standard input and print its argon2id hash for the password file.
     ///
     /// Example: echo "alice:$(echo 's3cret' | postrider hash-password)" >> /etc/postrider/passwords
     HashPassword,
+    /// A plugin's kv entries (its namespace is its name): list or delete them, through the
+    /// running relay's admin socket, or in the kv store itself when the relay is stopped.
+    ///
+    /// Example: postrider kv list greylist --prefix 't:203.0.113.'
+    Kv {
+        /// Print JSON instead of a table (before or after the action).
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: kv_admin::KvRequest,
+    },
     /// Inspect and manage the queue: through the running relay's admin socket, or directly in
     /// the spool directory when the relay is stopped.
     ///
     /// States: queued (not tried yet), deferred (a temporary failure; retried later), held
     /// (`queue hold`, or held by a route plugin) and quarantined (by a data-stage plugin).
     Queue {
-        /// Configuration file (TOML); without it, the embedded default.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// Print JSON instead of a table (before or after the action).
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         action: queue::admin::Request,
@@ -116,24 +117,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = cli.config;
     let result = match cli.command {
-        Command::Serve {
-            config,
-            log_json,
-            no_watch,
-        } => serve(config, log_json, !no_watch),
-        Command::Reload { config } => reload(config),
-        Command::Status { config, json } => status(config, json),
-        Command::CheckConfig { file } => Config::load(&file)
-            .map(|_| println!("{}: ok", file.display()))
-            .map_err(Into::into),
-        Command::DkimRecords { config } => dkim_records(config),
+        Command::Serve { log_json, no_watch } => serve(config, log_json, !no_watch),
+        Command::Reload => reload(config),
+        Command::Status { json } => status(config, json),
+        Command::CheckConfig { file } => check_config(config, file),
+        Command::DkimRecords => dkim_records(config),
         Command::HashPassword => hash_password(),
-        Command::Queue {
-            config,
-            json,
-            action,
-        } => queue(config, json, action),
+        Command::Queue { json, action } => queue(config, json, action),
+        Command::Kv { json, action } => kv(config, json, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,12 +137,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration of `--config FILE` (or `$POSTRIDER_CONFIG`), else the embedded default.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded()?,
+    })
+}
+
+/// `postrider check-config`: loads everything `serve` loads for a generation, without
+/// binding a port or touching the spool and the kv store.
+fn check_config(config: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match (file, config) {
+        (Some(file), Some(config)) if file != config => {
+            anyhow::bail!(
+                "two files to check: {} and --config {}",
+                file.display(),
+                config.display()
+            )
+        }
+        (file, config) => file.or(config),
+    };
+    let name = path.as_ref().map_or_else(
+        || "the embedded default".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let config = load_config(path.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let dns = serve::dns_of(&config)?;
+        let resolver = dns.resolver();
+        let metrics = std::sync::Arc::new(postrider_metrics::Metrics::new(
+            env!("CARGO_PKG_VERSION"),
+            config.admin.metrics_domains,
+        ));
+        let plugins = plugins::PluginBuilder::checking(std::sync::Arc::new(dns), metrics);
+        let generation = generation::GenerationBuilder::new(plugins, resolver)
+            .build(1, config, None)
+            .await?;
+        let count = generation.config.plugins.len();
+        println!("{name}: ok ({count} plugin(s) loaded and initialised)");
+        anyhow::Ok(())
+    })
+}
+
 /// Prints a zone-file TXT record for every signing key of the configuration.
 fn dkim_records(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::embedded()?,
-    };
+    let config = load_config(config.as_deref())?;
     let auth = &config.authentication;
     let keys: Vec<_> = auth.dkim_sign.iter().chain(&auth.arc_seal).collect();
     if keys.is_empty() {
@@ -212,13 +249,21 @@ fn queue(
     request: queue::admin::Request,
 ) -> anyhow::Result<()> {
     use queue::admin::Response;
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::embedded()?,
-    };
+    let config = load_config(config.as_deref())?;
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
         Ok(stream) => admin_call(stream, &request)?,
         // No relay running: work on the spool directly (its lock keeps a relay out meanwhile).
+        Err(_) if !config.spool_dir.exists() => anyhow::bail!(
+            "no relay is answering on {} and there is no spool at {}: give the relay's \
+             configuration with --config (or POSTRIDER_CONFIG){}",
+            absolute(&config.admin_socket),
+            absolute(&config.spool_dir),
+            if config.origin == postrider_config::EMBEDDED_NAME {
+                "; the embedded default's paths are relative to the directory the relay runs in"
+            } else {
+                ""
+            }
+        ),
         Err(_) => {
             let (spool, _) = postrider_queue::Spool::open(
                 &config.spool_dir,
@@ -238,6 +283,52 @@ fn queue(
         println!(
             "{}",
             serde_json::to_string_pretty(&response).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", queue::admin::render(&response));
+    }
+    if let Response::Error { message } = response {
+        anyhow::bail!("{message}");
+    }
+    Ok(())
+}
+
+/// A path as the operator should read it: absolute.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// `postrider kv`: through the running relay, else in the configured store itself.
+fn kv(config: Option<PathBuf>, json: bool, request: kv_admin::KvRequest) -> anyhow::Result<()> {
+    use queue::admin::{Request, Response};
+    let config = load_config(config.as_deref())?;
+    let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
+        Ok(stream) => admin_call(stream, &Request::Kv { kv: request })?,
+        Err(_) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let store = plugins::open_offline_kv(&config.plugin_settings)?;
+                anyhow::Ok(Response::from(
+                    kv_admin::run(store.as_ref(), &request).await,
+                ))
+            })?
+        }
+    };
+    if json {
+        let value = match &response {
+            Response::Kv { entries } => serde_json::to_value(entries),
+            other => serde_json::to_value(other),
+        }
+        .context("encoding JSON")?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).context("encoding JSON")?
         );
     } else {
         print!("{}", queue::admin::render(&response));
@@ -272,11 +363,7 @@ fn admin_call(
 /// `postrider reload`: asks the running relay to reload, and reports what it answered.
 fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
     use queue::admin::Response;
-    let config = match config {
-        Some(path) => Config::load(&path)
-            .with_context(|| format!("not reloading: {} is not valid", path.display()))?,
-        None => Config::embedded()?,
-    };
+    let config = load_config(config.as_deref()).context("not reloading")?;
     let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
         .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
     match admin_call(stream, &queue::admin::Request::Reload)? {
@@ -292,10 +379,7 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
 /// `postrider status`: asks the running relay what it is doing.
 fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     use queue::admin::Response;
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::embedded()?,
-    };
+    let config = load_config(config.as_deref())?;
     let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
         .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
     match admin_call(stream, &queue::admin::Request::Status)? {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use postrider_config::{Config, KvRedis, PluginConfig, PluginSettings};
-use postrider_kv::{Clock, EmbeddedKv, KvStore, RedisKv, RedisOptions, SystemClock};
+use postrider_kv::{Clock, EmbeddedKv, KvStore, MemoryKv, RedisKv, RedisOptions, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{
     Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
@@ -56,6 +56,27 @@ fn open_kv(
     Ok(Arc::new(kv))
 }
 
+/// The configured kv store for `postrider kv` while the relay is stopped: its Redis, or its
+/// embedded file, which must exist (a missing one is a wrong config or working directory,
+/// not an empty store).
+pub fn open_offline_kv(settings: &PluginSettings) -> anyhow::Result<Arc<dyn KvStore>> {
+    if settings.kv_redis.is_none() && !settings.kv_path.exists() {
+        anyhow::bail!(
+            "no relay is answering and there is no kv store at {}: give the relay's \
+             configuration with --config (or POSTRIDER_CONFIG)",
+            std::path::absolute(&settings.kv_path)
+                .unwrap_or_else(|_| settings.kv_path.clone())
+                .display()
+        );
+    }
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION"), 0));
+    open_kv(
+        settings,
+        &(Arc::new(SystemClock) as Arc<dyn Clock>),
+        &metrics,
+    )
+}
+
 /// A client of the Redis of `[plugins] kv_url` (not connected yet, so the relay starts while
 /// Redis is down), or `None` without one. The relay's own shared counts use it too.
 pub fn open_redis(
@@ -92,6 +113,8 @@ pub struct PluginBuilder {
     dns: Arc<dyn Dns>,
     metrics: Arc<Metrics>,
     runtime: Mutex<Option<Runtime>>,
+    /// `check-config`: plugins get an empty kv store in memory.
+    check_only: bool,
 }
 
 impl PluginBuilder {
@@ -101,6 +124,17 @@ impl PluginBuilder {
             dns,
             metrics,
             runtime: Mutex::new(None),
+            check_only: false,
+        }
+    }
+
+    /// A builder for `check-config`: plugins are compiled and initialised as `serve` would,
+    /// but their kv store is an empty one in memory (the relay's may be locked by the running
+    /// relay, and a check must not change it). Compiled plugins go to the cache as usual.
+    pub fn checking(dns: Arc<dyn Dns>, metrics: Arc<Metrics>) -> PluginBuilder {
+        PluginBuilder {
+            check_only: true,
+            ..PluginBuilder::new(dns, metrics)
         }
     }
 
@@ -124,7 +158,11 @@ impl PluginBuilder {
             engine,
             max_memory_bytes,
             max_instances: settings.max_instances,
-            kv: open_kv(settings, &clock, &self.metrics)?,
+            kv: if self.check_only {
+                Arc::new(MemoryKv::new(Arc::clone(&clock)))
+            } else {
+                open_kv(settings, &clock, &self.metrics)?
+            },
             kv_backend: kv_backend(settings),
             clock,
         };
@@ -184,12 +222,24 @@ impl PluginBuilder {
                 continue;
             }
             let started = std::time::Instant::now();
-            let plugin =
-                LoadedPlugin::load(&runtime.engine, spec, Some(&settings.cache_dir), &services)
+            let cache = Some(settings.cache_dir.as_path());
+            let loaded = match p.builtin() {
+                Some(name) => {
+                    let bytes = crate::builtin::component(name)
+                        .with_context(|| format!("plugin {}", p.name))?;
+                    LoadedPlugin::from_bytes(
+                        &runtime.engine,
+                        spec,
+                        bytes.to_vec(),
+                        cache,
+                        &services,
+                    )
                     .await
-                    .with_context(|| {
-                        format!("loading plugin {} from {}", p.name, p.path.display())
-                    })?;
+                }
+                None => LoadedPlugin::load(&runtime.engine, spec, cache, &services).await,
+            };
+            let plugin = loaded
+                .with_context(|| format!("loading plugin {} from {}", p.name, p.path.display()))?;
             info!(plugin = %p.name, hash = %plugin.hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
             plugins.push(Arc::new(plugin));
         }
@@ -223,6 +273,7 @@ fn spec_of(p: &PluginConfig) -> PluginSpec {
         memory_bytes: (p.memory_mb as usize) << 20,
         reuse: p.reuse,
         pool_idle: p.pool_idle,
+        log_level: p.log_level,
     }
 }
 
@@ -239,12 +290,16 @@ async fn reusable(
     Ok((hash == old.hash).then(|| Arc::clone(old)))
 }
 
-/// SHA-256 (hex) of a file, read and hashed on a blocking thread.
+/// SHA-256 (hex) of a plugin's component: a file (read and hashed on a blocking thread) or a
+/// builtin.
 async fn file_hash(path: &Path) -> anyhow::Result<String> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let bytes = match postrider_config::builtin_name(&path) {
+            Some(name) => crate::builtin::component(name)?.to_vec(),
+            None => std::fs::read(&path)
+                .with_context(|| format!("reading plugin {}", path.display()))?,
+        };
         Ok(Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::generation::{ConfigSource, Current, Generation, GenerationBuilder, files_of};
 use crate::inbound::listeners::Listeners;
+use crate::status::ReloadFailure;
 use crate::systemd;
 
 /// Builds and swaps generations, one reload at a time.
@@ -24,6 +25,8 @@ pub struct Reloader {
     /// The files a change to should reload (sent to the watcher).
     watched: watch::Sender<BTreeSet<PathBuf>>,
     metrics: Arc<postrider_metrics::Metrics>,
+    /// The last reload's failure, until a reload succeeds.
+    failure: std::sync::Mutex<Option<ReloadFailure>>,
 }
 
 impl Reloader {
@@ -43,12 +46,21 @@ impl Reloader {
             listeners: tokio::sync::Mutex::new(listeners),
             watched: watch::Sender::new(files),
             metrics,
+            failure: std::sync::Mutex::new(None),
         }
     }
 
     /// The generation in use now.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
+    }
+
+    /// Why the last reload failed, unless one succeeded since.
+    pub fn failure(&self) -> Option<ReloadFailure> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The files whose change should reload, as they change (for the watcher).
@@ -74,6 +86,12 @@ impl Reloader {
         let result = self.try_reload(&previous, number, &mut listeners).await;
         self.metrics
             .reload(result.as_ref().map(|()| number).map_err(|_| ()));
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(|e| ReloadFailure {
+                at: crate::status::unix_secs(std::time::SystemTime::now()),
+                trigger: trigger.to_owned(),
+                error: format!("{e:#}"),
+            });
         match &result {
             Ok(()) => {
                 info!(

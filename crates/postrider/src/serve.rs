@@ -39,6 +39,15 @@ impl postrider_queue::SyncObserver for SpoolSyncs {
     }
 }
 
+/// The resolver `[dns] nameservers` names, or the system's.
+pub fn dns_of(config: &Config) -> anyhow::Result<HickoryDns> {
+    if config.nameservers.is_empty() {
+        HickoryDns::from_system().context("reading the system resolver configuration")
+    } else {
+        HickoryDns::with_nameservers(&config.nameservers).context("building the DNS resolver")
+    }
+}
+
 /// Runs the relay until SIGTERM/SIGINT, then drains sessions within the grace period.
 /// `config` was loaded from `source`, which reloads re-read; with `watch` a change to the
 /// config file or a file it names reloads by itself (SIGHUP and `postrider reload` always do).
@@ -75,11 +84,7 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     );
 
     // One resolver for the relay's whole life: plugins and delivery share it, across reloads.
-    let hickory = if config.nameservers.is_empty() {
-        HickoryDns::from_system().context("reading the system resolver configuration")?
-    } else {
-        HickoryDns::with_nameservers(&config.nameservers).context("building the DNS resolver")?
-    };
+    let hickory = dns_of(&config)?;
     // One resolver (and cache) for delivery, plugins and email authentication.
     let resolver = hickory.resolver();
     let dns: Arc<dyn Dns> = Arc::new(hickory);

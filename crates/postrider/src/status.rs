@@ -24,6 +24,10 @@ pub struct Status {
     pub generation: u64,
     /// When that generation was loaded (Unix seconds).
     pub config_loaded_at: u64,
+    /// Set when the last reload failed (and none succeeded since): the configuration or
+    /// plugin files on disk are then not what runs.
+    #[serde(default)]
+    pub reload_failure: Option<ReloadFailure>,
     /// The admin HTTP listener (metrics, health), if any.
     pub admin_http: Option<String>,
     /// The SMTP listeners, by name.
@@ -32,6 +36,17 @@ pub struct Status {
     pub plugins: Vec<PluginStatus>,
     /// Messages in the queue by state (queued, deferred, held, quarantined).
     pub queue: BTreeMap<String, usize>,
+}
+
+/// A failed reload: the files on disk are not what runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadFailure {
+    /// When it failed (Unix seconds).
+    pub at: u64,
+    /// What asked for it: signal, admin socket or the file watcher.
+    pub trigger: String,
+    /// Why, with its causes.
+    pub error: String,
 }
 
 /// One SMTP listener.
@@ -102,6 +117,16 @@ pub fn render(s: &Status) -> String {
         s.generation,
         date(s.config_loaded_at)
     ));
+    if let Some(f) = &s.reload_failure {
+        out.push_str(&format!(
+            "LAST RELOAD FAILED at {} ({}): the files on disk are not what runs; generation {} \
+             stays in use\n  {}\n",
+            date(f.at),
+            f.trigger,
+            s.generation,
+            f.error
+        ));
+    }
     out.push_str(&format!(
         "admin http: {}\n",
         s.admin_http.as_deref().unwrap_or("off")
@@ -147,8 +172,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_every_part() {
-        let status = Status {
+    fn renders_a_failed_reload() {
+        let mut status = example();
+        assert!(!render(&status).contains("RELOAD FAILED"));
+        status.reload_failure = Some(ReloadFailure {
+            at: 0,
+            trigger: "file changed".into(),
+            error: "loading plugin greylist: init failed".into(),
+        });
+        let text = render(&status);
+        assert!(
+            text.contains(
+                "LAST RELOAD FAILED at 1970-01-01 00:00:00Z (file changed): the files on disk \
+                 are not what runs; generation 3 stays in use\n  loading plugin greylist: init \
+                 failed\n"
+            ),
+            "{text}"
+        );
+    }
+
+    fn example() -> Status {
+        Status {
             version: "0.1.0".into(),
             pid: 42,
             started_at: unix_secs(SystemTime::now()) - 90,
@@ -156,6 +200,7 @@ mod tests {
             config: "/etc/postrider/postrider.toml".into(),
             generation: 3,
             config_loaded_at: 0,
+            reload_failure: None,
             admin_http: Some("127.0.0.1:9587".into()),
             listeners: vec![ListenerStatus {
                 name: "mx".into(),
@@ -173,8 +218,12 @@ mod tests {
                 timeout_ms: 2000,
             }],
             queue: [("deferred".to_owned(), 2), ("queued".to_owned(), 1)].into(),
-        };
-        let text = render(&status);
+        }
+    }
+
+    #[test]
+    fn renders_every_part() {
+        let text = render(&example());
         assert!(
             text.starts_with("postrider 0.1.0: ready (pid 42, up 90s)\n"),
             "{text}"

@@ -269,6 +269,22 @@ pub struct Expectations {
     pub kv_absent: Vec<String>,
 }
 
+impl Expectations {
+    /// Whether nothing at all is checked.
+    pub fn is_empty(&self) -> bool {
+        self.connect.is_none()
+            && self.helo.is_none()
+            && self.mail_from.is_none()
+            && self.rcpt.is_empty()
+            && self.data.is_none()
+            && self.headers.is_none()
+            && self.quarantine.is_none()
+            && self.routes.is_empty()
+            && self.kv.is_none()
+            && self.kv_absent.is_empty()
+    }
+}
+
 pub(crate) fn expectations(raw: RawExpect, rcpt: &[String]) -> Result<Expectations, String> {
     let stage = |s: Option<StageShort>, key: &str| -> Result<Option<StageExpect>, String> {
         s.map(|s| stage_expect(s.0, key)).transpose()

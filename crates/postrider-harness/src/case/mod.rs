@@ -421,6 +421,13 @@ fn resolve(
             });
         }
     }
+    if expect_load_error.is_none() && runs.iter().all(|r| r.expect.is_empty()) {
+        return Err(
+            "expects nothing, so it would always pass: give [case.expect] (or \
+             expect_load_error) at least one stage, header, route or kv check"
+                .into(),
+        );
+    }
     Ok(Case {
         name,
         file: file.to_path_buf(),

@@ -58,6 +58,7 @@ repeat = 3
 [[case.run]]
 advance_secs = 301
 connection = { client_ip = "2001:db8::1", tls = true }
+expect.connect = "continue"
 "#)
     .unwrap();
     let runs = &c[0].runs;
@@ -80,6 +81,7 @@ authentication = { dmarc = "fail" }
 
 [[case]]
 name = "from defaults, spf domain from MAIL FROM"
+expect.mail_from = "continue"
 
 [[case]]
 name = "case and run values"
@@ -90,6 +92,7 @@ authentication = { dkim = [{ result = "pass", domain = "d.example", selector = "
 mail_from = "<>"
 spf = "none"
 authentication = {}
+expect.mail_from = "continue"
 "#)
     .unwrap();
     let spf = c[0].runs[0].spf.clone().unwrap();
@@ -120,7 +123,7 @@ authentication = {}
     );
     assert!(second.authentication.as_ref().unwrap().dkim.is_empty());
     // Nothing set: not checked.
-    let none = p("[[case]]\nname = \"x\"\n").unwrap();
+    let none = p("[[case]]\nname = \"x\"\nexpect.connect = \"continue\"\n").unwrap();
     assert!(none[0].runs[0].spf.is_none() && none[0].runs[0].authentication.is_none());
 }
 
@@ -168,4 +171,27 @@ fn unknown_results_name_the_key() {
 #[test]
 fn crlf_conversion() {
     assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+}
+
+#[test]
+fn a_case_that_checks_nothing_is_an_error() {
+    for text in [
+        "[[case]]\nname = \"x\"\nrcpt = [\"a@b.example\"]\n",
+        "[[case]]\nname = \"x\"\n[case.expect]\n",
+        "[[case]]\nname = \"x\"\n[[case.run]]\nrepeat = 2\n[[case.run]]\nadvance_secs = 5\n",
+    ] {
+        let e = p(text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("x/cases.toml:1: case \"x\"") && e.contains("expects nothing"),
+            "{text:?}: {e}"
+        );
+    }
+    // A run that only sets up state is fine when a later one checks something.
+    let cases = p(
+        "[[case]]\nname = \"x\"\n[[case.run]]\nrepeat = 2\n[[case.run]]\nexpect.connect = \"continue\"\n",
+    )
+    .unwrap();
+    assert_eq!(cases[0].runs.len(), 3);
+    // So is a case that expects the plugin not to load.
+    p("[[case]]\nname = \"x\"\nexpect_load_error = \"init\"\n").unwrap();
 }

@@ -48,6 +48,12 @@ pub enum Request {
     /// Listeners, plugins and queue summary (`postrider status`); only a running relay can.
     #[command(skip)]
     Status,
+    /// A plugin's kv entries (`postrider kv`).
+    #[command(skip)]
+    Kv {
+        /// What to do.
+        kv: crate::kv_admin::KvRequest,
+    },
 }
 
 /// One line of `queue list`.
@@ -108,6 +114,16 @@ pub enum Response {
         /// The relay's state.
         status: Box<crate::status::Status>,
     },
+    /// `kv list`: a plugin's entries.
+    Kv {
+        /// Sorted by key.
+        entries: Vec<crate::kv_admin::Item>,
+    },
+    /// `kv delete`: whether a live entry existed.
+    Deleted {
+        /// False when there was nothing to delete.
+        existed: bool,
+    },
     /// A reload succeeded: the number of the generation now in use.
     Ok {
         /// Generation number (1 is the configuration the relay started with).
@@ -124,6 +140,16 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl From<Result<crate::kv_admin::Answer, String>> for Response {
+    fn from(answer: Result<crate::kv_admin::Answer, String>) -> Response {
+        match answer {
+            Ok(crate::kv_admin::Answer::Entries(entries)) => Response::Kv { entries },
+            Ok(crate::kv_admin::Answer::Deleted(existed)) => Response::Deleted { existed },
+            Err(message) => Response::Error { message },
+        }
+    }
 }
 
 /// Parses a queue id given by an operator.
@@ -280,6 +306,7 @@ pub fn run_offline(spool: &Spool, request: &Request) -> Response {
             }
             Request::Reload => return Err("only a running relay can reload".into()),
             Request::Status => return Err("the relay is not running".into()),
+            Request::Kv { .. } => return Err("the spool holds no kv entries".into()),
         })
     })();
     result.unwrap_or_else(|message| Response::Error { message })
@@ -347,6 +374,9 @@ pub fn render(response: &Response) -> String {
         Response::Done { count } => format!("ok: {count} message(s)\n"),
         Response::Status { status } => crate::status::render(status),
         Response::Ok { generation } => format!("reloaded: configuration generation {generation}\n"),
+        Response::Kv { entries } => crate::kv_admin::render(entries),
+        Response::Deleted { existed: true } => "deleted\n".to_owned(),
+        Response::Deleted { existed: false } => "no such entry\n".to_owned(),
         Response::Error { message } => format!("error: {message}\n"),
     }
 }

@@ -102,7 +102,11 @@ impl QueueHandle {
             };
         };
         let ids: Vec<QueueId> = match &request {
-            Request::List | Request::Show { .. } | Request::Reload | Request::Status => Vec::new(),
+            Request::List
+            | Request::Show { .. }
+            | Request::Reload
+            | Request::Status
+            | Request::Kv { .. } => Vec::new(),
             Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
             Request::Retry { id: Some(id) }
             | Request::Delete { id }
@@ -391,6 +395,7 @@ fn destination_key(d: &Destination) -> String {
         Destination::Relay { host, port, .. } => format!("relay:{host}:{port}"),
         Destination::LmtpTcp { host, port } => format!("lmtp:{host}:{port}"),
         Destination::LmtpUnix(p) => format!("lmtp:unix:{}", p.display()),
+        Destination::Maildir(p) => format!("maildir:{}", p.display()),
     }
 }
 

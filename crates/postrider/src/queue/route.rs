@@ -76,6 +76,7 @@ pub async fn route(
                 || Plan::Defer(format!("bad LMTP target {t}")),
                 Plan::Deliver,
             ),
+            RouteTarget::Maildir(root) => Plan::Deliver(Destination::Maildir(root.clone())),
         };
     }
     if let Some(pipeline) = &generation.pipeline

@@ -1,0 +1,269 @@
+//! Local delivery into Maildir: one directory per recipient under a root, each message written
+//! to `tmp/`, synced, then renamed into `new/` and the directory synced, as the Maildir
+//! convention requires, so a reader never sees a partial message and a crash loses nothing
+//! that was reported delivered.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use postrider_smtp::client::{OutboundMessage, RcptOutcome, RcptResult};
+use postrider_smtp::reply::Reply;
+
+/// Longest mailbox name (a local part may be 64 octets, RFC 5321 section 4.5.3.1.1).
+const MAX_NAME: usize = 64;
+
+/// The mailbox directory name for `address`: its local part in lower case, when it is made
+/// only of characters that are safe and unambiguous as a file name (ASCII letters, digits,
+/// `.`, `-`, `_`, `+`, `=`), does not start with `.` and has at most 64 of them; `None`
+/// otherwise (a quoted local part, `/`, non-ASCII), which the route refuses.
+pub fn mailbox_name(address: &str) -> Option<String> {
+    let (local, _) = address.rsplit_once('@')?;
+    let ok = !local.is_empty()
+        && local.len() <= MAX_NAME
+        && !local.starts_with('.')
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+=".contains(&b));
+    ok.then(|| local.to_ascii_lowercase())
+}
+
+/// A new unique file name, as Maildir readers expect: `SECONDS.MmicrosPpidQn.HOST`, with `/`
+/// and `:` of the host name escaped as the convention says.
+fn unique_name(host: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let host = host.replace('/', "\\057").replace(':', "\\072");
+    format!(
+        "{}.M{}P{}Q{}.{host}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The file's content: `Return-Path` and `Delivered-To` on top (RFC 5321 section 4.4: final
+/// delivery records the reverse path), then the message with CRLF turned into the LF line
+/// ends of Unix mailbox files.
+fn content(from: &str, recipient: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 128);
+    out.extend_from_slice(format!("Return-Path: <{from}>\nDelivered-To: {recipient}\n").as_bytes());
+    let mut rest = data;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        out.extend_from_slice(&rest[..i]);
+        out.push(b'\n');
+        rest = &rest[i + 2..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Creates `dir` (owner-only) and its parents if missing.
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes one copy into the Maildir `mailbox`: tmp/NAME (created exclusively, owner-only),
+/// synced, renamed to new/NAME, new/ synced. Returns the path in new/.
+fn write_message(mailbox: &Path, host: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    for sub in ["tmp", "new", "cur"] {
+        ensure_dir(&mailbox.join(sub))?;
+    }
+    let name = unique_name(host);
+    let tmp = mailbox.join("tmp").join(&name);
+    let new = mailbox.join("new").join(&name);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &new)?;
+        std::fs::File::open(mailbox.join("new"))?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(new)
+}
+
+/// The outcome of a failed write: a full disk or quota is "mailbox full", anything else a
+/// local error; both temporary, so the queue retries.
+fn io_failure(e: &std::io::Error) -> RcptResult {
+    // ENOSPC (28) and EDQUOT (122 on Linux).
+    if matches!(e.raw_os_error(), Some(28 | 122)) {
+        RcptResult::Temporary(Reply::local(452, (4, 2, 2), "Mailbox full"))
+    } else {
+        RcptResult::Temporary(Reply::local(
+            451,
+            (4, 3, 0),
+            &format!("Maildir delivery failed: {e}"),
+        ))
+    }
+}
+
+/// Delivers a copy of `data` (CRLF line ends) to each recipient's mailbox under `root`, in
+/// order; blocking file I/O (run it off the async threads).
+pub fn deliver(root: &Path, host: &str, msg: &OutboundMessage, data: &[u8]) -> Vec<RcptOutcome> {
+    msg.recipients
+        .iter()
+        .map(|r| {
+            let result = match mailbox_name(&r.address) {
+                None => RcptResult::Permanent(Reply::local(
+                    550,
+                    (5, 1, 3),
+                    "Recipient local part cannot name a mailbox",
+                )),
+                Some(name) => {
+                    let bytes = content(&msg.from, &r.address, data);
+                    match write_message(&root.join(name), host, &bytes) {
+                        Ok(path) => RcptResult::Accepted(Reply::local(
+                            250,
+                            (2, 0, 0),
+                            &format!("Delivered to {}", path.display()),
+                        )),
+                        Err(e) => io_failure(&e),
+                    }
+                }
+            };
+            RcptOutcome {
+                recipient: r.address.clone(),
+                result,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postrider_smtp::client::OutboundRecipient;
+
+    #[test]
+    fn only_plain_local_parts_name_a_mailbox() {
+        assert_eq!(
+            mailbox_name("PostMaster@localhost").as_deref(),
+            Some("postmaster")
+        );
+        assert_eq!(
+            mailbox_name("a.b-c_d+e=f@x").as_deref(),
+            Some("a.b-c_d+e=f")
+        );
+        for bad in [
+            "../etc@x",
+            ".hidden@x",
+            "a/b@x",
+            "\"a b\"@x",
+            "@x",
+            "nodomain",
+            "é@x",
+            "a\0b@x",
+        ] {
+            assert_eq!(mailbox_name(bad), None, "{bad:?}");
+        }
+        assert!(mailbox_name(&format!("{}@x", "a".repeat(64))).is_some());
+        assert!(mailbox_name(&format!("{}@x", "a".repeat(65))).is_none());
+    }
+
+    #[test]
+    fn content_has_return_path_and_lf_line_ends() {
+        assert_eq!(
+            content("s@x", "r@y", b"Subject: a\r\n\r\nline\rwith CR\r\nend"),
+            b"Return-Path: <s@x>\nDelivered-To: r@y\nSubject: a\n\nline\rwith CR\nend".to_vec()
+        );
+        assert!(content("", "r@y", b"").starts_with(b"Return-Path: <>\n"));
+    }
+
+    #[test]
+    fn names_are_unique_and_escape_the_host() {
+        let (a, b) = (unique_name("mx/1:2"), unique_name("mx/1:2"));
+        assert_ne!(a, b);
+        assert!(a.ends_with(".mx\\0571\\0722"), "{a}");
+        assert!(!a.contains('/'));
+    }
+
+    #[test]
+    fn delivers_one_file_per_recipient_into_new() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let rcpt = |a: &str| OutboundRecipient {
+            address: a.into(),
+            notify: None,
+            orcpt: None,
+        };
+        let msg = OutboundMessage {
+            from: "s@x".into(),
+            recipients: vec![rcpt("Bob@x"), rcpt("../evil@x"), rcpt("bob@x")],
+            size: 10,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        };
+        let out = deliver(root.path(), "mx", &msg, b"Subject: t\r\n\r\nhi\r\n");
+        assert!(matches!(out[0].result, RcptResult::Accepted(_)), "{out:?}");
+        assert!(matches!(out[1].result, RcptResult::Permanent(_)), "{out:?}");
+        assert!(matches!(out[2].result, RcptResult::Accepted(_)), "{out:?}");
+        let new: Vec<_> = std::fs::read_dir(root.path().join("bob/new"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(new.len(), 2);
+        assert_eq!(
+            std::fs::read_dir(root.path().join("bob/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let text = std::fs::read_to_string(&new[0]).unwrap();
+        assert!(
+            text.starts_with("Return-Path: <s@x>\nDelivered-To: "),
+            "{text}"
+        );
+        assert!(text.ends_with("\n\nhi\n"), "{text}");
+        let mode = std::fs::metadata(&new[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(root.path().join("bob"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert!(!root.path().join("evil").exists());
+    }
+
+    #[test]
+    fn a_write_failure_is_temporary() {
+        let root = tempfile::tempdir().unwrap();
+        // A file where the mailbox directory should be.
+        std::fs::write(root.path().join("bob"), b"").unwrap();
+        let msg = OutboundMessage {
+            from: String::new(),
+            recipients: vec![OutboundRecipient {
+                address: "bob@x".into(),
+                notify: None,
+                orcpt: None,
+            }],
+            size: 1,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        };
+        let out = deliver(root.path(), "mx", &msg, b"x");
+        assert!(
+            matches!(&out[0].result, RcptResult::Temporary(r) if r.code() == 451),
+            "{out:?}"
+        );
+    }
+}
