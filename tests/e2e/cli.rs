@@ -25,12 +25,16 @@ fn check_config(text: &str) -> (bool, String) {
     )
 }
 
+/// The shipped default passes, builtin plugins included, and checking writes nothing.
 #[test]
-fn check_config_accepts_the_shipped_default() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/postrider.toml");
+fn check_config_accepts_the_shipped_default_and_writes_nothing() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/postrider.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postrider.toml");
+    std::fs::copy(shipped, &path).unwrap();
     let out = Command::new(BIN)
         .arg("check-config")
-        .arg(path)
+        .arg(&path)
         .output()
         .unwrap();
     assert!(
@@ -38,6 +42,16 @@ fn check_config_accepts_the_shipped_default() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(": ok (2 plugin(s) loaded and initialised)"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["postrider.toml"], "check-config wrote files");
 }
 
 #[test]

@@ -113,7 +113,7 @@ pub struct PluginBuilder {
     dns: Arc<dyn Dns>,
     metrics: Arc<Metrics>,
     runtime: Mutex<Option<Runtime>>,
-    /// `check-config`: plugins get an empty kv store in memory.
+    /// `check-config`: plugins get an empty kv store in memory and no compile cache.
     check_only: bool,
 }
 
@@ -130,7 +130,7 @@ impl PluginBuilder {
 
     /// A builder for `check-config`: plugins are compiled and initialised as `serve` would,
     /// but their kv store is an empty one in memory (the relay's may be locked by the running
-    /// relay, and a check must not change it). Compiled plugins go to the cache as usual.
+    /// relay, and a check must not change it) and nothing is written to the plugin cache.
     pub fn checking(dns: Arc<dyn Dns>, metrics: Arc<Metrics>) -> PluginBuilder {
         PluginBuilder {
             check_only: true,
@@ -222,7 +222,8 @@ impl PluginBuilder {
                 continue;
             }
             let started = std::time::Instant::now();
-            let cache = Some(settings.cache_dir.as_path());
+            // A check writes nothing: not even compiled code into the cache.
+            let cache = (!self.check_only).then_some(settings.cache_dir.as_path());
             let loaded = match p.builtin() {
                 Some(name) => {
                     let bytes = crate::builtin::component(name)
