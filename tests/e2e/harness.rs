@@ -516,8 +516,14 @@ pub fn password_file(dir: &Path) {
 /// Runs `postrider queue ARGS` on the relay in `relay_dir` (running or stopped): whether it
 /// succeeded, and what it printed.
 pub fn queue(relay_dir: &Path, args: &[&str]) -> (bool, String) {
+    command(relay_dir, "queue", args)
+}
+
+/// Runs `postrider COMMAND ARGS --config` the relay in `relay_dir`: whether it succeeded, and
+/// what it printed (standard output, then standard error).
+pub fn command(relay_dir: &Path, command: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN)
-        .arg("queue")
+        .arg(command)
         .arg("--config")
         .arg(relay_dir.join("postrider.toml"))
         .args(args)

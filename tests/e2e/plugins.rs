@@ -251,24 +251,8 @@ fn kv_lists_and_deletes_a_plugins_entries_online_and_offline() {
         assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}@relay.test>")).0, 451);
         c.cmd("QUIT");
     }
-    let file = relay.dir.join("postrider.toml");
-    let kv = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .arg("kv")
-            .args(args)
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let dir = relay.dir.clone();
+    let kv = |args: &[&str]| crate::harness::command(&dir, "kv", args);
     let bob = "t:127.0.0.0/24|alice@sender.test|bob@relay.test";
     let (ok, out) = kv(&["list", "grey"]);
     assert!(ok, "{out}");

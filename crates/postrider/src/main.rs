@@ -248,7 +248,6 @@ fn queue(
     json: bool,
     request: queue::admin::Request,
 ) -> anyhow::Result<()> {
-    use queue::admin::Response;
     let config = load_config(config.as_deref())?;
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
         Ok(stream) => admin_call(stream, &request)?,
@@ -279,10 +278,21 @@ fn queue(
             queue::admin::run_offline(&spool, &request)
         }
     };
+    print_answer(response, json)
+}
+
+/// Prints an admin answer as JSON (`kv list`: its entries) or for people; an error fails.
+fn print_answer(response: queue::admin::Response, json: bool) -> anyhow::Result<()> {
+    use queue::admin::Response;
     if json {
+        let value = match &response {
+            Response::Kv { entries } => serde_json::to_value(entries),
+            other => serde_json::to_value(other),
+        }
+        .context("encoding JSON")?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&response).context("encoding JSON")?
+            serde_json::to_string_pretty(&value).context("encoding JSON")?
         );
     } else {
         print!("{}", queue::admin::render(&response));
@@ -320,23 +330,7 @@ fn kv(config: Option<PathBuf>, json: bool, request: kv_admin::KvRequest) -> anyh
             })?
         }
     };
-    if json {
-        let value = match &response {
-            Response::Kv { entries } => serde_json::to_value(entries),
-            other => serde_json::to_value(other),
-        }
-        .context("encoding JSON")?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).context("encoding JSON")?
-        );
-    } else {
-        print!("{}", queue::admin::render(&response));
-    }
-    if let Response::Error { message } = response {
-        anyhow::bail!("{message}");
-    }
-    Ok(())
+    print_answer(response, json)
 }
 
 /// Sends one request on a connected admin socket and reads the answer.
