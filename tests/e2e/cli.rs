@@ -212,7 +212,7 @@ fn options_go_before_or_after_the_command() {
 }
 
 #[test]
-fn queue_without_a_relay_or_spool_says_where_it_looked_and_creates_nothing() {
+fn commands_without_a_relay_say_where_they_looked_and_create_nothing() {
     let elsewhere = tempfile::tempdir().unwrap();
     let (ok, out) = run_in(elsewhere.path(), &["queue", "list"], &[]);
     assert!(!ok, "{out}");
@@ -223,6 +223,24 @@ fn queue_without_a_relay_or_spool_says_where_it_looked_and_creates_nothing() {
             && out.contains("relative to the directory the relay runs in"),
         "{out}"
     );
+    for (args, looked_for) in [
+        (
+            &["status"][..],
+            "no relay answering on {cwd}/var/admin.sock",
+        ),
+        (
+            &["kv", "list", "stamp"][..],
+            "no kv store at {cwd}/var/kv.redb",
+        ),
+    ] {
+        let (ok, out) = run_in(elsewhere.path(), args, &[]);
+        let looked_for = looked_for.replace("{cwd}", &cwd.display().to_string());
+        assert!(
+            !ok && out.contains(&looked_for)
+                && out.contains("relative to the directory the relay runs in"),
+            "{args:?}: {out}"
+        );
+    }
     assert_eq!(
         std::fs::read_dir(elsewhere.path()).unwrap().count(),
         0,

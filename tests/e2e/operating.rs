@@ -380,6 +380,9 @@ fn every_subcommand_has_a_useful_help() {
         &["queue", "delete"],
         &["queue", "hold"],
         &["queue", "release"],
+        &["kv"],
+        &["kv", "list"],
+        &["kv", "delete"],
     ];
     for sub in subcommands {
         let mut args = sub.to_vec();

@@ -253,15 +253,10 @@ fn queue(
         Ok(stream) => admin_call(stream, &request)?,
         // No relay running: work on the spool directly (its lock keeps a relay out meanwhile).
         Err(_) if !config.spool_dir.exists() => anyhow::bail!(
-            "no relay is answering on {} and there is no spool at {}: give the relay's \
-             configuration with --config (or POSTRIDER_CONFIG){}",
+            "no relay is answering on {} and there is no spool at {}: {}",
             absolute(&config.admin_socket),
             absolute(&config.spool_dir),
-            if config.origin == postrider_config::EMBEDDED_NAME {
-                "; the embedded default's paths are relative to the directory the relay runs in"
-            } else {
-                ""
-            }
+            hint(&config)
         ),
         Err(_) => {
             let (spool, _) = postrider_queue::Spool::open(
@@ -303,6 +298,27 @@ fn print_answer(response: queue::admin::Response, json: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// What to do when a command finds no relay where `config` says it is.
+fn hint(config: &Config) -> &'static str {
+    if config.origin == postrider_config::EMBEDDED_NAME {
+        "give the relay's configuration with --config (or POSTRIDER_CONFIG); the embedded \
+         default's paths are relative to the directory the relay runs in"
+    } else {
+        "give the relay's configuration with --config (or POSTRIDER_CONFIG)"
+    }
+}
+
+/// Connects to the running relay's admin socket, or says where it looked.
+fn connect_admin(config: &Config) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(&config.admin_socket).with_context(|| {
+        format!(
+            "no relay answering on {}: {}",
+            absolute(&config.admin_socket),
+            hint(config)
+        )
+    })
+}
+
 /// A path as the operator should read it: absolute.
 fn absolute(path: &std::path::Path) -> String {
     std::path::absolute(path)
@@ -315,15 +331,22 @@ fn absolute(path: &std::path::Path) -> String {
 fn kv(config: Option<PathBuf>, json: bool, request: kv_admin::KvRequest) -> anyhow::Result<()> {
     use queue::admin::{Request, Response};
     let config = load_config(config.as_deref())?;
+    let settings = &config.plugin_settings;
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
         Ok(stream) => admin_call(stream, &Request::Kv { kv: request })?,
+        Err(_) if settings.kv_redis.is_none() && !settings.kv_path.exists() => anyhow::bail!(
+            "no relay is answering on {} and there is no kv store at {}: {}",
+            absolute(&config.admin_socket),
+            absolute(&settings.kv_path),
+            hint(&config)
+        ),
         Err(_) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(async {
-                let store = plugins::open_offline_kv(&config.plugin_settings)?;
+                let store = plugins::open_offline_kv(settings)?;
                 anyhow::Ok(Response::from(
                     kv_admin::run(store.as_ref(), &request).await,
                 ))
@@ -358,8 +381,7 @@ fn admin_call(
 fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
     use queue::admin::Response;
     let config = load_config(config.as_deref()).context("not reloading")?;
-    let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
-        .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
+    let stream = connect_admin(&config)?;
     match admin_call(stream, &queue::admin::Request::Reload)? {
         Response::Ok { generation } => {
             println!("reloaded: configuration generation {generation}");
@@ -374,8 +396,7 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<()> {
 fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     use queue::admin::Response;
     let config = load_config(config.as_deref())?;
-    let stream = std::os::unix::net::UnixStream::connect(&config.admin_socket)
-        .with_context(|| format!("no relay answering on {}", config.admin_socket.display()))?;
+    let stream = connect_admin(&config)?;
     match admin_call(stream, &queue::admin::Request::Status)? {
         Response::Status { status } => {
             if json {
