@@ -3,13 +3,15 @@
 # `builtin:` paths of config/postrider.toml) from plugins/, reproducibly: the same sources,
 # plugins/Cargo.lock and Rust toolchain give the same bytes wherever the checkout and cargo's
 # home are (their paths are remapped out of panic messages). A test
-# (crates/postrider/tests/builtin_plugins.rs) rebuilds them and compares with the files here.
+# (tests/e2e/default_setup.rs) rebuilds them and compares with the files here.
 #
 #   config/plugins/build.sh            # writes config/plugins/*.wasm
 #   config/plugins/build.sh OUTDIR     # writes them to OUTDIR instead
 #
-# Needs the wasm32-wasip2 target (rustup target add wasm32-wasip2). Toolchain used for the
-# checked-in files: see toolchain.txt next to them.
+# Needs the wasm32-wasip2 target (rustup target add wasm32-wasip2). The bytes depend on the
+# Rust toolchain: toolchain.txt next to the files says which one built them, and the test
+# fails on another one (rebuild with this script and commit the result after a toolchain
+# update, once the new build is tested).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"

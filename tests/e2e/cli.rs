@@ -209,6 +209,21 @@ fn options_go_before_or_after_the_command() {
         &[("POSTRIDER_CONFIG", &path)],
     );
     assert!(ok && out.contains(&format!("{file}: ok")), "{out}");
+    // A file named on the command line is checked, not the one POSTRIDER_CONFIG names.
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, "hostname = [\n").unwrap();
+    let (ok, out) = run_in(
+        elsewhere.path(),
+        &["check-config", candidate.to_str().unwrap()],
+        &[("POSTRIDER_CONFIG", &path)],
+    );
+    assert!(!ok && out.contains("candidate.toml:1:"), "{out}");
+    let (ok, out) = run_in(
+        elsewhere.path(),
+        &["check-config"],
+        &[("POSTRIDER_CONFIG", &path)],
+    );
+    assert!(ok && out.contains(&format!("{file}: ok")), "{out}");
 }
 
 #[test]

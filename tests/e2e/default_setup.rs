@@ -28,7 +28,17 @@ fn builtin_plugins_rebuild_byte_for_byte() {
         .status()
         .unwrap();
     assert!(status.success());
-    for file in ["toolchain.txt", "header-stamp.wasm", "rate-limit.wasm"] {
+    let toolchain = |dir: &Path| std::fs::read_to_string(dir.join("toolchain.txt")).unwrap();
+    let (here, shipped) = (
+        toolchain(out.path()),
+        toolchain(&repo().join("config/plugins")),
+    );
+    assert_eq!(
+        here, shipped,
+        "the builtin plugins were built with {shipped:?}, this machine has {here:?}: the bytes \
+         cannot match; rebuild them with config/plugins/build.sh and commit them"
+    );
+    for file in ["header-stamp.wasm", "rate-limit.wasm"] {
         let built = std::fs::read(out.path().join(file)).unwrap();
         let shipped = std::fs::read(repo().join("config/plugins").join(file)).unwrap();
         assert!(

@@ -184,18 +184,24 @@ fn warm_instances_serve_reuse_transactions_across_connections_and_reloads() {
     assert!(logs.contains("plugin unchanged, reused"), "{logs}");
 }
 
-/// A plugin's refusal is logged with the plugin's name and the reply; `log_level` on one
-/// plugin shows its debug lines at the relay's default level, or silences its info lines.
+/// A plugin's refusal is logged with the plugin's name and the reply, at MAIL FROM and at
+/// RCPT; `log_level` on one plugin shows its debug lines at the relay's default level, or
+/// silences its info lines.
 #[test]
 fn refusals_name_the_plugin_and_log_level_is_per_plugin() {
     let run = |level: &str| {
+        let limit = plugin(
+            "rl",
+            "rate-limit",
+            "config = { per_client_ip = { limit = 2, window_seconds = 3600 } }",
+        );
         let greylist = plugin(
             "grey",
             "greylist",
             &format!("log_level = \"{level}\"\nconfig = {{ delay_seconds = 300 }}"),
         );
         let cfg = config(&format!(
-            "[relay]\nlocal_domains = [\"relay.test\"]\n{greylist}"
+            "[relay]\nlocal_domains = [\"relay.test\"]\n{limit}{greylist}"
         ));
         let mut relay = Relay::builder(&cfg).env("POSTRIDER_LOG", "info").start();
         for _ in 0..2 {
@@ -205,21 +211,36 @@ fn refusals_name_the_plugin_and_log_level_is_per_plugin() {
             assert_eq!(c.cmd("RCPT TO:<bob@relay.test>").0, 451);
             c.cmd("QUIT");
         }
+        let mut c = relay.client();
+        assert_eq!(c.cmd("EHLO client.test").0, 250);
+        assert_eq!(c.cmd("MAIL FROM:<alice@sender.test>").0, 450);
+        c.cmd("QUIT");
         relay.stop_and_logs()
     };
     let logs = run("debug");
-    let refusal = logs
-        .lines()
-        .find(|l| l.contains("refused by plugin"))
-        .unwrap_or_else(|| panic!("no refusal line:\n{logs}"));
+    let line = |stage: &str| {
+        logs.lines()
+            .find(|l| l.contains("refused by plugin") && l.contains(stage))
+            .unwrap_or_else(|| panic!("no refusal line at {stage}:\n{logs}"))
+            .to_owned()
+    };
+    let rcpt = line("stage=\"rcpt\"");
     for part in [
         "plugin=\"grey\"",
-        "stage=\"rcpt\"",
         "subject=\"bob@relay.test\"",
         "verdict=\"tempfail\"",
         "reply=451 4.7.1",
     ] {
-        assert!(refusal.contains(part), "{part}: {refusal}");
+        assert!(rcpt.contains(part), "{part}: {rcpt}");
+    }
+    let mail = line("stage=\"mail-from\"");
+    for part in [
+        "plugin=\"rl\"",
+        "subject=\"alice@sender.test\"",
+        "verdict=\"tempfail\"",
+        "reply=450 4.7.1 Rate limit exceeded",
+    ] {
+        assert!(mail.contains(part), "{part}: {mail}");
     }
     assert!(logs.contains("greylist: new triplet"), "{logs}");
     let early = logs
@@ -285,5 +306,10 @@ fn kv_lists_and_deletes_a_plugins_entries_online_and_offline() {
         "{out}"
     );
     let (ok, out) = kv(&["list", "nobody"]);
+    assert!(
+        !ok && out.contains("no plugin \"nobody\"") && out.contains("(its plugins: grey)"),
+        "{out}"
+    );
+    let (ok, out) = kv(&["list", "grey", "--prefix", "nothing-like-this"]);
     assert_eq!((ok, out.as_str()), (true, "no entries\n"));
 }

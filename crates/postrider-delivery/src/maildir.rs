@@ -1,7 +1,9 @@
 //! Local delivery into Maildir: one directory per recipient under a root, each message written
-//! to `tmp/`, synced, then renamed into `new/` and the directory synced, as the Maildir
-//! convention requires, so a reader never sees a partial message and a crash loses nothing
-//! that was reported delivered.
+//! to `tmp/`, synced, then renamed into `new/` and the directory synced (and the parents of
+//! any directory created for it), as the Maildir convention requires, so a reader never sees a
+//! partial message and a crash loses nothing that was reported delivered. A failure after the
+//! rename (syncing `new/`) is reported as temporary: the retry may deliver a second copy,
+//! never none.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -63,12 +65,23 @@ fn content(from: &str, recipient: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Creates `dir` (owner-only) and its parents if missing.
+/// Creates `dir` (owner-only) and its parents if missing, syncing the parent of each
+/// directory it creates, so a mailbox made for a delivery survives a crash with it.
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        ensure_dir(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        // Another delivery made it meanwhile: it syncs the parent.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Writes one copy into the Maildir `mailbox`: tmp/NAME (created exclusively, owner-only),

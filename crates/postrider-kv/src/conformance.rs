@@ -352,7 +352,8 @@ impl Tester<'_> {
         );
     }
 
-    /// Deletes a key so the check starts from nothing.
+    /// `list`: by prefix, sorted, live entries only, with expiry, limited, glob characters
+    /// literal, namespaces apart.
     async fn list(&self) {
         const LIST_NS: &str = "conformance-list";
         for key in ["p:a", "p:b", "p:c", "p*x", "pzx", "q:a", "p:gone"] {
@@ -391,12 +392,22 @@ impl Tester<'_> {
         expect_eq("the limit holds", two.len(), 2);
         let everything = ok("list everything", self.store.list(LIST_NS, "", 100).await);
         expect_eq("an empty prefix lists the namespace", everything.len(), 6);
+        let glob = ok(
+            "list conformance-l*",
+            self.store.list("conformance-l*", "", 100).await,
+        );
+        expect_eq(
+            "a namespace's glob characters match literally",
+            glob.len(),
+            0,
+        );
         for key in ["p:a", "p:b", "p:c", "p*x", "pzx", "q:a"] {
             self.fresh(LIST_NS, key).await;
         }
         self.fresh(OTHER_NS, "p:other").await;
     }
 
+    /// Deletes a key so the check starts from nothing.
     async fn fresh(&self, namespace: &str, key: &str) {
         ok(
             &format!("delete {} before a check", name(namespace, key)),

@@ -331,10 +331,14 @@ impl KvStore for RedisKv {
         Box::pin(async move {
             let base = self.redis_key(namespace, "")?;
             self.limits.check_key(namespace, prefix)?;
-            let pattern = format!("{base}{}*", glob_escape(prefix));
+            // Every part escaped: a namespace or prefix with `*` matches only itself.
+            let pattern = format!("{}*", glob_escape(&format!("{base}{prefix}")));
             let mut con = self.manager.clone();
-            let mut keys = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
             let mut cursor = 0u64;
+            // SCAN may return a key twice and keys Redis has not expired yet (by our clock):
+            // scan until `limit` live entries or the end.
             loop {
                 let mut cmd = redis::cmd("SCAN");
                 cmd.arg(cursor)
@@ -344,34 +348,33 @@ impl KvStore for RedisKv {
                     .arg(1000);
                 let (next, batch): (u64, Vec<String>) =
                     self.call("list", cmd.query_async(&mut con)).await?;
-                keys.extend(batch);
+                for rkey in batch {
+                    if out.len() == limit || !seen.insert(rkey.clone()) {
+                        continue;
+                    }
+                    let mut inv = self.scripts.get.key(&rkey);
+                    inv.arg(self.clock.now_ms());
+                    let value: Option<Vec<u8>> =
+                        self.call("list", inv.invoke_async(&mut con)).await?;
+                    let Some(value) = value else { continue };
+                    let mut cmd = redis::cmd("PEXPIRETIME");
+                    cmd.arg(&rkey);
+                    let expires: i64 = self.call("list", cmd.query_async(&mut con)).await?;
+                    let expires_at_ms = match expires {
+                        -1 => NO_EXPIRY,
+                        // Gone since the read.
+                        ms if ms < 0 => continue,
+                        ms => ms.unsigned_abs(),
+                    };
+                    let key = rkey.get(base.len()..).unwrap_or_default().to_owned();
+                    out.push(KvEntry::new(key, value, expires_at_ms));
+                }
                 cursor = next;
-                if cursor == 0 || keys.len() >= limit {
+                if cursor == 0 || out.len() == limit {
                     break;
                 }
             }
-            keys.sort();
-            keys.dedup();
-            let now = self.clock.now_ms();
-            let mut out = Vec::new();
-            for rkey in keys {
-                if out.len() == limit {
-                    break;
-                }
-                let mut inv = self.scripts.get.key(&rkey);
-                inv.arg(now);
-                let value: Option<Vec<u8>> = self.call("list", inv.invoke_async(&mut con)).await?;
-                let Some(value) = value else { continue };
-                let mut cmd = redis::cmd("PEXPIRETIME");
-                cmd.arg(&rkey);
-                let expires: i64 = self.call("list", cmd.query_async(&mut con)).await?;
-                let key = rkey.get(base.len()..).unwrap_or_default().to_owned();
-                out.push(KvEntry::new(
-                    key,
-                    value,
-                    u64::try_from(expires).unwrap_or(NO_EXPIRY),
-                ));
-            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
     }

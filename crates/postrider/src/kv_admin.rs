@@ -63,6 +63,15 @@ impl From<KvEntry> for Item {
     }
 }
 
+impl KvRequest {
+    /// The plugin (kv namespace) the request is about.
+    pub fn plugin(&self) -> &str {
+        match self {
+            KvRequest::List { plugin, .. } | KvRequest::Delete { plugin, .. } => plugin,
+        }
+    }
+}
+
 /// What a kv request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {

@@ -148,16 +148,9 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 /// `postrider check-config`: loads everything `serve` loads for a generation, without
 /// binding a port or touching the spool and the kv store.
 fn check_config(config: Option<PathBuf>, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = match (file, config) {
-        (Some(file), Some(config)) if file != config => {
-            anyhow::bail!(
-                "two files to check: {} and --config {}",
-                file.display(),
-                config.display()
-            )
-        }
-        (file, config) => file.or(config),
-    };
+    // A file named on the command line wins over --config and POSTRIDER_CONFIG: checking a
+    // candidate next to the running configuration is the point.
+    let path = file.or(config);
     let name = path.as_ref().map_or_else(
         || "the embedded default".to_owned(),
         |p| p.display().to_string(),
@@ -331,6 +324,19 @@ fn absolute(path: &std::path::Path) -> String {
 fn kv(config: Option<PathBuf>, json: bool, request: kv_admin::KvRequest) -> anyhow::Result<()> {
     use queue::admin::{Request, Response};
     let config = load_config(config.as_deref())?;
+    let plugin = request.plugin();
+    if !config.plugins.iter().any(|p| p.name == plugin) {
+        let names: Vec<&str> = config.plugins.iter().map(|p| p.name.as_str()).collect();
+        anyhow::bail!(
+            "no plugin {plugin:?} in {} (its plugins: {})",
+            config.origin,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
     let settings = &config.plugin_settings;
     let response = match std::os::unix::net::UnixStream::connect(&config.admin_socket) {
         Ok(stream) => admin_call(stream, &Request::Kv { kv: request })?,
