@@ -314,10 +314,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
       srv_pid=$!
       # A first start compiles the plugins (then cached): allow for it.
       wait_until 300 grep -q "postrider: ready" "$d.out" || { echo "$1 did not start: $(tail -3 "$d.log")"; return 1; } ;;
-    postfix)
-      postfix start >/dev/null 2>&1 || { echo "postfix start failed"; return 1; }
-      wait_until 30 listening "$pf_port" || { echo "postfix did not listen on $pf_port"; return 1; }
-      srv_pid=$(tr -d ' ' </"$pf_queue/pid/master.pid") ;;
+    postfix) start_postfix ;;
     haraka)
       node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/haraka" >>"$work/haraka/log" 2>&1 &
       srv_pid=$!
@@ -329,9 +326,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
 }
 stop_server() {
   case $srv in
-    postfix)
-      postfix stop >/dev/null 2>&1 || true
-      wait_until 30 test ! -e "/proc/$srv_pid" || { postfix abort >/dev/null 2>&1 || true; kill -KILL "$srv_pid" 2>/dev/null || true; } ;;
+    postfix) stop_postfix "$srv_pid" ;;
     *) stop_pid "$srv_pid" 40 ;;
   esac
   srv=""; srv_pid=""
@@ -339,11 +334,10 @@ stop_server() {
 queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
   local f
   case $srv in
-    postrider|postrider-3p|postrider-3p-warm) f=("$work/$srv/spool/active"/*) ;;
-    postfix) f=("$pf_queue"/incoming/* "$pf_queue"/active/* "$pf_queue"/maildrop/* "$pf_queue"/deferred/*/* "$pf_queue"/hold/*) ;;
-    haraka) f=() ;;  # no queue: smtp_forward answers 250 once the sink has accepted
+    postrider|postrider-3p|postrider-3p-warm) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
+    postfix) postfix_queued ;;
+    haraka) echo 0 ;;  # no queue: smtp_forward answers 250 once the sink has accepted
   esac
-  echo "${#f[@]}"
 }
 drained() { [ "$(queued)" -eq 0 ]; }
 # The queue is empty, or the server is gone (then there is no point in waiting).

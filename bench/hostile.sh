@@ -308,27 +308,17 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
       "$postrider_bin" serve --no-watch --config "$pr/postrider.toml" >"$pr/out" 2>>"$pr/log" &
       srv_pid=$!
       wait_until 120 grep -q "postrider: ready" "$pr/out" || { echo "postrider did not start: $(tail -3 "$pr/log")"; return 1; } ;;
-    postfix)
-      postfix start >/dev/null 2>&1 || { echo "postfix start failed"; return 1; }
-      wait_until 30 listening "$pf_port" || { echo "postfix did not listen on $pf_port"; return 1; }
-      srv_pid=$(tr -d ' ' <"$pf_queue/pid/master.pid") ;;
+    postfix) start_postfix ;;
   esac
 }
 stop_server() {
   case $srv in
-    postfix)
-      postfix stop >/dev/null 2>&1 || true
-      wait_until 30 test ! -e "/proc/$srv_pid" || { postfix abort >/dev/null 2>&1 || true; kill -KILL "$srv_pid" 2>/dev/null || true; } ;;
+    postfix) stop_postfix "$srv_pid" ;;
     *) stop_pid "$srv_pid" 40 ;;
   esac
   srv=""; srv_pid=""
 }
-pf_queued() {
-  local f
-  f=("$pf_queue"/incoming/* "$pf_queue"/active/* "$pf_queue"/maildrop/* "$pf_queue"/deferred/*/* "$pf_queue"/hold/*)
-  echo "${#f[@]}"
-}
-pf_drained() { [ "$(pf_queued)" -eq 0 ]; }
+pf_drained() { [ "$(postfix_queued)" -eq 0 ]; }
 mib() { awk -v k="$1" 'BEGIN { if (k == "") print "-"; else printf "%.0f", k / 1024 }'; }
 
 shopt -s nullglob
@@ -392,7 +382,7 @@ run_case() { # server case
   read -r p pss <"$dir/peak" 2>/dev/null || true
   if [ "$s" != postrider ] || [ -z "$peak" ]; then peak=$p; fi
   if [ "$s" = postfix ] && [ "$c" = data-complete ] && ! wait_until 300 pf_drained; then
-    err="${err:+$err; }Postfix's queue still held $(pf_queued) messages 300 s after the case"
+    err="${err:+$err; }Postfix's queue still held $(postfix_queued) messages 300 s after the case"
   fi
   stop_server
   rm -rf "$pr/spool"

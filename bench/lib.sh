@@ -46,6 +46,22 @@ take_over_postfix() {
   postfix_touched=1
   postfix stop >/dev/null 2>&1 || true
 }
+# Starts the bench's Postfix (SMTP on $pf_port, queue in $pf_queue) and sets srv_pid to its
+# master process.
+start_postfix() {
+  postfix start >/dev/null 2>&1 || { echo "postfix start failed"; return 1; }
+  wait_until 30 listening "$pf_port" || { echo "postfix did not listen on $pf_port"; return 1; }
+  srv_pid=$(tr -d ' ' <"$pf_queue/pid/master.pid")
+}
+stop_postfix() { # master pid: `postfix stop`, then abort and KILL if it lingers
+  postfix stop >/dev/null 2>&1 || true
+  wait_until 30 test ! -e "/proc/$1" || { postfix abort >/dev/null 2>&1 || true; kill -KILL "$1" 2>/dev/null || true; }
+}
+postfix_queued() { # messages in $pf_queue (with nullglob set; no forks: fit for polling)
+  local f
+  f=("$pf_queue"/incoming/* "$pf_queue"/active/* "$pf_queue"/maildrop/* "$pf_queue"/deferred/*/* "$pf_queue"/hold/*)
+  echo "${#f[@]}"
+}
 # After `postfix stop`: puts back the main.cf and master.cf saved in $work and starts Postfix
 # again if it ran before the bench ($postfix_was_running).
 restore_postfix() {
