@@ -34,7 +34,7 @@ pub use edits::apply_edits;
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
 pub use message::MessageView;
-pub use plugin::{FailurePolicy, LoadedPlugin, PluginLogLevel, PluginSpec, Stage};
+pub use plugin::{FailurePolicy, LoadedPlugin, PluginLogLevel, PluginSpec, Stage, component_hash};
 pub use postrider_dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns, TokioResolver};
 pub use state::{HostCall, Services};
 

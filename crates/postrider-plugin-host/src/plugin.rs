@@ -146,7 +146,7 @@ impl LoadedPlugin {
         cache_dir: Option<&Path>,
         services: &Services,
     ) -> Result<LoadedPlugin, HostError> {
-        let hash = hex(&Sha256::digest(&bytes));
+        let hash = component_hash(&bytes);
         let component = {
             let engine = Arc::clone(engine);
             let cache =
@@ -439,8 +439,13 @@ fn compat_hash(engine: &PluginEngine) -> u64 {
     h.finish()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The hash a loaded plugin is known by ([`LoadedPlugin::hash`]): SHA-256 of its component,
+/// in hex, so a reload can tell whether a file still holds the same build.
+pub fn component_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

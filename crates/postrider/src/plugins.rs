@@ -12,9 +12,8 @@ use postrider_config::{Config, KvRedis, PluginConfig, PluginSettings};
 use postrider_kv::{Clock, EmbeddedKv, KvStore, MemoryKv, RedisKv, RedisOptions, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{
-    Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services,
+    Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services, component_hash,
 };
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 /// What every generation shares: created at the first configuration that has plugins.
@@ -281,20 +280,15 @@ async fn reusable(
     Ok((hash == old.hash).then(|| Arc::clone(old)))
 }
 
-/// SHA-256 (hex) of a plugin's component: a file (read and hashed on a blocking thread) or a
-/// builtin.
+/// The [`component_hash`] of a plugin's component: a builtin, or a file (read and hashed on a
+/// blocking thread).
 async fn file_hash(path: &Path) -> anyhow::Result<String> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let bytes = match postrider_config::builtin_name(&path) {
-            Some(name) => crate::builtin::component(name)?.to_vec(),
-            None => std::fs::read(&path)
-                .with_context(|| format!("reading plugin {}", path.display()))?,
-        };
-        Ok(Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+    tokio::task::spawn_blocking(move || match postrider_config::builtin_name(&path) {
+        Some(name) => Ok(component_hash(crate::builtin::component(name)?)),
+        None => std::fs::read(&path)
+            .map(|bytes| component_hash(&bytes))
+            .with_context(|| format!("reading plugin {}", path.display())),
     })
     .await
     .context("hashing a plugin file")?
