@@ -49,20 +49,23 @@ fn unique_name(host: &str) -> String {
     )
 }
 
-/// The file's content: `Return-Path` and `Delivered-To` on top (RFC 5321 section 4.4: final
-/// delivery records the reverse path), then the message with CRLF turned into the LF line
-/// ends of Unix mailbox files.
-fn content(from: &str, recipient: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 128);
-    out.extend_from_slice(format!("Return-Path: <{from}>\nDelivered-To: {recipient}\n").as_bytes());
+/// Writes the file's content: `Return-Path` and `Delivered-To` on top (RFC 5321 section 4.4:
+/// final delivery records the reverse path), then the message with CRLF turned into the LF
+/// line ends of Unix mailbox files, straight from the message (no copy of it).
+fn write_content(
+    out: &mut dyn Write,
+    from: &str,
+    recipient: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
+    write!(out, "Return-Path: <{from}>\nDelivered-To: {recipient}\n")?;
     let mut rest = data;
     while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
-        out.extend_from_slice(&rest[..i]);
-        out.push(b'\n');
+        out.write_all(&rest[..i])?;
+        out.write_all(b"\n")?;
         rest = &rest[i + 2..];
     }
-    out.extend_from_slice(rest);
-    out
+    out.write_all(rest)
 }
 
 /// Creates `dir` (owner-only) and its parents if missing, syncing the parent of each
@@ -84,9 +87,13 @@ fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
 }
 
-/// Writes one copy into the Maildir `mailbox`: tmp/NAME (created exclusively, owner-only),
-/// synced, renamed to new/NAME, new/ synced. Returns the path in new/.
-fn write_message(mailbox: &Path, host: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// Writes one copy into the Maildir `mailbox`: tmp/NAME (created exclusively, owner-only) by
+/// `fill`, synced, renamed to new/NAME, new/ synced. Returns the path in new/.
+fn write_message(
+    mailbox: &Path,
+    host: &str,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
     for sub in ["tmp", "new", "cur"] {
         ensure_dir(&mailbox.join(sub))?;
     }
@@ -94,12 +101,15 @@ fn write_message(mailbox: &Path, host: &str, bytes: &[u8]) -> std::io::Result<Pa
     let tmp = mailbox.join("tmp").join(&name);
     let new = mailbox.join("new").join(&name);
     let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        let mut writer = std::io::BufWriter::with_capacity(64 * 1024, &file);
+        fill(&mut writer)?;
+        writer.flush()?;
+        drop(writer);
         file.sync_all()?;
         std::fs::rename(&tmp, &new)?;
         std::fs::File::open(mailbox.join("new"))?.sync_all()
@@ -139,8 +149,8 @@ pub fn deliver(root: &Path, host: &str, msg: &OutboundMessage, data: &[u8]) -> V
                     "Recipient local part cannot name a mailbox",
                 )),
                 Some(name) => {
-                    let bytes = content(&msg.from, &r.address, data);
-                    match write_message(&root.join(name), host, &bytes) {
+                    let fill = |w: &mut dyn Write| write_content(w, &msg.from, &r.address, data);
+                    match write_message(&root.join(name), host, fill) {
                         Ok(path) => RcptResult::Accepted(Reply::local(
                             250,
                             (2, 0, 0),
@@ -191,11 +201,16 @@ mod tests {
 
     #[test]
     fn content_has_return_path_and_lf_line_ends() {
+        let content = |from: &str, data: &[u8]| {
+            let mut out = Vec::new();
+            write_content(&mut out, from, "r@y", data).unwrap();
+            out
+        };
         assert_eq!(
-            content("s@x", "r@y", b"Subject: a\r\n\r\nline\rwith CR\r\nend"),
+            content("s@x", b"Subject: a\r\n\r\nline\rwith CR\r\nend"),
             b"Return-Path: <s@x>\nDelivered-To: r@y\nSubject: a\n\nline\rwith CR\nend".to_vec()
         );
-        assert!(content("", "r@y", b"").starts_with(b"Return-Path: <>\n"));
+        assert!(content("", b"").starts_with(b"Return-Path: <>\n"));
     }
 
     #[test]
