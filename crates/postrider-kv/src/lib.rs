@@ -282,8 +282,9 @@ pub(crate) fn is_live(expires_at_ms: u64, now_ms: u64) -> bool {
     expires_at_ms == NO_EXPIRY || now_ms < expires_at_ms
 }
 
-/// Reads a counter: canonical decimal ASCII of an `i64`, nothing else.
-pub(crate) fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
+/// Reads a counter as [`KvStore::incr`] stores it: canonical decimal ASCII of an `i64`,
+/// nothing else (for callers that `get` a counter).
+pub fn parse_counter(value: &[u8]) -> Result<i64, KvError> {
     let not_a_counter = || KvError::Invalid("existing value is not a decimal integer".into());
     let text = std::str::from_utf8(value).map_err(|_| not_a_counter())?;
     let n: i64 = text.parse().map_err(|_| not_a_counter())?;

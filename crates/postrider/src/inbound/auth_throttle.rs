@@ -139,9 +139,9 @@ impl AuthThrottle {
     /// The failures counted under `key` (0 when the store fails).
     async fn count(&self, key: &str) -> u64 {
         match self.kv.get(NAMESPACE, key).await {
-            Ok(Some(value)) => std::str::from_utf8(&value)
+            Ok(Some(value)) => postrider_kv::parse_counter(&value)
                 .ok()
-                .and_then(|v| v.parse().ok())
+                .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0),
             Ok(None) => 0,
             Err(e) => {
