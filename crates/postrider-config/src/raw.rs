@@ -90,14 +90,11 @@ pub(crate) struct RawRoute {
     pub(crate) relay: Option<Spanned<String>>,
     pub(crate) lmtp: Option<Spanned<String>>,
     pub(crate) maildir: Option<Spanned<PathBuf>>,
-    #[serde(default = "default_route_tls")]
-    pub(crate) tls: TlsPolicy,
+    pub(crate) tls: Option<Spanned<TlsPolicy>>,
+    pub(crate) ca_file: Option<Spanned<PathBuf>>,
     pub(crate) auth_user: Option<String>,
     pub(crate) auth_password: Option<String>,
-}
-
-pub(crate) fn default_route_tls() -> TlsPolicy {
-    TlsPolicy::Opportunistic
+    pub(crate) insecure_auth: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -221,8 +221,11 @@ pub struct Delivery {
     pub delay_warning: u64,
     /// A message with more Received headers than this is bounced as a mail loop.
     pub max_hops: usize,
-    /// TLS towards MX hosts: "none", "opportunistic" or "require".
+    /// TLS towards MX hosts: "none", "opportunistic", "require" or "verify".
     pub tls: TlsPolicy,
+    /// For `verify`: trust only the CA certificates in this PEM file instead of the
+    /// system's store.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Delivery {
@@ -238,6 +241,7 @@ impl Default for Delivery {
             delay_warning: 4 * 3600,
             max_hops: 50,
             tls: TlsPolicy::Opportunistic,
+            ca_file: None,
         }
     }
 }
@@ -262,10 +266,15 @@ pub enum RouteTarget {
         host: String,
         /// Port.
         port: u16,
-        /// TLS policy.
+        /// TLS policy (`verify` by default when there are credentials).
         tls: TlsPolicy,
-        /// AUTH user and password, sent only over TLS.
+        /// For `verify`: trust only the CA certificates in this PEM file.
+        ca_file: Option<PathBuf>,
+        /// AUTH user and password, sent only over verified TLS, or with `insecure_auth`
+        /// over unverified TLS (`require`).
         auth: Option<(String, String)>,
+        /// The operator chose to send credentials over TLS whose certificate is not checked.
+        insecure_auth: bool,
     },
     /// LMTP at "host:port" or "unix:/path".
     Lmtp(String),

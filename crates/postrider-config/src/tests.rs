@@ -275,6 +275,70 @@ fn bad_plugin_settings_are_located() {
 }
 
 #[test]
+fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
+    let route = |extra: &str| {
+        parse(&format!(
+            "{MINIMAL}[[route]]\ndomains = [\"x.test\"]\nrelay = \"smart.test:587\"\n{extra}"
+        ))
+    };
+    let target = |c: Config| c.routes[0].to.clone();
+    let auth = "auth_user = \"u\"\nauth_password = \"p\"\n";
+    let RouteTarget::Relay {
+        tls, insecure_auth, ..
+    } = target(route(auth).unwrap())
+    else {
+        panic!()
+    };
+    assert_eq!((tls, insecure_auth), (TlsPolicy::Verify, false));
+    let RouteTarget::Relay { tls, .. } = target(route("").unwrap()) else {
+        panic!()
+    };
+    assert_eq!(tls, TlsPolicy::Opportunistic);
+    let RouteTarget::Relay {
+        tls,
+        insecure_auth,
+        ca_file,
+        ..
+    } = target(route(&format!("{auth}tls = \"require\"\ninsecure_auth = true\n")).unwrap())
+    else {
+        panic!()
+    };
+    assert_eq!((tls, insecure_auth, ca_file), (TlsPolicy::Require, true, None));
+    let RouteTarget::Relay { ca_file, .. } =
+        target(route(&format!("{auth}ca_file = \"ca.pem\"\n")).unwrap())
+    else {
+        panic!()
+    };
+    assert_eq!(ca_file, Some(Path::new("/etc/postrider/ca.pem").into()));
+    for (extra, key, says) in [
+        ("tls = \"require\"\n", "route[0].tls", "insecure_auth = true"),
+        ("tls = \"opportunistic\"\n", "route[0].tls", "\"verify\" (the default)"),
+        ("tls = \"none\"\n", "route[0].tls", "\"verify\" (the default)"),
+        ("insecure_auth = true\n", "route[0].insecure_auth", "certificate is checked"),
+        ("tls = \"require\"\nca_file = \"ca.pem\"\ninsecure_auth = true\n", "route[0].ca_file", "for tls = \"verify\""),
+    ] {
+        let err = route(&format!("{auth}{extra}")).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+    }
+    let err = route("insecure_auth = true\n").unwrap_err().to_string();
+    assert!(err.contains("needs auth_user"), "{err}");
+    let err = parse(&format!(
+        "{MINIMAL}[[route]]\ndomains = [\"x.test\"]\nlmtp = \"h:24\"\nca_file = \"ca.pem\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("route[0].ca_file") && err.contains("only for a relay route"), "{err}");
+    let config =
+        parse(&format!("{MINIMAL}[delivery]\ntls = \"verify\"\nca_file = \"/etc/ssl/mx-ca.pem\"\n")).unwrap();
+    assert_eq!(config.delivery.tls, TlsPolicy::Verify);
+    assert_eq!(config.delivery.ca_file, Some(Path::new("/etc/ssl/mx-ca.pem").into()));
+    let err = parse(&format!("{MINIMAL}[delivery]\nca_file = \"ca.pem\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("delivery.ca_file"), "{err}");
+}
+
+#[test]
 fn routes_and_delivery_settings() {
     let text = format!(
         "{MINIMAL}[delivery]\nsmtp_port = 2525\nretry_intervals = [1, 2]\n\
@@ -288,7 +352,9 @@ fn routes_and_delivery_settings() {
         host: "127.0.0.2".into(),
         port: 2526,
         tls: TlsPolicy::None,
+        ca_file: None,
         auth: None,
+        insecure_auth: false,
     };
     assert_eq!(config.route_for("relay.test.").map(|r| &r.to), Some(&relay));
     assert_eq!(config.route_for("a.corp.test").map(|r| &r.to), Some(&relay));

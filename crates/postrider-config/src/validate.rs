@@ -337,7 +337,11 @@ impl Config {
             }
         }
 
-        let delivery = raw.delivery;
+        let mut delivery = raw.delivery;
+        delivery.ca_file = delivery.ca_file.as_deref().map(resolve);
+        if delivery.ca_file.is_some() && delivery.tls != TlsPolicy::Verify {
+            return src.invalid(0..0, "delivery.ca_file", "ca_file is for tls = \"verify\"");
+        }
         if delivery.concurrency == 0
             || delivery.per_destination == 0
             || delivery.retry_intervals.contains(&0)
@@ -367,6 +371,16 @@ impl Config {
                     &key("domains"),
                     "a non-empty list of domain names",
                 );
+            }
+            if r.relay.is_none() {
+                let relay_only = [
+                    ("tls", r.tls.as_ref().map(|t| t.span())),
+                    ("ca_file", r.ca_file.as_ref().map(|c| c.span())),
+                    ("insecure_auth", r.insecure_auth.as_ref().map(|b| b.span())),
+                ];
+                if let Some((name, Some(span))) = relay_only.into_iter().find(|(_, s)| s.is_some()) {
+                    return src.invalid(span, &key(name), "only for a relay route");
+                }
             }
             let to = match (r.relay, r.lmtp, r.maildir) {
                 (Some(relay), None, None) => {
@@ -404,11 +418,61 @@ impl Config {
                             );
                         }
                     };
+                    let tls_span = r.tls.as_ref().map_or(relay.span(), |t| t.span());
+                    let tls = match (r.tls.map(|t| t.into_inner()), &auth) {
+                        (Some(tls), _) => tls,
+                        (None, Some(_)) => TlsPolicy::Verify,
+                        (None, None) => TlsPolicy::Opportunistic,
+                    };
+                    let insecure_auth = r.insecure_auth.as_ref().is_some_and(|b| *b.get_ref());
+                    let insecure_span = r.insecure_auth.as_ref().map_or(0..0, |b| b.span());
+                    match (&auth, tls, insecure_auth) {
+                        (None, _, true) => {
+                            return src.invalid(
+                                insecure_span,
+                                &key("insecure_auth"),
+                                "insecure_auth needs auth_user",
+                            );
+                        }
+                        (Some(_), TlsPolicy::Verify, true) => {
+                            return src.invalid(
+                                insecure_span,
+                                &key("insecure_auth"),
+                                "insecure_auth is for tls = \"require\"; with \"verify\" the certificate is checked",
+                            );
+                        }
+                        (Some(_), TlsPolicy::Require, false) => {
+                            return src.invalid(
+                                tls_span,
+                                &key("tls"),
+                                "credentials go only over TLS whose certificate is verified: tls = \"verify\" (the default with auth_user; ca_file for a private CA), or insecure_auth = true to send them over TLS that anyone on the path can intercept",
+                            );
+                        }
+                        (Some(_), TlsPolicy::None | TlsPolicy::Opportunistic, _) => {
+                            return src.invalid(
+                                tls_span,
+                                &key("tls"),
+                                "with auth_user, tls is \"verify\" (the default), or \"require\" with insecure_auth = true",
+                            );
+                        }
+                        _ => {}
+                    }
+                    if let Some(ca) = &r.ca_file
+                        && tls != TlsPolicy::Verify
+                    {
+                        return src.invalid(
+                            ca.span(),
+                            &key("ca_file"),
+                            "ca_file is for tls = \"verify\"",
+                        );
+                    }
                     RouteTarget::Relay {
                         host,
                         port,
-                        tls: r.tls,
+                        tls,
+                        ca_file: r.ca_file.map(|c| resolve(c.get_ref())),
                         auth,
+                        insecure_auth,
                     }
                 }
                 (None, Some(lmtp), None) => {

@@ -19,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::{debug, info};
 
 use crate::resolve::{ResolveError, mail_hosts};
+use crate::tls::{RootsError, TrustRoots};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub enum Destination {
         domain: String,
         /// TLS policy.
         tls: TlsPolicy,
+        /// Roots for `verify` other than the system store (a `ca_file`).
+        roots: Option<TrustRoots>,
     },
     /// A fixed relay host (smarthost).
     Relay {
@@ -38,6 +41,8 @@ pub enum Destination {
         port: u16,
         /// TLS policy.
         tls: TlsPolicy,
+        /// Roots for `verify` other than the system store (a `ca_file`).
+        roots: Option<TrustRoots>,
         /// AUTH credentials, sent only over TLS.
         auth: Option<Credentials>,
     },
@@ -68,19 +73,26 @@ pub struct DeliveryOptions {
 }
 
 /// The result of an attempt: one outcome per recipient, in order, and who answered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Attempt {
     /// Per recipient.
     pub outcomes: Vec<RcptOutcome>,
     /// `host[ip]` of the server that answered last, if any.
     pub remote: Option<String>,
+    /// The TLS policy applied and what became of it with that server, e.g.
+    /// "verify: TLSv1.3 TLS13_AES_256_GCM_SHA384, certificate verified"; `None` for LMTP
+    /// and Maildir.
+    pub tls: Option<String>,
 }
 
 /// Delivers messages; shared by all queue workers.
 pub struct Deliverer {
     dns: Arc<dyn Dns>,
     options: DeliveryOptions,
-    tls: TlsConnector,
+    /// For `opportunistic` and `require`.
+    unverified: TlsConnector,
+    /// For `verify` without a CA file of its own.
+    system_roots: TrustRoots,
     /// Connections kept open after a delivery, for the next message to the same place.
     idle: std::sync::Mutex<HashMap<String, Vec<Idle>>>,
 }
@@ -181,22 +193,46 @@ impl Progress {
 const WRITE_CHUNK: usize = 64 * 1024;
 
 impl Deliverer {
-    /// A delivery agent using `dns` for MX and address lookups.
-    pub fn new(dns: Arc<dyn Dns>, options: DeliveryOptions) -> Result<Deliverer, rustls::Error> {
+    /// A delivery agent using `dns` for MX and address lookups and `system_roots` (see
+    /// [`TrustRoots::system`]) to verify next hops without a CA file of their own.
+    pub fn new(
+        dns: Arc<dyn Dns>,
+        options: DeliveryOptions,
+        system_roots: TrustRoots,
+    ) -> Result<Deliverer, RootsError> {
         Ok(Deliverer {
             dns,
             options,
-            tls: TlsConnector::from(crate::tls::client_config()?),
+            unverified: TlsConnector::from(crate::tls::client_config()?),
+            system_roots,
             idle: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The roots `verify` uses when a destination has none of its own.
+    pub fn system_roots(&self) -> &TrustRoots {
+        &self.system_roots
+    }
+
+    /// What checks the certificate under `tls`: the destination's roots or the system's for
+    /// `verify`, nothing otherwise.
+    fn security<'a>(&'a self, tls: TlsPolicy, roots: Option<&'a TrustRoots>) -> Security<'a> {
+        let roots = (tls == TlsPolicy::Verify).then(|| roots.unwrap_or(&self.system_roots));
+        Security {
+            policy: tls,
+            connector: roots.map_or(&self.unverified, |r| r.connector()),
+            roots,
+            insecure_auth: false,
+        }
     }
 
     /// One attempt to deliver `data` (canonical CRLF, no terminating dot) to `dest`.
     pub async fn deliver(&self, dest: &Destination, msg: &OutboundMessage, data: &[u8]) -> Attempt {
         match dest {
-            Destination::Mx { domain, tls } => match mail_hosts(&*self.dns, domain).await {
+            Destination::Mx { domain, tls, roots } => match mail_hosts(&*self.dns, domain).await {
                 Ok(hosts) => {
-                    self.try_hosts(&hosts, self.options.smtp_port, *tls, None, false, msg, data)
+                    let security = self.security(*tls, roots.as_ref());
+                    self.try_hosts(&hosts, self.options.smtp_port, security, None, false, msg, data)
                         .await
                 }
                 Err(ResolveError::NullMx) => Attempt {
@@ -208,7 +244,7 @@ impl Deliverer {
                             "Recipient domain accepts no mail (null MX)",
                         )),
                     ),
-                    remote: None,
+                    ..Attempt::default()
                 },
                 Err(ResolveError::NxDomain) => Attempt {
                     outcomes: all(
@@ -219,7 +255,7 @@ impl Deliverer {
                             "Recipient domain not found",
                         )),
                     ),
-                    remote: None,
+                    ..Attempt::default()
                 },
                 Err(ResolveError::Temporary(e)) => Attempt {
                     outcomes: all(
@@ -230,19 +266,23 @@ impl Deliverer {
                             &format!("DNS lookup failed: {e}"),
                         )),
                     ),
-                    remote: None,
+                    ..Attempt::default()
                 },
             },
             Destination::Relay {
                 host,
                 port,
                 tls,
+                roots,
                 auth,
             } => {
+                let mut security = self.security(*tls, roots.as_ref());
+                // The config allows this only with the operator's `insecure_auth`.
+                security.insecure_auth = auth.is_some() && *tls != TlsPolicy::Verify;
                 self.try_hosts(
                     std::slice::from_ref(host),
                     *port,
-                    *tls,
+                    security,
                     auth.clone(),
                     false,
                     msg,
@@ -254,7 +294,7 @@ impl Deliverer {
                 self.try_hosts(
                     std::slice::from_ref(host),
                     *port,
-                    TlsPolicy::None,
+                    self.security(TlsPolicy::None, None),
                     None,
                     true,
                     msg,
@@ -280,7 +320,11 @@ impl Deliverer {
                         )),
                     )
                 });
-                Attempt { outcomes, remote }
+                Attempt {
+                    outcomes,
+                    remote,
+                    tls: None,
+                }
             }
             Destination::LmtpUnix(path) => {
                 let config = self.client_config(TlsPolicy::None, None, true);
@@ -289,14 +333,27 @@ impl Deliverer {
                     .await
                 {
                     Ok(Ok(stream)) => match self
-                        .session(Conn::Unix(stream), None, config, "localhost", msg, data)
+                        .session(
+                            Conn::Unix(stream),
+                            None,
+                            config,
+                            &self.security(TlsPolicy::None, None),
+                            "localhost",
+                            msg,
+                            data,
+                            &mut None,
+                        )
                         .await
                     {
                         Ok((outcomes, open)) => {
                             if let Some((conn, session)) = open {
                                 self.close(conn, session).await;
                             }
-                            Attempt { outcomes, remote }
+                            Attempt {
+                                outcomes,
+                                remote,
+                                tls: None,
+                            }
                         }
                         Err(
                             ConnError::NextHost(r)
@@ -306,6 +363,7 @@ impl Deliverer {
                         ) => Attempt {
                             outcomes: all(msg, &r),
                             remote,
+                            tls: None,
                         },
                         Err(ConnError::Stale) => Attempt {
                             outcomes: all(
@@ -317,6 +375,7 @@ impl Deliverer {
                                 )),
                             ),
                             remote,
+                            tls: None,
                         },
                     },
                     _ => Attempt {
@@ -329,6 +388,7 @@ impl Deliverer {
                             )),
                         ),
                         remote,
+                        tls: None,
                     },
                 }
             }
@@ -354,7 +414,7 @@ impl Deliverer {
         &self,
         hosts: &[String],
         port: u16,
-        tls: TlsPolicy,
+        security: Security<'_>,
         auth: Option<Credentials>,
         lmtp: bool,
         msg: &OutboundMessage,
@@ -364,6 +424,7 @@ impl Deliverer {
         let mut temporary = None;
         let mut unsupported = None;
         let mut remote = None;
+        let mut tls = None;
         for host in hosts {
             let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
@@ -384,21 +445,33 @@ impl Deliverer {
             for ip in addrs {
                 let addr = SocketAddr::new(ip, port);
                 remote = Some(format!("{host}[{ip}]:{port}"));
-                let mut tls_now = tls;
+                let mut now = security;
                 loop {
-                    let config = self.client_config(tls_now, auth.clone(), lmtp);
-                    match self.connect(addr, host, config, msg, data).await {
-                        Ok(outcomes) => return Attempt { outcomes, remote },
+                    let config = self.client_config(now.policy, auth.clone(), lmtp);
+                    let mut seen = None;
+                    let result = self.connect(addr, host, config, &now, msg, data, &mut seen).await;
+                    if !lmtp {
+                        tls = Some(security.summary(seen));
+                    }
+                    match result {
+                        Ok(outcomes) => {
+                            return Attempt {
+                                outcomes,
+                                remote,
+                                tls,
+                            };
+                        }
                         Err(ConnError::InFlight(r)) => {
                             return Attempt {
                                 outcomes: all(msg, &r),
                                 remote,
+                                tls,
                             };
                         }
-                        Err(ConnError::TlsFailed(r)) if tls_now == TlsPolicy::Opportunistic => {
+                        Err(ConnError::TlsFailed(r)) if now.policy == TlsPolicy::Opportunistic => {
                             // Opportunistic TLS must not stop the mail: once more in plaintext.
                             info!(host = %host, %addr, result = ?r, "STARTTLS failed, retrying without TLS");
-                            tls_now = TlsPolicy::None;
+                            now = self.security(TlsPolicy::None, None);
                         }
                         Err(ConnError::Unsupported(r)) => {
                             info!(host = %host, %addr, result = ?r, "host cannot take the message, trying the next host");
@@ -425,6 +498,7 @@ impl Deliverer {
         Attempt {
             outcomes: all(msg, &result),
             remote,
+            tls,
         }
     }
 
@@ -446,17 +520,23 @@ impl Deliverer {
 
     /// Sends over a reused connection when one is idle, else connects to `addr`; keeps
     /// the connection for the next message when the session ends Ready.
+    #[allow(clippy::too_many_arguments)]
     async fn connect(
         &self,
         addr: SocketAddr,
         host: &str,
         config: ClientConfig,
+        security: &Security<'_>,
         msg: &OutboundMessage,
         data: &[u8],
+        seen: &mut Option<String>,
     ) -> Result<Vec<RcptOutcome>, ConnError> {
+        // A connection is reused only under the same policy, roots and credentials, for
+        // the same name (the one its certificate was checked against).
         let key = format!(
-            "{addr}|{:?}|{}|{}",
+            "{addr}|{host}|{:?}|{}|{}|{}",
             config.tls,
+            security.roots.map_or("", |r| r.source()),
             config.auth.as_ref().map_or("", |a| a.username.as_str()),
             config.lmtp
         );
@@ -467,9 +547,11 @@ impl Deliverer {
                     idle.conn,
                     Some(idle.session),
                     config.clone(),
+                    security,
                     host,
                     msg,
                     data,
+                    seen,
                 )
                 .await
             {
@@ -502,7 +584,16 @@ impl Deliverer {
         };
         let _ = stream.set_nodelay(true);
         let result = self
-            .session(Conn::Plain(stream), None, config, host, msg, data)
+            .session(
+                Conn::Plain(stream),
+                None,
+                config,
+                security,
+                host,
+                msg,
+                data,
+                seen,
+            )
             .await;
         self.keep(key, result, 1)
     }
@@ -545,21 +636,26 @@ impl Deliverer {
 
     /// Drives one SMTP/LMTP session for one message, on a new connection or on a `reused`
     /// one already Ready. Returns the outcomes, and the connection if it can take another
-    /// message (the caller pools it; otherwise it was closed with QUIT).
+    /// message (the caller pools it; otherwise it was closed with QUIT); `seen` gets the
+    /// TLS parameters once TLS is up.
+    #[allow(clippy::too_many_arguments)]
     async fn session(
         &self,
         mut conn: Conn,
         reused: Option<ClientSession>,
         config: ClientConfig,
+        security: &Security<'_>,
         host: &str,
         msg: &OutboundMessage,
         data: &[u8],
+        seen: &mut Option<String>,
     ) -> SessionResult {
         // A failed STARTTLS may be retried in plaintext, except with AUTH: credentials
         // never go without TLS, so that retry could not succeed.
         let tls_fallback = config.tls == TlsPolicy::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
         let mut progress = Progress::default();
+        *seen = conn.tls_params().map(|p| security.established(p));
         let mut session = match reused {
             Some(mut session) => {
                 session.send(msg, data).map_err(|_| ConnError::Stale)?;
@@ -580,10 +676,22 @@ impl Deliverer {
                         if conn.write_all(&session.take_output(), limit).await.is_err() {
                             return Err(ConnError::NextHost(local_fail("Connection lost")));
                         }
-                        conn = match conn.upgrade(&self.tls, host, limit).await {
+                        conn = match conn.upgrade(security.connector, host, limit).await {
                             Ok(conn) => conn,
                             Err(e) => {
-                                let r = local_fail(&format!("TLS handshake failed: {e}"));
+                                let r = if security.policy.mandatory() {
+                                    // RFC 3463 X.7.5: cryptographic failure.
+                                    RcptResult::Temporary(Reply::local(
+                                        451,
+                                        (4, 7, 5),
+                                        &format!(
+                                            "TLS with {host} failed ({}): {e}",
+                                            security.policy.name()
+                                        ),
+                                    ))
+                                } else {
+                                    local_fail(&format!("TLS handshake failed: {e}"))
+                                };
                                 return Err(if tls_fallback {
                                     ConnError::TlsFailed(r)
                                 } else {
@@ -591,6 +699,7 @@ impl Deliverer {
                                 });
                             }
                         };
+                        *seen = conn.tls_params().map(|p| security.established(p));
                         session
                             .tls_established()
                             .map_err(|_| ConnError::NextHost(local_fail("TLS state error")))?;
@@ -667,6 +776,43 @@ impl Deliverer {
     }
 }
 
+/// The TLS policy of a connection and what enforces it.
+#[derive(Clone, Copy)]
+struct Security<'a> {
+    policy: TlsPolicy,
+    /// Does the handshake; it verifies the certificate only with `roots`.
+    connector: &'a TlsConnector,
+    /// The roots the certificate is checked against (`verify` only).
+    roots: Option<&'a TrustRoots>,
+    /// Credentials go over TLS that is not verified, as the operator chose.
+    insecure_auth: bool,
+}
+
+impl Security<'_> {
+    /// What an established session is, for logs: "TLSv1.3 CIPHER, certificate verified".
+    fn established(&self, (version, cipher): (String, String)) -> String {
+        let checked = match self.roots {
+            Some(r) => format!("verified by {}", r.source()),
+            None => "not verified".to_owned(),
+        };
+        format!("{version} {cipher}, certificate {checked}")
+    }
+
+    /// The policy and what became of it on one connection.
+    fn summary(&self, seen: Option<String>) -> String {
+        format!(
+            "{}{}: {}",
+            self.policy.name(),
+            if self.insecure_auth {
+                " (insecure_auth)"
+            } else {
+                ""
+            },
+            seen.as_deref().unwrap_or("no TLS")
+        )
+    }
+}
+
 /// The transport under a client session.
 enum Conn {
     Plain(TcpStream),
@@ -706,6 +852,14 @@ impl Conn {
             Conn::Plain(s) => read_from(s, buf).await,
             Conn::Tls(s) => read_from(s, buf).await,
             Conn::Unix(s) => read_from(s, buf).await,
+        }
+    }
+
+    /// Version and cipher suite, once TLS is up.
+    fn tls_params(&self) -> Option<(String, String)> {
+        match self {
+            Conn::Tls(s) => Some(crate::tls::session_params(s.get_ref().1)),
+            Conn::Plain(_) | Conn::Unix(_) => None,
         }
     }
 

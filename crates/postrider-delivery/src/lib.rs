@@ -5,8 +5,8 @@
 mod attempt;
 pub mod maildir;
 mod resolve;
-mod tls;
+pub mod tls;
 
 pub use attempt::{Attempt, Deliverer, DeliveryOptions, Destination};
 pub use resolve::{ResolveError, mail_hosts};
-pub use tls::client_config;
+pub use tls::{RootsError, TrustRoots};

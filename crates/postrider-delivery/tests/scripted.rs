@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination};
+use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination, TrustRoots};
 use postrider_dns::StaticDns;
 use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult, TlsPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -106,7 +106,7 @@ fn deliverer(dns: StaticDns, smtp_port: u16, reply_timeout: Duration) -> Deliver
         connect_timeout: Duration::from_secs(5),
         reply_timeout,
     };
-    Deliverer::new(Arc::new(dns), options).unwrap()
+    Deliverer::new(Arc::new(dns), options, TrustRoots::system().unwrap()).unwrap()
 }
 
 fn message(to: &[&str], data: &[u8]) -> OutboundMessage {
@@ -161,6 +161,7 @@ fn relay(port: u16, tls: TlsPolicy) -> Destination {
         host: "127.0.0.1".into(),
         port,
         tls,
+        roots: None,
         auth: None,
     }
 }
@@ -285,9 +286,9 @@ async fn required_tls_never_falls_back() {
             b"hi\r\n",
         )
         .await;
-    assert_eq!(outcomes(&attempt), ["a@d.test=T451/4.4.2"]);
+    assert_eq!(outcomes(&attempt), ["a@d.test=T451/4.7.5"]);
     let reason = attempt.outcomes[0].result.reply().to_string();
-    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    assert!(reason.contains("TLS with 127.0.0.1 failed (require)"), "{reason}");
     drop(d);
     server.await.unwrap();
 }
@@ -326,6 +327,7 @@ fn mx(domain: &str) -> Destination {
     Destination::Mx {
         domain: domain.into(),
         tls: TlsPolicy::None,
+        roots: None,
     }
 }
 

@@ -13,7 +13,7 @@ use postrider_plugin_host::Dns;
 use postrider_plugin_host::{
     Authentication, CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy,
     HeaderEdit, HostCall, HostError, LoadedPlugin, Pipeline, PluginEngine, PluginSpec,
-    RouteDecision, Services, Stage, StaticDns, TlsInfo, TlsPolicy, apply_edits,
+    RouteDecision, Services, Stage, StaticDns, TlsInfo, apply_edits,
 };
 use postrider_smtp::server::{Misuse, Session, SessionConfig};
 use postrider_stages::{Driver, Policy as _, StageRun, auth_result_keyword};
@@ -656,7 +656,7 @@ pub fn describe_route(r: &RouteDecision) -> String {
     match r {
         RouteDecision::Mx => "mx".into(),
         RouteDecision::Relay { host, port, tls } => {
-            format!("relay {host}:{port} tls {}", tls_name(*tls))
+            format!("relay {host}:{port} tls {}", tls.name())
         }
         RouteDecision::Lmtp(t) => format!("lmtp {t}"),
         RouteDecision::Hold(r) => format!("hold {r:?}"),
@@ -668,14 +668,6 @@ pub fn describe_route(r: &RouteDecision) -> String {
             r.text()
         ),
         RouteDecision::Defer(r) => format!("defer {r:?}"),
-    }
-}
-
-fn tls_name(t: TlsPolicy) -> &'static str {
-    match t {
-        TlsPolicy::None => "none",
-        TlsPolicy::Opportunistic => "opportunistic",
-        TlsPolicy::Require => "require",
     }
 }
 

@@ -38,8 +38,29 @@ pub enum TlsPolicy {
     /// STARTTLS if the server offers it; continue in plaintext if not offered or refused.
     #[default]
     Opportunistic,
-    /// STARTTLS is mandatory: fail temporarily (4.7.5) if not offered or refused.
+    /// STARTTLS is mandatory: fail temporarily (4.7.5) if not offered or refused. The
+    /// certificate is not verified (Postfix's `encrypt`).
     Require,
+    /// STARTTLS is mandatory and the certificate must chain to a trusted root and name the
+    /// next hop (Postfix's `verify`); the check itself is the caller's TLS configuration.
+    Verify,
+}
+
+impl TlsPolicy {
+    /// The session fails rather than go on without TLS.
+    pub fn mandatory(self) -> bool {
+        matches!(self, TlsPolicy::Require | TlsPolicy::Verify)
+    }
+
+    /// The policy's name in config and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Require => "require",
+            TlsPolicy::Verify => "verify",
+        }
+    }
 }
 
 /// Credentials for AUTH PLAIN.
@@ -713,7 +734,7 @@ impl ClientSession {
                     self.events.push_back(ClientEvent::StartTls);
                 } else if reply.is_positive() || code == 421 {
                     self.refused(reply);
-                } else if self.config.tls == TlsPolicy::Require {
+                } else if self.config.tls.mandatory() {
                     let text = format!("TLS required but STARTTLS refused: {reply}");
                     self.fail(local(421, (4, 7, 5), &text), false, true);
                 } else {
@@ -828,7 +849,7 @@ impl ClientSession {
         } else if self.extensions.starttls {
             self.output.extend_from_slice(b"STARTTLS\r\n");
             self.state = State::StartTls;
-        } else if self.config.tls == TlsPolicy::Require {
+        } else if self.config.tls.mandatory() {
             self.state = State::StartTls;
             let reply = local(421, (4, 7, 5), "TLS required but not offered");
             self.fail(reply, false, true);

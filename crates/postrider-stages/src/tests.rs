@@ -79,7 +79,7 @@ fn conn() -> ConnInfo {
         server_port: 25,
         helo: None,
         tls: Some(TlsInfo {
-            protocol: "TLSv1_3".into(),
+            protocol: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             sni: Some("mx.example.org".into()),
         }),

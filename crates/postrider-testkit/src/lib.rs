@@ -3,14 +3,17 @@
 //! The example plugins in `plugins/` are their own cargo workspace built for `wasm32-wasip2`;
 //! tests that run real guests call [`plugin_wasm`], which builds that workspace once per test
 //! process (cargo's own lock serialises concurrent test binaries) and returns the component.
-//! Tests of the Redis kv backend start a real server with [`RedisServer`].
+//! Tests of the Redis kv backend start a real server with [`RedisServer`]; tests of verified
+//! TLS get certificates from a [`TestCa`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod ca;
 mod redis;
 
+pub use ca::TestCa;
 pub use redis::RedisServer;
 
 /// The repository root.

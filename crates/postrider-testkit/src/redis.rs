@@ -165,38 +165,7 @@ impl Drop for RedisServer {
 /// Writes a test CA and a certificate for 127.0.0.1 and localhost signed by it; returns
 /// the paths of the CA certificate, the server certificate and its key.
 fn make_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let fail = |e: rcgen::Error| -> ! { panic!("making test certificates: {e}") };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    // Distinct names: with rcgen's default name on both, the leaf would look self-signed.
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Postrider test CA");
-    let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap_or_else(|e| fail(e));
-    let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap_or_else(|e| fail(e));
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "redis test server");
-    let cert = params.signed_by(&key, &ca).unwrap_or_else(|e| fail(e));
-    let paths = (
-        dir.join("redis-ca.pem"),
-        dir.join("redis-cert.pem"),
-        dir.join("redis-key.pem"),
-    );
-    for (path, pem) in [
-        (&paths.0, ca.pem()),
-        (&paths.1, cert.pem()),
-        (&paths.2, key.serialize_pem()),
-    ] {
-        std::fs::write(path, pem).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    }
-    paths
+    let ca = crate::TestCa::new(dir, "redis");
+    let (cert, key) = ca.issue("server", &["127.0.0.1", "localhost"]);
+    (ca.cert_file(), cert, key)
 }

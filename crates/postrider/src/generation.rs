@@ -1,7 +1,8 @@
 //! Configuration generations, built whole and swapped atomically.
 //!
 //! A [`Generation`] is everything that follows from one configuration file: the validated
-//! [`Config`], the password file, the listeners' TLS acceptors and the plugin pipeline. The
+//! [`Config`], the password file, the listeners' TLS acceptors, the CA files of verified
+//! outbound TLS and the plugin pipeline. The
 //! [`crate::reload::Reloader`] builds a new generation when the config or a file it names changes (a
 //! debounced `notify` watcher), on SIGHUP, or when `postrider reload` asks on the admin
 //! socket. Building parses and validates the config, reads the password file and
@@ -18,7 +19,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use postrider_config::Config;
+use postrider_config::{Config, RouteTarget};
+use postrider_delivery::TrustRoots;
 use postrider_plugin_host::{Pipeline, TokioResolver};
 use tokio_rustls::TlsAcceptor;
 
@@ -36,6 +38,8 @@ pub struct Generation {
     pub passwords: Option<Arc<Passwords>>,
     /// TLS acceptor of each listener that has a certificate, by listener name.
     pub tls: HashMap<String, TlsAcceptor>,
+    /// The roots of each `ca_file` the config names (`[delivery]` and routes), by path.
+    pub ca_roots: HashMap<PathBuf, TrustRoots>,
     /// The plugin chain, when plugins are configured.
     pub pipeline: Option<Arc<Pipeline>>,
     /// SPF/DKIM/DMARC/ARC verification and DKIM signing.
@@ -72,6 +76,7 @@ pub fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf
         }
     }
     files.extend(config.relay.passwords.clone());
+    files.extend(ca_files(config).map(Path::to_owned));
     let auth = &config.authentication;
     files.extend(
         auth.dkim_sign
@@ -83,6 +88,15 @@ pub fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf
         .into_iter()
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect()
+}
+
+/// The CA files of verified outbound TLS: `[delivery] ca_file` and the routes'.
+fn ca_files(config: &Config) -> impl Iterator<Item = &Path> {
+    let routes = config.routes.iter().filter_map(|r| match &r.to {
+        RouteTarget::Relay { ca_file, .. } => ca_file.as_deref(),
+        RouteTarget::Lmtp(_) | RouteTarget::Maildir(_) => None,
+    });
+    config.delivery.ca_file.as_deref().into_iter().chain(routes)
 }
 
 /// Builds generations; holds the parts every generation shares.
@@ -126,6 +140,33 @@ impl GenerationBuilder {
         })
         .await
         .context("reading the certificates")??;
+        let files: Vec<PathBuf> = ca_files(&config).map(Path::to_owned).collect();
+        let ca_roots = tokio::task::spawn_blocking(move || {
+            let mut roots = HashMap::new();
+            for file in files {
+                let loaded = TrustRoots::from_file(&file)?;
+                roots.insert(file, loaded);
+            }
+            anyhow::Ok(roots)
+        })
+        .await
+        .context("reading the CA files")??;
+        for route in &config.routes {
+            if let RouteTarget::Relay {
+                host,
+                port,
+                insecure_auth: true,
+                ..
+            } = &route.to
+            {
+                tracing::warn!(
+                    domains = ?route.domains,
+                    relay = %format!("{host}:{port}"),
+                    "insecure_auth: this route sends its credentials over TLS whose certificate \
+                     is not verified"
+                );
+            }
+        }
         let auth_config = config.authentication.clone();
         let resolver = self.resolver.clone();
         let auth = tokio::task::spawn_blocking(move || EmailAuth::load(&auth_config, resolver))
@@ -140,6 +181,7 @@ impl GenerationBuilder {
             config: Arc::new(config),
             passwords,
             tls,
+            ca_roots,
             pipeline,
             auth: Arc::new(auth),
             loaded_at: std::time::SystemTime::now(),

@@ -24,7 +24,7 @@ use crate::plugins::{PluginBuilder, open_redis};
 use crate::queue::manager::{self};
 use crate::reload::Reloader;
 use crate::systemd;
-use postrider_delivery::{Deliverer, DeliveryOptions};
+use postrider_delivery::{Deliverer, DeliveryOptions, TrustRoots};
 use postrider_kv::{Clock, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{Dns, HickoryDns};
@@ -88,6 +88,19 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     // One resolver (and cache) for delivery, plugins and email authentication.
     let resolver = hickory.resolver();
     let dns: Arc<dyn Dns> = Arc::new(hickory);
+    let system_roots = tokio::task::spawn_blocking(TrustRoots::system)
+        .await
+        .context("loading the system trust store")?
+        .context("TLS client configuration")?;
+    if system_roots.count() == 0 && verifies_with_system_roots(&config) {
+        warn!(
+            "tls = \"verify\" without a ca_file, but the system trust store has no certificates \
+             (install ca-certificates, or set SSL_CERT_FILE): every verified delivery will be \
+             deferred"
+        );
+    } else {
+        info!(roots = system_roots.count(), "system trust store loaded");
+    }
     let deliverer = Deliverer::new(
         Arc::clone(&dns),
         DeliveryOptions {
@@ -96,6 +109,7 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
             connect_timeout: Duration::from_secs(config.delivery.connect_timeout),
             reply_timeout: Duration::from_secs(config.delivery.reply_timeout),
         },
+        system_roots,
     )
     .context("TLS client configuration")?;
     let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
@@ -216,5 +230,21 @@ fn wait_for_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>>
             _ = int.recv() => info!("SIGINT"),
         }
         Ok(())
+    })
+}
+
+/// Some next hop is verified against the system's roots: `verify` without a `ca_file`.
+fn verifies_with_system_roots(config: &Config) -> bool {
+    use postrider_config::{RouteTarget, TlsPolicy};
+    let mx = config.delivery.tls == TlsPolicy::Verify && config.delivery.ca_file.is_none();
+    mx || config.routes.iter().any(|r| {
+        matches!(
+            &r.to,
+            RouteTarget::Relay {
+                tls: TlsPolicy::Verify,
+                ca_file: None,
+                ..
+            }
+        )
     })
 }

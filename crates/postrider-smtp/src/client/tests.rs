@@ -330,30 +330,33 @@ fn starttls_required_and_offered() {
 
 #[test]
 fn starttls_required_but_missing_or_refused() {
-    let mut c = ClientSession::new(ClientConfig {
-        tls: TlsPolicy::Require,
-        ..config()
-    });
-    feed(&mut c, "220 mx\r\n");
-    out(&mut c);
-    assert_eq!(
-        feed(&mut c, EHLO_FULL),
-        ["Failed(starttls T 421/4.7.5)", "Closed"]
-    );
-    assert_eq!(out(&mut c), "QUIT\r\n");
+    for policy in [TlsPolicy::Require, TlsPolicy::Verify] {
+        let mut c = ClientSession::new(ClientConfig {
+            tls: policy,
+            ..config()
+        });
+        feed(&mut c, "220 mx\r\n");
+        out(&mut c);
+        assert_eq!(
+            feed(&mut c, EHLO_FULL),
+            ["Failed(starttls T 421/4.7.5)", "Closed"],
+            "{policy:?}"
+        );
+        assert_eq!(out(&mut c), "QUIT\r\n");
 
-    let mut c = to_starttls(TlsPolicy::Require, None);
-    c.feed(b"454 4.7.0 TLS not available\r\n");
-    let Some(ClientEvent::Failed(f)) = c.poll_event() else {
-        panic!()
-    };
-    assert_eq!(
-        (f.stage, f.permanent, code(&f.reply)),
-        ("starttls", false, "421/4.7.5".into())
-    );
-    assert!(f.reply.text().contains("454 4.7.0 TLS not available"));
-    assert_eq!(events(&mut c), ["Closed"]);
-    assert_eq!(out(&mut c), "QUIT\r\n");
+        let mut c = to_starttls(policy, None);
+        c.feed(b"454 4.7.0 TLS not available\r\n");
+        let Some(ClientEvent::Failed(f)) = c.poll_event() else {
+            panic!()
+        };
+        assert_eq!(
+            (f.stage, f.permanent, code(&f.reply)),
+            ("starttls", false, "421/4.7.5".into())
+        );
+        assert!(f.reply.text().contains("454 4.7.0 TLS not available"));
+        assert_eq!(events(&mut c), ["Closed"]);
+        assert_eq!(out(&mut c), "QUIT\r\n");
+    }
 
     // Opportunistic: plaintext goes on.
     let mut c = to_starttls(TlsPolicy::Opportunistic, None);

@@ -37,17 +37,10 @@ pub fn acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
 
 /// Protocol, cipher suite and the server name the client asked for (SNI), as plugins see them.
 pub fn describe(conn: &rustls::ServerConnection) -> postrider_plugin_host::TlsInfo {
-    let version = conn
-        .protocol_version()
-        .and_then(|v| v.as_str())
-        .unwrap_or("TLS");
-    let suite = conn
-        .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str())
-        .unwrap_or("unknown");
+    let (protocol, cipher) = postrider_delivery::tls::session_params(conn);
     postrider_plugin_host::TlsInfo {
-        protocol: version.to_owned(),
-        cipher: suite.to_owned(),
+        protocol,
+        cipher,
         sni: conn.server_name().map(str::to_owned),
     }
 }

@@ -30,14 +30,15 @@ use crate::queue::route::{Plan, domain_of, reply_text, route};
 
 /// One line per recipient and attempt, in the spirit of Postfix's smtp delivery lines: the
 /// message is the status (delivered, deferred, bounced, expired); the fields say the queue
-/// id, recipient, relay host, delay since reception (seconds), attempts so far, DSN status
-/// and the reply.
+/// id, recipient, relay host, the TLS policy and what became of it (empty for LMTP and
+/// Maildir), delay since reception (seconds), attempts so far, DSN status and the reply.
 macro_rules! attempt_line {
-    ($status:expr, $id:expr, $rcpt:expr, $relay:expr, $received_ms:expr, $attempts:expr, $dsn:expr, $reply:expr $(, $($extra:tt)*)?) => {
+    ($status:expr, $id:expr, $rcpt:expr, $relay:expr, $tls:expr, $received_ms:expr, $attempts:expr, $dsn:expr, $reply:expr $(, $($extra:tt)*)?) => {
         tracing::info!(
             queue_id = %$id,
             rcpt = %$rcpt,
             relay = %$relay.unwrap_or("none"),
+            tls = %$tls.unwrap_or_default(),
             delay = delay_secs($received_ms),
             attempts = $attempts,
             dsn = %$dsn,
@@ -547,7 +548,7 @@ impl Manager {
                     Owned::Temporary(format!("451 4.3.0 {reason}"))
                 }
             };
-            self.settle(pass, i, outcome.borrow(), None, now);
+            self.settle(pass, i, outcome.borrow(), None, None, now);
         }
         groups
     }
@@ -573,7 +574,14 @@ impl Manager {
                         reply_text(r),
                     ),
                 };
-                self.settle(pass, i, outcome.borrow(), remote.clone(), now_ms());
+                self.settle(
+                    pass,
+                    i,
+                    outcome.borrow(),
+                    remote.clone(),
+                    attempt.tls.as_deref(),
+                    now_ms(),
+                );
             }
             // The last group's result is saved (or the message removed) by `finish`.
             if g < last_group {
@@ -699,6 +707,7 @@ impl Manager {
         i: usize,
         outcome: Outcome<'_>,
         remote: Option<String>,
+        tls: Option<&str>,
         now: u64,
     ) {
         let Pass {
@@ -745,6 +754,7 @@ impl Manager {
                 id,
                 rcpt,
                 relay,
+                tls,
                 envelope.received_at_unix_ms,
                 st.attempts,
                 status,
@@ -756,6 +766,7 @@ impl Manager {
                 id,
                 rcpt,
                 relay,
+                tls,
                 envelope.received_at_unix_ms,
                 st.attempts,
                 status,

@@ -2,7 +2,7 @@
 //! driver, with the connection and envelope the spool kept), then the domain's MX.
 
 use postrider_config::RouteTarget;
-use postrider_delivery::Destination;
+use postrider_delivery::{Destination, TrustRoots};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::RouteDecision;
 use postrider_queue::{Envelope, QueueId};
@@ -62,11 +62,14 @@ pub async fn route(
                 host,
                 port,
                 tls,
+                ca_file,
                 auth,
+                insecure_auth: _,
             } => Plan::Deliver(Destination::Relay {
                 host: host.clone(),
                 port: *port,
                 tls: *tls,
+                roots: roots(generation, ca_file.as_deref()),
                 auth: auth.as_ref().map(|(u, p)| Credentials {
                     username: u.clone(),
                     password: p.clone(),
@@ -92,6 +95,7 @@ pub async fn route(
                     host,
                     port,
                     tls,
+                    roots: None,
                     auth: None,
                 });
             }
@@ -126,7 +130,13 @@ pub async fn route(
     Plan::Deliver(Destination::Mx {
         domain: domain.to_ascii_lowercase(),
         tls: config.delivery.tls,
+        roots: roots(generation, config.delivery.ca_file.as_deref()),
     })
+}
+
+/// The roots the generation loaded from `ca_file` (`None`: the system store).
+fn roots(generation: &Generation, ca_file: Option<&std::path::Path>) -> Option<TrustRoots> {
+    ca_file.and_then(|f| generation.ca_roots.get(f).cloned())
 }
 
 /// A reply as one line of text, for logs, state and DSNs.

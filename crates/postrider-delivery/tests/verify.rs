@@ -1,0 +1,306 @@
+//! `verify` against STARTTLS servers on loopback with certificates from test CAs: a chain to
+//! the route's CA file and the next hop's name deliver; an unknown issuer or another name
+//! defer with 4.7.5 without a word of plain text or a credential sent, after trying the next
+//! MX; `opportunistic` keeps accepting any certificate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination, TrustRoots};
+use postrider_dns::StaticDns;
+use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, TlsPolicy};
+use postrider_testkit::TestCa;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+fn acceptor((cert, key): &(std::path::PathBuf, std::path::PathBuf)) -> TlsAcceptor {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// What the server saw on one connection.
+#[derive(Debug)]
+enum Seen {
+    /// The TLS handshake failed (the client refused the certificate); then the lines the
+    /// client sent in plain text after it, if any.
+    HandshakeFailed(Vec<String>),
+    /// The commands sent over TLS.
+    Tls(Vec<String>),
+}
+
+async fn line<S: AsyncRead + Unpin>(r: &mut BufReader<S>) -> Option<String> {
+    let mut l = String::new();
+    match tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut l)).await {
+        Ok(Ok(n)) if n > 0 => Some(l.trim_end().to_owned()),
+        _ => None,
+    }
+}
+
+/// Offers STARTTLS with `acceptor`'s certificate, then takes a message (and AUTH PLAIN)
+/// over TLS until the client goes.
+async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen {
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("no connection")
+        .unwrap();
+    let mut plain = BufReader::new(stream);
+    plain.get_mut().write_all(b"220 mx ESMTP\r\n").await.unwrap();
+    assert!(line(&mut plain).await.unwrap().starts_with("EHLO"));
+    plain
+        .get_mut()
+        .write_all(b"250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n")
+        .await
+        .unwrap();
+    assert_eq!(line(&mut plain).await.unwrap(), "STARTTLS");
+    plain.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
+    let tls = match acceptor.accept(plain.into_inner()).await {
+        Ok(tls) => tls,
+        Err(_) => return Seen::HandshakeFailed(Vec::new()),
+    };
+    let mut r = BufReader::new(tls);
+    let mut seen = Vec::new();
+    while let Some(cmd) = line(&mut r).await {
+        seen.push(cmd.clone());
+        let reply: &[u8] = match cmd.split(' ').next().unwrap_or("") {
+            "EHLO" => b"250-mx\r\n250 AUTH PLAIN\r\n",
+            "AUTH" => b"235 2.7.0 ok\r\n",
+            "MAIL" | "RCPT" => b"250 ok\r\n",
+            "DATA" => {
+                r.get_mut().write_all(b"354 go\r\n").await.unwrap();
+                while line(&mut r).await.is_some_and(|l| l != ".") {}
+                b"250 2.0.0 queued\r\n"
+            }
+            "QUIT" => b"221 bye\r\n",
+            _ => b"500 what\r\n",
+        };
+        r.get_mut().write_all(reply).await.unwrap();
+        r.get_mut().flush().await.unwrap();
+    }
+    Seen::Tls(seen)
+}
+
+fn deliverer(dns: StaticDns, smtp_port: u16) -> Deliverer {
+    let options = DeliveryOptions {
+        helo_name: "client.test".into(),
+        smtp_port,
+        connect_timeout: Duration::from_secs(5),
+        reply_timeout: Duration::from_secs(5),
+    };
+    Deliverer::new(Arc::new(dns), options, TrustRoots::system().unwrap()).unwrap()
+}
+
+fn message() -> OutboundMessage {
+    OutboundMessage {
+        from: "sender@client.test".into(),
+        recipients: vec![OutboundRecipient {
+            address: "a@d.test".into(),
+            notify: None,
+            orcpt: None,
+        }],
+        size: 4,
+        eight_bit: false,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+    }
+}
+
+/// The one outcome: "A250/2.0.0", "T451/4.7.5", ... and its text.
+fn outcome(attempt: &Attempt) -> (String, String) {
+    let result = &attempt.outcomes[0].result;
+    let reply = result.reply();
+    let kind = match result {
+        postrider_smtp::client::RcptResult::Accepted(_) => "A",
+        postrider_smtp::client::RcptResult::Temporary(_) => "T",
+        postrider_smtp::client::RcptResult::Permanent(_) => "P",
+    };
+    let enhanced = reply.enhanced().map(|e| e.to_string()).unwrap_or_default();
+    (format!("{kind}{}/{enhanced}", reply.code()), reply.to_string())
+}
+
+fn relay(host: &str, port: u16, tls: TlsPolicy, ca: Option<&Path>) -> Destination {
+    Destination::Relay {
+        host: host.into(),
+        port,
+        tls,
+        roots: ca.map(|f| TrustRoots::from_file(f).unwrap()),
+        auth: Some(Credentials {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        }),
+    }
+}
+
+async fn one(dest: Destination, acceptor: TlsAcceptor) -> (Attempt, Seen, bool) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dest = match dest {
+        Destination::Relay {
+            host,
+            tls,
+            roots,
+            auth,
+            ..
+        } => Destination::Relay {
+            host,
+            port,
+            tls,
+            roots,
+            auth,
+        },
+        other => other,
+    };
+    let server = tokio::spawn(async move {
+        let seen = starttls_server(&listener, &acceptor).await;
+        let again = tokio::time::timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_ok();
+        (seen, again)
+    });
+    let localhost: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+    let dns = StaticDns {
+        ip: HashMap::from([("localhost".to_owned(), Ok(localhost))]),
+        ..StaticDns::default()
+    };
+    let d = deliverer(dns, 25);
+    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    drop(d);
+    let (seen, again) = server.await.unwrap();
+    (attempt, seen, again)
+}
+
+#[tokio::test]
+async fn a_chain_to_the_ca_file_for_the_relay_name_delivers_with_auth_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ours");
+    let server = acceptor(&ca.issue("smart", &["localhost"]));
+    let dest = relay("localhost", 0, TlsPolicy::Verify, Some(&ca.cert_file()));
+    let (attempt, seen, _) = one(dest, server).await;
+    assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    let Seen::Tls(commands) = seen else {
+        panic!("{seen:?}")
+    };
+    assert!(commands.iter().any(|c| c.starts_with("AUTH PLAIN")), "{commands:?}");
+    let tls = attempt.tls.unwrap();
+    assert!(
+        tls.starts_with("verify: TLSv1.3 TLS13_")
+            && tls.ends_with(&format!("certificate verified by {}", ca.cert_file().display())),
+        "{tls}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_issuer_or_another_name_defers_4_7_5_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = TestCa::new(dir.path(), "ours");
+    let theirs = TestCa::new(dir.path(), "theirs");
+    let cases = [
+        // Signed by a CA the route does not trust.
+        ("localhost", theirs.issue("smart", &["localhost"]), "UnknownIssuer"),
+        // Trusted CA, but for another name than the one the route connects to.
+        ("127.0.0.1", ours.issue("other", &["localhost"]), "not valid for name"),
+        ("localhost", ours.issue("else", &["smart.example"]), "not valid for name"),
+    ];
+    for (host, cert, why) in cases {
+        let dest = relay(host, 0, TlsPolicy::Verify, Some(&ours.cert_file()));
+        let (attempt, seen, again) = one(dest, acceptor(&cert)).await;
+        let (code, text) = outcome(&attempt);
+        assert_eq!(code, "T451/4.7.5", "{host}: {text}");
+        assert!(
+            text.contains(&format!("TLS with {host} failed (verify)")) && text.contains(why),
+            "{text}"
+        );
+        // No credential, no message, and no second (plain text) connection.
+        assert!(matches!(seen, Seen::HandshakeFailed(ref l) if l.is_empty()), "{seen:?}");
+        assert!(!again, "{host}: the client came back");
+        assert_eq!(attempt.tls.as_deref(), Some("verify: no TLS"));
+    }
+}
+
+#[tokio::test]
+async fn the_system_store_is_used_without_a_ca_file() {
+    // A private CA is in no system store: verify refuses it; opportunistic takes it.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "private");
+    let cert = ca.issue("smart", &["localhost"]);
+    let (attempt, _, _) = one(relay("localhost", 0, TlsPolicy::Verify, None), acceptor(&cert)).await;
+    let (code, text) = outcome(&attempt);
+    assert_eq!(code, "T451/4.7.5", "{text}");
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    let mut dest = relay("localhost", 0, TlsPolicy::Require, None);
+    if let Destination::Relay { auth, .. } = &mut dest {
+        *auth = None;
+    }
+    let (attempt, seen, _) = one(dest, acceptor(&cert)).await;
+    assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    assert!(matches!(seen, Seen::Tls(_)));
+    let tls = attempt.tls.unwrap();
+    assert!(tls.starts_with("require: TLSv1.3 ") && tls.ends_with("certificate not verified"), "{tls}");
+}
+
+/// MX hosts `a.d.test` (preference 10) and `b.d.test` (20), both on 127.0.0.1.
+fn two_mx() -> StaticDns {
+    let ip: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+    StaticDns {
+        mx: HashMap::from([(
+            "d.test".to_owned(),
+            Ok(vec![(10, "a.d.test".to_owned()), (20, "b.d.test".to_owned())]),
+        )]),
+        ip: HashMap::from([
+            ("a.d.test".to_owned(), Ok(ip.clone())),
+            ("b.d.test".to_owned(), Ok(ip)),
+        ]),
+        ..StaticDns::default()
+    }
+}
+
+#[tokio::test]
+async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "mx");
+    // The first MX presents a certificate for another host, the second its own.
+    let (bad, good) = (
+        acceptor(&ca.issue("a", &["c.d.test"])),
+        acceptor(&ca.issue("b", &["b.d.test"])),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let first = starttls_server(&listener, &bad).await;
+        let second = starttls_server(&listener, &good).await;
+        (first, second)
+    });
+    let d = deliverer(two_mx(), port);
+    let dest = Destination::Mx {
+        domain: "d.test".into(),
+        tls: TlsPolicy::Verify,
+        roots: Some(TrustRoots::from_file(&ca.cert_file()).unwrap()),
+    };
+    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    drop(d);
+    let (first, second) = server.await.unwrap();
+    assert!(matches!(first, Seen::HandshakeFailed(_)), "{first:?}");
+    assert!(matches!(second, Seen::Tls(ref c) if c.iter().any(|l| l.starts_with("MAIL"))), "{second:?}");
+    assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    assert!(attempt.remote.unwrap().starts_with("b.d.test["));
+}
