@@ -14,6 +14,7 @@ mod email_auth;
 mod hostile;
 mod limits;
 mod operating;
+mod outbound_tls;
 mod peers;
 mod plugins;
 mod polyglot;

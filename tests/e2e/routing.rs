@@ -1,16 +1,14 @@
 //! Routing in the real relay against real peers: static `[[route]]` relay routes, the
 //! route-by-domain plugin (relay, discard, bounce), LMTP over TCP and a unix socket with
-//! per-recipient replies, a smarthost requiring STARTTLS and AUTH (a second relay), and mail
-//! loop detection by Received headers.
+//! per-recipient replies, and mail loop detection by Received headers (a smarthost with
+//! STARTTLS and AUTH is in outbound_tls.rs).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use postrider_testkit::plugin_wasm;
 
-use crate::harness::{
-    Relay, auth_relay, config, config_dns, list_json, queue, queue_id, send_message, tls_listener,
-};
+use crate::harness::{Relay, config, config_dns, list_json, queue, queue_id, send_message};
 use crate::peers::{
     RcptScript, Receiver, Script, dnsmasq, free_port_on, smtp_sink, sunk, wait_for,
 };
@@ -335,61 +333,6 @@ fn lmtp_over_a_unix_socket_replies_per_recipient_and_retries_only_the_deferred()
     let path = tmp.path().join("lmtp.sock");
     let lmtp = Receiver::start_lmtp_unix(&path, lmtp_script());
     lmtp_delivers_per_recipient(&format!("unix:{}", path.display()), &lmtp);
-}
-
-#[test]
-fn smarthost_route_with_starttls_and_auth() {
-    // The smarthost: a second relay whose submission listener requires STARTTLS and AUTH.
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(&format!(
-        "{}{}",
-        tls_listener(tmp.path(), "submission", "submission"),
-        auth_relay(tmp.path(), "smart.test")
-    ));
-    let mut smarthost = Relay::builder(&cfg).in_tmp(tmp).start();
-    let sub = smarthost.addr("submission");
-    let route = format!(
-        "[[route]]\ndomains = [\"smart.test\"]\nrelay = \"127.0.0.1:{}\"\ntls = \"require\"\n\
-         auth_user = \"alice\"\nauth_password = \"s3cret\"\n",
-        sub.port()
-    );
-    let relay = Relay::builder(&config(&settings(&["relay.test"], "", &route))).start();
-    let mut c = relay.client();
-    assert_eq!(
-        send_message(
-            &mut c,
-            "sender@client.test",
-            &["bob@smart.test"],
-            "Subject: via smarthost\r\n\r\nauthenticated"
-        )
-        .0,
-        250
-    );
-    wait_for("the smarthost to queue it", Duration::from_secs(30), || {
-        smarthost.queued() == 1
-    });
-    wait_for("our spool to empty", Duration::from_secs(10), || {
-        relay.queued() == 0
-    });
-    let spool = smarthost.stop_and_read_spool();
-    assert_eq!(spool.len(), 1);
-    let (env, msg) = &spool[0];
-    let text = String::from_utf8_lossy(msg);
-    assert_eq!(env.mail_from, "sender@client.test");
-    assert_eq!(env.recipients.len(), 1);
-    assert_eq!(env.recipients[0].address, "bob@smart.test");
-    assert_eq!(env.client.listener, "submission");
-    assert_eq!(env.client.authenticated.as_deref(), Some("alice"));
-    assert!(
-        env.client
-            .tls
-            .as_deref()
-            .is_some_and(|t| t.starts_with("TLSv1")),
-        "{:?}",
-        env.client.tls
-    );
-    assert!(text.contains("with ESMTPSA"), "{text}");
-    assert!(text.contains("Subject: via smarthost"), "{text}");
 }
 
 #[test]

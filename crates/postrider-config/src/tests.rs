@@ -303,7 +303,10 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
     else {
         panic!()
     };
-    assert_eq!((tls, insecure_auth, ca_file), (TlsPolicy::Require, true, None));
+    assert_eq!(
+        (tls, insecure_auth, ca_file),
+        (TlsPolicy::Require, true, None)
+    );
     let RouteTarget::Relay { ca_file, .. } =
         target(route(&format!("{auth}ca_file = \"ca.pem\"\n")).unwrap())
     else {
@@ -311,11 +314,31 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
     };
     assert_eq!(ca_file, Some(Path::new("/etc/postrider/ca.pem").into()));
     for (extra, key, says) in [
-        ("tls = \"require\"\n", "route[0].tls", "insecure_auth = true"),
-        ("tls = \"opportunistic\"\n", "route[0].tls", "\"verify\" (the default)"),
-        ("tls = \"none\"\n", "route[0].tls", "\"verify\" (the default)"),
-        ("insecure_auth = true\n", "route[0].insecure_auth", "certificate is checked"),
-        ("tls = \"require\"\nca_file = \"ca.pem\"\ninsecure_auth = true\n", "route[0].ca_file", "for tls = \"verify\""),
+        (
+            "tls = \"require\"\n",
+            "route[0].tls",
+            "insecure_auth = true",
+        ),
+        (
+            "tls = \"opportunistic\"\n",
+            "route[0].tls",
+            "\"verify\" (the default)",
+        ),
+        (
+            "tls = \"none\"\n",
+            "route[0].tls",
+            "\"verify\" (the default)",
+        ),
+        (
+            "insecure_auth = true\n",
+            "route[0].insecure_auth",
+            "certificate is checked",
+        ),
+        (
+            "tls = \"require\"\nca_file = \"ca.pem\"\ninsecure_auth = true\n",
+            "route[0].ca_file",
+            "for tls = \"verify\"",
+        ),
     ] {
         let err = route(&format!("{auth}{extra}")).unwrap_err().to_string();
         assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
@@ -327,11 +350,19 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
     ))
     .unwrap_err()
     .to_string();
-    assert!(err.contains("route[0].ca_file") && err.contains("only for a relay route"), "{err}");
-    let config =
-        parse(&format!("{MINIMAL}[delivery]\ntls = \"verify\"\nca_file = \"/etc/ssl/mx-ca.pem\"\n")).unwrap();
+    assert!(
+        err.contains("route[0].ca_file") && err.contains("only for a relay route"),
+        "{err}"
+    );
+    let config = parse(&format!(
+        "{MINIMAL}[delivery]\ntls = \"verify\"\nca_file = \"/etc/ssl/mx-ca.pem\"\n"
+    ))
+    .unwrap();
     assert_eq!(config.delivery.tls, TlsPolicy::Verify);
-    assert_eq!(config.delivery.ca_file, Some(Path::new("/etc/ssl/mx-ca.pem").into()));
+    assert_eq!(
+        config.delivery.ca_file,
+        Some(Path::new("/etc/ssl/mx-ca.pem").into())
+    );
     let err = parse(&format!("{MINIMAL}[delivery]\nca_file = \"ca.pem\"\n"))
         .unwrap_err()
         .to_string();

@@ -378,7 +378,8 @@ impl Config {
                     ("ca_file", r.ca_file.as_ref().map(|c| c.span())),
                     ("insecure_auth", r.insecure_auth.as_ref().map(|b| b.span())),
                 ];
-                if let Some((name, Some(span))) = relay_only.into_iter().find(|(_, s)| s.is_some()) {
+                if let Some((name, Some(span))) = relay_only.into_iter().find(|(_, s)| s.is_some())
+                {
                     return src.invalid(span, &key(name), "only for a relay route");
                 }
             }

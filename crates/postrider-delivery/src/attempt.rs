@@ -232,8 +232,16 @@ impl Deliverer {
             Destination::Mx { domain, tls, roots } => match mail_hosts(&*self.dns, domain).await {
                 Ok(hosts) => {
                     let security = self.security(*tls, roots.as_ref());
-                    self.try_hosts(&hosts, self.options.smtp_port, security, None, false, msg, data)
-                        .await
+                    self.try_hosts(
+                        &hosts,
+                        self.options.smtp_port,
+                        security,
+                        None,
+                        false,
+                        msg,
+                        data,
+                    )
+                    .await
                 }
                 Err(ResolveError::NullMx) => Attempt {
                     outcomes: all(
@@ -449,7 +457,9 @@ impl Deliverer {
                 loop {
                     let config = self.client_config(now.policy, auth.clone(), lmtp);
                     let mut seen = None;
-                    let result = self.connect(addr, host, config, &now, msg, data, &mut seen).await;
+                    let result = self
+                        .connect(addr, host, config, &now, msg, data, &mut seen)
+                        .await;
                     if !lmtp {
                         tls = Some(security.summary(seen));
                     }

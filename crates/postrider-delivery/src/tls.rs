@@ -166,7 +166,10 @@ impl TrustRoots {
         Ok(roots)
     }
 
-    fn build(source: String, certs: Vec<CertificateDer<'static>>) -> Result<TrustRoots, RootsError> {
+    fn build(
+        source: String,
+        certs: Vec<CertificateDer<'static>>,
+    ) -> Result<TrustRoots, RootsError> {
         let mut store = RootCertStore::empty();
         let (count, _ignored) = store.add_parsable_certificates(certs);
         let config = Arc::new(
@@ -225,11 +228,17 @@ mod tests {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, "not a certificate\n").unwrap();
         let e = TrustRoots::from_file(&path).unwrap_err().to_string();
-        assert!(e.contains("ca.pem") && e.contains("no usable PEM certificate"), "{e}");
+        assert!(
+            e.contains("ca.pem") && e.contains("no usable PEM certificate"),
+            "{e}"
+        );
         let e = TrustRoots::from_file(&dir.path().join("missing.pem"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot read CA file") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.contains("cannot read CA file") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 
     #[test]

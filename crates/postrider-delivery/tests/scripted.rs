@@ -288,7 +288,10 @@ async fn required_tls_never_falls_back() {
         .await;
     assert_eq!(outcomes(&attempt), ["a@d.test=T451/4.7.5"]);
     let reason = attempt.outcomes[0].result.reply().to_string();
-    assert!(reason.contains("TLS with 127.0.0.1 failed (require)"), "{reason}");
+    assert!(
+        reason.contains("TLS with 127.0.0.1 failed (require)"),
+        "{reason}"
+    );
     drop(d);
     server.await.unwrap();
 }

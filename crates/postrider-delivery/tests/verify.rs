@@ -64,7 +64,11 @@ async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen
         .expect("no connection")
         .unwrap();
     let mut plain = BufReader::new(stream);
-    plain.get_mut().write_all(b"220 mx ESMTP\r\n").await.unwrap();
+    plain
+        .get_mut()
+        .write_all(b"220 mx ESMTP\r\n")
+        .await
+        .unwrap();
     assert!(line(&mut plain).await.unwrap().starts_with("EHLO"));
     plain
         .get_mut()
@@ -72,7 +76,11 @@ async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen
         .await
         .unwrap();
     assert_eq!(line(&mut plain).await.unwrap(), "STARTTLS");
-    plain.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
+    plain
+        .get_mut()
+        .write_all(b"220 go ahead\r\n")
+        .await
+        .unwrap();
     let tls = match acceptor.accept(plain.into_inner()).await {
         Ok(tls) => tls,
         Err(_) => return Seen::HandshakeFailed(Vec::new()),
@@ -135,7 +143,10 @@ fn outcome(attempt: &Attempt) -> (String, String) {
         postrider_smtp::client::RcptResult::Permanent(_) => "P",
     };
     let enhanced = reply.enhanced().map(|e| e.to_string()).unwrap_or_default();
-    (format!("{kind}{}/{enhanced}", reply.code()), reply.to_string())
+    (
+        format!("{kind}{}/{enhanced}", reply.code()),
+        reply.to_string(),
+    )
 }
 
 fn relay(host: &str, port: u16, tls: TlsPolicy, ca: Option<&Path>) -> Destination {
@@ -200,11 +211,17 @@ async fn a_chain_to_the_ca_file_for_the_relay_name_delivers_with_auth_over_tls()
     let Seen::Tls(commands) = seen else {
         panic!("{seen:?}")
     };
-    assert!(commands.iter().any(|c| c.starts_with("AUTH PLAIN")), "{commands:?}");
+    assert!(
+        commands.iter().any(|c| c.starts_with("AUTH PLAIN")),
+        "{commands:?}"
+    );
     let tls = attempt.tls.unwrap();
     assert!(
         tls.starts_with("verify: TLSv1.3 TLS13_")
-            && tls.ends_with(&format!("certificate verified by {}", ca.cert_file().display())),
+            && tls.ends_with(&format!(
+                "certificate verified by {}",
+                ca.cert_file().display()
+            )),
         "{tls}"
     );
 }
@@ -216,10 +233,22 @@ async fn an_unknown_issuer_or_another_name_defers_4_7_5_and_sends_nothing() {
     let theirs = TestCa::new(dir.path(), "theirs");
     let cases = [
         // Signed by a CA the route does not trust.
-        ("localhost", theirs.issue("smart", &["localhost"]), "UnknownIssuer"),
+        (
+            "localhost",
+            theirs.issue("smart", &["localhost"]),
+            "UnknownIssuer",
+        ),
         // Trusted CA, but for another name than the one the route connects to.
-        ("127.0.0.1", ours.issue("other", &["localhost"]), "not valid for name"),
-        ("localhost", ours.issue("else", &["smart.example"]), "not valid for name"),
+        (
+            "127.0.0.1",
+            ours.issue("other", &["localhost"]),
+            "not valid for name",
+        ),
+        (
+            "localhost",
+            ours.issue("else", &["smart.example"]),
+            "not valid for name",
+        ),
     ];
     for (host, cert, why) in cases {
         let dest = relay(host, 0, TlsPolicy::Verify, Some(&ours.cert_file()));
@@ -231,7 +260,10 @@ async fn an_unknown_issuer_or_another_name_defers_4_7_5_and_sends_nothing() {
             "{text}"
         );
         // No credential, no message, and no second (plain text) connection.
-        assert!(matches!(seen, Seen::HandshakeFailed(ref l) if l.is_empty()), "{seen:?}");
+        assert!(
+            matches!(seen, Seen::HandshakeFailed(ref l) if l.is_empty()),
+            "{seen:?}"
+        );
         assert!(!again, "{host}: the client came back");
         assert_eq!(attempt.tls.as_deref(), Some("verify: no TLS"));
     }
@@ -243,7 +275,11 @@ async fn the_system_store_is_used_without_a_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "private");
     let cert = ca.issue("smart", &["localhost"]);
-    let (attempt, _, _) = one(relay("localhost", 0, TlsPolicy::Verify, None), acceptor(&cert)).await;
+    let (attempt, _, _) = one(
+        relay("localhost", 0, TlsPolicy::Verify, None),
+        acceptor(&cert),
+    )
+    .await;
     let (code, text) = outcome(&attempt);
     assert_eq!(code, "T451/4.7.5", "{text}");
     assert!(text.contains("UnknownIssuer"), "{text}");
@@ -255,7 +291,10 @@ async fn the_system_store_is_used_without_a_ca_file() {
     assert_eq!(outcome(&attempt).0, "A250/2.0.0");
     assert!(matches!(seen, Seen::Tls(_)));
     let tls = attempt.tls.unwrap();
-    assert!(tls.starts_with("require: TLSv1.3 ") && tls.ends_with("certificate not verified"), "{tls}");
+    assert!(
+        tls.starts_with("require: TLSv1.3 ") && tls.ends_with("certificate not verified"),
+        "{tls}"
+    );
 }
 
 /// MX hosts `a.d.test` (preference 10) and `b.d.test` (20), both on 127.0.0.1.
@@ -264,7 +303,10 @@ fn two_mx() -> StaticDns {
     StaticDns {
         mx: HashMap::from([(
             "d.test".to_owned(),
-            Ok(vec![(10, "a.d.test".to_owned()), (20, "b.d.test".to_owned())]),
+            Ok(vec![
+                (10, "a.d.test".to_owned()),
+                (20, "b.d.test".to_owned()),
+            ]),
         )]),
         ip: HashMap::from([
             ("a.d.test".to_owned(), Ok(ip.clone())),
@@ -300,7 +342,10 @@ async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
     drop(d);
     let (first, second) = server.await.unwrap();
     assert!(matches!(first, Seen::HandshakeFailed(_)), "{first:?}");
-    assert!(matches!(second, Seen::Tls(ref c) if c.iter().any(|l| l.starts_with("MAIL"))), "{second:?}");
+    assert!(
+        matches!(second, Seen::Tls(ref c) if c.iter().any(|l| l.starts_with("MAIL"))),
+        "{second:?}"
+    );
     assert_eq!(outcome(&attempt).0, "A250/2.0.0");
     assert!(attempt.remote.unwrap().starts_with("b.d.test["));
 }

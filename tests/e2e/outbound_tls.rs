@@ -1,0 +1,260 @@
+//! Authenticated outbound TLS in the real relay, against other relays as STARTTLS receivers
+//! with certificates from test CAs: a smarthost route's credentials go only over a verified
+//! session (or, named as such, with `insecure_auth`); `[delivery] tls = "verify"` checks MX
+//! certificates against the system store (`SSL_CERT_FILE` here), passes a message to the
+//! next MX when one fails, and defers with 4.7.5 (shown by `queue show`) when none passes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use postrider_testkit::TestCa;
+
+use crate::harness::{Relay, auth_relay, config, config_dns, list_json, queue, send_message};
+use crate::peers::{dnsmasq, free_port_on, wait_for};
+
+/// A `[[listener]]` on `address` with the certificate and key `files`.
+fn listener(
+    name: &str,
+    address: SocketAddr,
+    kind: &str,
+    (cert, key): &(PathBuf, PathBuf),
+) -> String {
+    format!(
+        "[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\nkind = \"{kind}\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// The lines of `logs` with `needle`.
+fn lines_with<'a>(logs: &'a str, needle: &str) -> Vec<&'a str> {
+    logs.lines().filter(|l| l.contains(needle)).collect()
+}
+
+/// Why each message in `relay_dir`'s queue waits (`queue list`'s reason).
+fn last_replies(relay_dir: &Path) -> Vec<String> {
+    list_json(relay_dir)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn smarthost_credentials_go_only_over_verified_tls() {
+    // The smarthost: a second relay whose submission listener requires STARTTLS and AUTH,
+    // with a certificate for "localhost" from the test CA.
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "test");
+    let cert = ca.issue("smarthost", &["localhost"]);
+    let cfg = config(&format!(
+        "{}{}",
+        listener(
+            "submission",
+            "127.0.0.1:0".parse().unwrap(),
+            "submission",
+            &cert
+        ),
+        auth_relay(tmp.path(), "smart.test")
+    ));
+    let mut smarthost = Relay::builder(&cfg).in_tmp(tmp).start();
+    let port = smarthost.addr("submission").port();
+    let route = |domain: &str, extra: &str| {
+        format!(
+            "[[route]]\ndomains = [\"{domain}\"]\nrelay = \"localhost:{port}\"\n\
+             auth_user = \"alice\"\nauth_password = \"s3cret\"\n{extra}"
+        )
+    };
+    let routes = [
+        // verify (the default with credentials) against the route's CA file.
+        route(
+            "smart.test",
+            &format!("ca_file = \"{}\"\n", ca.cert_file().display()),
+        ),
+        // verify against the system store, which does not know the test CA.
+        route("untrusted.test", ""),
+        // The operator's explicit opt-out.
+        route("insecure.test", "tls = \"require\"\ninsecure_auth = true\n"),
+    ]
+    .concat();
+    let mut relay = Relay::builder(&config(&format!(
+        "[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nretry_intervals = [1]\n{routes}"
+    )))
+    .start();
+    let mut c = relay.client();
+    for to in ["bob@smart.test", "bob@untrusted.test", "bob@insecure.test"] {
+        let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
+        assert_eq!(code, 250, "{to}");
+    }
+    wait_for(
+        "the smarthost to queue two",
+        Duration::from_secs(30),
+        || smarthost.queued() == 2,
+    );
+    wait_for(
+        "the untrusted one to be deferred",
+        Duration::from_secs(10),
+        || last_replies(&relay.dir).iter().any(|r| r.contains("4.7.5")),
+    );
+    // Retried (every second) and still refused: the smarthost never gets a third.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(relay.queued(), 1);
+    let replies = last_replies(&relay.dir);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].starts_with("451 4.7.5 TLS with localhost failed (verify)")
+            && replies[0].contains("UnknownIssuer"),
+        "{replies:?}"
+    );
+    let spool = smarthost.stop_and_read_spool();
+    let mut got: Vec<(String, Option<String>)> = spool
+        .iter()
+        .map(|(env, _)| {
+            (
+                env.recipients[0].address.clone(),
+                env.client.authenticated.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("bob@insecure.test".to_owned(), Some("alice".to_owned())),
+            ("bob@smart.test".to_owned(), Some("alice".to_owned()))
+        ]
+    );
+    for (env, msg) in &spool {
+        assert!(
+            env.client
+                .tls
+                .as_deref()
+                .is_some_and(|t| t.starts_with("TLSv1.3 ")),
+            "{:?}",
+            env.client.tls
+        );
+        assert!(String::from_utf8_lossy(msg).contains("with ESMTPSA"));
+    }
+    let logs = relay.stop_and_logs();
+    let delivered = lines_with(&logs, "delivered");
+    let verified = format!("certificate verified by {}", ca.cert_file().display());
+    assert!(
+        delivered.iter().any(|l| l.contains("bob@smart.test")
+            && l.contains("tls=verify: TLSv1.3")
+            && l.contains(&verified)),
+        "{delivered:#?}"
+    );
+    assert!(
+        delivered.iter().any(|l| l.contains("bob@insecure.test")
+            && l.contains("tls=require (insecure_auth): TLSv1.3")
+            && l.contains("certificate not verified")),
+        "{delivered:#?}"
+    );
+    assert!(
+        lines_with(&logs, "deferred")
+            .iter()
+            .all(|l| l.contains("bob@untrusted.test") && l.contains("tls=verify: no TLS")),
+        "{logs}"
+    );
+    assert!(
+        lines_with(&logs, "insecure_auth: this route sends its credentials over TLS whose certificate is not verified").len() == 1,
+        "{logs}"
+    );
+}
+
+#[test]
+fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "public");
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let (_dns, dns) = dnsmasq(
+        &[
+            "--mx-host=dest.test,mx1.dest.test,10",
+            "--mx-host=dest.test,mx2.dest.test,20",
+            "--host-record=mx1.dest.test,127.0.0.2",
+            "--host-record=mx2.dest.test,127.0.0.3",
+            "--mx-host=self.test,mx.self.test,10",
+            "--host-record=mx.self.test,127.0.0.4",
+        ]
+        .map(String::from),
+    );
+    // mx1 presents a certificate for another name, mx2 its own; mx.self.test one that
+    // chains to no trusted root (another CA).
+    let receiver = |name: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
+        Relay::builder(&config(&format!(
+            "{}[relay]\nlocal_domains = [\"dest.test\", \"self.test\"]\n",
+            listener(name, address, "smtp", &cert)
+        )))
+        .start()
+    };
+    let other = TestCa::new(tmp.path(), "other");
+    let mut mx1 = receiver("mx", at("127.0.0.2"), ca.issue("mx1", &["www.dest.test"]));
+    let mut mx2 = receiver("mx", at("127.0.0.3"), ca.issue("mx2", &["mx2.dest.test"]));
+    let mut own = receiver(
+        "mx",
+        at("127.0.0.4"),
+        other.issue("self", &["mx.self.test"]),
+    );
+    let mut relay = Relay::builder(&config_dns(
+        &dns.to_string(),
+        &format!(
+            "[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
+             retry_intervals = [1]\ntls = \"verify\"\n"
+        ),
+    ))
+    // The system store, as rustls-native-certs reads it: only the test CA.
+    .env("SSL_CERT_FILE", ca.cert_file())
+    .start();
+    let mut c = relay.client();
+    for to in ["bob@dest.test", "carol@self.test"] {
+        let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
+        assert_eq!(code, 250, "{to}");
+    }
+    wait_for("mx2 to queue it", Duration::from_secs(30), || {
+        mx2.queued() == 1
+    });
+    wait_for(
+        "the self-signed one to be deferred",
+        Duration::from_secs(10),
+        || last_replies(&relay.dir).iter().any(|r| r.contains("4.7.5")),
+    );
+    let replies = last_replies(&relay.dir);
+    assert!(
+        replies.len() == 1
+            && replies[0].starts_with("451 4.7.5 TLS with mx.self.test failed (verify)")
+            && replies[0].contains("UnknownIssuer"),
+        "{replies:?}"
+    );
+    let id = list_json(&relay.dir)["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, shown) = queue(&relay.dir, &["show", &id]);
+    assert!(
+        ok && shown.contains("4.7.5 TLS with mx.self.test failed (verify)"),
+        "{shown}"
+    );
+    assert_eq!(mx1.stop_and_read_spool().len(), 0);
+    assert_eq!(own.stop_and_read_spool().len(), 0);
+    let spool = mx2.stop_and_read_spool();
+    assert_eq!(spool[0].0.recipients[0].address, "bob@dest.test");
+    let logs = relay.stop_and_logs();
+    assert!(
+        lines_with(&logs, "delivered")
+            .iter()
+            .any(|l| l.contains("mx2.dest.test[127.0.0.3]")
+                && l.contains("tls=verify: TLSv1.3")
+                && l.contains("certificate verified by system trust store")),
+        "{logs}"
+    );
+    assert!(
+        lines_with(&logs, "host failed before the message")
+            .iter()
+            .any(|l| l.contains("mx1.dest.test") && l.contains("not valid for name")),
+        "{logs}"
+    );
+}
