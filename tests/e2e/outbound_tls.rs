@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use postrider_testkit::TestCa;
 
-use crate::harness::{Relay, auth_relay, config, config_dns, list_json, queue, send_message};
+use crate::harness::{
+    ADMIN, Relay, auth_relay, config, config_dns, list_json, queue, scrape, send_message, value,
+};
 use crate::peers::{dnsmasq, free_port_on, wait_for};
 
 /// A `[[listener]]` on `address` with the certificate and key `files`.
@@ -202,12 +204,14 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
     let mut relay = Relay::builder(&config_dns(
         &dns.to_string(),
         &format!(
-            "[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
+            "{ADMIN}[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
              retry_intervals = [1]\ntls = \"verify\"\n"
         ),
     ))
-    // The system store, as rustls-native-certs reads it: only the test CA.
+    // The system store, as rustls-native-certs reads it: only the test CA (an empty
+    // SSL_CERT_DIR is no directory).
     .env("SSL_CERT_FILE", ca.cert_file())
+    .env("SSL_CERT_DIR", "")
     .start();
     let mut c = relay.client();
     for to in ["bob@dest.test", "carol@self.test"] {
@@ -238,6 +242,19 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
         ok && shown.contains("4.7.5 TLS with mx.self.test failed (verify)"),
         "{shown}"
     );
+    // Each new connection counted: mx1 and every attempt at mx.self.test failed, mx2 passed.
+    let samples = scrape(&relay);
+    let sessions = |result: &str| {
+        value(
+            &samples,
+            &format!(
+                "postrider_outbound_tls_sessions_total{{policy=\"verify\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(sessions("verified"), 1.0);
+    assert!(sessions("failed") >= 2.0, "{samples:?}");
+    assert_eq!(sessions("plaintext") + sessions("unverified"), 0.0);
     assert_eq!(mx1.stop_and_read_spool().len(), 0);
     assert_eq!(own.stop_and_read_spool().len(), 0);
     let spool = mx2.stop_and_read_spool();
@@ -255,6 +272,37 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
         lines_with(&logs, "host failed before the message")
             .iter()
             .any(|l| l.contains("mx1.dest.test") && l.contains("not valid for name")),
+        "{logs}"
+    );
+}
+
+#[test]
+fn verify_without_roots_is_a_warning_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let mut relay = Relay::builder(&config("[delivery]\ntls = \"verify\"\n"))
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", "")
+        .start();
+    let logs = relay.stop_and_logs();
+    assert_eq!(
+        lines_with(&logs, "the system trust store has no certificates").len(),
+        1,
+        "{logs}"
+    );
+    // The same store with a CA file for MX delivery: nothing to warn about.
+    let ca = TestCa::new(dir.path(), "mx");
+    let mut relay = Relay::builder(&config(&format!(
+        "[delivery]\ntls = \"verify\"\nca_file = \"{}\"\n",
+        ca.cert_file().display()
+    )))
+    .env("SSL_CERT_FILE", &empty)
+    .env("SSL_CERT_DIR", "")
+    .start();
+    let logs = relay.stop_and_logs();
+    assert!(
+        lines_with(&logs, "has no certificates").is_empty(),
         "{logs}"
     );
 }

@@ -83,6 +83,44 @@ pub struct Attempt {
     /// "verify: TLSv1.3 TLS13_AES_256_GCM_SHA384, certificate verified"; `None` for LMTP
     /// and Maildir.
     pub tls: Option<String>,
+    /// Each new SMTP connection of the attempt: its TLS policy and what became of TLS.
+    pub sessions: Vec<(TlsPolicy, TlsOutcome)>,
+}
+
+/// What became of TLS on one outbound SMTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOutcome {
+    /// TLS with a certificate verified against trusted roots.
+    Verified,
+    /// TLS, the certificate not checked (`opportunistic`, `require`).
+    Unverified,
+    /// No TLS: not offered, or the policy did not ask for it.
+    Plaintext,
+    /// The handshake or the certificate check failed.
+    Failed,
+}
+
+impl TlsOutcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsOutcome::Verified => "verified",
+            TlsOutcome::Unverified => "unverified",
+            TlsOutcome::Plaintext => "plaintext",
+            TlsOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What one connection's session saw of TLS.
+#[derive(Default)]
+struct SessionTls {
+    /// A new connection was made (not taken from the idle pool).
+    fresh: bool,
+    /// Version, cipher and certificate check once TLS is up.
+    established: Option<String>,
+    /// The handshake or the certificate check failed.
+    failed: bool,
 }
 
 /// Delivers messages; shared by all queue workers.
@@ -332,6 +370,7 @@ impl Deliverer {
                     outcomes,
                     remote,
                     tls: None,
+                    sessions: Vec::new(),
                 }
             }
             Destination::LmtpUnix(path) => {
@@ -349,7 +388,7 @@ impl Deliverer {
                             "localhost",
                             msg,
                             data,
-                            &mut None,
+                            &mut SessionTls::default(),
                         )
                         .await
                     {
@@ -361,6 +400,7 @@ impl Deliverer {
                                 outcomes,
                                 remote,
                                 tls: None,
+                                sessions: Vec::new(),
                             }
                         }
                         Err(
@@ -372,6 +412,7 @@ impl Deliverer {
                             outcomes: all(msg, &r),
                             remote,
                             tls: None,
+                            sessions: Vec::new(),
                         },
                         Err(ConnError::Stale) => Attempt {
                             outcomes: all(
@@ -384,6 +425,7 @@ impl Deliverer {
                             ),
                             remote,
                             tls: None,
+                            sessions: Vec::new(),
                         },
                     },
                     _ => Attempt {
@@ -397,6 +439,7 @@ impl Deliverer {
                         ),
                         remote,
                         tls: None,
+                        sessions: Vec::new(),
                     },
                 }
             }
@@ -433,6 +476,7 @@ impl Deliverer {
         let mut unsupported = None;
         let mut remote = None;
         let mut tls = None;
+        let mut sessions = Vec::new();
         for host in hosts {
             let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
@@ -456,12 +500,15 @@ impl Deliverer {
                 let mut now = security;
                 loop {
                     let config = self.client_config(now.policy, auth.clone(), lmtp);
-                    let mut seen = None;
+                    let mut seen = SessionTls::default();
                     let result = self
                         .connect(addr, host, config, &now, msg, data, &mut seen)
                         .await;
                     if !lmtp {
-                        tls = Some(security.summary(seen));
+                        if seen.fresh {
+                            sessions.push((now.policy, now.outcome(&seen)));
+                        }
+                        tls = Some(security.summary(seen.established));
                     }
                     match result {
                         Ok(outcomes) => {
@@ -469,6 +516,7 @@ impl Deliverer {
                                 outcomes,
                                 remote,
                                 tls,
+                                sessions,
                             };
                         }
                         Err(ConnError::InFlight(r)) => {
@@ -476,6 +524,7 @@ impl Deliverer {
                                 outcomes: all(msg, &r),
                                 remote,
                                 tls,
+                                sessions,
                             };
                         }
                         Err(ConnError::TlsFailed(r)) if now.policy == TlsPolicy::Opportunistic => {
@@ -509,6 +558,7 @@ impl Deliverer {
             outcomes: all(msg, &result),
             remote,
             tls,
+            sessions,
         }
     }
 
@@ -539,7 +589,7 @@ impl Deliverer {
         security: &Security<'_>,
         msg: &OutboundMessage,
         data: &[u8],
-        seen: &mut Option<String>,
+        seen: &mut SessionTls,
     ) -> Result<Vec<RcptOutcome>, ConnError> {
         // A connection is reused only under the same policy, roots and credentials, for
         // the same name (the one its certificate was checked against).
@@ -593,6 +643,7 @@ impl Deliverer {
             }
         };
         let _ = stream.set_nodelay(true);
+        seen.fresh = true;
         let result = self
             .session(
                 Conn::Plain(stream),
@@ -658,14 +709,14 @@ impl Deliverer {
         host: &str,
         msg: &OutboundMessage,
         data: &[u8],
-        seen: &mut Option<String>,
+        seen: &mut SessionTls,
     ) -> SessionResult {
         // A failed STARTTLS may be retried in plaintext, except with AUTH: credentials
         // never go without TLS, so that retry could not succeed.
         let tls_fallback = config.tls == TlsPolicy::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
         let mut progress = Progress::default();
-        *seen = conn.tls_params().map(|p| security.established(p));
+        seen.established = conn.tls_params().map(|p| security.established(p));
         let mut session = match reused {
             Some(mut session) => {
                 session.send(msg, data).map_err(|_| ConnError::Stale)?;
@@ -702,6 +753,7 @@ impl Deliverer {
                                 } else {
                                     local_fail(&format!("TLS handshake failed: {e}"))
                                 };
+                                seen.failed = true;
                                 return Err(if tls_fallback {
                                     ConnError::TlsFailed(r)
                                 } else {
@@ -709,7 +761,7 @@ impl Deliverer {
                                 });
                             }
                         };
-                        *seen = conn.tls_params().map(|p| security.established(p));
+                        seen.established = conn.tls_params().map(|p| security.established(p));
                         session
                             .tls_established()
                             .map_err(|_| ConnError::NextHost(local_fail("TLS state error")))?;
@@ -806,6 +858,18 @@ impl Security<'_> {
             None => "not verified".to_owned(),
         };
         format!("{version} {cipher}, certificate {checked}")
+    }
+
+    /// The result label of one connection's TLS.
+    fn outcome(&self, seen: &SessionTls) -> TlsOutcome {
+        match (&seen.established, seen.failed) {
+            (_, true) => TlsOutcome::Failed,
+            (Some(_), false) if self.roots.is_some() => TlsOutcome::Verified,
+            (Some(_), false) => TlsOutcome::Unverified,
+            // Not offered or refused, where TLS was mandatory: the session failed for it.
+            (None, false) if self.policy.mandatory() => TlsOutcome::Failed,
+            (None, false) => TlsOutcome::Plaintext,
+        }
     }
 
     /// The policy and what became of it on one connection.

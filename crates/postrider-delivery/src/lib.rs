@@ -7,6 +7,6 @@ pub mod maildir;
 mod resolve;
 pub mod tls;
 
-pub use attempt::{Attempt, Deliverer, DeliveryOptions, Destination};
+pub use attempt::{Attempt, Deliverer, DeliveryOptions, Destination, TlsOutcome};
 pub use resolve::{ResolveError, mail_hosts};
 pub use tls::{RootsError, TrustRoots};

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination, TrustRoots};
+use postrider_delivery::{
+    Attempt, Deliverer, DeliveryOptions, Destination, TlsOutcome, TrustRoots,
+};
 use postrider_dns::StaticDns;
 use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, TlsPolicy};
 use postrider_testkit::TestCa;
@@ -347,5 +349,12 @@ async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
         "{second:?}"
     );
     assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    assert_eq!(
+        attempt.sessions,
+        [
+            (TlsPolicy::Verify, TlsOutcome::Failed),
+            (TlsPolicy::Verify, TlsOutcome::Verified)
+        ]
+    );
     assert!(attempt.remote.unwrap().starts_with("b.d.test["));
 }

@@ -105,6 +105,13 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// `{policy, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    policy: &'static str,
+    result: &'static str,
+}
+
 /// `{version}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
@@ -164,6 +171,7 @@ pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     attempt_duration: Histogram,
     dsns: Family<KindLabels, Counter>,
+    outbound_tls: Family<TlsLabels, Counter>,
     kv_failures: Counter,
     reloads: Counter,
     reload_failures: Counter,
@@ -305,6 +313,14 @@ impl Metrics {
             "Delivery status notifications queued to senders, by kind (failure, delay)",
             dsns.clone(),
         );
+        let outbound_tls = Family::default();
+        registry.register(
+            "outbound_tls_sessions",
+            "New outbound SMTP connections, by TLS policy (none, opportunistic, require, verify) \
+             and result (verified, unverified, plaintext, failed: the handshake or the \
+             certificate check failed, or TLS was mandatory and not offered)",
+            outbound_tls.clone(),
+        );
         let kv_failures = Counter::default();
         registry.register(
             "kv_failures",
@@ -357,6 +373,7 @@ impl Metrics {
             deliveries,
             attempt_duration,
             dsns,
+            outbound_tls,
             kv_failures,
             reloads,
             reload_failures,
@@ -520,6 +537,13 @@ impl Metrics {
         self.attempt_duration.observe(elapsed.as_secs_f64());
     }
 
+    /// A new outbound SMTP connection under TLS `policy` ended TLS-wise with `result`.
+    pub fn outbound_tls(&self, policy: &'static str, result: &'static str) {
+        self.outbound_tls
+            .get_or_create(&TlsLabels { policy, result })
+            .inc();
+    }
+
     /// A DSN (`failure` or `delay`) was queued.
     pub fn dsn(&self, kind: &'static str) {
         self.dsns.get_or_create(&KindLabels { kind }).inc();
@@ -595,7 +619,15 @@ mod tests {
         );
         m.plugin_instance("greylist", "warm");
         m.spool_sync("commit", Duration::from_millis(1));
+        m.outbound_tls("verify", "failed");
         let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "postrider_outbound_tls_sessions_total{policy=\"verify\",result=\"failed\"}"
+            ),
+            Some(1.0)
+        );
         assert_eq!(
             sample(
                 &text,

@@ -696,6 +696,9 @@ impl Manager {
         let started = std::time::Instant::now();
         let attempt = self.deliverer.deliver(&dest, &msg, message).await;
         self.metrics.delivery_attempt(started.elapsed());
+        for (policy, result) in &attempt.sessions {
+            self.metrics.outbound_tls(policy.name(), result.as_str());
+        }
         (idx, attempt)
     }
 
