@@ -168,10 +168,10 @@ fn smarthost_credentials_go_only_over_verified_tls() {
 }
 
 #[test]
-fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
+fn mx_verify_per_domain_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = TestCa::new(tmp.path(), "public");
-    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]);
     let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
     let (_dns, dns) = dnsmasq(
         &[
@@ -181,14 +181,17 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
             "--host-record=mx2.dest.test,127.0.0.3",
             "--mx-host=self.test,mx.self.test,10",
             "--host-record=mx.self.test,127.0.0.4",
+            "--mx-host=other.test,mx.other.test,10",
+            "--host-record=mx.other.test,127.0.0.5",
         ]
         .map(String::from),
     );
-    // mx1 presents a certificate for another name, mx2 its own; mx.self.test one that
-    // chains to no trusted root (another CA).
+    // mx1 presents a certificate for another name, mx2 its own; mx.self.test and
+    // mx.other.test ones that chain to no trusted root (another CA). other.test has no
+    // [[tls_policy]]: [delivery]'s opportunistic TLS takes any certificate.
     let receiver = |name: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
         Relay::builder(&config(&format!(
-            "{}[relay]\nlocal_domains = [\"dest.test\", \"self.test\"]\n",
+            "{}[relay]\nlocal_domains = [\"dest.test\", \"self.test\", \"other.test\"]\n",
             listener(name, address, "smtp", &cert)
         )))
         .start()
@@ -201,11 +204,17 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
         at("127.0.0.4"),
         other.issue("self", &["mx.self.test"]),
     );
+    let mut plain = receiver(
+        "mx",
+        at("127.0.0.5"),
+        other.issue("other", &["mx.other.test"]),
+    );
     let mut relay = Relay::builder(&config_dns(
         &dns.to_string(),
         &format!(
             "{ADMIN}[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
-             retry_intervals = [1]\ntls = \"verify\"\n"
+             retry_intervals = [1]\n\
+             [[tls_policy]]\ndomains = [\"dest.test\", \"*.self.test\", \"self.test\"]\ntls = \"verify\"\n"
         ),
     ))
     // The system store, as rustls-native-certs reads it: only the test CA (an empty
@@ -214,13 +223,15 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
     .env("SSL_CERT_DIR", "")
     .start();
     let mut c = relay.client();
-    for to in ["bob@dest.test", "carol@self.test"] {
+    for to in ["bob@dest.test", "carol@self.test", "dave@other.test"] {
         let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
         assert_eq!(code, 250, "{to}");
     }
-    wait_for("mx2 to queue it", Duration::from_secs(30), || {
-        mx2.queued() == 1
-    });
+    wait_for(
+        "mx2 and mx.other.test to queue theirs",
+        Duration::from_secs(30),
+        || mx2.queued() == 1 && plain.queued() == 1,
+    );
     wait_for(
         "the self-signed one to be deferred",
         Duration::from_secs(10),
@@ -255,6 +266,14 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
     assert_eq!(sessions("verified"), 1.0);
     assert!(sessions("failed") >= 2.0, "{samples:?}");
     assert_eq!(sessions("plaintext") + sessions("unverified"), 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "postrider_outbound_tls_sessions_total{policy=\"opportunistic\",result=\"unverified\"}"
+        ),
+        1.0
+    );
+    assert_eq!(plain.stop_and_read_spool().len(), 1);
     assert_eq!(mx1.stop_and_read_spool().len(), 0);
     assert_eq!(own.stop_and_read_spool().len(), 0);
     let spool = mx2.stop_and_read_spool();
@@ -266,6 +285,14 @@ fn mx_verify_uses_the_system_store_and_the_next_mx_then_defers_4_7_5() {
             .any(|l| l.contains("mx2.dest.test[127.0.0.3]")
                 && l.contains("tls=verify: TLSv1.3")
                 && l.contains("certificate verified by system trust store")),
+        "{logs}"
+    );
+    assert!(
+        lines_with(&logs, "delivered")
+            .iter()
+            .any(|l| l.contains("dave@other.test")
+                && l.contains("tls=opportunistic: TLSv1.3")
+                && l.contains("certificate not verified")),
         "{logs}"
     );
     assert!(

@@ -40,6 +40,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) route: Vec<RawRoute>,
     #[serde(default)]
+    pub(crate) tls_policy: Vec<RawTlsPolicy>,
+    #[serde(default)]
     pub(crate) authentication: RawAuthentication,
     #[serde(default)]
     pub(crate) dkim_sign: Vec<SigningKey>,
@@ -81,6 +83,14 @@ impl Default for RawAdmin {
             metrics_domains: 20,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTlsPolicy {
+    pub(crate) domains: Spanned<Vec<String>>,
+    pub(crate) tls: TlsPolicy,
+    pub(crate) ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]

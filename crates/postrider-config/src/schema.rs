@@ -1,7 +1,7 @@
 //! The validated configuration the relay runs on: what every section means once checked.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -39,6 +39,8 @@ pub struct Config {
     pub delivery: Delivery,
     /// Static routes, in config order.
     pub routes: Vec<Route>,
+    /// TLS towards the MX hosts of some domains, instead of `[delivery]`'s, in config order.
+    pub tls_policies: Vec<DomainTls>,
     /// SPF, DKIM, DMARC and ARC verification of incoming mail; DKIM signing and ARC sealing.
     pub authentication: Authentication,
 }
@@ -248,6 +250,17 @@ impl Default for Delivery {
 
 pub use postrider_smtp::client::TlsPolicy;
 
+/// The TLS policy for the MX hosts of some recipient domains (`[[tls_policy]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainTls {
+    /// Recipient domains (lower case; "*.example.org" matches subdomains).
+    pub domains: Vec<String>,
+    /// The policy.
+    pub tls: TlsPolicy,
+    /// For `verify`: trust only the CA certificates in this PEM file.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A static route: mail for these domains goes to a fixed next hop instead of their MX.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -293,15 +306,32 @@ impl Config {
     /// The static route for `domain`, if any (first match in config order).
     pub fn route_for(&self, domain: &str) -> Option<&Route> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        self.routes.iter().find(|r| {
-            r.domains.iter().any(|d| match d.strip_prefix("*.") {
-                Some(suffix) => {
-                    domain.len() > suffix.len() + 1 && domain.ends_with(&format!(".{suffix}"))
-                }
-                None => *d == domain,
-            })
-        })
+        self.routes
+            .iter()
+            .find(|r| matches_domain(&r.domains, &domain))
     }
+
+    /// The TLS policy and CA file towards `domain`'s MX hosts: its `[[tls_policy]]` (first
+    /// match in config order), else `[delivery]`'s.
+    pub fn mx_tls_for(&self, domain: &str) -> (TlsPolicy, Option<&Path>) {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        match self
+            .tls_policies
+            .iter()
+            .find(|p| matches_domain(&p.domains, &domain))
+        {
+            Some(p) => (p.tls, p.ca_file.as_deref()),
+            None => (self.delivery.tls, self.delivery.ca_file.as_deref()),
+        }
+    }
+}
+
+/// `domain` (lower case, no trailing dot) is one of `patterns` or, for "*.suffix", below it.
+fn matches_domain(patterns: &[String], domain: &str) -> bool {
+    patterns.iter().any(|d| match d.strip_prefix("*.") {
+        Some(suffix) => domain.len() > suffix.len() + 1 && domain.ends_with(&format!(".{suffix}")),
+        None => d == domain,
+    })
 }
 
 /// What a listener is for, which decides TLS and AUTH behaviour.

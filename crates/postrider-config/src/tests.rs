@@ -363,6 +363,37 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
         config.delivery.ca_file,
         Some(Path::new("/etc/ssl/mx-ca.pem").into())
     );
+    let config = parse(&format!(
+        "{MINIMAL}[delivery]\ntls = \"require\"\n\
+         [[tls_policy]]\ndomains = [\"Bank.Example.\", \"*.gov.example\"]\ntls = \"verify\"\nca_file = \"bank.pem\"\n\
+         [[tls_policy]]\ndomains = [\"old.example\"]\ntls = \"opportunistic\"\n"
+    ))
+    .unwrap();
+    let bank = Some(Path::new("/etc/postrider/bank.pem"));
+    assert_eq!(config.mx_tls_for("bank.example"), (TlsPolicy::Verify, bank));
+    assert_eq!(
+        config.mx_tls_for("a.gov.example."),
+        (TlsPolicy::Verify, bank)
+    );
+    assert_eq!(
+        config.mx_tls_for("OLD.example"),
+        (TlsPolicy::Opportunistic, None)
+    );
+    assert_eq!(config.mx_tls_for("gov.example"), (TlsPolicy::Require, None));
+    for (extra, key) in [
+        ("domains = []\ntls = \"verify\"\n", "tls_policy[0].domains"),
+        (
+            "domains = [\"a.test\"]\ntls = \"require\"\nca_file = \"x.pem\"\n",
+            "tls_policy[0].ca_file",
+        ),
+        ("domains = [\"a.test\"]\ntls = \"dane-ish\"\n", "tls"),
+        ("domains = [\"a.test\"]\n", "tls"),
+    ] {
+        let err = parse(&format!("{MINIMAL}[[tls_policy]]\n{extra}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
     let err = parse(&format!("{MINIMAL}[delivery]\nca_file = \"ca.pem\"\n"))
         .unwrap_err()
         .to_string();

@@ -355,23 +355,7 @@ impl Config {
         for (i, r) in raw.route.into_iter().enumerate() {
             let key = |k: &str| format!("route[{i}].{k}");
             let domains_span = r.domains.span();
-            let domains: Vec<String> = r
-                .domains
-                .into_inner()
-                .iter()
-                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
-                .collect();
-            if domains.is_empty()
-                || domains
-                    .iter()
-                    .any(|d| d.is_empty() || d.contains(['@', ' ']))
-            {
-                return src.invalid(
-                    domains_span,
-                    &key("domains"),
-                    "a non-empty list of domain names",
-                );
-            }
+            let domains = domain_list(&src, r.domains, &key("domains"))?;
             if r.relay.is_none() {
                 let relay_only = [
                     ("tls", r.tls.as_ref().map(|t| t.span())),
@@ -510,6 +494,26 @@ impl Config {
             routes.push(Route { domains, to });
         }
 
+        let mut tls_policies = Vec::new();
+        for (i, p) in raw.tls_policy.into_iter().enumerate() {
+            let key = |k: &str| format!("tls_policy[{i}].{k}");
+            let domains = domain_list(&src, p.domains, &key("domains"))?;
+            if let Some(ca) = &p.ca_file
+                && p.tls != TlsPolicy::Verify
+            {
+                return src.invalid(
+                    ca.span(),
+                    &key("ca_file"),
+                    "ca_file is for tls = \"verify\"",
+                );
+            }
+            tls_policies.push(DomainTls {
+                domains,
+                tls: p.tls,
+                ca_file: p.ca_file.map(|c| resolve(c.get_ref())),
+            });
+        }
+
         let auth = raw.authentication;
         if auth.timeout_ms == 0 {
             return src.invalid(
@@ -580,7 +584,27 @@ impl Config {
             nameservers,
             delivery,
             routes,
+            tls_policies,
             authentication,
         })
     }
+}
+
+/// A list of recipient domains ("*.example.org" for subdomains), lower-cased, without a
+/// trailing dot.
+fn domain_list(
+    src: &Source<'_>,
+    domains: toml::Spanned<Vec<String>>,
+    key: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let span = domains.span();
+    let list: Vec<String> = domains
+        .into_inner()
+        .iter()
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    if list.is_empty() || list.iter().any(|d| d.is_empty() || d.contains(['@', ' '])) {
+        return src.invalid(span, key, "a non-empty list of domain names");
+    }
+    Ok(list)
 }

@@ -127,10 +127,11 @@ pub async fn route(
             "no route for local domain {domain}: add a [[route]] or a route plugin"
         ));
     }
+    let (tls, ca_file) = config.mx_tls_for(domain);
     Plan::Deliver(Destination::Mx {
         domain: domain.to_ascii_lowercase(),
-        tls: config.delivery.tls,
-        roots: roots(generation, config.delivery.ca_file.as_deref()),
+        tls,
+        roots: roots(generation, ca_file),
     })
 }
 
