@@ -180,6 +180,7 @@ pub(crate) const DEFAULT_POOL_IDLE: u32 = 8;
 pub(crate) struct RawDns {
     #[serde(default)]
     pub(crate) nameservers: Vec<Spanned<String>>,
+    pub(crate) trust_anchor: Option<PathBuf>,
 }
 
 pub(crate) fn default_hostname() -> Spanned<String> {

@@ -35,6 +35,9 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Nameservers for the relay's resolver ("ip:port"); empty: the system's.
     pub nameservers: Vec<SocketAddr>,
+    /// DNSSEC trust anchors for DANE: DNSKEY records in zone-file syntax; `None`: the root
+    /// zone's keys.
+    pub trust_anchor: Option<PathBuf>,
     /// Outbound delivery settings.
     pub delivery: Delivery,
     /// Static routes, in config order.

@@ -329,6 +329,12 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
             "route[0].tls",
             "\"verify\" (the default)",
         ),
+        // DANE falls back to unverified TLS where a host has no TLSA records.
+        (
+            "tls = \"dane\"\n",
+            "route[0].tls",
+            "\"verify\" (the default)",
+        ),
         (
             "insecure_auth = true\n",
             "route[0].insecure_auth",

@@ -433,7 +433,11 @@ impl Config {
                                 "credentials go only over TLS whose certificate is verified: tls = \"verify\" (the default with auth_user; ca_file for a private CA), or insecure_auth = true to send them over TLS that anyone on the path can intercept",
                             );
                         }
-                        (Some(_), TlsPolicy::None | TlsPolicy::Opportunistic, _) => {
+                        (
+                            Some(_),
+                            TlsPolicy::None | TlsPolicy::Opportunistic | TlsPolicy::Dane,
+                            _,
+                        ) => {
                             return src.invalid(
                                 tls_span,
                                 &key("tls"),
@@ -582,6 +586,7 @@ impl Config {
             },
             plugins,
             nameservers,
+            trust_anchor: raw.dns.trust_anchor.as_deref().map(resolve),
             delivery,
             routes,
             tls_policies,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postrider_dns::Dns;
+use postrider_dns::{Dns, DnsError, SecureDns};
 use postrider_smtp::client::{
     ClientConfig, ClientEvent, ClientSession, ConnectionFailure, Credentials, OutboundMessage,
     RcptOutcome, RcptResult, TlsPolicy,
@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info};
 
-use crate::resolve::{ResolveError, mail_hosts};
+use crate::resolve::{ResolveError, mail_hosts, secure_mail_hosts};
 use crate::tls::{RootsError, TrustRoots};
 
 /// Where a message goes.
@@ -126,6 +126,8 @@ struct SessionTls {
 /// Delivers messages; shared by all queue workers.
 pub struct Deliverer {
     dns: Arc<dyn Dns>,
+    /// The validating resolver of `dane`; without one, `dane` is `opportunistic`.
+    secure_dns: Option<Arc<dyn SecureDns>>,
     options: DeliveryOptions,
     /// For `opportunistic` and `require`.
     unverified: TlsConnector,
@@ -240,11 +242,18 @@ impl Deliverer {
     ) -> Result<Deliverer, RootsError> {
         Ok(Deliverer {
             dns,
+            secure_dns: None,
             options,
             unverified: TlsConnector::from(crate::tls::client_config()?),
             system_roots,
             idle: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// With `dns` (DNSSEC-validating) for the MX, address and TLSA lookups of `dane`.
+    pub fn with_secure_dns(mut self, dns: Arc<dyn SecureDns>) -> Deliverer {
+        self.secure_dns = Some(dns);
+        self
     }
 
     /// The roots `verify` uses when a destination has none of its own.
@@ -253,68 +262,166 @@ impl Deliverer {
     }
 
     /// What checks the certificate under `tls`: the destination's roots or the system's for
-    /// `verify`, nothing otherwise.
-    fn security<'a>(&'a self, tls: TlsPolicy, roots: Option<&'a TrustRoots>) -> Security<'a> {
+    /// `verify`, nothing otherwise (a `dane` host without usable TLSA records).
+    fn security(&self, tls: TlsPolicy, roots: Option<&TrustRoots>) -> Security {
         let roots = (tls == TlsPolicy::Verify).then(|| roots.unwrap_or(&self.system_roots));
         Security {
-            policy: tls,
-            connector: roots.map_or(&self.unverified, |r| r.connector()),
-            roots,
+            policy: if tls == TlsPolicy::Dane {
+                TlsPolicy::Opportunistic
+            } else {
+                tls
+            },
+            label: tls,
+            connector: roots.map_or_else(|| self.unverified.clone(), |r| r.connector().clone()),
+            verified_by: roots.map(|r| Arc::from(r.source())),
             insecure_auth: false,
         }
+    }
+
+    /// How a destination's hosts are reached under `tls`.
+    fn plan(&self, tls: TlsPolicy, roots: Option<&TrustRoots>) -> HostPlan {
+        match (tls, &self.secure_dns) {
+            // A relay host is named by the config, not by DNS: as good as a secure MX.
+            (TlsPolicy::Dane, Some(_)) => HostPlan::Dane { mx_secure: true },
+            _ => HostPlan::Fixed(self.security(tls, roots)),
+        }
+    }
+
+    /// A host's addresses (an IP literal is its own).
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RcptResult> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        self.dns.lookup_ip(host).await.map_err(|e| {
+            debug!(host = %host, error = %e, "no address for mail host");
+            RcptResult::Temporary(Reply::local(
+                451,
+                (4, 4, 3),
+                &format!("No address for {host}"),
+            ))
+        })
+    }
+
+    /// A host's addresses and TLS under `plan`: for DANE (RFC 7672 section 2.2), TLSA records
+    /// count only when the MX and the host's addresses are DNSSEC-secure; a host whose
+    /// address or TLSA lookup fails validation is skipped (the next MX, in the end a
+    /// deferral), as one whose TLSA records are secure but all unusable gets TLS without
+    /// authentication.
+    async fn host_setup(
+        &self,
+        host: &str,
+        port: u16,
+        plan: &HostPlan,
+    ) -> Result<(Vec<IpAddr>, Security), RcptResult> {
+        let dns = match (plan, &self.secure_dns) {
+            (HostPlan::Fixed(security), _) => {
+                return Ok((self.addresses(host).await?, security.clone()));
+            }
+            (HostPlan::Dane { mx_secure: true }, Some(dns)) if host.parse::<IpAddr>().is_err() => {
+                dns
+            }
+            (HostPlan::Dane { .. }, _) => {
+                let fallback = self.security(TlsPolicy::Dane, None);
+                return Ok((self.addresses(host).await?, fallback));
+            }
+        };
+        let dnssec_failed = |what: &str, e: DnsError| {
+            info!(host = %host, error = %e, "{what} lookup failed for DANE");
+            let code = if matches!(e, DnsError::Bogus(_)) {
+                (4, 7, 5)
+            } else {
+                (4, 4, 3)
+            };
+            RcptResult::Temporary(Reply::local(
+                451,
+                code,
+                &format!("{what} lookup for {host} failed: {e}"),
+            ))
+        };
+        let ips = dns
+            .secure_ip(host)
+            .await
+            .map_err(|e| dnssec_failed("address", e))?;
+        if !ips.secure {
+            return Ok((ips.records, self.security(TlsPolicy::Dane, None)));
+        }
+        let tlsa = dns
+            .tlsa(&format!("_{port}._tcp.{host}"))
+            .await
+            .map_err(|e| dnssec_failed("TLSA", e))?;
+        if !tlsa.secure || tlsa.records.is_empty() {
+            return Ok((ips.records, self.security(TlsPolicy::Dane, None)));
+        }
+        let usable = crate::dane::usable(&tlsa.records);
+        if usable.is_empty() {
+            // RFC 7672 section 2.2: TLS is still mandatory, without authentication.
+            let mut security = self.security(TlsPolicy::Require, None);
+            security.label = TlsPolicy::Dane;
+            return Ok((ips.records, security));
+        }
+        let mut described: Vec<String> = usable.iter().map(|r| r.to_string()).collect();
+        described.dedup();
+        let config = crate::dane::DaneVerifier::client_config(usable).map_err(|e| {
+            RcptResult::Temporary(Reply::local(
+                451,
+                (4, 7, 5),
+                &format!("DANE for {host}: {e}"),
+            ))
+        })?;
+        let security = Security {
+            policy: TlsPolicy::Verify,
+            label: TlsPolicy::Dane,
+            connector: TlsConnector::from(config),
+            verified_by: Some(format!("TLSA {}", described.join(", ")).into()),
+            insecure_auth: false,
+        };
+        Ok((ips.records, security))
     }
 
     /// One attempt to deliver `data` (canonical CRLF, no terminating dot) to `dest`.
     pub async fn deliver(&self, dest: &Destination, msg: &OutboundMessage, data: &[u8]) -> Attempt {
         match dest {
-            Destination::Mx { domain, tls, roots } => match mail_hosts(&*self.dns, domain).await {
-                Ok(hosts) => {
-                    let security = self.security(*tls, roots.as_ref());
-                    self.try_hosts(
-                        &hosts,
-                        self.options.smtp_port,
-                        security,
-                        None,
-                        false,
-                        msg,
-                        data,
-                    )
-                    .await
+            Destination::Mx { domain, tls, roots } => {
+                match self.mx_hosts(domain, *tls, roots.as_ref()).await {
+                    Ok((hosts, plan)) => {
+                        self.try_hosts(&hosts, self.options.smtp_port, plan, None, false, msg, data)
+                            .await
+                    }
+                    Err(ResolveError::NullMx) => Attempt {
+                        outcomes: all(
+                            msg,
+                            &RcptResult::Permanent(Reply::local(
+                                556,
+                                (5, 1, 10),
+                                "Recipient domain accepts no mail (null MX)",
+                            )),
+                        ),
+                        ..Attempt::default()
+                    },
+                    Err(ResolveError::NxDomain) => Attempt {
+                        outcomes: all(
+                            msg,
+                            &RcptResult::Permanent(Reply::local(
+                                550,
+                                (5, 1, 2),
+                                "Recipient domain not found",
+                            )),
+                        ),
+                        ..Attempt::default()
+                    },
+                    Err(ResolveError::Temporary(e)) => Attempt {
+                        outcomes: all(
+                            msg,
+                            &RcptResult::Temporary(Reply::local(
+                                451,
+                                (4, 4, 3),
+                                &format!("DNS lookup failed: {e}"),
+                            )),
+                        ),
+                        ..Attempt::default()
+                    },
                 }
-                Err(ResolveError::NullMx) => Attempt {
-                    outcomes: all(
-                        msg,
-                        &RcptResult::Permanent(Reply::local(
-                            556,
-                            (5, 1, 10),
-                            "Recipient domain accepts no mail (null MX)",
-                        )),
-                    ),
-                    ..Attempt::default()
-                },
-                Err(ResolveError::NxDomain) => Attempt {
-                    outcomes: all(
-                        msg,
-                        &RcptResult::Permanent(Reply::local(
-                            550,
-                            (5, 1, 2),
-                            "Recipient domain not found",
-                        )),
-                    ),
-                    ..Attempt::default()
-                },
-                Err(ResolveError::Temporary(e)) => Attempt {
-                    outcomes: all(
-                        msg,
-                        &RcptResult::Temporary(Reply::local(
-                            451,
-                            (4, 4, 3),
-                            &format!("DNS lookup failed: {e}"),
-                        )),
-                    ),
-                    ..Attempt::default()
-                },
-            },
+            }
             Destination::Relay {
                 host,
                 port,
@@ -322,13 +429,15 @@ impl Deliverer {
                 roots,
                 auth,
             } => {
-                let mut security = self.security(*tls, roots.as_ref());
-                // The config allows this only with the operator's `insecure_auth`.
-                security.insecure_auth = auth.is_some() && *tls != TlsPolicy::Verify;
+                let mut plan = self.plan(*tls, roots.as_ref());
+                if let HostPlan::Fixed(security) = &mut plan {
+                    // The config allows this only with the operator's `insecure_auth`.
+                    security.insecure_auth = auth.is_some() && *tls != TlsPolicy::Verify;
+                }
                 self.try_hosts(
                     std::slice::from_ref(host),
                     *port,
-                    security,
+                    plan,
                     auth.clone(),
                     false,
                     msg,
@@ -340,7 +449,7 @@ impl Deliverer {
                 self.try_hosts(
                     std::slice::from_ref(host),
                     *port,
-                    self.security(TlsPolicy::None, None),
+                    HostPlan::Fixed(self.security(TlsPolicy::None, None)),
                     None,
                     true,
                     msg,
@@ -446,6 +555,23 @@ impl Deliverer {
         }
     }
 
+    /// `domain`'s mail hosts, and how to reach them under `tls`: for `dane`, from the
+    /// validating resolver, with whether the MX records were secure.
+    async fn mx_hosts(
+        &self,
+        domain: &str,
+        tls: TlsPolicy,
+        roots: Option<&TrustRoots>,
+    ) -> Result<(Vec<String>, HostPlan), ResolveError> {
+        match (tls, &self.secure_dns) {
+            (TlsPolicy::Dane, Some(dns)) => {
+                let (hosts, mx_secure) = secure_mail_hosts(&**dns, domain).await?;
+                Ok((hosts, HostPlan::Dane { mx_secure }))
+            }
+            _ => Ok((mail_hosts(&*self.dns, domain).await?, self.plan(tls, roots))),
+        }
+    }
+
     fn client_config(&self, tls: TlsPolicy, auth: Option<Credentials>, lmtp: bool) -> ClientConfig {
         ClientConfig {
             helo_name: self.options.helo_name.clone(),
@@ -465,7 +591,7 @@ impl Deliverer {
         &self,
         hosts: &[String],
         port: u16,
-        security: Security<'_>,
+        plan: HostPlan,
         auth: Option<Credentials>,
         lmtp: bool,
         msg: &OutboundMessage,
@@ -478,26 +604,18 @@ impl Deliverer {
         let mut tls = None;
         let mut sessions = Vec::new();
         for host in hosts {
-            let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => match self.dns.lookup_ip(host).await {
-                    Ok(ips) => ips,
-                    Err(e) => {
-                        debug!(host = %host, error = %e, "no address for mail host");
-                        last = RcptResult::Temporary(Reply::local(
-                            451,
-                            (4, 4, 3),
-                            &format!("No address for {host}"),
-                        ));
-                        temporary = Some(last.clone());
-                        continue;
-                    }
-                },
+            let (addrs, security) = match self.host_setup(host, port, &plan).await {
+                Ok(found) => found,
+                Err(r) => {
+                    last = r;
+                    temporary = Some(last.clone());
+                    continue;
+                }
             };
             for ip in addrs {
                 let addr = SocketAddr::new(ip, port);
                 remote = Some(format!("{host}[{ip}]:{port}"));
-                let mut now = security;
+                let mut now = security.clone();
                 loop {
                     let config = self.client_config(now.policy, auth.clone(), lmtp);
                     let mut seen = SessionTls::default();
@@ -506,7 +624,7 @@ impl Deliverer {
                         .await;
                     if !lmtp {
                         if seen.fresh {
-                            sessions.push((now.policy, now.outcome(&seen)));
+                            sessions.push((now.label, now.outcome(&seen)));
                         }
                         tls = Some(security.summary(seen.established));
                     }
@@ -531,6 +649,7 @@ impl Deliverer {
                             // Opportunistic TLS must not stop the mail: once more in plaintext.
                             info!(host = %host, %addr, result = ?r, "STARTTLS failed, retrying without TLS");
                             now = self.security(TlsPolicy::None, None);
+                            now.label = security.label;
                         }
                         Err(ConnError::Unsupported(r)) => {
                             info!(host = %host, %addr, result = ?r, "host cannot take the message, trying the next host");
@@ -586,7 +705,7 @@ impl Deliverer {
         addr: SocketAddr,
         host: &str,
         config: ClientConfig,
-        security: &Security<'_>,
+        security: &Security,
         msg: &OutboundMessage,
         data: &[u8],
         seen: &mut SessionTls,
@@ -594,9 +713,10 @@ impl Deliverer {
         // A connection is reused only under the same policy, roots and credentials, for
         // the same name (the one its certificate was checked against).
         let key = format!(
-            "{addr}|{host}|{:?}|{}|{}|{}",
+            "{addr}|{host}|{:?}|{:?}|{}|{}|{}",
             config.tls,
-            security.roots.map_or("", |r| r.source()),
+            security.label,
+            security.verified_by.as_deref().unwrap_or(""),
             config.auth.as_ref().map_or("", |a| a.username.as_str()),
             config.lmtp
         );
@@ -705,7 +825,7 @@ impl Deliverer {
         mut conn: Conn,
         reused: Option<ClientSession>,
         config: ClientConfig,
-        security: &Security<'_>,
+        security: &Security,
         host: &str,
         msg: &OutboundMessage,
         data: &[u8],
@@ -737,7 +857,7 @@ impl Deliverer {
                         if conn.write_all(&session.take_output(), limit).await.is_err() {
                             return Err(ConnError::NextHost(local_fail("Connection lost")));
                         }
-                        conn = match conn.upgrade(security.connector, host, limit).await {
+                        conn = match conn.upgrade(&security.connector, host, limit).await {
                             Ok(conn) => conn,
                             Err(e) => {
                                 let r = if security.policy.mandatory() {
@@ -747,7 +867,7 @@ impl Deliverer {
                                         (4, 7, 5),
                                         &format!(
                                             "TLS with {host} failed ({}): {e}",
-                                            security.policy.name()
+                                            security.label.name()
                                         ),
                                     ))
                                 } else {
@@ -838,23 +958,38 @@ impl Deliverer {
     }
 }
 
-/// The TLS policy of a connection and what enforces it.
-#[derive(Clone, Copy)]
-struct Security<'a> {
+/// How the hosts of a destination are reached.
+enum HostPlan {
+    /// One TLS setup for every host.
+    Fixed(Security),
+    /// DANE: each host's TLS follows from its TLSA records, which count only when the MX
+    /// records were DNSSEC-secure.
+    Dane {
+        /// The MX RRset was secure (a relay host named by the config counts as such).
+        mx_secure: bool,
+    },
+}
+
+/// The TLS of a connection and what enforces it.
+#[derive(Clone)]
+struct Security {
+    /// What the session is told: is STARTTLS mandatory.
     policy: TlsPolicy,
-    /// Does the handshake; it verifies the certificate only with `roots`.
-    connector: &'a TlsConnector,
-    /// The roots the certificate is checked against (`verify` only).
-    roots: Option<&'a TrustRoots>,
+    /// The policy as configured, for logs and metrics (`dane` for every DANE host).
+    label: TlsPolicy,
+    /// Does the handshake; it verifies the certificate only with `verified_by`.
+    connector: TlsConnector,
+    /// What the certificate is checked against: roots, or TLSA records.
+    verified_by: Option<Arc<str>>,
     /// Credentials go over TLS that is not verified, as the operator chose.
     insecure_auth: bool,
 }
 
-impl Security<'_> {
+impl Security {
     /// What an established session is, for logs: "TLSv1.3 CIPHER, certificate verified".
     fn established(&self, (version, cipher): (String, String)) -> String {
-        let checked = match self.roots {
-            Some(r) => format!("verified by {}", r.source()),
+        let checked = match &self.verified_by {
+            Some(by) => format!("verified by {by}"),
             None => "not verified".to_owned(),
         };
         format!("{version} {cipher}, certificate {checked}")
@@ -864,7 +999,7 @@ impl Security<'_> {
     fn outcome(&self, seen: &SessionTls) -> TlsOutcome {
         match (&seen.established, seen.failed) {
             (_, true) => TlsOutcome::Failed,
-            (Some(_), false) if self.roots.is_some() => TlsOutcome::Verified,
+            (Some(_), false) if self.verified_by.is_some() => TlsOutcome::Verified,
             (Some(_), false) => TlsOutcome::Unverified,
             // Not offered or refused, where TLS was mandatory: the session failed for it.
             (None, false) if self.policy.mandatory() => TlsOutcome::Failed,
@@ -876,7 +1011,7 @@ impl Security<'_> {
     fn summary(&self, seen: Option<String>) -> String {
         format!(
             "{}{}: {}",
-            self.policy.name(),
+            self.label.name(),
             if self.insecure_auth {
                 " (insecure_auth)"
             } else {

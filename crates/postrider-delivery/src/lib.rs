@@ -3,6 +3,7 @@
 //! client over tokio, with STARTTLS through rustls, or into local Maildir directories.
 
 mod attempt;
+pub mod dane;
 pub mod maildir;
 mod resolve;
 pub mod tls;

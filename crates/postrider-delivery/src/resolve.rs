@@ -2,7 +2,7 @@
 //! among equal preferences; no MX means the domain itself (implicit MX); a null MX
 //! (RFC 7505) means the domain accepts no mail.
 
-use postrider_dns::{Dns, DnsError};
+use postrider_dns::{Dns, DnsError, SecureDns};
 use rand::seq::SliceRandom;
 
 /// Why a domain has no usable mail host.
@@ -22,36 +22,63 @@ pub enum ResolveError {
 /// The hosts to try for `domain`, in order.
 pub async fn mail_hosts(dns: &dyn Dns, domain: &str) -> Result<Vec<String>, ResolveError> {
     match dns.lookup_mx(domain).await {
-        Ok(mut records) => {
-            if records.len() == 1 && records[0].1.trim_end_matches('.').is_empty() {
-                return Err(ResolveError::NullMx);
-            }
-            records.retain(|(_, host)| !host.trim_end_matches('.').is_empty());
-            if records.is_empty() {
-                return Err(ResolveError::NullMx);
-            }
-            let mut rng = rand::thread_rng();
-            records.shuffle(&mut rng);
-            // Stable sort keeps the shuffled order among equal preferences.
-            records.sort_by_key(|(pref, _)| *pref);
-            let mut hosts: Vec<String> = Vec::new();
-            for (_, host) in records {
-                let host = host.trim_end_matches('.').to_ascii_lowercase();
-                if !hosts.contains(&host) {
-                    hosts.push(host);
-                }
-            }
-            Ok(hosts)
-        }
+        Ok(records) => by_preference(records),
         // No MX records: the domain itself is the implicit MX, if it has an address.
-        Err(DnsError::NoData) => match dns.lookup_ip(domain).await {
-            Ok(ips) if !ips.is_empty() => {
-                Ok(vec![domain.trim_end_matches('.').to_ascii_lowercase()])
-            }
-            Ok(_) | Err(DnsError::NoData) | Err(DnsError::NxDomain) => Err(ResolveError::NxDomain),
-            Err(e) => Err(ResolveError::Temporary(e.to_string())),
-        },
+        Err(DnsError::NoData) => implicit(domain, dns.lookup_ip(domain).await),
         Err(DnsError::NxDomain) => Err(ResolveError::NxDomain),
+        Err(e) => Err(ResolveError::Temporary(e.to_string())),
+    }
+}
+
+/// [`mail_hosts`] through a validating resolver, with whether the MX records were DNSSEC-
+/// secure; an implicit MX counts as secure (the domain's own address records decide, as for
+/// any host: RFC 7672 section 2.2.1).
+pub async fn secure_mail_hosts(
+    dns: &dyn SecureDns,
+    domain: &str,
+) -> Result<(Vec<String>, bool), ResolveError> {
+    match dns.secure_mx(domain).await {
+        Ok(v) => Ok((by_preference(v.records)?, v.secure)),
+        Err(DnsError::NoData) => {
+            let ips = dns.secure_ip(domain).await.map(|v| v.records);
+            Ok((implicit(domain, ips)?, true))
+        }
+        Err(DnsError::NxDomain) => Err(ResolveError::NxDomain),
+        Err(e) => Err(ResolveError::Temporary(e.to_string())),
+    }
+}
+
+/// The MX hosts by preference, random among equal ones; a null MX is an error.
+fn by_preference(mut records: Vec<(u16, String)>) -> Result<Vec<String>, ResolveError> {
+    if records.len() == 1 && records[0].1.trim_end_matches('.').is_empty() {
+        return Err(ResolveError::NullMx);
+    }
+    records.retain(|(_, host)| !host.trim_end_matches('.').is_empty());
+    if records.is_empty() {
+        return Err(ResolveError::NullMx);
+    }
+    let mut rng = rand::thread_rng();
+    records.shuffle(&mut rng);
+    // Stable sort keeps the shuffled order among equal preferences.
+    records.sort_by_key(|(pref, _)| *pref);
+    let mut hosts: Vec<String> = Vec::new();
+    for (_, host) in records {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    Ok(hosts)
+}
+
+/// The implicit MX: `domain` itself, if the address lookup found one.
+fn implicit(
+    domain: &str,
+    ips: Result<Vec<std::net::IpAddr>, DnsError>,
+) -> Result<Vec<String>, ResolveError> {
+    match ips {
+        Ok(ips) if !ips.is_empty() => Ok(vec![domain.trim_end_matches('.').to_ascii_lowercase()]),
+        Ok(_) | Err(DnsError::NoData) | Err(DnsError::NxDomain) => Err(ResolveError::NxDomain),
         Err(e) => Err(ResolveError::Temporary(e.to_string())),
     }
 }

@@ -11,6 +11,10 @@ use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 
+mod dnssec;
+
+pub use dnssec::{SecureDns, Tlsa, Validated};
+
 /// A boxed lookup future, so the trait is object-safe.
 pub type DnsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DnsError>> + Send + 'a>>;
 
@@ -29,6 +33,9 @@ pub enum DnsError {
     /// Anything else (SERVFAIL, refused, network error).
     #[error("{0}")]
     Failure(String),
+    /// The answer failed DNSSEC validation (a validating resolver only).
+    #[error("DNSSEC: {0}")]
+    Bogus(String),
 }
 
 /// The lookups plugins may make.
@@ -53,28 +60,13 @@ impl HickoryDns {
     pub fn from_system() -> Result<HickoryDns, DnsError> {
         let (config, opts) = hickory_resolver::system_conf::read_system_conf()
             .map_err(|e| DnsError::Failure(e.to_string()))?;
-        build(config, opts)
+        build(config, opts, None)
     }
 
     /// Uses the given nameservers (UDP and TCP), e.g. a local test server on 127.0.0.1:5353.
     pub fn with_nameservers(servers: &[std::net::SocketAddr]) -> Result<HickoryDns, DnsError> {
-        use hickory_resolver::config::{
-            ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
-        };
-        let name_servers = servers
-            .iter()
-            .map(|s| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = s.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = s.port();
-                NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
-        let mut opts = ResolverOpts::default();
-        opts.attempts = 1;
-        build(config, opts)
+        let (config, opts) = nameserver_config(servers);
+        build(config, opts, None)
     }
 
     /// The underlying hickory resolver (a cheap clone: its state is shared), so that email
@@ -84,13 +76,40 @@ impl HickoryDns {
     }
 }
 
-/// Builds the resolver. hickory's TLS transports are compiled in (mail-auth enables them), and
+/// A configuration with `servers` (UDP and TCP) and one attempt.
+fn nameserver_config(
+    servers: &[std::net::SocketAddr],
+) -> (
+    hickory_resolver::config::ResolverConfig,
+    hickory_resolver::config::ResolverOpts,
+) {
+    use hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+    };
+    let name_servers = servers
+        .iter()
+        .map(|s| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = s.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = s.port();
+            NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+    let mut opts = ResolverOpts::default();
+    opts.attempts = 1;
+    (config, opts)
+}
+
+/// Builds the resolver, validating with `anchors` when given. hickory's TLS transports are compiled in (mail-auth enables them), and
 /// without a TLS configuration of ours hickory would load the system's CA store at build time
 /// and fail where there is none, although we only ever talk plain UDP/TCP DNS. So we hand it a
 /// configuration that trusts nothing: DNS over TLS is never configured here.
 fn build(
     config: hickory_resolver::config::ResolverConfig,
     opts: hickory_resolver::config::ResolverOpts,
+    anchors: Option<std::sync::Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
 ) -> Result<HickoryDns, DnsError> {
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -99,14 +118,18 @@ fn build(
     .map_err(|e| DnsError::Failure(e.to_string()))?
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
-    let resolver = hickory_resolver::Resolver::builder_with_config(
+    let mut builder = hickory_resolver::Resolver::builder_with_config(
         config,
         hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
     )
     .with_options(opts)
-    .with_tls_config(tls)
-    .build()
-    .map_err(|e| DnsError::Failure(e.to_string()))?;
+    .with_tls_config(tls);
+    if let Some(anchors) = anchors {
+        builder = builder.with_trust_anchor(anchors);
+    }
+    let resolver = builder
+        .build()
+        .map_err(|e| DnsError::Failure(e.to_string()))?;
     Ok(HickoryDns { resolver })
 }
 

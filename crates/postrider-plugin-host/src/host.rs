@@ -176,6 +176,7 @@ fn dns_err(e: postrider_dns::DnsError) -> dns::DnsError {
         postrider_dns::DnsError::NoData => dns::DnsError::NoData,
         postrider_dns::DnsError::Timeout => dns::DnsError::Timeout,
         postrider_dns::DnsError::Failure(m) => dns::DnsError::Failure(m),
+        postrider_dns::DnsError::Bogus(m) => dns::DnsError::Failure(format!("DNSSEC: {m}")),
     }
 }
 

@@ -44,6 +44,11 @@ pub enum TlsPolicy {
     /// STARTTLS is mandatory and the certificate must chain to a trusted root and name the
     /// next hop (Postfix's `verify`); the check itself is the caller's TLS configuration.
     Verify,
+    /// DANE (RFC 7672): where the MX host has DNSSEC-validated TLSA records, TLS is mandatory
+    /// and the certificate must match them; elsewhere as `Opportunistic`. The delivery agent
+    /// decides per host and gives the session `Verify`, `Require` or `Opportunistic`; a
+    /// session given `Dane` itself behaves as `Opportunistic`.
+    Dane,
 }
 
 impl TlsPolicy {
@@ -59,6 +64,7 @@ impl TlsPolicy {
             TlsPolicy::Opportunistic => "opportunistic",
             TlsPolicy::Require => "require",
             TlsPolicy::Verify => "verify",
+            TlsPolicy::Dane => "dane",
         }
     }
 }

@@ -175,6 +175,9 @@ fn warn_restart_only(old: &Config, new: &Config) {
     if old.nameservers != new.nameservers {
         changed.push("dns.nameservers");
     }
+    if old.trust_anchor != new.trust_anchor {
+        changed.push("dns.trust_anchor");
+    }
     if old.limits.max_connections != new.limits.max_connections {
         changed.push("limits.max_connections");
     }

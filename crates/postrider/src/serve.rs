@@ -48,6 +48,14 @@ pub fn dns_of(config: &Config) -> anyhow::Result<HickoryDns> {
     }
 }
 
+/// The DNSSEC-validating resolver of DANE: the same nameservers, `[dns] trust_anchor` or
+/// the root zone's keys.
+fn validating_dns_of(config: &Config) -> anyhow::Result<HickoryDns> {
+    let servers = (!config.nameservers.is_empty()).then_some(config.nameservers.as_slice());
+    HickoryDns::validating(servers, config.trust_anchor.as_deref())
+        .context("building the DNSSEC-validating resolver")
+}
+
 /// Runs the relay until SIGTERM/SIGINT, then drains sessions within the grace period.
 /// `config` was loaded from `source`, which reloads re-read; with `watch` a change to the
 /// config file or a file it names reloads by itself (SIGHUP and `postrider reload` always do).
@@ -111,7 +119,8 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         },
         system_roots,
     )
-    .context("TLS client configuration")?;
+    .context("TLS client configuration")?
+    .with_secure_dns(Arc::new(validating_dns_of(&config)?));
     let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
