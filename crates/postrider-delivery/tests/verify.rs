@@ -1,20 +1,22 @@
 //! `verify` against STARTTLS servers on loopback with certificates from test CAs: a chain to
 //! the route's CA file and the next hop's name deliver; an unknown issuer or another name
 //! defer with 4.7.5 without a word of plain text or a credential sent, after trying the next
-//! MX; `opportunistic` keeps accepting any certificate.
+//! MX; `opportunistic` keeps accepting any certificate. `dane` through a fake validating
+//! resolver: TLSA records authenticate only when MX, addresses and TLSA are secure; a
+//! mismatch passes the message to the next MX, a TLSA answer that fails validation defers it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use postrider_delivery::{
     Attempt, Deliverer, DeliveryOptions, Destination, TlsOutcome, TrustRoots,
 };
-use postrider_dns::StaticDns;
+use postrider_dns::{DnsError, DnsFuture, SecureDns, StaticDns, Tlsa, Validated};
 use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, TlsPolicy};
 use postrider_testkit::TestCa;
 use rustls::ServerConfig;
@@ -24,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-fn acceptor((cert, key): &(std::path::PathBuf, std::path::PathBuf)) -> TlsAcceptor {
+fn acceptor((cert, key): &(PathBuf, PathBuf)) -> TlsAcceptor {
     let certs = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -357,4 +359,213 @@ async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
         ]
     );
     assert!(attempt.remote.unwrap().starts_with("b.d.test["));
+}
+
+/// A validating resolver with fixed answers: MX of d.test, addresses and TLSA records by
+/// name, each with its security; a name missing from `tlsa` has none (secure denial), one
+/// in `bogus` fails validation.
+#[derive(Default)]
+struct FakeSecure {
+    mx: Vec<(u16, String)>,
+    mx_secure: bool,
+    ip_secure: bool,
+    tlsa: HashMap<String, Vec<Tlsa>>,
+    bogus: Vec<String>,
+}
+
+impl SecureDns for FakeSecure {
+    fn secure_mx<'a>(&'a self, _name: &'a str) -> DnsFuture<'a, Validated<Vec<(u16, String)>>> {
+        Box::pin(async move {
+            Ok(Validated {
+                records: self.mx.clone(),
+                secure: self.mx_secure,
+            })
+        })
+    }
+
+    fn secure_ip<'a>(&'a self, _name: &'a str) -> DnsFuture<'a, Validated<Vec<IpAddr>>> {
+        Box::pin(async move {
+            Ok(Validated {
+                records: vec!["127.0.0.1".parse().unwrap()],
+                secure: self.ip_secure,
+            })
+        })
+    }
+
+    fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Validated<Vec<Tlsa>>> {
+        Box::pin(async move {
+            if self.bogus.iter().any(|b| b == name) {
+                return Err(DnsError::Bogus(format!("{name} TLSA: validation failed")));
+            }
+            Ok(Validated {
+                records: self.tlsa.get(name).cloned().unwrap_or_default(),
+                secure: true,
+            })
+        })
+    }
+}
+
+/// "3 1 1" for the certificate file `cert`.
+fn dane_ee(cert: &Path) -> Tlsa {
+    let der = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let anchor = webpki::anchor_from_trusted_cert(&der).unwrap();
+    let spki = webpki::spki_for_anchor(&anchor);
+    Tlsa {
+        usage: 3,
+        selector: 1,
+        matching: 1,
+        data: ring::digest::digest(&ring::digest::SHA256, spki.as_ref())
+            .as_ref()
+            .to_vec(),
+    }
+}
+
+/// Delivers to d.test under `dane` through `dns`, the servers taking the connections in
+/// turn with `certs`; returns the attempt and what each server saw.
+async fn dane_attempt(dns: FakeSecure, certs: Vec<(PathBuf, PathBuf)>) -> (Attempt, Vec<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tlsa = dns
+        .tlsa
+        .into_iter()
+        .map(|(k, v)| (k.replace("PORT", &port.to_string()), v))
+        .collect();
+    let bogus = dns
+        .bogus
+        .iter()
+        .map(|b| b.replace("PORT", &port.to_string()))
+        .collect();
+    let dns = FakeSecure { tlsa, bogus, ..dns };
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for cert in &certs {
+            seen.push(starttls_server(&listener, &acceptor(cert)).await);
+        }
+        let again = tokio::time::timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_ok();
+        assert!(!again, "one connection too many");
+        seen
+    });
+    let d = deliverer(two_mx(), port).with_secure_dns(Arc::new(dns));
+    let dest = Destination::Mx {
+        domain: "d.test".into(),
+        tls: TlsPolicy::Dane,
+        roots: None,
+    };
+    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    drop(d);
+    (attempt, server.await.unwrap())
+}
+
+fn both_mx() -> Vec<(u16, String)> {
+    vec![(10, "a.d.test".into()), (20, "b.d.test".into())]
+}
+
+#[tokio::test]
+async fn dane_authenticates_by_tlsa_and_passes_a_mismatch_to_the_next_mx() {
+    let dir = tempfile::tempdir().unwrap();
+    // Self-signed for another name: DANE-EE checks neither issuer nor name.
+    let ca = TestCa::new(dir.path(), "nobody");
+    let (a, b) = (ca.issue("a", &["x.example"]), ca.issue("b", &["y.example"]));
+    let dns = FakeSecure {
+        mx: both_mx(),
+        mx_secure: true,
+        ip_secure: true,
+        // a.d.test publishes b's key: a mismatch.
+        tlsa: HashMap::from([
+            ("_PORT._tcp.a.d.test".to_owned(), vec![dane_ee(&b.0)]),
+            ("_PORT._tcp.b.d.test".to_owned(), vec![dane_ee(&b.0)]),
+        ]),
+        ..FakeSecure::default()
+    };
+    let (attempt, seen) = dane_attempt(dns, vec![a, b]).await;
+    assert!(matches!(seen[0], Seen::HandshakeFailed(_)), "{seen:?}");
+    assert!(matches!(seen[1], Seen::Tls(ref c) if c.iter().any(|l| l.starts_with("MAIL"))));
+    assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    assert_eq!(
+        attempt.sessions,
+        [
+            (TlsPolicy::Dane, TlsOutcome::Failed),
+            (TlsPolicy::Dane, TlsOutcome::Verified)
+        ]
+    );
+    let tls = attempt.tls.unwrap();
+    assert!(
+        tls.starts_with("dane: TLSv1.3 ") && tls.ends_with("certificate verified by TLSA 3 1 1"),
+        "{tls}"
+    );
+}
+
+#[tokio::test]
+async fn dane_defers_4_7_5_when_tlsa_fails_validation_and_never_connects() {
+    let dns = FakeSecure {
+        mx: vec![(10, "a.d.test".into())],
+        mx_secure: true,
+        ip_secure: true,
+        bogus: vec!["_PORT._tcp.a.d.test".into()],
+        ..FakeSecure::default()
+    };
+    let (attempt, seen) = dane_attempt(dns, Vec::new()).await;
+    assert!(seen.is_empty());
+    let (code, text) = outcome(&attempt);
+    assert_eq!(code, "T451/4.7.5", "{text}");
+    assert!(
+        text.contains("TLSA lookup for a.d.test failed: DNSSEC"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn dane_is_opportunistic_without_secure_tlsa_and_encrypts_with_unusable_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "any");
+    let cert = ca.issue("a", &["a.d.test"]);
+    let tlsa = HashMap::from([("_PORT._tcp.a.d.test".to_owned(), vec![dane_ee(&cert.0)])]);
+    // An insecure MX or insecure addresses: TLSA records do not count (a wrong one here).
+    let wrong = HashMap::from([(
+        "_PORT._tcp.a.d.test".to_owned(),
+        vec![Tlsa {
+            data: vec![0; 32],
+            ..dane_ee(&cert.0)
+        }],
+    )]);
+    for (mx_secure, ip_secure) in [(false, true), (true, false)] {
+        let dns = FakeSecure {
+            mx: vec![(10, "a.d.test".into())],
+            mx_secure,
+            ip_secure,
+            tlsa: wrong.clone(),
+            ..FakeSecure::default()
+        };
+        let (attempt, _) = dane_attempt(dns, vec![cert.clone()]).await;
+        assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+        assert_eq!(
+            attempt.sessions,
+            [(TlsPolicy::Dane, TlsOutcome::Unverified)]
+        );
+        assert!(attempt.tls.unwrap().ends_with("certificate not verified"));
+    }
+    // Secure but only PKIX-EE (unusable for SMTP): TLS without authentication.
+    let pkix = tlsa
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|r| Tlsa { usage: 1, ..r }).collect()))
+        .collect();
+    let dns = FakeSecure {
+        mx: vec![(10, "a.d.test".into())],
+        mx_secure: true,
+        ip_secure: true,
+        tlsa: pkix,
+        ..FakeSecure::default()
+    };
+    let (attempt, _) = dane_attempt(dns, vec![cert]).await;
+    assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+    assert_eq!(
+        attempt.sessions,
+        [(TlsPolicy::Dane, TlsOutcome::Unverified)]
+    );
 }
