@@ -2,12 +2,14 @@
 //! DANE (RFC 7672) tests: the signed parent `test.` and below it child zones that are signed,
 //! unsigned (an insecure delegation) or bogus. Keys come from `dnssec-keygen`
 //! (ECDSAP256SHA256, a KSK and a ZSK per zone), zones are signed by `dnssec-signzone` (NSEC),
-//! and a validating resolver is given the KSK of `test.` as its trust anchor. Config, keys,
+//! a signed root zone delegates to `test.`, and a validating resolver is given the root's KSK
+//! as its trust anchor (hickory checks the DS of a non-root anchor's zone at its parent, so
+//! the chain starts at a root, as on the Internet). Config, keys,
 //! zone files and named's output all live in the caller's directory.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,8 +44,8 @@ pub struct Zone {
 pub struct SignedDns {
     /// Where `named` listens (UDP and TCP).
     pub addr: SocketAddr,
-    /// The DNSKEY records of the `test.` zone's key-signing key, in zone-file syntax, one per
-    /// line ("test. 3600 IN DNSKEY 257 3 13 <base64>"): the trust anchor a validating
+    /// The DNSKEY records of the root zone's key-signing key (the fixture signs a root above
+    /// `test.`), in zone-file syntax (". 3600 IN DNSKEY 257 3 13 <base64>"): the trust anchor a validating
     /// resolver is given (hickory's `TrustAnchors::from_file` reads this format).
     pub trust_anchor: PathBuf,
     /// The `named` process.
@@ -109,8 +111,16 @@ pub fn signed_dns(dir: &Path, zones: &[Zone]) -> SignedDns {
         served.push((name.to_owned(), file));
     }
     fs::write(dir.join("zones/test.db"), parent).unwrap();
-    let ksk = sign(&dir, "test", &[]);
+    sign(&dir, "test", &[]);
     served.insert(0, ("test".to_owned(), "zones/test.db.signed".to_owned()));
+    // A signed root above `test.`, whose key is the trust anchor: validators walk the chain
+    // from the root as they would on the Internet.
+    let mut root = zone_head("");
+    root.push_str("test. IN NS ns.test.\nns.test. IN A 127.0.0.1\n");
+    root.push_str(&fs::read_to_string(dir.join("zones/dsset-test.")).unwrap());
+    fs::write(dir.join("zones/root.db"), root).unwrap();
+    let ksk = sign(&dir, "", &[]);
+    served.insert(0, (String::new(), "zones/root.db.signed".to_owned()));
 
     let trust_anchor = dir.join("trust-anchor.dnskey");
     let key = fs::read_to_string(dir.join(format!("keys/{ksk}.key"))).unwrap();
@@ -119,7 +129,7 @@ pub fn signed_dns(dir: &Path, zones: &[Zone]) -> SignedDns {
     let conf = dir.join("named.conf");
     let log = dir.join("named.log");
     for _ in 0..5 {
-        let port = free_port();
+        let port = crate::peers::free_port("127.0.0.1");
         fs::write(&conf, named_conf(&dir, port, &served)).unwrap();
         run(Command::new("named-checkconf").arg("-z").arg(&conf));
         let out = File::create(&log).unwrap();
@@ -180,11 +190,13 @@ fn zone_head(origin: &str) -> String {
     )
 }
 
-/// Makes a KSK and a ZSK for `zone` in `dir/keys` and signs `dir/zones/<zone>.db` into
-/// `<zone>.db.signed` (and `dsset-<zone>.`, its DS) beside it, passing `extra` to
-/// `dnssec-signzone`. Returns the KSK's file stem (`K<zone>.+013+<tag>`).
+/// Makes a KSK and a ZSK for `zone` ("" for the root, whose files are `root.db...`) in
+/// `dir/keys` and signs `dir/zones/<zone>.db` into `<zone>.db.signed` (and `dsset-<zone>.`,
+/// its DS) beside it, passing `extra` to `dnssec-signzone`. Returns the KSK's file stem
+/// (`K<zone>.+013+<tag>`).
 fn sign(dir: &Path, zone: &str, extra: &[&str]) -> String {
     let (keys, zones) = (dir.join("keys"), dir.join("zones"));
+    let stem = if zone.is_empty() { "root" } else { zone };
     let ksk = keygen(&keys, zone, true);
     keygen(&keys, zone, false);
     run(Command::new("dnssec-signzone")
@@ -194,9 +206,9 @@ fn sign(dir: &Path, zone: &str, extra: &[&str]) -> String {
         .arg(&zones)
         .args(["-o", &format!("{zone}.")])
         .arg("-f")
-        .arg(zones.join(format!("{zone}.db.signed")))
+        .arg(zones.join(format!("{stem}.db.signed")))
         .args(extra)
-        .arg(zones.join(format!("{zone}.db"))));
+        .arg(zones.join(format!("{stem}.db"))));
     ksk
 }
 
@@ -253,36 +265,26 @@ controls {{ }};
     conf
 }
 
-/// Runs a BIND tool; its stdout, or a panic with its stderr.
+/// Runs a BIND tool; its stdout, or a panic with its output.
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install bind9)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}",
+        "{cmd:?} failed:\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A port of 127.0.0.1 free for both UDP and TCP.
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    stdout
 }
 
 /// Whether `addr` answers a UDP query for `zone`'s SOA authoritatively with a record.
 fn answers_soa(addr: SocketAddr, zone: &str) -> bool {
     // ID, flags (a plain query, no recursion desired), one question.
     let mut query = vec![0x50, 0x52, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in zone.split('.') {
+    for label in zone.split('.').filter(|l| !l.is_empty()) {
         query.push(u8::try_from(label.len()).unwrap());
         query.extend_from_slice(label.as_bytes());
     }

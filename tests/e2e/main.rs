@@ -9,6 +9,7 @@ mod harness;
 mod cli;
 mod default_setup;
 mod delivery;
+mod dnssec;
 mod durability;
 mod email_auth;
 mod hostile;

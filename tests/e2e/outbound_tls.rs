@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use postrider_testkit::TestCa;
 
+use crate::dnssec::{Signing, Zone, signed_dns};
 use crate::harness::{
-    ADMIN, Relay, auth_relay, config, config_dns, list_json, queue, scrape, send_message, value,
+    ADMIN, Relay, auth_relay, config, config_dns, list_json, python, queue, scrape, send_message,
+    value,
 };
 use crate::peers::{dnsmasq, free_port_on, wait_for};
 
@@ -330,6 +332,131 @@ fn verify_without_roots_is_a_warning_at_startup() {
     let logs = relay.stop_and_logs();
     assert!(
         lines_with(&logs, "has no certificates").is_empty(),
+        "{logs}"
+    );
+}
+
+/// "3 0 1": the SHA-256 of the certificate file `cert`, in hex.
+fn dane_ee_full(cert: &Path) -> String {
+    python(
+        "import ssl, hashlib, sys\n\
+         pem = open(sys.argv[1]).read()\n\
+         print(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())",
+        &[cert.to_str().unwrap()],
+    )
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_opportunistic_unsigned()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "dane");
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3", "127.0.0.5"]);
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    // Names on the certificates do not matter to DANE-EE.
+    let (good, wrong, plain) = (
+        ca.issue("good", &["anything.example"]),
+        ca.issue("wrong", &["mx.wrong.test"]),
+        ca.issue("plain", &["mx.plain.test"]),
+    );
+    let zone = |name: &str, signing: Signing, ip: &str, tlsa: Option<&Path>| Zone {
+        name: name.to_owned(),
+        signing,
+        records: [
+            format!("@ 300 IN MX 10 mx.{name}."),
+            format!("mx 300 IN A {ip}"),
+        ]
+        .into_iter()
+        .chain(tlsa.map(|c| format!("_{port}._tcp.mx 300 IN TLSA 3 0 1 {}", dane_ee_full(c))))
+        .collect(),
+    };
+    let dns = signed_dns(
+        &tmp.path().join("dns"),
+        &[
+            zone("dane.test", Signing::Signed, "127.0.0.2", Some(&good.0)),
+            // Publishes the digest of another certificate than its server's.
+            zone("wrong.test", Signing::Signed, "127.0.0.3", Some(&good.0)),
+            zone("bogus.test", Signing::Bogus, "127.0.0.4", Some(&good.0)),
+            zone("plain.test", Signing::Unsigned, "127.0.0.5", Some(&good.0)),
+        ],
+    );
+    let receiver = |address: SocketAddr, cert: (PathBuf, PathBuf)| {
+        Relay::builder(&config(&format!(
+            "{}[relay]\nlocal_domains = [\"dane.test\", \"wrong.test\", \"plain.test\"]\n",
+            listener("mx", address, "smtp", &cert)
+        )))
+        .start()
+    };
+    let mut mx_dane = receiver(at("127.0.0.2"), good);
+    let mut mx_wrong = receiver(at("127.0.0.3"), wrong);
+    let mut mx_plain = receiver(at("127.0.0.5"), plain);
+    let cfg = config_dns(
+        &dns.addr.to_string(),
+        &format!(
+            "{ADMIN}[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
+             retry_intervals = [1]\ntls = \"dane\"\n"
+        ),
+    )
+    .replace(
+        "[dns]\n",
+        &format!("[dns]\ntrust_anchor = \"{}\"\n", dns.trust_anchor.display()),
+    );
+    let mut relay = Relay::builder(&cfg).start();
+    let mut c = relay.client();
+    for to in [
+        "a@dane.test",
+        "b@wrong.test",
+        "c@bogus.test",
+        "d@plain.test",
+    ] {
+        let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
+        assert_eq!(code, 250, "{to}");
+    }
+    wait_for(
+        "dane.test and plain.test delivered",
+        Duration::from_secs(30),
+        || mx_dane.queued() == 1 && mx_plain.queued() == 1,
+    );
+    wait_for("two deferred", Duration::from_secs(15), || {
+        last_replies(&relay.dir).len() == 2
+            && last_replies(&relay.dir).iter().all(|r| !r.is_empty())
+    });
+    let mut replies = last_replies(&relay.dir);
+    replies.sort();
+    assert!(
+        replies[0].starts_with("451 4.4.3 DNS lookup failed: DNSSEC")
+            && replies[1].starts_with("451 4.7.5 TLS with mx.wrong.test failed (dane)")
+            && replies[1].contains("no DANE TLSA record matches"),
+        "{replies:?}"
+    );
+    assert_eq!(mx_wrong.stop_and_read_spool().len(), 0);
+    assert_eq!(mx_dane.stop_and_read_spool().len(), 1);
+    assert_eq!(mx_plain.stop_and_read_spool().len(), 1);
+    let samples = scrape(&relay);
+    let sessions = |result: &str| {
+        value(
+            &samples,
+            &format!(
+                "postrider_outbound_tls_sessions_total{{policy=\"dane\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!((sessions("verified"), sessions("unverified")), (1.0, 1.0));
+    assert!(sessions("failed") >= 1.0);
+    let logs = relay.stop_and_logs();
+    let delivered = lines_with(&logs, "delivered");
+    assert!(
+        delivered.iter().any(|l| l.contains("a@dane.test")
+            && l.contains("tls=dane: TLSv1.3")
+            && l.contains("certificate verified by TLSA 3 0 1")),
+        "{logs}"
+    );
+    assert!(
+        delivered.iter().any(|l| l.contains("d@plain.test")
+            && l.contains("tls=dane: TLSv1.3")
+            && l.contains("certificate not verified")),
         "{logs}"
     );
 }

@@ -23,7 +23,8 @@ impl Drop for Proc {
 }
 
 /// A free UDP+TCP port on 127.0.0.1 for dnsmasq.
-fn free_port(ip: &str) -> u16 {
+/// A port of `ip` free for both TCP and UDP.
+pub fn free_port(ip: &str) -> u16 {
     loop {
         let tcp = TcpListener::bind((ip, 0)).unwrap();
         let port = tcp.local_addr().unwrap().port();
