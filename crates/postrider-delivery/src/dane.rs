@@ -21,6 +21,8 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::tls::Unverified;
+
 /// DANE-TA: a trust anchor (RFC 7218).
 const DANE_TA: u8 = 2;
 /// DANE-EE: the server's own certificate.
@@ -97,12 +99,18 @@ impl std::error::Error for NoMatch {}
 pub struct DaneVerifier {
     records: Vec<Tlsa>,
     provider: Arc<CryptoProvider>,
+    /// Checks the handshake signatures.
+    signatures: Unverified,
 }
 
 impl DaneVerifier {
     /// A verifier for `records` (already [`usable`]).
     pub fn new(records: Vec<Tlsa>, provider: Arc<CryptoProvider>) -> DaneVerifier {
-        DaneVerifier { records, provider }
+        DaneVerifier {
+            records,
+            signatures: Unverified(Arc::clone(&provider)),
+            provider,
+        }
     }
 
     /// A client configuration that authenticates servers with `records`.
@@ -185,12 +193,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -199,18 +202,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

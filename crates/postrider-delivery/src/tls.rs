@@ -17,9 +17,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::TlsConnector;
 
-/// Accepts any certificate chain, but checks the handshake signatures.
+/// Accepts any certificate chain, but checks the handshake signatures (which other
+/// verifiers delegate to it).
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
+pub(crate) struct Unverified(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for Unverified {
     fn verify_server_cert(
