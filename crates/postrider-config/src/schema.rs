@@ -314,6 +314,21 @@ impl Config {
             .find(|r| matches_domain(&r.domains, &domain))
     }
 
+    /// Every outbound TLS setting of the config, as (policy, CA file): `[delivery]`'s, the
+    /// `[[tls_policy]]`s' and the relay routes'.
+    pub fn outbound_tls(&self) -> impl Iterator<Item = (TlsPolicy, Option<&Path>)> {
+        let delivery = (self.delivery.tls, self.delivery.ca_file.as_deref());
+        let domains = self
+            .tls_policies
+            .iter()
+            .map(|p| (p.tls, p.ca_file.as_deref()));
+        let routes = self.routes.iter().filter_map(|r| match &r.to {
+            RouteTarget::Relay { tls, ca_file, .. } => Some((*tls, ca_file.as_deref())),
+            RouteTarget::Lmtp(_) | RouteTarget::Maildir(_) => None,
+        });
+        std::iter::once(delivery).chain(domains).chain(routes)
+    }
+
     /// The TLS policy and CA file towards `domain`'s MX hosts: its `[[tls_policy]]` (first
     /// match in config order), else `[delivery]`'s.
     pub fn mx_tls_for(&self, domain: &str) -> (TlsPolicy, Option<&Path>) {

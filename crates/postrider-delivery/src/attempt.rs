@@ -163,6 +163,25 @@ fn all(msg: &OutboundMessage, result: &RcptResult) -> Vec<RcptOutcome> {
         .collect()
 }
 
+/// What a domain without a usable mail host means for its recipients.
+fn unresolved(e: ResolveError) -> RcptResult {
+    match e {
+        ResolveError::NullMx => RcptResult::Permanent(Reply::local(
+            556,
+            (5, 1, 10),
+            "Recipient domain accepts no mail (null MX)",
+        )),
+        ResolveError::NxDomain => {
+            RcptResult::Permanent(Reply::local(550, (5, 1, 2), "Recipient domain not found"))
+        }
+        ResolveError::Temporary(e) => RcptResult::Temporary(Reply::local(
+            451,
+            (4, 4, 3),
+            &format!("DNS lookup failed: {e}"),
+        )),
+    }
+}
+
 fn failure_result(f: &ConnectionFailure) -> RcptResult {
     if f.permanent {
         RcptResult::Permanent(f.reply.clone())
@@ -254,11 +273,6 @@ impl Deliverer {
     pub fn with_secure_dns(mut self, dns: Arc<dyn SecureDns>) -> Deliverer {
         self.secure_dns = Some(dns);
         self
-    }
-
-    /// The roots `verify` uses when a destination has none of its own.
-    pub fn system_roots(&self) -> &TrustRoots {
-        &self.system_roots
     }
 
     /// What checks the certificate under `tls`: the destination's roots or the system's for
@@ -387,37 +401,8 @@ impl Deliverer {
                         self.try_hosts(&hosts, self.options.smtp_port, plan, None, false, msg, data)
                             .await
                     }
-                    Err(ResolveError::NullMx) => Attempt {
-                        outcomes: all(
-                            msg,
-                            &RcptResult::Permanent(Reply::local(
-                                556,
-                                (5, 1, 10),
-                                "Recipient domain accepts no mail (null MX)",
-                            )),
-                        ),
-                        ..Attempt::default()
-                    },
-                    Err(ResolveError::NxDomain) => Attempt {
-                        outcomes: all(
-                            msg,
-                            &RcptResult::Permanent(Reply::local(
-                                550,
-                                (5, 1, 2),
-                                "Recipient domain not found",
-                            )),
-                        ),
-                        ..Attempt::default()
-                    },
-                    Err(ResolveError::Temporary(e)) => Attempt {
-                        outcomes: all(
-                            msg,
-                            &RcptResult::Temporary(Reply::local(
-                                451,
-                                (4, 4, 3),
-                                &format!("DNS lookup failed: {e}"),
-                            )),
-                        ),
+                    Err(e) => Attempt {
+                        outcomes: all(msg, &unresolved(e)),
                         ..Attempt::default()
                     },
                 }
@@ -478,8 +463,7 @@ impl Deliverer {
                 Attempt {
                     outcomes,
                     remote,
-                    tls: None,
-                    sessions: Vec::new(),
+                    ..Attempt::default()
                 }
             }
             Destination::LmtpUnix(path) => {
@@ -508,8 +492,7 @@ impl Deliverer {
                             Attempt {
                                 outcomes,
                                 remote,
-                                tls: None,
-                                sessions: Vec::new(),
+                                ..Attempt::default()
                             }
                         }
                         Err(
@@ -520,8 +503,7 @@ impl Deliverer {
                         ) => Attempt {
                             outcomes: all(msg, &r),
                             remote,
-                            tls: None,
-                            sessions: Vec::new(),
+                            ..Attempt::default()
                         },
                         Err(ConnError::Stale) => Attempt {
                             outcomes: all(
@@ -533,8 +515,7 @@ impl Deliverer {
                                 )),
                             ),
                             remote,
-                            tls: None,
-                            sessions: Vec::new(),
+                            ..Attempt::default()
                         },
                     },
                     _ => Attempt {
@@ -547,8 +528,7 @@ impl Deliverer {
                             )),
                         ),
                         remote,
-                        tls: None,
-                        sessions: Vec::new(),
+                        ..Attempt::default()
                     },
                 }
             }

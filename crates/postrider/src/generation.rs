@@ -90,24 +90,9 @@ pub fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf
         .collect()
 }
 
-/// The CA files of verified outbound TLS: `[delivery]`'s, the `[[tls_policy]]`s' and the
-/// routes'.
+/// The CA files of verified outbound TLS.
 fn ca_files(config: &Config) -> impl Iterator<Item = &Path> {
-    let routes = config.routes.iter().filter_map(|r| match &r.to {
-        RouteTarget::Relay { ca_file, .. } => ca_file.as_deref(),
-        RouteTarget::Lmtp(_) | RouteTarget::Maildir(_) => None,
-    });
-    let domains = config
-        .tls_policies
-        .iter()
-        .filter_map(|p| p.ca_file.as_deref());
-    config
-        .delivery
-        .ca_file
-        .as_deref()
-        .into_iter()
-        .chain(domains)
-        .chain(routes)
+    config.outbound_tls().filter_map(|(_, ca_file)| ca_file)
 }
 
 /// Builds generations; holds the parts every generation shares.

@@ -244,21 +244,7 @@ fn wait_for_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>>
 
 /// Some next hop is verified against the system's roots: `verify` without a `ca_file`.
 fn verifies_with_system_roots(config: &Config) -> bool {
-    use postrider_config::{RouteTarget, TlsPolicy};
-    let mx = config.delivery.tls == TlsPolicy::Verify && config.delivery.ca_file.is_none();
-    let domains = config
-        .tls_policies
-        .iter()
-        .any(|p| p.tls == TlsPolicy::Verify && p.ca_file.is_none());
-    mx || domains
-        || config.routes.iter().any(|r| {
-            matches!(
-                &r.to,
-                RouteTarget::Relay {
-                    tls: TlsPolicy::Verify,
-                    ca_file: None,
-                    ..
-                }
-            )
-        })
+    config
+        .outbound_tls()
+        .any(|(tls, ca_file)| tls == postrider_config::TlsPolicy::Verify && ca_file.is_none())
 }
