@@ -4,6 +4,7 @@
 //! certificates against the system store (`SSL_CERT_FILE` here), passes a message to the
 //! next MX when one fails, and defers with 4.7.5 (shown by `queue show`) when none passes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,16 @@ fn listener(
          tls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
         key.display()
+    )
+}
+
+/// `postrider_outbound_tls_sessions_total` for `policy` and `result` in scraped `samples`.
+fn tls_sessions(samples: &HashMap<String, f64>, policy: &str, result: &str) -> f64 {
+    value(
+        samples,
+        &format!(
+            "postrider_outbound_tls_sessions_total{{policy=\"{policy}\",result=\"{result}\"}}"
+        ),
     )
 }
 
@@ -257,24 +268,11 @@ fn mx_verify_per_domain_uses_the_system_store_and_the_next_mx_then_defers_4_7_5(
     );
     // Each new connection counted: mx1 and every attempt at mx.self.test failed, mx2 passed.
     let samples = scrape(&relay);
-    let sessions = |result: &str| {
-        value(
-            &samples,
-            &format!(
-                "postrider_outbound_tls_sessions_total{{policy=\"verify\",result=\"{result}\"}}"
-            ),
-        )
-    };
+    let sessions = |result: &str| tls_sessions(&samples, "verify", result);
     assert_eq!(sessions("verified"), 1.0);
     assert!(sessions("failed") >= 2.0, "{samples:?}");
     assert_eq!(sessions("plaintext") + sessions("unverified"), 0.0);
-    assert_eq!(
-        value(
-            &samples,
-            "postrider_outbound_tls_sessions_total{policy=\"opportunistic\",result=\"unverified\"}"
-        ),
-        1.0
-    );
+    assert_eq!(tls_sessions(&samples, "opportunistic", "unverified"), 1.0);
     assert_eq!(plain.stop_and_read_spool().len(), 1);
     assert_eq!(mx1.stop_and_read_spool().len(), 0);
     assert_eq!(own.stop_and_read_spool().len(), 0);
@@ -435,14 +433,7 @@ fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_
     assert_eq!(mx_dane.stop_and_read_spool().len(), 1);
     assert_eq!(mx_plain.stop_and_read_spool().len(), 1);
     let samples = scrape(&relay);
-    let sessions = |result: &str| {
-        value(
-            &samples,
-            &format!(
-                "postrider_outbound_tls_sessions_total{{policy=\"dane\",result=\"{result}\"}}"
-            ),
-        )
-    };
+    let sessions = |result: &str| tls_sessions(&samples, "dane", result);
     assert_eq!((sessions("verified"), sessions("unverified")), (1.0, 1.0));
     assert!(sessions("failed") >= 1.0);
     let logs = relay.stop_and_logs();

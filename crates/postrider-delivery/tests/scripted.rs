@@ -4,14 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+mod common;
+
+use common::{deliverer, message, two_mx};
+
 use std::time::Duration;
 
-use postrider_delivery::{Attempt, Deliverer, DeliveryOptions, Destination, TrustRoots};
+use postrider_delivery::{Attempt, Destination};
 use postrider_dns::StaticDns;
-use postrider_smtp::client::{OutboundMessage, OutboundRecipient, RcptResult, TlsPolicy};
+use postrider_smtp::client::{RcptResult, TlsPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -97,35 +98,6 @@ async fn connects_again(listener: &TcpListener) -> bool {
     tokio::time::timeout(Duration::from_millis(300), listener.accept())
         .await
         .is_ok()
-}
-
-fn deliverer(dns: StaticDns, smtp_port: u16, reply_timeout: Duration) -> Deliverer {
-    let options = DeliveryOptions {
-        helo_name: "client.test".into(),
-        smtp_port,
-        connect_timeout: Duration::from_secs(5),
-        reply_timeout,
-    };
-    Deliverer::new(Arc::new(dns), options, TrustRoots::system().unwrap()).unwrap()
-}
-
-fn message(to: &[&str], data: &[u8]) -> OutboundMessage {
-    OutboundMessage {
-        from: "sender@client.test".into(),
-        recipients: to
-            .iter()
-            .map(|a| OutboundRecipient {
-                address: (*a).into(),
-                notify: None,
-                orcpt: None,
-            })
-            .collect(),
-        size: data.len() as u64,
-        eight_bit: false,
-        smtputf8: false,
-        ret: None,
-        envid: None,
-    }
 }
 
 /// `recipient=A250/2.0.0`, `T421/4.4.2`, `P554/5.6.3` per recipient.
@@ -294,27 +266,6 @@ async fn required_tls_never_falls_back() {
     );
     drop(d);
     server.await.unwrap();
-}
-
-/// MX hosts `a.d.test` (preference 10) and `b.d.test` (20), both on 127.0.0.1 unless
-/// `b_resolves` is false.
-fn two_mx(b_resolves: bool) -> StaticDns {
-    let ip: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
-    let mut addresses = HashMap::from([("a.d.test".to_owned(), Ok(ip.clone()))]);
-    if b_resolves {
-        addresses.insert("b.d.test".to_owned(), Ok(ip));
-    }
-    StaticDns {
-        mx: HashMap::from([(
-            "d.test".to_owned(),
-            Ok(vec![
-                (10, "a.d.test".to_owned()),
-                (20, "b.d.test".to_owned()),
-            ]),
-        )]),
-        ip: addresses,
-        ..StaticDns::default()
-    }
 }
 
 /// A server without 8BITMIME: the client must refuse the 8-bit message itself and quit.

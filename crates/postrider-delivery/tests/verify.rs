@@ -7,17 +7,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{deliverer, message, two_mx};
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postrider_delivery::{
-    Attempt, Deliverer, DeliveryOptions, Destination, TlsOutcome, TrustRoots,
-};
+use postrider_delivery::{Attempt, Destination, TlsOutcome, TrustRoots};
 use postrider_dns::{DnsError, DnsFuture, SecureDns, StaticDns, Tlsa, Validated};
-use postrider_smtp::client::{Credentials, OutboundMessage, OutboundRecipient, TlsPolicy};
+use postrider_smtp::client::{Credentials, TlsPolicy};
 use postrider_testkit::TestCa;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -111,32 +113,6 @@ async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen
     Seen::Tls(seen)
 }
 
-fn deliverer(dns: StaticDns, smtp_port: u16) -> Deliverer {
-    let options = DeliveryOptions {
-        helo_name: "client.test".into(),
-        smtp_port,
-        connect_timeout: Duration::from_secs(5),
-        reply_timeout: Duration::from_secs(5),
-    };
-    Deliverer::new(Arc::new(dns), options, TrustRoots::system().unwrap()).unwrap()
-}
-
-fn message() -> OutboundMessage {
-    OutboundMessage {
-        from: "sender@client.test".into(),
-        recipients: vec![OutboundRecipient {
-            address: "a@d.test".into(),
-            notify: None,
-            orcpt: None,
-        }],
-        size: 4,
-        eight_bit: false,
-        smtputf8: false,
-        ret: None,
-        envid: None,
-    }
-}
-
 /// The one outcome: "A250/2.0.0", "T451/4.7.5", ... and its text.
 fn outcome(attempt: &Attempt) -> (String, String) {
     let result = &attempt.outcomes[0].result;
@@ -197,8 +173,10 @@ async fn one(dest: Destination, acceptor: TlsAcceptor) -> (Attempt, Seen, bool) 
         ip: HashMap::from([("localhost".to_owned(), Ok(localhost))]),
         ..StaticDns::default()
     };
-    let d = deliverer(dns, 25);
-    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    let d = deliverer(dns, 25, Duration::from_secs(5));
+    let attempt = d
+        .deliver(&dest, &message(&["a@d.test"], b"hi\r\n"), b"hi\r\n")
+        .await;
     drop(d);
     let (seen, again) = server.await.unwrap();
     (attempt, seen, again)
@@ -301,25 +279,6 @@ async fn the_system_store_is_used_without_a_ca_file() {
     );
 }
 
-/// MX hosts `a.d.test` (preference 10) and `b.d.test` (20), both on 127.0.0.1.
-fn two_mx() -> StaticDns {
-    let ip: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
-    StaticDns {
-        mx: HashMap::from([(
-            "d.test".to_owned(),
-            Ok(vec![
-                (10, "a.d.test".to_owned()),
-                (20, "b.d.test".to_owned()),
-            ]),
-        )]),
-        ip: HashMap::from([
-            ("a.d.test".to_owned(), Ok(ip.clone())),
-            ("b.d.test".to_owned(), Ok(ip)),
-        ]),
-        ..StaticDns::default()
-    }
-}
-
 #[tokio::test]
 async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,13 +295,15 @@ async fn an_mx_that_fails_verification_passes_the_message_to_the_next_one() {
         let second = starttls_server(&listener, &good).await;
         (first, second)
     });
-    let d = deliverer(two_mx(), port);
+    let d = deliverer(two_mx(true), port, Duration::from_secs(5));
     let dest = Destination::Mx {
         domain: "d.test".into(),
         tls: TlsPolicy::Verify,
         roots: Some(TrustRoots::from_file(&ca.cert_file()).unwrap()),
     };
-    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    let attempt = d
+        .deliver(&dest, &message(&["a@d.test"], b"hi\r\n"), b"hi\r\n")
+        .await;
     drop(d);
     let (first, second) = server.await.unwrap();
     assert!(matches!(first, Seen::HandshakeFailed(_)), "{first:?}");
@@ -451,13 +412,15 @@ async fn dane_attempt(dns: FakeSecure, certs: Vec<(PathBuf, PathBuf)>) -> (Attem
         assert!(!again, "one connection too many");
         seen
     });
-    let d = deliverer(two_mx(), port).with_secure_dns(Arc::new(dns));
+    let d = deliverer(two_mx(true), port, Duration::from_secs(5)).with_secure_dns(Arc::new(dns));
     let dest = Destination::Mx {
         domain: "d.test".into(),
         tls: TlsPolicy::Dane,
         roots: None,
     };
-    let attempt = d.deliver(&dest, &message(), b"hi\r\n").await;
+    let attempt = d
+        .deliver(&dest, &message(&["a@d.test"], b"hi\r\n"), b"hi\r\n")
+        .await;
     drop(d);
     (attempt, server.await.unwrap())
 }

@@ -1,0 +1,62 @@
+//! What the delivery driver's test files share: a deliverer, a message, two MX hosts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postrider_delivery::{Deliverer, DeliveryOptions, TrustRoots};
+use postrider_dns::StaticDns;
+use postrider_smtp::client::{OutboundMessage, OutboundRecipient};
+
+/// A deliverer resolving through `dns`, MX hosts on `smtp_port`, the system's trust store.
+pub fn deliverer(dns: StaticDns, smtp_port: u16, reply_timeout: Duration) -> Deliverer {
+    let options = DeliveryOptions {
+        helo_name: "client.test".into(),
+        smtp_port,
+        connect_timeout: Duration::from_secs(5),
+        reply_timeout,
+    };
+    Deliverer::new(Arc::new(dns), options, TrustRoots::system().unwrap()).unwrap()
+}
+
+/// A message from sender@client.test to `to`, of `data`'s size.
+pub fn message(to: &[&str], data: &[u8]) -> OutboundMessage {
+    OutboundMessage {
+        from: "sender@client.test".into(),
+        recipients: to
+            .iter()
+            .map(|a| OutboundRecipient {
+                address: (*a).into(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect(),
+        size: data.len() as u64,
+        eight_bit: false,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+    }
+}
+
+/// MX hosts `a.d.test` (preference 10) and `b.d.test` (20), both on 127.0.0.1 unless
+/// `b_resolves` is false.
+pub fn two_mx(b_resolves: bool) -> StaticDns {
+    let ip: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+    let mut addresses = HashMap::from([("a.d.test".to_owned(), Ok(ip.clone()))]);
+    if b_resolves {
+        addresses.insert("b.d.test".to_owned(), Ok(ip));
+    }
+    StaticDns {
+        mx: HashMap::from([(
+            "d.test".to_owned(),
+            Ok(vec![
+                (10, "a.d.test".to_owned()),
+                (20, "b.d.test".to_owned()),
+            ]),
+        )]),
+        ip: addresses,
+        ..StaticDns::default()
+    }
+}
