@@ -391,3 +391,57 @@ fn serve<S: Read + Write>(stream: S, shared: &Shared) -> std::io::Result<()> {
         r.get_mut().write_all(reply.concat().as_bytes())?;
     }
 }
+
+/// An HTTPS server on `addr` with the certificate and key `files`, answering every request
+/// from the JSON table in `table`, read again on each request so a test can change it:
+/// `{"HOST": {"status": 200, "type": "text/plain", "body": "...", "location": "...",
+/// "repeat": N}}` keyed by the Host header (`body` is repeated `repeat` times); a host not in
+/// the table gets 404. Each request is appended to `table` + ".log" as "HOST PATH".
+pub fn https_table_server(addr: SocketAddr, (cert, key): &(std::path::PathBuf, std::path::PathBuf), table: &Path) -> Proc {
+    const SERVER: &str = r#"
+import http.server, json, ssl, sys
+host, port, cert, key, table = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        name = (self.headers.get("Host") or "").split(":")[0]
+        with open(table + ".log", "a") as log:
+            log.write(f"{name} {self.path}\n")
+        with open(table) as f:
+            entry = json.load(f).get(name)
+        if entry is None:
+            entry = {"status": 404, "body": "not here"}
+        body = (entry.get("body", "") * entry.get("repeat", 1)).encode()
+        self.send_response(entry.get("status", 200))
+        self.send_header("Content-Type", entry.get("type", "text/plain"))
+        if "location" in entry:
+            self.send_header("Location", entry["location"])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer((host, port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(SERVER)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(cert)
+        .arg(key)
+        .arg(table)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "HTTPS server did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Proc(child)
+}

@@ -226,11 +226,14 @@ pub struct Delivery {
     pub delay_warning: u64,
     /// A message with more Received headers than this is bounced as a mail loop.
     pub max_hops: usize,
-    /// TLS towards MX hosts: "none", "opportunistic", "require" or "verify".
+    /// TLS towards MX hosts: "none", "opportunistic", "require", "verify", "dane",
+    /// "mta-sts" or "auto".
     pub tls: TlsPolicy,
     /// For `verify`: trust only the CA certificates in this PEM file instead of the
     /// system's store.
     pub ca_file: Option<PathBuf>,
+    /// HTTPS port of `mta-sts.DOMAIN` policy hosts (443; tests point it elsewhere).
+    pub mta_sts_port: u16,
 }
 
 impl Default for Delivery {
@@ -247,6 +250,7 @@ impl Default for Delivery {
             max_hops: 50,
             tls: TlsPolicy::Opportunistic,
             ca_file: None,
+            mta_sts_port: 443,
         }
     }
 }

@@ -348,8 +348,9 @@ impl Config {
             || delivery.retry_intervals.is_empty()
             || delivery.max_age == 0
             || delivery.smtp_port == 0
+            || delivery.mta_sts_port == 0
         {
-            return src.invalid(0..0, "delivery", "concurrency, per_destination, smtp_port, max_age and each retry interval must be greater than zero");
+            return src.invalid(0..0, "delivery", "concurrency, per_destination, smtp_port, mta_sts_port, max_age and each retry interval must be greater than zero");
         }
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
@@ -409,6 +410,13 @@ impl Config {
                         (None, Some(_)) => TlsPolicy::Verify,
                         (None, None) => TlsPolicy::Opportunistic,
                     };
+                    if matches!(tls, TlsPolicy::MtaSts | TlsPolicy::Auto) {
+                        return src.invalid(
+                            tls_span,
+                            &key("tls"),
+                            "mta-sts and auto choose among a domain's MX hosts; a relay host is named here: use verify or dane",
+                        );
+                    }
                     let insecure_auth = r.insecure_auth.as_ref().is_some_and(|b| *b.get_ref());
                     let insecure_span = r.insecure_auth.as_ref().map_or(0..0, |b| b.span());
                     match (&auth, tls, insecure_auth) {

@@ -19,7 +19,9 @@ use tokio_rustls::client::TlsStream;
 use tracing::{debug, info};
 
 use crate::resolve::{ResolveError, mail_hosts, secure_mail_hosts};
+use crate::sts::MtaSts;
 use crate::tls::{RootsError, TrustRoots};
+use postrider_mta_sts::{Mode, Policy};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +130,10 @@ pub struct Deliverer {
     dns: Arc<dyn Dns>,
     /// The validating resolver of `dane`; without one, `dane` is `opportunistic`.
     secure_dns: Option<Arc<dyn SecureDns>>,
+    /// The MTA-STS client of `mta-sts` and `auto`; without one, no domain has a policy.
+    sts: Option<Arc<MtaSts>>,
+    /// When validation through `secure_dns` was last probed, and whether it worked.
+    dnssec: std::sync::Mutex<Option<(Instant, bool)>>,
     options: DeliveryOptions,
     /// For `opportunistic` and `require`.
     unverified: TlsConnector,
@@ -248,6 +254,9 @@ impl Progress {
     }
 }
 
+/// How long a probe of DNSSEC validation ([`SecureDns::available`]) holds.
+const DNSSEC_PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
 /// The most written under one `reply_timeout`: progress on a slow link resets the timer.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -262,6 +271,8 @@ impl Deliverer {
         Ok(Deliverer {
             dns,
             secure_dns: None,
+            sts: None,
+            dnssec: std::sync::Mutex::new(None),
             options,
             unverified: TlsConnector::from(crate::tls::client_config()?),
             system_roots,
@@ -272,6 +283,12 @@ impl Deliverer {
     /// With `dns` (DNSSEC-validating) for the MX, address and TLSA lookups of `dane`.
     pub fn with_secure_dns(mut self, dns: Arc<dyn SecureDns>) -> Deliverer {
         self.secure_dns = Some(dns);
+        self
+    }
+
+    /// With `sts` to find the MTA-STS policies of `mta-sts` and `auto`.
+    pub fn with_mta_sts(mut self, sts: Arc<MtaSts>) -> Deliverer {
+        self.sts = Some(sts);
         self
     }
 
@@ -289,14 +306,19 @@ impl Deliverer {
             connector: roots.map_or_else(|| self.unverified.clone(), |r| r.connector().clone()),
             verified_by: roots.map(|r| Arc::from(r.source())),
             insecure_auth: false,
+            audit: None,
         }
     }
 
-    /// How a destination's hosts are reached under `tls`.
+    /// How a relay host (named by the config) is reached under `tls`.
     fn plan(&self, tls: TlsPolicy, roots: Option<&TrustRoots>) -> HostPlan {
-        match (tls, &self.secure_dns) {
-            // A relay host is named by the config, not by DNS: as good as a secure MX.
-            (TlsPolicy::Dane, Some(_)) => HostPlan::Dane { mx_secure: true },
+        match tls {
+            // Named by the config, not by DNS: as good as a secure MX.
+            TlsPolicy::Dane => HostPlan::PerHost {
+                dane: true,
+                sts: None,
+                label: tls,
+            },
             _ => HostPlan::Fixed(self.security(tls, roots)),
         }
     }
@@ -316,29 +338,86 @@ impl Deliverer {
         })
     }
 
-    /// A host's addresses and TLS under `plan`: for DANE (RFC 7672 section 2.2), TLSA records
-    /// count only when the MX and the host's addresses are DNSSEC-secure; a host whose
-    /// address or TLSA lookup fails validation is skipped (the next MX, in the end a
-    /// deferral), as one whose TLSA records are secure but all unusable gets TLS without
-    /// authentication.
+    /// A host's addresses and TLS under `plan`: DANE where the plan allows it and the host
+    /// has usable TLSA records, else the MTA-STS policy, else opportunistic TLS (labelled
+    /// with the configured level, or `opportunistic` under `auto`). An MX host that an
+    /// `enforce` policy does not name is skipped (4.7.5).
     async fn host_setup(
         &self,
         host: &str,
         port: u16,
         plan: &HostPlan,
     ) -> Result<(Vec<IpAddr>, Security), RcptResult> {
-        let dns = match (plan, &self.secure_dns) {
-            (HostPlan::Fixed(security), _) => {
+        let (dane, sts, label) = match plan {
+            HostPlan::Fixed(security) => {
                 return Ok((self.addresses(host).await?, security.clone()));
             }
-            (HostPlan::Dane { mx_secure: true }, Some(dns)) if host.parse::<IpAddr>().is_err() => {
-                dns
+            HostPlan::PerHost { dane, sts, label } => (*dane, sts.as_ref(), *label),
+        };
+        let mut found = None;
+        if let (true, Some(dns), Err(_)) = (dane, &self.secure_dns, host.parse::<IpAddr>()) {
+            match self.dane_setup(&**dns, host, port).await? {
+                (ips, Some(security)) => return Ok((ips, security)),
+                (ips, None) => found = Some(ips),
             }
-            (HostPlan::Dane { .. }, _) => {
-                let fallback = self.security(TlsPolicy::Dane, None);
-                return Ok((self.addresses(host).await?, fallback));
+        }
+        let security = match sts.filter(|p| p.mode != Mode::None) {
+            Some(policy) => self.sts_security(policy, host)?,
+            None => {
+                let mut s = self.security(TlsPolicy::Opportunistic, None);
+                s.label = if label == TlsPolicy::Auto {
+                    TlsPolicy::Opportunistic
+                } else {
+                    label
+                };
+                s
             }
         };
+        let ips = match found {
+            Some(ips) => ips,
+            None => self.addresses(host).await?,
+        };
+        Ok((ips, security))
+    }
+
+    /// TLS towards `host` under an MTA-STS policy in `enforce` or `testing` mode.
+    fn sts_security(&self, policy: &Policy, host: &str) -> Result<Security, RcptResult> {
+        let listed = policy.allows(host);
+        let mut security = match policy.mode {
+            Mode::Enforce if !listed => {
+                info!(host = %host, policy = %policy, "MX host not in the MTA-STS policy, skipped");
+                return Err(RcptResult::Temporary(Reply::local(
+                    451,
+                    (4, 7, 5),
+                    &format!("MX host {host} is not in the recipient domain's MTA-STS policy"),
+                )));
+            }
+            Mode::Enforce => self.security(TlsPolicy::Verify, None),
+            Mode::Testing | Mode::None => {
+                let mut s = self.security(TlsPolicy::Opportunistic, None);
+                s.audit = Some(Arc::new(Audit {
+                    roots: self.system_roots.clone(),
+                    listed,
+                }));
+                s
+            }
+        };
+        security.label = TlsPolicy::MtaSts;
+        Ok(security)
+    }
+
+    /// RFC 7672 section 2.2 for one host: its addresses, and the TLS its TLSA records ask
+    /// for, which count only when the host's addresses are DNSSEC-secure (the caller knows
+    /// the MX was). `None`: no secure TLSA records, DANE does not apply. A host whose
+    /// address or TLSA lookup fails validation is skipped (the next MX, in the end a
+    /// deferral); secure TLSA records that are all unusable give TLS without
+    /// authentication.
+    async fn dane_setup(
+        &self,
+        dns: &dyn SecureDns,
+        host: &str,
+        port: u16,
+    ) -> Result<(Vec<IpAddr>, Option<Security>), RcptResult> {
         let dnssec_failed = |what: &str, e: DnsError| {
             info!(host = %host, error = %e, "{what} lookup failed for DANE");
             let code = if matches!(e, DnsError::Bogus(_)) {
@@ -357,21 +436,21 @@ impl Deliverer {
             .await
             .map_err(|e| dnssec_failed("address", e))?;
         if !ips.secure {
-            return Ok((ips.records, self.security(TlsPolicy::Dane, None)));
+            return Ok((ips.records, None));
         }
         let tlsa = dns
             .tlsa(&format!("_{port}._tcp.{host}"))
             .await
             .map_err(|e| dnssec_failed("TLSA", e))?;
         if !tlsa.secure || tlsa.records.is_empty() {
-            return Ok((ips.records, self.security(TlsPolicy::Dane, None)));
+            return Ok((ips.records, None));
         }
         let usable = crate::dane::usable(&tlsa.records);
         if usable.is_empty() {
             // RFC 7672 section 2.2: TLS is still mandatory, without authentication.
             let mut security = self.security(TlsPolicy::Require, None);
             security.label = TlsPolicy::Dane;
-            return Ok((ips.records, security));
+            return Ok((ips.records, Some(security)));
         }
         let mut described: Vec<String> = usable.iter().map(|r| r.to_string()).collect();
         described.dedup();
@@ -388,8 +467,9 @@ impl Deliverer {
             connector: TlsConnector::from(config),
             verified_by: Some(format!("TLSA {}", described.join(", ")).into()),
             insecure_auth: false,
+            audit: None,
         };
-        Ok((ips.records, security))
+        Ok((ips.records, Some(security)))
     }
 
     /// One attempt to deliver `data` (canonical CRLF, no terminating dot) to `dest`.
@@ -535,21 +615,68 @@ impl Deliverer {
         }
     }
 
-    /// `domain`'s mail hosts, and how to reach them under `tls`: for `dane`, from the
-    /// validating resolver, with whether the MX records were secure.
+    /// `domain`'s mail hosts, and how to reach them under `tls`: for `dane` and `auto`
+    /// from the validating resolver, with whether the MX records were secure; for
+    /// `mta-sts` and `auto` with the domain's policy.
     async fn mx_hosts(
         &self,
         domain: &str,
         tls: TlsPolicy,
         roots: Option<&TrustRoots>,
     ) -> Result<(Vec<String>, HostPlan), ResolveError> {
-        match (tls, &self.secure_dns) {
-            (TlsPolicy::Dane, Some(dns)) => {
-                let (hosts, mx_secure) = secure_mail_hosts(&**dns, domain).await?;
-                Ok((hosts, HostPlan::Dane { mx_secure }))
+        let (dane, sts) = match tls {
+            TlsPolicy::Dane => (true, false),
+            TlsPolicy::MtaSts => (false, true),
+            TlsPolicy::Auto => (true, true),
+            _ => return Ok((mail_hosts(&*self.dns, domain).await?, self.plan(tls, roots))),
+        };
+        let (hosts, dane) = match (&self.secure_dns, dane) {
+            // `auto` does DANE only where validation works at all: behind nameservers that
+            // do not serve DNSSEC every answer would be bogus and no mail would leave.
+            // `dane` itself insists.
+            (Some(dns), true)
+                if tls == TlsPolicy::Dane || self.dnssec_available(&**dns).await =>
+            {
+                secure_mail_hosts(&**dns, domain).await?
             }
-            _ => Ok((mail_hosts(&*self.dns, domain).await?, self.plan(tls, roots))),
+            _ => (mail_hosts(&*self.dns, domain).await?, false),
+        };
+        let sts = match (&self.sts, sts) {
+            (Some(client), true) => client.policy(domain).await,
+            _ => None,
+        };
+        Ok((
+            hosts,
+            HostPlan::PerHost {
+                dane,
+                sts,
+                label: tls,
+            },
+        ))
+    }
+
+    /// Whether DNSSEC validation works through the configured nameservers
+    /// ([`SecureDns::available`]), probed again after [`DNSSEC_PROBE_INTERVAL`]; a change is
+    /// logged.
+    async fn dnssec_available(&self, dns: &dyn SecureDns) -> bool {
+        let last = *self.dnssec.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, works)) = last
+            && at.elapsed() < DNSSEC_PROBE_INTERVAL
+        {
+            return works;
         }
+        let works = dns.available().await.unwrap_or(false);
+        *self.dnssec.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), works));
+        match (last.map(|(_, w)| w), works) {
+            (Some(true), true) | (Some(false), false) => {}
+            (_, true) => info!("DNSSEC validation works: tls = \"auto\" uses DANE"),
+            (_, false) => tracing::warn!(
+                "DNSSEC validation does not work through the configured nameservers (the root \
+                 zone does not validate): tls = \"auto\" goes on without DANE (MTA-STS, else \
+                 opportunistic) and tls = \"dane\" defers"
+            ),
+        }
+        works
     }
 
     fn client_config(&self, tls: TlsPolicy, auth: Option<Credentials>, lmtp: bool) -> ClientConfig {
@@ -816,7 +943,7 @@ impl Deliverer {
         let tls_fallback = config.tls == TlsPolicy::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
         let mut progress = Progress::default();
-        seen.established = conn.tls_params().map(|p| security.established(p));
+        seen.established = security.established(&conn, host);
         let mut session = match reused {
             Some(mut session) => {
                 session.send(msg, data).map_err(|_| ConnError::Stale)?;
@@ -861,7 +988,7 @@ impl Deliverer {
                                 });
                             }
                         };
-                        seen.established = conn.tls_params().map(|p| security.established(p));
+                        seen.established = security.established(&conn, host);
                         session
                             .tls_established()
                             .map_err(|_| ConnError::NextHost(local_fail("TLS state error")))?;
@@ -942,12 +1069,25 @@ impl Deliverer {
 enum HostPlan {
     /// One TLS setup for every host.
     Fixed(Security),
-    /// DANE: each host's TLS follows from its TLSA records, which count only when the MX
-    /// records were DNSSEC-secure.
-    Dane {
-        /// The MX RRset was secure (a relay host named by the config counts as such).
-        mx_secure: bool,
+    /// Decided per host: DANE, then the MTA-STS policy, then opportunistic TLS.
+    PerHost {
+        /// DANE applies: the MX RRset was DNSSEC-secure (a relay host named by the config
+        /// counts as such); each host's own TLSA records decide.
+        dane: bool,
+        /// The recipient domain's MTA-STS policy.
+        sts: Option<Policy>,
+        /// The configured level, for logs where neither applies.
+        label: TlsPolicy,
     },
+}
+
+/// MTA-STS `testing` mode: the certificate is checked after the handshake, and what would
+/// have failed under `enforce` is logged, without stopping the mail.
+struct Audit {
+    /// The roots `enforce` would verify against.
+    roots: TrustRoots,
+    /// The MX host is named by the policy.
+    listed: bool,
 }
 
 /// The TLS of a connection and what enforces it.
@@ -963,16 +1103,35 @@ struct Security {
     verified_by: Option<Arc<str>>,
     /// Credentials go over TLS that is not verified, as the operator chose.
     insecure_auth: bool,
+    /// What `enforce` would have checked, under an MTA-STS policy in `testing` mode.
+    audit: Option<Arc<Audit>>,
 }
 
 impl Security {
-    /// What an established session is, for logs: "TLSv1.3 CIPHER, certificate verified".
-    fn established(&self, (version, cipher): (String, String)) -> String {
-        let checked = match &self.verified_by {
-            Some(by) => format!("verified by {by}"),
-            None => "not verified".to_owned(),
+    /// What an established session is, for logs: "TLSv1.3 CIPHER, certificate verified
+    /// by ..."; `None` before TLS.
+    fn established(&self, conn: &Conn, host: &str) -> Option<String> {
+        let (version, cipher) = conn.tls_params()?;
+        let checked = match (&self.verified_by, &self.audit) {
+            (Some(by), _) => format!("verified by {by}"),
+            (None, Some(audit)) => {
+                let chain = match conn {
+                    Conn::Tls(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
+                    Conn::Plain(_) | Conn::Unix(_) => &[],
+                };
+                let verdict = match (audit.listed, audit.roots.check(chain, host)) {
+                    (true, Ok(())) => "enforce would deliver".to_owned(),
+                    (false, _) => "enforce would refuse: MX host not in the policy".to_owned(),
+                    (true, Err(e)) => format!("enforce would refuse: {e}"),
+                };
+                if !verdict.starts_with("enforce would deliver") {
+                    info!(host = %host, verdict = %verdict, "MTA-STS testing mode: a failure reported, mail delivered");
+                }
+                format!("not verified (MTA-STS testing: {verdict})")
+            }
+            (None, None) => "not verified".to_owned(),
         };
-        format!("{version} {cipher}, certificate {checked}")
+        Some(format!("{version} {cipher}, certificate {checked}"))
     }
 
     /// The result label of one connection's TLS.
@@ -997,7 +1156,11 @@ impl Security {
             } else {
                 ""
             },
-            seen.as_deref().unwrap_or("no TLS")
+            seen.as_deref().unwrap_or(if self.audit.is_some() {
+                "no TLS (MTA-STS testing: enforce would refuse)"
+            } else {
+                "no TLS"
+            })
         )
     }
 }

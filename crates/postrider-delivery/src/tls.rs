@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -128,6 +129,8 @@ pub struct TrustRoots {
     count: usize,
     connector: TlsConnector,
     config: Arc<ClientConfig>,
+    /// The same check outside a handshake (MTA-STS `testing`); `None` without roots.
+    verifier: Option<Arc<WebPkiServerVerifier>>,
 }
 
 impl TrustRoots {
@@ -173,6 +176,10 @@ impl TrustRoots {
     ) -> Result<TrustRoots, RootsError> {
         let mut store = RootCertStore::empty();
         let (count, _ignored) = store.add_parsable_certificates(certs);
+        let verifier = (count > 0)
+            .then(|| WebPkiServerVerifier::builder_with_provider(Arc::new(store.clone()), provider()).build())
+            .transpose()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         let config = Arc::new(
             ClientConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()?
@@ -184,6 +191,7 @@ impl TrustRoots {
             count,
             connector: TlsConnector::from(Arc::clone(&config)),
             config,
+            verifier,
         })
     }
 
@@ -200,6 +208,18 @@ impl TrustRoots {
     /// The verifying connector.
     pub(crate) fn connector(&self) -> &TlsConnector {
         &self.connector
+    }
+
+    /// Checks a chain already received against these roots and `host`, as the connector's
+    /// handshake would have.
+    pub(crate) fn check(&self, chain: &[CertificateDer<'_>], host: &str) -> Result<(), String> {
+        let verifier = self.verifier.as_ref().ok_or("no trusted roots")?;
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

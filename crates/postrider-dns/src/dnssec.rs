@@ -51,6 +51,14 @@ pub trait SecureDns: Send + Sync + 'static {
     /// TLSA records at `name` (e.g. `_25._tcp.mx.example.org`); none for NXDOMAIN or no
     /// data, with the security of that denial.
     fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Validated<Vec<Tlsa>>>;
+
+    /// Whether validation works at all through the configured nameservers: the root zone's
+    /// SOA validates as secure from the trust anchor. Behind a resolver that strips or does
+    /// not serve DNSSEC records every answer fails validation, which says nothing about
+    /// the names asked (RFC 4033's "indeterminate"). The default says yes.
+    fn available(&self) -> DnsFuture<'_, bool> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 impl HickoryDns {
@@ -136,6 +144,15 @@ fn denial(name: &str, rtype: RecordType, e: NetError) -> Result<DnsError, DnsErr
 }
 
 impl SecureDns for HickoryDns {
+    fn available(&self) -> DnsFuture<'_, bool> {
+        Box::pin(async move {
+            Ok(self
+                .validated(".", RecordType::SOA)
+                .await
+                .is_ok_and(|v| v.secure))
+        })
+    }
+
     fn secure_mx<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Validated<Vec<(u16, String)>>> {
         Box::pin(async move {
             let v = self.validated(name, RecordType::MX).await?;

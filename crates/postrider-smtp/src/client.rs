@@ -49,6 +49,15 @@ pub enum TlsPolicy {
     /// decides per host and gives the session `Verify`, `Require` or `Opportunistic`; a
     /// session given `Dane` itself behaves as `Opportunistic`.
     Dane,
+    /// MTA-STS (RFC 8461): where the recipient domain publishes a policy in `enforce` mode,
+    /// only the MX hosts it names, over TLS verified as `Verify`; in `testing` mode as
+    /// `Opportunistic`, with what would have failed logged; without a policy as
+    /// `Opportunistic`. Decided per host by the delivery agent, like `Dane`.
+    #[cfg_attr(feature = "serde", serde(rename = "mta-sts"))]
+    MtaSts,
+    /// `Dane` for MX hosts with usable DNSSEC-validated TLSA records, else `MtaSts` where the
+    /// domain publishes a policy, else `Opportunistic`; decided per host.
+    Auto,
 }
 
 impl TlsPolicy {
@@ -65,6 +74,8 @@ impl TlsPolicy {
             TlsPolicy::Require => "require",
             TlsPolicy::Verify => "verify",
             TlsPolicy::Dane => "dane",
+            TlsPolicy::MtaSts => "mta-sts",
+            TlsPolicy::Auto => "auto",
         }
     }
 }

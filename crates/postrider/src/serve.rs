@@ -24,7 +24,7 @@ use crate::plugins::{PluginBuilder, open_redis};
 use crate::queue::manager::{self};
 use crate::reload::Reloader;
 use crate::systemd;
-use postrider_delivery::{Deliverer, DeliveryOptions, TrustRoots};
+use postrider_delivery::{Deliverer, DeliveryOptions, MtaSts, StsOptions, TrustRoots};
 use postrider_kv::{Clock, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{Dns, HickoryDns};
@@ -117,10 +117,19 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
             connect_timeout: Duration::from_secs(config.delivery.connect_timeout),
             reply_timeout: Duration::from_secs(config.delivery.reply_timeout),
         },
-        system_roots,
+        system_roots.clone(),
     )
     .context("TLS client configuration")?
-    .with_secure_dns(Arc::new(validating_dns_of(&config)?));
+    .with_secure_dns(Arc::new(validating_dns_of(&config)?))
+    .with_mta_sts(Arc::new(MtaSts::new(
+        Arc::clone(&dns),
+        system_roots,
+        StsOptions {
+            port: config.delivery.mta_sts_port,
+            timeout: Duration::from_secs(MTA_STS_FETCH_SECONDS),
+            cache_dir: Some(config.spool_dir.join("mta-sts")),
+        },
+    )));
     let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
@@ -242,9 +251,17 @@ fn wait_for_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>>
     })
 }
 
-/// Some next hop is verified against the system's roots: `verify` without a `ca_file`.
+/// Some next hop is verified against the system's roots: `verify` without a `ca_file`, or
+/// MTA-STS (`mta-sts`, `auto`).
 fn verifies_with_system_roots(config: &Config) -> bool {
-    config
-        .outbound_tls()
-        .any(|(tls, ca_file)| tls == postrider_config::TlsPolicy::Verify && ca_file.is_none())
+    use postrider_config::TlsPolicy;
+    config.outbound_tls().any(|(tls, ca_file)| match tls {
+        TlsPolicy::Verify => ca_file.is_none(),
+        TlsPolicy::MtaSts | TlsPolicy::Auto => true,
+        _ => false,
+    })
 }
+
+/// Limit of one MTA-STS policy fetch (connection, TLS, request and body), as Postfix's
+/// mta-sts-resolver and most senders use.
+const MTA_STS_FETCH_SECONDS: u64 = 10;

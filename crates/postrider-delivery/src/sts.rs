@@ -1,0 +1,316 @@
+//! MTA-STS for delivery (RFC 8461): the `_mta-sts` TXT lookup, the policy fetched over
+//! HTTPS with a verified certificate, and the cache in memory and on disk. The decisions are
+//! `postrider_mta_sts`'s; this is the I/O around them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use postrider_dns::{Dns, DnsError};
+use postrider_mta_sts::{
+    Announcement, Cached, MAX_POLICY_BYTES, Policy, Step, WELL_KNOWN_PATH, next_step,
+    parse_record,
+};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::tls::TrustRoots;
+
+/// Why a policy could not be fetched; each is logged and the sender goes on as RFC 8461
+/// section 5.1 says (a fresh cached policy, else none).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// `mta-sts.DOMAIN` has no address.
+    #[error("no address for {host}: {error}")]
+    NoAddress {
+        /// The policy host.
+        host: String,
+        /// The DNS answer.
+        error: DnsError,
+    },
+    /// No connection, no TLS (an invalid certificate among them), or no HTTP answer.
+    #[error("{0}")]
+    Transport(String),
+    /// Not answered within the fetch timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// A redirect: RFC 8461 section 3.3 forbids following it.
+    #[error("HTTP {status} redirect (not followed)")]
+    Redirect {
+        /// The status.
+        status: u16,
+    },
+    /// Any status but 200.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// Not `text/plain`.
+    #[error("content type {0:?}, not text/plain")]
+    ContentType(String),
+    /// Larger than the policy cap.
+    #[error("policy larger than {MAX_POLICY_BYTES} bytes")]
+    TooLarge,
+    /// Not a valid policy.
+    #[error("invalid policy: {0}")]
+    Invalid(#[from] postrider_mta_sts::PolicyError),
+}
+
+/// Settings of the MTA-STS client.
+#[derive(Debug, Clone)]
+pub struct StsOptions {
+    /// The HTTPS port of `mta-sts.DOMAIN` (443; tests use another).
+    pub port: u16,
+    /// Limit for one fetch: connecting, TLS, request and body.
+    pub timeout: Duration,
+    /// Where policies are kept across restarts (`None`: memory only).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Finds and keeps the MTA-STS policies of recipient domains.
+pub struct MtaSts {
+    dns: Arc<dyn Dns>,
+    roots: TrustRoots,
+    options: StsOptions,
+    cache: Mutex<HashMap<String, Cached>>,
+    /// One fetch at a time per domain: the others wait and use its result.
+    fetching: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl MtaSts {
+    /// A client looking up records through `dns` and checking policy hosts' certificates
+    /// against `roots`.
+    pub fn new(dns: Arc<dyn Dns>, roots: TrustRoots, options: StsOptions) -> MtaSts {
+        MtaSts {
+            dns,
+            roots,
+            options,
+            cache: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The policy in force for `domain`, if any: from the cache while its TXT id is
+    /// unchanged (or the record is gone and the policy has not expired), else fetched.
+    pub async fn policy(&self, domain: &str) -> Option<Policy> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let found = self.announcement(&domain).await;
+        if let Step::UseCached = next_step(&found, self.cached(&domain).as_ref(), now()) {
+            return self.cached(&domain).map(|c| c.policy);
+        }
+        let lock = {
+            let mut fetching = self.fetching.lock().await;
+            fetching.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(fetching.entry(domain.clone()).or_default())
+        };
+        let _one = lock.lock().await;
+        // Another delivery may have fetched it while this one waited.
+        let cached = self.cached(&domain);
+        match next_step(&found, cached.as_ref(), now()) {
+            Step::UseCached => cached.map(|c| c.policy),
+            Step::NoPolicy => None,
+            Step::Fetch(id) => match self.fetch(&domain).await {
+                Ok(body) => match Cached::new(&id, now(), &body) {
+                    Ok(fresh) => {
+                        info!(domain = %domain, id = %id, policy = %fresh.policy, "MTA-STS policy fetched");
+                        let policy = fresh.policy.clone();
+                        self.store(&domain, fresh).await;
+                        Some(policy)
+                    }
+                    Err(e) => self.fetch_failed(&domain, &FetchError::Invalid(e), cached),
+                },
+                Err(e) => self.fetch_failed(&domain, &e, cached),
+            },
+        }
+    }
+
+    /// After a failed fetch: the cached policy while fresh, else none.
+    fn fetch_failed(
+        &self,
+        domain: &str,
+        error: &FetchError,
+        cached: Option<Cached>,
+    ) -> Option<Policy> {
+        let fresh = cached.filter(|c| c.fresh(now()));
+        warn!(
+            domain = %domain,
+            error = %error,
+            using = if fresh.is_some() { "the cached policy" } else { "no policy" },
+            "MTA-STS policy fetch failed"
+        );
+        fresh.map(|c| c.policy)
+    }
+
+    /// The `_mta-sts` record's id, or why there is none.
+    async fn announcement(&self, domain: &str) -> Announcement {
+        match self.dns.lookup_txt(&format!("_mta-sts.{domain}")).await {
+            Ok(records) => match parse_record(&records) {
+                Ok(id) => Announcement::Id(id),
+                Err(e) => {
+                    debug!(domain = %domain, error = %e, "no MTA-STS record");
+                    Announcement::Absent
+                }
+            },
+            Err(DnsError::NxDomain | DnsError::NoData) => Announcement::Absent,
+            Err(e) => {
+                info!(domain = %domain, error = %e, "MTA-STS record lookup failed");
+                Announcement::Unknown
+            }
+        }
+    }
+
+    /// The cached entry of `domain`: in memory, else read from disk once.
+    fn cached(&self, domain: &str) -> Option<Cached> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(domain) {
+            return Some(c.clone());
+        }
+        let path = self.file(domain)?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        match Cached::from_text(&text) {
+            Ok(c) => {
+                cache.insert(domain.to_owned(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "unreadable MTA-STS cache file ignored");
+                None
+            }
+        }
+    }
+
+    /// Keeps `entry` in memory and writes it to disk (a new file renamed over the old).
+    async fn store(&self, domain: &str, entry: Cached) {
+        let text = entry.to_text();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned(), entry);
+        let Some(path) = self.file(domain) else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let written = async {
+            if let Some(dir) = path.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::write(&tmp, text).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        if let Err(e) = written.await {
+            warn!(file = %path.display(), error = %e, "cannot write the MTA-STS cache");
+        }
+    }
+
+    /// The cache file of `domain`; none for names that are not plain LDH labels (a path
+    /// must not come from a recipient's domain otherwise).
+    fn file(&self, domain: &str) -> Option<PathBuf> {
+        let plain = !domain.is_empty()
+            && domain.len() <= 253
+            && !domain.starts_with('.')
+            && !domain.contains("..")
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        let dir = self.options.cache_dir.as_ref()?;
+        plain.then(|| dir.join(format!("{domain}.policy")))
+    }
+
+    /// GET `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`: certificate verified against
+    /// the roots for that name, no redirect followed, 200 and `text/plain` only, the body
+    /// capped, everything within the fetch timeout.
+    async fn fetch(&self, domain: &str) -> Result<Vec<u8>, FetchError> {
+        let host = format!("mta-sts.{domain}");
+        let limit = self.options.timeout;
+        match tokio::time::timeout(limit, self.get(&host)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout(limit)),
+        }
+    }
+
+    async fn get(&self, host: &str) -> Result<Vec<u8>, FetchError> {
+        let ips = self
+            .dns
+            .lookup_ip(host)
+            .await
+            .map_err(|error| FetchError::NoAddress {
+                host: host.to_owned(),
+                error,
+            })?;
+        let transport = |e: &dyn std::fmt::Display| FetchError::Transport(e.to_string());
+        let mut last = FetchError::Transport(format!("no address for {host}"));
+        let mut tcp = None;
+        for ip in ips {
+            match TcpStream::connect(SocketAddr::new(ip, self.options.port)).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = transport(&format_args!("connect to {ip}: {e}")),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| transport(&e))?;
+        let tls = self
+            .roots
+            .connector()
+            .connect(name, tcp)
+            .await
+            .map_err(|e| transport(&format_args!("TLS with {host}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| transport(&e))?;
+        let driver = tokio::spawn(conn);
+        let request = hyper::Request::get(WELL_KNOWN_PATH)
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::USER_AGENT, "Postrider")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| transport(&e))?;
+        let result = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| transport(&e))?;
+            let status = response.status();
+            if status.is_redirection() {
+                return Err(FetchError::Redirect {
+                    status: status.as_u16(),
+                });
+            }
+            if status != hyper::StatusCode::OK {
+                return Err(FetchError::Status(status.as_u16()));
+            }
+            let media = response
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let essence = media.split(';').next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("text/plain") {
+                return Err(FetchError::ContentType(media));
+            }
+            match Limited::new(response.into_body(), MAX_POLICY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(body) => Ok(body.to_bytes().to_vec()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FetchError::TooLarge),
+                Err(e) => Err(transport(&e)),
+            }
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}

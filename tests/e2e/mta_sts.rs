@@ -1,0 +1,235 @@
+//! MTA-STS (RFC 8461) in the real relay under `tls = "auto"`: dnsmasq serves the `_mta-sts`
+//! TXT records and MX hosts, a Python HTTPS server on loopback (certificate from a test CA
+//! that `SSL_CERT_FILE` makes the system store) serves the policies, other relays receive.
+//! An `enforce` policy gets verified delivery to a listed MX and a 4.7.5 deferral for an
+//! unlisted one; `testing` delivers and reports; bad policies (redirect, too big, wrong
+//! type, 404, untrusted certificate) each leave the domain without a policy and the mail
+//! flowing; a cached policy survives a restart and keeps being enforced after the TXT
+//! record and the policy server are gone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use postrider_testkit::TestCa;
+
+use crate::harness::{ADMIN, Relay, config, config_dns, list_json, send_message};
+use crate::peers::{dnsmasq, free_port_on, https_table_server, wait_for};
+
+/// Every recipient domain of the test.
+const DOMAINS: [&str; 8] = [
+    "enforce", "unlisted", "testing", "redirect", "big", "html", "missing", "badcert",
+];
+
+const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.enforce.test\nmax_age: 86400\n";
+
+/// A relay receiving for every test domain on `address` with the certificate `cert`.
+fn receiver(address: SocketAddr, cert: &(PathBuf, PathBuf)) -> Relay {
+    Relay::builder(&config(&format!(
+        "[[listener]]\nname = \"mx\"\naddress = \"{address}\"\nkind = \"smtp\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n[relay]\nlocal_domains = [{}]\n",
+        cert.0.display(),
+        cert.1.display(),
+        DOMAINS.map(|d| format!("\"{d}.test\"")).join(", ")
+    )))
+    .start()
+}
+
+/// The sending relay in `dir`, with `tls = "auto"`, resolving through `dns`.
+fn sender(dir: &Path, dns: SocketAddr, smtp: u16, https: u16, ca: &TestCa) -> Relay {
+    Relay::builder(&config_dns(
+        &dns.to_string(),
+        &format!(
+            "{ADMIN}[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {smtp}\n\
+             mta_sts_port = {https}\nretry_intervals = [1]\ntls = \"auto\"\n"
+        ),
+    ))
+    .in_dir(dir)
+    .env("SSL_CERT_FILE", ca.cert_file())
+    .env("SSL_CERT_DIR", "")
+    .start()
+}
+
+/// Why each message still queued waits.
+fn reasons(dir: &Path) -> Vec<String> {
+    list_json(dir)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn delivered<'a>(logs: &'a str, rcpt: &str) -> Option<&'a str> {
+    logs.lines()
+        .find(|l| l.contains("delivered") && l.contains(rcpt))
+}
+
+#[test]
+fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "public");
+    let other = TestCa::new(tmp.path(), "other");
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let smtp = free_port_on(&ips);
+    let https = free_port_on(&["127.0.0.6", "127.0.0.7"]);
+    let at = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let bad_policy = ["redirect", "big", "html", "missing", "badcert"];
+    let mut records: Vec<String> = [
+        "--mx-host=enforce.test,mx.enforce.test,10",
+        "--host-record=mx.enforce.test,127.0.0.2",
+        "--mx-host=unlisted.test,mx.unlisted.test,10",
+        "--host-record=mx.unlisted.test,127.0.0.3",
+        "--mx-host=testing.test,mx.testing.test,10",
+        "--host-record=mx.testing.test,127.0.0.4",
+        "--host-record=mx.bad.test,127.0.0.5",
+        "--host-record=mta-sts.badcert.test,127.0.0.7",
+    ]
+    .map(String::from)
+    .to_vec();
+    for d in ["enforce", "unlisted", "testing"].iter().chain(&bad_policy) {
+        records.push(format!("--txt-record=_mta-sts.{d}.test,v=STSv1; id=first"));
+        if *d != "badcert" {
+            records.push(format!("--host-record=mta-sts.{d}.test,127.0.0.6"));
+        }
+    }
+    for d in &bad_policy {
+        records.push(format!("--mx-host={d}.test,mx.bad.test,10"));
+    }
+    let (dns_proc, dns) = dnsmasq(&records);
+
+    let table = tmp.path().join("policies.json");
+    let policy = |mode: &str, mx: &str| {
+        serde_json::json!({"body": format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n")})
+    };
+    std::fs::write(
+        &table,
+        serde_json::json!({
+            "mta-sts.enforce.test": {"body": ENFORCE},
+            "mta-sts.unlisted.test": policy("enforce", "mail.unlisted.test"),
+            "mta-sts.testing.test": policy("testing", "mx.testing.test"),
+            "mta-sts.redirect.test": {"status": 301, "location": "https://mta-sts.enforce.test/.well-known/mta-sts.txt"},
+            "mta-sts.big.test": {"body": "mx: mx.bad.test\n", "repeat": 5000},
+            "mta-sts.html.test": {"body": ENFORCE.replace("*.enforce.test", "mx.bad.test"), "type": "text/html"},
+            "mta-sts.badcert.test": policy("enforce", "nothing.badcert.test"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let policy_names: Vec<String> = ["enforce", "unlisted", "testing"]
+        .iter()
+        .chain(&bad_policy)
+        .map(|d| format!("mta-sts.{d}.test"))
+        .collect();
+    let names: Vec<&str> = policy_names.iter().map(String::as_str).collect();
+    let web = https_table_server(at("127.0.0.6", https), &ca.issue("web", &names), &table);
+    let untrusted = https_table_server(
+        at("127.0.0.7", https),
+        &other.issue("web", &["mta-sts.badcert.test"]),
+        &table,
+    );
+
+    let mut enforced = receiver(at("127.0.0.2", smtp), &ca.issue("mx1", &["mx.enforce.test"]));
+    let mut unlisted = receiver(at("127.0.0.3", smtp), &ca.issue("mx2", &["mx.unlisted.test"]));
+    let mut testing = receiver(at("127.0.0.4", smtp), &other.issue("mx3", &["mx.testing.test"]));
+    let mut bad = receiver(at("127.0.0.5", smtp), &other.issue("mx4", &["mx.bad.test"]));
+
+    let dir = tmp.path().join("relay");
+    std::fs::create_dir(&dir).unwrap();
+    let mut relay = sender(&dir, dns, smtp, https, &ca);
+    let mut c = relay.client();
+    let rcpts: Vec<String> = ["enforce", "unlisted", "testing"]
+        .iter()
+        .chain(&bad_policy)
+        .map(|d| format!("user@{d}.test"))
+        .collect();
+    for to in &rcpts {
+        let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
+        assert_eq!(code, 250, "{to}");
+    }
+    wait_for("the deliveries", Duration::from_secs(30), || {
+        enforced.queued() == 1 && testing.queued() == 1 && bad.queued() == bad_policy.len()
+    });
+    wait_for("the unlisted MX to be deferred", Duration::from_secs(10), || {
+        reasons(&dir).iter().any(|r| r.contains("4.7.5"))
+    });
+    let waiting = reasons(&dir);
+    assert!(
+        waiting.len() == 1
+            && waiting[0].contains(
+                "451 4.7.5 MX host mx.unlisted.test is not in the recipient domain's MTA-STS policy"
+            ),
+        "{waiting:?}"
+    );
+    assert_eq!(unlisted.queued(), 0);
+    assert!(
+        dir.join("spool/mta-sts/enforce.test.policy").is_file(),
+        "the policy is cached on disk"
+    );
+    let logs = relay.stop_and_logs();
+    let line = delivered(&logs, "user@enforce.test").unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("tls=mta-sts: TLSv1.3") && line.contains("certificate verified by system trust store"),
+        "{line}"
+    );
+    let line = delivered(&logs, "user@testing.test").unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        line.contains("tls=mta-sts: TLSv1.3")
+            && line.contains("not verified (MTA-STS testing: enforce would refuse: invalid peer certificate: UnknownIssuer)"),
+        "{line}"
+    );
+    // Each bad policy: the failure logged, the domain treated as having none.
+    for (domain, error) in [
+        ("redirect.test", "HTTP 301 redirect (not followed)"),
+        ("big.test", "policy larger than 65536 bytes"),
+        ("html.test", "content type \"text/html\", not text/plain"),
+        ("missing.test", "HTTP status 404"),
+        ("badcert.test", "invalid peer certificate: UnknownIssuer"),
+    ] {
+        assert!(
+            logs.lines().any(|l| l.contains("MTA-STS policy fetch failed")
+                && l.contains(domain)
+                && l.contains(error)
+                && l.contains("no policy")),
+            "{domain}: {error}\n{logs}"
+        );
+        let rcpt = format!("user@{domain}");
+        let line = delivered(&logs, &rcpt).unwrap_or_else(|| panic!("{rcpt}: {logs}"));
+        assert!(line.contains("tls=opportunistic: TLSv1.3"), "{line}");
+    }
+    // The redirect was not followed: one request for its policy, none elsewhere for it.
+    let requests = std::fs::read_to_string(tmp.path().join("policies.json.log")).unwrap();
+    assert_eq!(
+        requests.lines().filter(|l| l.starts_with("mta-sts.redirect.test")).count(),
+        1,
+        "{requests}"
+    );
+    assert!(requests.lines().all(|l| l.ends_with(" /.well-known/mta-sts.txt")), "{requests}");
+
+    // The attacker's turn: the TXT record and the policy server are gone, and mx.enforce.test
+    // now presents a certificate no trusted CA issued. After a restart the cached policy
+    // (on disk) is still enforced: deferred, not delivered.
+    drop((web, untrusted, dns_proc));
+    enforced.stop_and_logs();
+    let mut impostor = receiver(at("127.0.0.2", smtp), &other.issue("evil", &["mx.enforce.test"]));
+    let (_dns2, dns2) = dnsmasq(&[
+        "--mx-host=enforce.test,mx.enforce.test,10".to_owned(),
+        "--host-record=mx.enforce.test,127.0.0.2".to_owned(),
+    ]);
+    let mut relay = sender(&dir, dns2, smtp, https, &ca);
+    let mut c = relay.client();
+    let (code, _) = send_message(&mut c, "sender@client.test", &["again@enforce.test"], "Subject: hi\r\n\r\nhi");
+    assert_eq!(code, 250);
+    wait_for("the impostor to be refused", Duration::from_secs(20), || {
+        reasons(&dir)
+            .iter()
+            .any(|r| r.contains("451 4.7.5 TLS with mx.enforce.test failed (mta-sts)"))
+    });
+    assert_eq!(impostor.queued(), 0);
+    let logs = relay.stop_and_logs();
+    assert!(!logs.contains("MTA-STS policy fetched"), "{logs}");
+    impostor.stop_and_logs();
+    testing.stop_and_logs();
+    unlisted.stop_and_logs();
+    bad.stop_and_logs();
+}
