@@ -99,9 +99,7 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     let (dns_proc, dns) = dnsmasq(&records);
 
     let table = tmp.path().join("policies.json");
-    let policy = |mode: &str, mx: &str| {
-        serde_json::json!({"body": format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n")})
-    };
+    let policy = |mode: &str, mx: &str| serde_json::json!({"body": format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n")});
     std::fs::write(
         &table,
         serde_json::json!({
@@ -129,9 +127,18 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         &table,
     );
 
-    let mut enforced = receiver(at("127.0.0.2", smtp), &ca.issue("mx1", &["mx.enforce.test"]));
-    let mut unlisted = receiver(at("127.0.0.3", smtp), &ca.issue("mx2", &["mx.unlisted.test"]));
-    let mut testing = receiver(at("127.0.0.4", smtp), &other.issue("mx3", &["mx.testing.test"]));
+    let mut enforced = receiver(
+        at("127.0.0.2", smtp),
+        &ca.issue("mx1", &["mx.enforce.test"]),
+    );
+    let mut unlisted = receiver(
+        at("127.0.0.3", smtp),
+        &ca.issue("mx2", &["mx.unlisted.test"]),
+    );
+    let mut testing = receiver(
+        at("127.0.0.4", smtp),
+        &other.issue("mx3", &["mx.testing.test"]),
+    );
     let mut bad = receiver(at("127.0.0.5", smtp), &other.issue("mx4", &["mx.bad.test"]));
 
     let dir = tmp.path().join("relay");
@@ -150,9 +157,11 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     wait_for("the deliveries", Duration::from_secs(30), || {
         enforced.queued() == 1 && testing.queued() == 1 && bad.queued() == bad_policy.len()
     });
-    wait_for("the unlisted MX to be deferred", Duration::from_secs(10), || {
-        reasons(&dir).iter().any(|r| r.contains("4.7.5"))
-    });
+    wait_for(
+        "the unlisted MX to be deferred",
+        Duration::from_secs(10),
+        || reasons(&dir).iter().any(|r| r.contains("4.7.5")),
+    );
     let waiting = reasons(&dir);
     assert!(
         waiting.len() == 1
@@ -169,7 +178,8 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     let logs = relay.stop_and_logs();
     let line = delivered(&logs, "user@enforce.test").unwrap_or_else(|| panic!("{logs}"));
     assert!(
-        line.contains("tls=mta-sts: TLSv1.3") && line.contains("certificate verified by system trust store"),
+        line.contains("tls=mta-sts: TLSv1.3")
+            && line.contains("certificate verified by system trust store"),
         "{line}"
     );
     let line = delivered(&logs, "user@testing.test").unwrap_or_else(|| panic!("{logs}"));
@@ -187,10 +197,11 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         ("badcert.test", "invalid peer certificate: UnknownIssuer"),
     ] {
         assert!(
-            logs.lines().any(|l| l.contains("MTA-STS policy fetch failed")
-                && l.contains(domain)
-                && l.contains(error)
-                && l.contains("no policy")),
+            logs.lines()
+                .any(|l| l.contains("MTA-STS policy fetch failed")
+                    && l.contains(domain)
+                    && l.contains(error)
+                    && l.contains("no policy")),
             "{domain}: {error}\n{logs}"
         );
         let rcpt = format!("user@{domain}");
@@ -200,31 +211,51 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     // The redirect was not followed: one request for its policy, none elsewhere for it.
     let requests = std::fs::read_to_string(tmp.path().join("policies.json.log")).unwrap();
     assert_eq!(
-        requests.lines().filter(|l| l.starts_with("mta-sts.redirect.test")).count(),
+        requests
+            .lines()
+            .filter(|l| l.starts_with("mta-sts.redirect.test"))
+            .count(),
         1,
         "{requests}"
     );
-    assert!(requests.lines().all(|l| l.ends_with(" /.well-known/mta-sts.txt")), "{requests}");
+    assert!(
+        requests
+            .lines()
+            .all(|l| l.ends_with(" /.well-known/mta-sts.txt")),
+        "{requests}"
+    );
 
     // The attacker's turn: the TXT record and the policy server are gone, and mx.enforce.test
     // now presents a certificate no trusted CA issued. After a restart the cached policy
     // (on disk) is still enforced: deferred, not delivered.
     drop((web, untrusted, dns_proc));
     enforced.stop_and_logs();
-    let mut impostor = receiver(at("127.0.0.2", smtp), &other.issue("evil", &["mx.enforce.test"]));
+    let mut impostor = receiver(
+        at("127.0.0.2", smtp),
+        &other.issue("evil", &["mx.enforce.test"]),
+    );
     let (_dns2, dns2) = dnsmasq(&[
         "--mx-host=enforce.test,mx.enforce.test,10".to_owned(),
         "--host-record=mx.enforce.test,127.0.0.2".to_owned(),
     ]);
     let mut relay = sender(&dir, dns2, smtp, https, &ca);
     let mut c = relay.client();
-    let (code, _) = send_message(&mut c, "sender@client.test", &["again@enforce.test"], "Subject: hi\r\n\r\nhi");
+    let (code, _) = send_message(
+        &mut c,
+        "sender@client.test",
+        &["again@enforce.test"],
+        "Subject: hi\r\n\r\nhi",
+    );
     assert_eq!(code, 250);
-    wait_for("the impostor to be refused", Duration::from_secs(20), || {
-        reasons(&dir)
-            .iter()
-            .any(|r| r.contains("451 4.7.5 TLS with mx.enforce.test failed (mta-sts)"))
-    });
+    wait_for(
+        "the impostor to be refused",
+        Duration::from_secs(20),
+        || {
+            reasons(&dir)
+                .iter()
+                .any(|r| r.contains("451 4.7.5 TLS with mx.enforce.test failed (mta-sts)"))
+        },
+    );
     assert_eq!(impostor.queued(), 0);
     let logs = relay.stop_and_logs();
     assert!(!logs.contains("MTA-STS policy fetched"), "{logs}");

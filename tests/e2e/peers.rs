@@ -397,7 +397,11 @@ fn serve<S: Read + Write>(stream: S, shared: &Shared) -> std::io::Result<()> {
 /// `{"HOST": {"status": 200, "type": "text/plain", "body": "...", "location": "...",
 /// "repeat": N}}` keyed by the Host header (`body` is repeated `repeat` times); a host not in
 /// the table gets 404. Each request is appended to `table` + ".log" as "HOST PATH".
-pub fn https_table_server(addr: SocketAddr, (cert, key): &(std::path::PathBuf, std::path::PathBuf), table: &Path) -> Proc {
+pub fn https_table_server(
+    addr: SocketAddr,
+    (cert, key): &(std::path::PathBuf, std::path::PathBuf),
+    table: &Path,
+) -> Proc {
     const SERVER: &str = r#"
 import http.server, json, ssl, sys
 host, port, cert, key, table = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -440,7 +444,10 @@ server.serve_forever()
         .expect("python3 must be installed");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "HTTPS server did not start on {addr}");
+        assert!(
+            Instant::now() < deadline,
+            "HTTPS server did not start on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Proc(child)

@@ -248,7 +248,7 @@ impl Default for Delivery {
             max_age: 5 * 24 * 3600,
             delay_warning: 4 * 3600,
             max_hops: 50,
-            tls: TlsPolicy::Opportunistic,
+            tls: TlsPolicy::Auto,
             ca_file: None,
             mta_sts_port: 443,
         }

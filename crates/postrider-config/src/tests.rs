@@ -404,6 +404,25 @@ fn credentials_default_to_verified_tls_and_anything_less_is_named_insecure() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("delivery.ca_file"), "{err}");
+    // MX delivery defaults to auto; mta-sts and auto are for MX hosts, not relay routes.
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.mx_tls_for("any.example"), (TlsPolicy::Auto, None));
+    let config = parse(&format!(
+        "{MINIMAL}[[tls_policy]]\ndomains = [\"sts.example\"]\ntls = \"mta-sts\"\n"
+    ))
+    .unwrap();
+    assert_eq!(config.mx_tls_for("sts.example"), (TlsPolicy::MtaSts, None));
+    for tls in ["mta-sts", "auto"] {
+        let err = parse(&format!(
+            "{MINIMAL}[[route]]\ndomains = [\"a.test\"]\nrelay = \"smarthost.test:25\"\ntls = \"{tls}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("route[0].tls") && err.contains("use verify or dane"),
+            "{tls}: {err}"
+        );
+    }
 }
 
 #[test]

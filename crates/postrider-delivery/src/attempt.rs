@@ -634,9 +634,7 @@ impl Deliverer {
             // `auto` does DANE only where validation works at all: behind nameservers that
             // do not serve DNSSEC every answer would be bogus and no mail would leave.
             // `dane` itself insists.
-            (Some(dns), true)
-                if tls == TlsPolicy::Dane || self.dnssec_available(&**dns).await =>
-            {
+            (Some(dns), true) if tls == TlsPolicy::Dane || self.dnssec_available(&**dns).await => {
                 secure_mail_hosts(&**dns, domain).await?
             }
             _ => (mail_hosts(&*self.dns, domain).await?, false),

@@ -13,8 +13,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use postrider_dns::{Dns, DnsError};
 use postrider_mta_sts::{
-    Announcement, Cached, MAX_POLICY_BYTES, Policy, Step, WELL_KNOWN_PATH, next_step,
-    parse_record,
+    Announcement, Cached, MAX_POLICY_BYTES, Policy, Step, WELL_KNOWN_PATH, next_step, parse_record,
 };
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -260,8 +259,8 @@ impl MtaSts {
             }
         }
         let tcp = tcp.ok_or(last)?;
-        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|e| transport(&e))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| transport(&e))?;
         let tls = self
             .roots
             .connector()

@@ -177,7 +177,10 @@ impl TrustRoots {
         let mut store = RootCertStore::empty();
         let (count, _ignored) = store.add_parsable_certificates(certs);
         let verifier = (count > 0)
-            .then(|| WebPkiServerVerifier::builder_with_provider(Arc::new(store.clone()), provider()).build())
+            .then(|| {
+                WebPkiServerVerifier::builder_with_provider(Arc::new(store.clone()), provider())
+                    .build()
+            })
             .transpose()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         let config = Arc::new(

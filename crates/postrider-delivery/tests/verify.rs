@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{deliverer, message, two_mx};
+use common::{acceptor, deliverer, message, two_mx};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,28 +21,11 @@ use postrider_delivery::{Attempt, Destination, TlsOutcome, TrustRoots};
 use postrider_dns::{DnsError, DnsFuture, SecureDns, StaticDns, Tlsa, Validated};
 use postrider_smtp::client::{Credentials, TlsPolicy};
 use postrider_testkit::TestCa;
-use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-
-fn acceptor((cert, key): &(PathBuf, PathBuf)) -> TlsAcceptor {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-    TlsAcceptor::from(Arc::new(config))
-}
 
 /// What the server saw on one connection.
 #[derive(Debug)]

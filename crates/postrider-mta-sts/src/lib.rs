@@ -82,7 +82,9 @@ fn record_id(record: &str) -> Result<String, RecordError> {
                 || value.len() > 32
                 || !value.bytes().all(|b| b.is_ascii_alphanumeric())
             {
-                return Err(RecordError::Malformed("id is not 1 to 32 letters and digits"));
+                return Err(RecordError::Malformed(
+                    "id is not 1 to 32 letters and digits",
+                ));
             }
             id = Some(value.to_owned());
         } else if !extension_name(name)
@@ -265,12 +267,14 @@ impl Policy {
     /// not count.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(parent) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-            None => *pattern == host,
-        })
+        self.mx
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(parent) => host
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => *pattern == host,
+            })
     }
 }
 
@@ -324,7 +328,10 @@ impl Cached {
 
     /// The cache file: `id:` and `fetched:` lines, an empty line, then the body.
     pub fn to_text(&self) -> String {
-        format!("id: {}\nfetched: {}\n\n{}", self.id, self.fetched, self.body)
+        format!(
+            "id: {}\nfetched: {}\n\n{}",
+            self.id, self.fetched, self.body
+        )
     }
 
     /// Reads a cache file written by [`Cached::to_text`].

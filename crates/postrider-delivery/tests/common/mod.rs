@@ -1,9 +1,18 @@
-//! What the delivery driver's test files share: a deliverer, a message, two MX hosts.
+//! What the delivery driver's test files share: a deliverer, a message, two MX hosts, a TLS
+//! acceptor. Each test file uses part of it.
+
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 use postrider_delivery::{Deliverer, DeliveryOptions, TrustRoots};
 use postrider_dns::StaticDns;
@@ -59,4 +68,21 @@ pub fn two_mx(b_resolves: bool) -> StaticDns {
         ip: addresses,
         ..StaticDns::default()
     }
+}
+
+/// A TLS acceptor presenting the certificate and key `files` (from a `TestCa`).
+pub fn acceptor((cert, key): &(PathBuf, PathBuf)) -> TlsAcceptor {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
