@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use postrider_testkit::TestCa;
 
-use crate::harness::{ADMIN, Relay, config, config_dns, list_json, send_message};
+use crate::harness::{ADMIN, Relay, command, config, config_dns, list_json, send_message};
 use crate::peers::{dnsmasq, free_port_on, https_table_server, wait_for};
 
 /// Every recipient domain of the test.
@@ -175,6 +175,55 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         dir.join("spool/mta-sts/enforce.test.policy").is_file(),
         "the policy is cached on disk"
     );
+    // TLS reporting counts: the sessions under each policy, as RFC 8460 reports carry them.
+    let (ok, out) = command(&dir, "tls-report", &[]);
+    assert!(ok, "{out}");
+    let counts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let report = |domain: &str| -> serde_json::Value {
+        counts["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
+            .unwrap_or_else(|| panic!("{domain}: {counts:#}"))
+            .clone()
+    };
+    let enforce = report("enforce.test");
+    assert_eq!(enforce["organization-name"], "mx.relay.test");
+    let policy = &enforce["policies"][0];
+    assert_eq!(policy["policy"]["policy-type"], "sts");
+    assert_eq!(
+        policy["policy"]["mx-host"],
+        serde_json::json!(["*.enforce.test"])
+    );
+    assert_eq!(policy["summary"]["total-successful-session-count"], 1);
+    assert_eq!(policy["summary"]["total-failure-session-count"], 0);
+    let reported = &report("testing.test")["policies"][0];
+    assert_eq!(reported["summary"]["total-failure-session-count"], 1);
+    assert_eq!(
+        reported["failure-details"][0]["result-type"],
+        "certificate-not-trusted"
+    );
+    assert_eq!(
+        reported["failure-details"][0]["receiving-mx-hostname"],
+        "mx.testing.test"
+    );
+    assert_eq!(reported["failure-details"][0]["receiving-ip"], "127.0.0.4");
+    let skipped = &report("unlisted.test")["policies"][0];
+    assert_eq!(
+        skipped["failure-details"][0]["result-type"],
+        "validation-failure"
+    );
+    assert_eq!(
+        skipped["failure-details"][0]["receiving-mx-hostname"],
+        "mx.unlisted.test"
+    );
+    assert_eq!(
+        counts["reports"].as_array().unwrap().len(),
+        3,
+        "domains without a policy are not reported: {counts:#}"
+    );
+
     let logs = relay.stop_and_logs();
     let line = delivered(&logs, "user@enforce.test").unwrap_or_else(|| panic!("{logs}"));
     assert!(

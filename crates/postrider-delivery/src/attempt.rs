@@ -22,6 +22,7 @@ use crate::resolve::{ResolveError, mail_hosts, secure_mail_hosts};
 use crate::sts::MtaSts;
 use crate::tls::{RootsError, TrustRoots};
 use postrider_mta_sts::{Mode, Policy};
+use postrider_tlsrpt::{Failure, PolicyType, ResultType};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,9 @@ pub struct Attempt {
     pub tls: Option<String>,
     /// Each new SMTP connection of the attempt: its TLS policy and what became of TLS.
     pub sessions: Vec<(TlsPolicy, TlsOutcome)>,
+    /// For TLS reporting (RFC 8460): each session, or MX host skipped, under a DANE or
+    /// MTA-STS policy, and whether it met the policy.
+    pub tls_reports: Vec<(postrider_tlsrpt::Policy, Result<(), Failure>)>,
 }
 
 /// What became of TLS on one outbound SMTP connection.
@@ -123,6 +127,10 @@ struct SessionTls {
     established: Option<String>,
     /// The handshake or the certificate check failed.
     failed: bool,
+    /// Why, as rustls said.
+    error: Option<String>,
+    /// Under MTA-STS `testing`: why `enforce` would have refused this session.
+    would_fail: Option<String>,
 }
 
 /// Delivers messages; shared by all queue workers.
@@ -307,6 +315,7 @@ impl Deliverer {
             verified_by: roots.map(|r| Arc::from(r.source())),
             insecure_auth: false,
             audit: None,
+            report: None,
         }
     }
 
@@ -403,6 +412,7 @@ impl Deliverer {
             }
         };
         security.label = TlsPolicy::MtaSts;
+        security.report = Some(Arc::new(sts_report(policy)));
         Ok(security)
     }
 
@@ -450,6 +460,7 @@ impl Deliverer {
             // RFC 7672 section 2.2: TLS is still mandatory, without authentication.
             let mut security = self.security(TlsPolicy::Require, None);
             security.label = TlsPolicy::Dane;
+            security.report = Some(Arc::new(tlsa_report(&tlsa.records)));
             return Ok((ips.records, Some(security)));
         }
         let mut described: Vec<String> = usable.iter().map(|r| r.to_string()).collect();
@@ -468,6 +479,7 @@ impl Deliverer {
             verified_by: Some(format!("TLSA {}", described.join(", ")).into()),
             insecure_auth: false,
             audit: None,
+            report: Some(Arc::new(tlsa_report(&tlsa.records))),
         };
         Ok((ips.records, Some(security)))
     }
@@ -708,10 +720,24 @@ impl Deliverer {
         let mut remote = None;
         let mut tls = None;
         let mut sessions = Vec::new();
+        let mut tls_reports = Vec::new();
         for host in hosts {
             let (addrs, security) = match self.host_setup(host, port, &plan).await {
                 Ok(found) => found,
                 Err(r) => {
+                    if let HostPlan::PerHost { sts: Some(p), .. } = &plan
+                        && p.mode == Mode::Enforce
+                        && !p.allows(host)
+                    {
+                        tls_reports.push((
+                            sts_report(p),
+                            Err(Failure {
+                                result: ResultType::ValidationFailure,
+                                receiving_mx_hostname: Some(host.clone()),
+                                receiving_ip: None,
+                            }),
+                        ));
+                    }
                     last = r;
                     temporary = Some(last.clone());
                     continue;
@@ -730,6 +756,10 @@ impl Deliverer {
                     if !lmtp {
                         if seen.fresh {
                             sessions.push((now.label, now.outcome(&seen)));
+                            if let Some(policy) = &now.report {
+                                let result = now.report(&seen, host, ip);
+                                tls_reports.push(((**policy).clone(), result));
+                            }
                         }
                         tls = Some(security.summary(seen.established));
                     }
@@ -740,6 +770,7 @@ impl Deliverer {
                                 remote,
                                 tls,
                                 sessions,
+                                tls_reports,
                             };
                         }
                         Err(ConnError::InFlight(r)) => {
@@ -748,6 +779,7 @@ impl Deliverer {
                                 remote,
                                 tls,
                                 sessions,
+                                tls_reports,
                             };
                         }
                         Err(ConnError::TlsFailed(r)) if now.policy == TlsPolicy::Opportunistic => {
@@ -783,6 +815,7 @@ impl Deliverer {
             remote,
             tls,
             sessions,
+            tls_reports,
         }
     }
 
@@ -941,7 +974,7 @@ impl Deliverer {
         let tls_fallback = config.tls == TlsPolicy::Opportunistic && config.auth.is_none();
         let limit = self.options.reply_timeout;
         let mut progress = Progress::default();
-        seen.established = security.established(&conn, host);
+        security.observe(&conn, host, seen);
         let mut session = match reused {
             Some(mut session) => {
                 session.send(msg, data).map_err(|_| ConnError::Stale)?;
@@ -979,6 +1012,7 @@ impl Deliverer {
                                     local_fail(&format!("TLS handshake failed: {e}"))
                                 };
                                 seen.failed = true;
+                                seen.error = Some(e.clone());
                                 return Err(if tls_fallback {
                                     ConnError::TlsFailed(r)
                                 } else {
@@ -986,7 +1020,7 @@ impl Deliverer {
                                 });
                             }
                         };
-                        seen.established = security.established(&conn, host);
+                        security.observe(&conn, host, seen);
                         session
                             .tls_established()
                             .map_err(|_| ConnError::NextHost(local_fail("TLS state error")))?;
@@ -1103,13 +1137,61 @@ struct Security {
     insecure_auth: bool,
     /// What `enforce` would have checked, under an MTA-STS policy in `testing` mode.
     audit: Option<Arc<Audit>>,
+    /// The DANE or MTA-STS policy sessions are reported under (RFC 8460).
+    report: Option<Arc<postrider_tlsrpt::Policy>>,
+}
+
+/// The report's result type for a certificate or handshake failure, from rustls's words.
+fn classify(error: &str) -> ResultType {
+    if error.contains("NotValidForName") {
+        ResultType::CertificateHostMismatch
+    } else if error.contains("Expired") {
+        ResultType::CertificateExpired
+    } else if error.contains("UnknownIssuer") || error.contains("no trusted roots") {
+        ResultType::CertificateNotTrusted
+    } else {
+        ResultType::ValidationFailure
+    }
+}
+
+/// An MTA-STS policy as TLS reports name it: its lines, and its MX patterns.
+fn sts_report(policy: &Policy) -> postrider_tlsrpt::Policy {
+    let mut strings = vec![
+        "version: STSv1".to_owned(),
+        format!("mode: {}", policy.mode.as_str()),
+    ];
+    strings.extend(policy.mx.iter().map(|mx| format!("mx: {mx}")));
+    strings.push(format!("max_age: {}", policy.max_age));
+    postrider_tlsrpt::Policy {
+        policy_type: PolicyType::Sts,
+        strings,
+        mx_host: policy.mx.clone(),
+    }
+}
+
+/// TLSA records as TLS reports name them: "3 1 1 HEX".
+fn tlsa_report(records: &[postrider_dns::Tlsa]) -> postrider_tlsrpt::Policy {
+    postrider_tlsrpt::Policy {
+        policy_type: PolicyType::Tlsa,
+        strings: records
+            .iter()
+            .map(|r| {
+                let hex: String = r.data.iter().map(|b| format!("{b:02X}")).collect();
+                format!("{r} {hex}")
+            })
+            .collect(),
+        mx_host: Vec::new(),
+    }
 }
 
 impl Security {
-    /// What an established session is, for logs: "TLSv1.3 CIPHER, certificate verified
-    /// by ..."; `None` before TLS.
-    fn established(&self, conn: &Conn, host: &str) -> Option<String> {
-        let (version, cipher) = conn.tls_params()?;
+    /// Notes in `seen` what an established session is, for logs ("TLSv1.3 CIPHER,
+    /// certificate verified by ..."), and under MTA-STS `testing` what `enforce` would
+    /// have said of it; nothing before TLS.
+    fn observe(&self, conn: &Conn, host: &str, seen: &mut SessionTls) {
+        let Some((version, cipher)) = conn.tls_params() else {
+            return;
+        };
         let checked = match (&self.verified_by, &self.audit) {
             (Some(by), _) => format!("verified by {by}"),
             (None, Some(audit)) => {
@@ -1117,19 +1199,37 @@ impl Security {
                     Conn::Tls(s) => s.get_ref().1.peer_certificates().unwrap_or_default(),
                     Conn::Plain(_) | Conn::Unix(_) => &[],
                 };
-                let verdict = match (audit.listed, audit.roots.check(chain, host)) {
-                    (true, Ok(())) => "enforce would deliver".to_owned(),
-                    (false, _) => "enforce would refuse: MX host not in the policy".to_owned(),
-                    (true, Err(e)) => format!("enforce would refuse: {e}"),
+                seen.would_fail = match (audit.listed, audit.roots.check(chain, host)) {
+                    (true, Ok(())) => None,
+                    (false, _) => Some("MX host not in the policy".to_owned()),
+                    (true, Err(e)) => Some(e),
                 };
-                if !verdict.starts_with("enforce would deliver") {
-                    info!(host = %host, verdict = %verdict, "MTA-STS testing mode: a failure reported, mail delivered");
+                match &seen.would_fail {
+                    None => "not verified (MTA-STS testing: enforce would deliver)".to_owned(),
+                    Some(why) => {
+                        info!(host = %host, verdict = %why, "MTA-STS testing mode: enforce would refuse, mail delivered");
+                        format!("not verified (MTA-STS testing: enforce would refuse: {why})")
+                    }
                 }
-                format!("not verified (MTA-STS testing: {verdict})")
             }
             (None, None) => "not verified".to_owned(),
         };
-        Some(format!("{version} {cipher}, certificate {checked}"))
+        seen.established = Some(format!("{version} {cipher}, certificate {checked}"));
+    }
+
+    /// What TLS reporting counts of one connection under a reported policy.
+    fn report(&self, seen: &SessionTls, host: &str, ip: IpAddr) -> Result<(), Failure> {
+        let result = match (&seen.established, &seen.error, &seen.would_fail) {
+            (Some(_), None, None) => return Ok(()),
+            (_, Some(why), _) | (Some(_), None, Some(why)) => classify(why),
+            // No TLS: under a policy, STARTTLS was missing (testing mode delivered anyway).
+            (None, None, _) => ResultType::StarttlsNotSupported,
+        };
+        Err(Failure {
+            result,
+            receiving_mx_hostname: Some(host.to_owned()),
+            receiving_ip: Some(ip.to_string()),
+        })
     }
 
     /// The result label of one connection's TLS.

@@ -101,6 +101,10 @@ enum Command {
         #[command(subcommand)]
         action: kv_admin::KvRequest,
     },
+    /// Print the TLS reporting (RFC 8460) counts of the running relay: for each day and
+    /// recipient domain, the outbound sessions under its DANE or MTA-STS policy, successful
+    /// and failed by result type, as the JSON aggregate report would carry them.
+    TlsReport,
     /// Inspect and manage the queue: through the running relay's admin socket, or directly in
     /// the spool directory when the relay is stopped.
     ///
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Queue { json, action } => queue(config, json, action),
         Command::Kv { json, action } => kv(config, json, action),
+        Command::TlsReport => tls_report(config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -413,6 +418,24 @@ fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             } else {
                 print!("{}", status::render(&status));
             }
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the relay: {other:?}"),
+    }
+}
+
+/// `postrider tls-report`: the running relay's TLS reporting counts, as JSON.
+fn tls_report(config: Option<PathBuf>) -> anyhow::Result<()> {
+    use queue::admin::Response;
+    let config = load_config(config.as_deref())?;
+    let stream = connect_admin(&config)?;
+    match admin_call(stream, &queue::admin::Request::TlsReport)? {
+        Response::TlsReport { report } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).context("encoding JSON")?
+            );
             Ok(())
         }
         Response::Error { message } => anyhow::bail!("{message}"),

@@ -54,6 +54,9 @@ pub enum Request {
         /// What to do.
         kv: crate::kv_admin::KvRequest,
     },
+    /// Today's and earlier unsent TLS reporting counts (`postrider tls-report`).
+    #[command(skip)]
+    TlsReport,
 }
 
 /// One line of `queue list`.
@@ -118,6 +121,11 @@ pub enum Response {
     Kv {
         /// Sorted by key.
         entries: Vec<crate::kv_admin::Item>,
+    },
+    /// `tls-report`: the RFC 8460 aggregate reports so far, one per day and domain.
+    TlsReport {
+        /// `{"reports": [...], "dropped-sessions": N}`.
+        report: serde_json::Value,
     },
     /// `kv delete`: whether a live entry existed.
     Deleted {
@@ -307,6 +315,9 @@ pub fn run_offline(spool: &Spool, request: &Request) -> Response {
             Request::Reload => return Err("only a running relay can reload".into()),
             Request::Status => return Err("the relay is not running".into()),
             Request::Kv { .. } => return Err("the spool holds no kv entries".into()),
+            Request::TlsReport => {
+                return Err("the TLS reporting counts are kept by the running relay".into());
+            }
         })
     })();
     result.unwrap_or_else(|message| Response::Error { message })
@@ -375,6 +386,7 @@ pub fn render(response: &Response) -> String {
         Response::Status { status } => crate::status::render(status),
         Response::Ok { generation } => format!("reloaded: configuration generation {generation}\n"),
         Response::Kv { entries } => crate::kv_admin::render(entries),
+        Response::TlsReport { report } => format!("{report:#}\n"),
         Response::Deleted { existed: true } => "deleted\n".to_owned(),
         Response::Deleted { existed: false } => "no such entry\n".to_owned(),
         Response::Error { message } => format!("error: {message}\n"),

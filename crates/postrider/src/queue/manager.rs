@@ -108,6 +108,20 @@ impl QueueHandle {
             | Request::Reload
             | Request::Status
             | Request::Kv { .. } => Vec::new(),
+            Request::TlsReport => {
+                let config = manager.config();
+                let reporter = postrider_tlsrpt::Reporter {
+                    organization: config.hostname.clone(),
+                    contact: format!("postmaster@{}", config.hostname),
+                };
+                let reports = manager
+                    .tls_reports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                return Response::TlsReport {
+                    report: reports.to_json(&reporter),
+                };
+            }
             Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
             Request::Retry { id: Some(id) }
             | Request::Delete { id }
@@ -216,6 +230,8 @@ struct Manager {
     metrics: Arc<Metrics>,
     /// The queue state of every message in the spool (for metrics and `postrider status`).
     states: Mutex<HashMap<QueueId, &'static str>>,
+    /// Outbound TLS sessions under DANE and MTA-STS policies, for TLS reporting (RFC 8460).
+    tls_reports: Mutex<postrider_tlsrpt::Aggregates>,
 }
 
 impl Manager {
@@ -281,6 +297,7 @@ pub fn start(
         tx: tx.clone(),
         metrics,
         states: Mutex::new(HashMap::new()),
+        tls_reports: Mutex::new(postrider_tlsrpt::Aggregates::default()),
     });
     let handle = QueueHandle {
         tx,
@@ -698,6 +715,15 @@ impl Manager {
         self.metrics.delivery_attempt(started.elapsed());
         for (policy, result) in &attempt.sessions {
             self.metrics.outbound_tls(policy.name(), result.as_str());
+        }
+        if let Destination::Mx { domain, .. } = &dest
+            && !attempt.tls_reports.is_empty()
+        {
+            let now = now_ms() / 1000;
+            let mut reports = self.tls_reports.lock().unwrap_or_else(|p| p.into_inner());
+            for (policy, result) in &attempt.tls_reports {
+                reports.record(now, domain, policy, result.clone());
+            }
         }
         (idx, attempt)
     }
