@@ -13,8 +13,8 @@ use postrider_testkit::TestCa;
 
 use crate::dnssec::{Signing, Zone, signed_dns};
 use crate::harness::{
-    ADMIN, Relay, auth_relay, config, config_dns, list_json, python, queue, scrape, send_message,
-    value,
+    ADMIN, Relay, auth_relay, command, config, config_dns, list_json, python, queue, scrape,
+    send_message, value,
 };
 use crate::peers::{dnsmasq, free_port_on, wait_for};
 
@@ -421,6 +421,65 @@ fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_
         last_replies(&relay.dir).len() == 2
             && last_replies(&relay.dir).iter().all(|r| !r.is_empty())
     });
+    // TLS reporting: the DANE sessions under their TLSA records.
+    let (ok, out) = command(&relay.dir, "tls-report", &[]);
+    assert!(ok, "{out}");
+    let counts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let policy = |domain: &str| -> serde_json::Value {
+        counts["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
+            .map(|r| r["policies"][0].clone())
+            .unwrap_or_else(|| panic!("{domain}: {counts:#}"))
+    };
+    let good = policy("dane.test");
+    assert_eq!(good["policy"]["policy-type"], "tlsa");
+    assert!(
+        good["policy"]["policy-string"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("3 0 1 ")
+    );
+    assert_eq!(good["summary"]["total-successful-session-count"], 1);
+    let wrong = policy("wrong.test");
+    assert_eq!(wrong["summary"]["total-successful-session-count"], 0);
+    assert_eq!(
+        wrong["failure-details"][0]["result-type"],
+        "validation-failure"
+    );
+    assert_eq!(
+        wrong["failure-details"][0]["receiving-mx-hostname"],
+        "mx.wrong.test"
+    );
+
+    // `auto` against the same zones: validation works here, so DANE applies where the
+    // TLSA records are, and the unsigned domain gets opportunistic TLS.
+    let mut auto = Relay::builder(&cfg.replace("tls = \"dane\"", "tls = \"auto\"")).start();
+    let mut c = auto.client();
+    for to in ["e@dane.test", "f@plain.test"] {
+        let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
+        assert_eq!(code, 250, "{to}");
+    }
+    wait_for("auto to deliver both", Duration::from_secs(30), || {
+        mx_dane.queued() == 2 && mx_plain.queued() == 2
+    });
+    let logs = auto.stop_and_logs();
+    let delivered = lines_with(&logs, "delivered");
+    assert!(
+        delivered.iter().any(|l| l.contains("e@dane.test")
+            && l.contains("tls=dane: TLSv1.3")
+            && l.contains("certificate verified by TLSA 3 0 1")),
+        "{logs}"
+    );
+    assert!(
+        delivered
+            .iter()
+            .any(|l| l.contains("f@plain.test") && l.contains("tls=opportunistic: TLSv1.3")),
+        "{logs}"
+    );
+
     let mut replies = last_replies(&relay.dir);
     replies.sort();
     assert!(
@@ -430,8 +489,8 @@ fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_
         "{replies:?}"
     );
     assert_eq!(mx_wrong.stop_and_read_spool().len(), 0);
-    assert_eq!(mx_dane.stop_and_read_spool().len(), 1);
-    assert_eq!(mx_plain.stop_and_read_spool().len(), 1);
+    assert_eq!(mx_dane.stop_and_read_spool().len(), 2);
+    assert_eq!(mx_plain.stop_and_read_spool().len(), 2);
     let samples = scrape(&relay);
     let sessions = |result: &str| tls_sessions(&samples, "dane", result);
     assert_eq!((sessions("verified"), sessions("unverified")), (1.0, 1.0));
