@@ -17,8 +17,8 @@ use crate::harness::{ADMIN, Relay, command, config, config_dns, list_json, send_
 use crate::peers::{dnsmasq, free_port_on, https_table_server, wait_for};
 
 /// Every recipient domain of the test.
-const DOMAINS: [&str; 8] = [
-    "enforce", "unlisted", "testing", "redirect", "big", "html", "missing", "badcert",
+const DOMAINS: [&str; 9] = [
+    "enforce", "unlisted", "testing", "redirect", "big", "html", "missing", "badcert", "reports",
 ];
 
 const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.enforce.test\nmax_age: 86400\n";
@@ -84,6 +84,10 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         "--host-record=mx.testing.test,127.0.0.4",
         "--host-record=mx.bad.test,127.0.0.5",
         "--host-record=mta-sts.badcert.test,127.0.0.7",
+        // Where TLS reports go: a POST for enforce.test, an email for testing.test.
+        "--host-record=reports.test,127.0.0.6",
+        "--mx-host=reports.test,mx.bad.test,10",
+        "--txt-record=_smtp._tls.testing.test,v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
     ]
     .map(String::from)
     .to_vec();
@@ -96,6 +100,9 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     for d in &bad_policy {
         records.push(format!("--mx-host={d}.test,mx.bad.test,10"));
     }
+    records.push(format!(
+        "--txt-record=_smtp._tls.enforce.test,v=TLSRPTv1; rua=https://reports.test:{https}/tlsrpt"
+    ));
     let (dns_proc, dns) = dnsmasq(&records);
 
     let table = tmp.path().join("policies.json");
@@ -119,7 +126,8 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         .chain(&bad_policy)
         .map(|d| format!("mta-sts.{d}.test"))
         .collect();
-    let names: Vec<&str> = policy_names.iter().map(String::as_str).collect();
+    let mut names: Vec<&str> = policy_names.iter().map(String::as_str).collect();
+    names.push("reports.test");
     let web = https_table_server(at("127.0.0.6", https), &ca.issue("web", &names), &table);
     let untrusted = https_table_server(
         at("127.0.0.7", https),
@@ -224,6 +232,46 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         "domains without a policy are not reported: {counts:#}"
     );
 
+    // Sending: a POST of the gzipped JSON to enforce.test's https address, an email with it
+    // attached to testing.test's mailto address (through the relay's own queue to
+    // reports.test's MX), nothing for unlisted.test, which publishes no _smtp._tls record.
+    let (ok, out) = command(&dir, "tls-report", &["--send"]);
+    assert!(ok, "{out}");
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!({"sent": 2, "failed": []}),
+        "{out}"
+    );
+    let posted = std::fs::read(tmp.path().join("policies.json.posted")).unwrap();
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&posted[..]), &mut json)
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["policies"][0]["policy"]["policy-domain"],
+        "enforce.test"
+    );
+    assert_eq!(
+        report["policies"][0]["summary"]["total-successful-session-count"],
+        1
+    );
+    let requests = std::fs::read_to_string(tmp.path().join("policies.json.log")).unwrap();
+    assert!(
+        requests.contains("POST reports.test /tlsrpt application/tlsrpt+gzip"),
+        "{requests}"
+    );
+    wait_for("the emailed report", Duration::from_secs(20), || {
+        bad.queued() == bad_policy.len() + 1
+    });
+    let (ok, out) = command(&dir, "tls-report", &[]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["reports"],
+        serde_json::json!([]),
+        "sent days are forgotten"
+    );
+
     let logs = relay.stop_and_logs();
     let line = delivered(&logs, "user@enforce.test").unwrap_or_else(|| panic!("{logs}"));
     assert!(
@@ -258,7 +306,6 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         assert!(line.contains("tls=opportunistic: TLSv1.3"), "{line}");
     }
     // The redirect was not followed: one request for its policy, none elsewhere for it.
-    let requests = std::fs::read_to_string(tmp.path().join("policies.json.log")).unwrap();
     assert_eq!(
         requests
             .lines()
@@ -270,7 +317,7 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     assert!(
         requests
             .lines()
-            .all(|l| l.ends_with(" /.well-known/mta-sts.txt")),
+            .all(|l| l.ends_with(" /.well-known/mta-sts.txt") || l.starts_with("POST ")),
         "{requests}"
     );
 
@@ -311,5 +358,18 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     impostor.stop_and_logs();
     testing.stop_and_logs();
     unlisted.stop_and_logs();
-    bad.stop_and_logs();
+    let spool = bad.stop_and_read_spool();
+    let (envelope, message) = spool
+        .iter()
+        .find(|(e, _)| e.recipients[0].address == "tlsrpt@reports.test")
+        .expect("the emailed report");
+    assert_eq!(envelope.mail_from, "postmaster@mx.relay.test");
+    let text = String::from_utf8_lossy(message);
+    assert!(
+        text.contains("TLS-Report-Domain: testing.test\r\n")
+            && text.contains("TLS-Report-Submitter: mx.relay.test\r\n")
+            && text.contains("report-type=\"tlsrpt\"")
+            && text.contains("Content-Type: application/tlsrpt+gzip"),
+        "{text}"
+    );
 }

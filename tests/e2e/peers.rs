@@ -423,6 +423,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        name = (self.headers.get("Host") or "").split(":")[0]
+        with open(table + ".log", "a") as log:
+            log.write(f"POST {name} {self.path} {self.headers.get('Content-Type')}\n")
+        with open(table + ".posted", "ab") as posted:
+            posted.write(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *args):
         pass
 server = http.server.ThreadingHTTPServer((host, port), Handler)

@@ -5,6 +5,7 @@
 
 mod attempt;
 pub mod dane;
+pub mod https;
 pub mod maildir;
 mod resolve;
 pub mod sts;

@@ -3,21 +3,19 @@
 //! `postrider_mta_sts`'s; this is the I/O around them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use postrider_dns::{Dns, DnsError};
 use postrider_mta_sts::{
     Announcement, Cached, MAX_POLICY_BYTES, Policy, Step, WELL_KNOWN_PATH, next_step, parse_record,
 };
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::https::HttpsError;
 use crate::tls::TrustRoots;
 
 /// Why a policy could not be fetched; each is logged and the sender goes on as RFC 8461
@@ -238,78 +236,35 @@ impl MtaSts {
     }
 
     async fn get(&self, host: &str) -> Result<Vec<u8>, FetchError> {
-        let ips = self
-            .dns
-            .lookup_ip(host)
-            .await
-            .map_err(|error| FetchError::NoAddress {
-                host: host.to_owned(),
-                error,
-            })?;
-        let transport = |e: &dyn std::fmt::Display| FetchError::Transport(e.to_string());
-        let mut last = FetchError::Transport(format!("no address for {host}"));
-        let mut tcp = None;
-        for ip in ips {
-            match TcpStream::connect(SocketAddr::new(ip, self.options.port)).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = transport(&format_args!("connect to {ip}: {e}")),
-            }
-        }
-        let tcp = tcp.ok_or(last)?;
-        let name =
-            rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| transport(&e))?;
-        let tls = self
-            .roots
-            .connector()
-            .connect(name, tcp)
-            .await
-            .map_err(|e| transport(&format_args!("TLS with {host}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| transport(&e))?;
-        let driver = tokio::spawn(conn);
         let request = hyper::Request::get(WELL_KNOWN_PATH)
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::USER_AGENT, "Postrider")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| transport(&e))?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| transport(&e))?;
-            let status = response.status();
-            if status.is_redirection() {
-                return Err(FetchError::Redirect {
-                    status: status.as_u16(),
-                });
-            }
-            if status != hyper::StatusCode::OK {
-                return Err(FetchError::Status(status.as_u16()));
-            }
-            let media = response
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default();
-            let essence = media.split(';').next().unwrap_or("").trim();
-            if !essence.eq_ignore_ascii_case("text/plain") {
-                return Err(FetchError::ContentType(media));
-            }
-            match Limited::new(response.into_body(), MAX_POLICY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(body) => Ok(body.to_bytes().to_vec()),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FetchError::TooLarge),
-                Err(e) => Err(transport(&e)),
-            }
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        let response = crate::https::send(
+            &*self.dns,
+            &self.roots,
+            host,
+            self.options.port,
+            request,
+            MAX_POLICY_BYTES,
+        )
+        .await
+        .map_err(|e| match e {
+            HttpsError::NoAddress { host, error } => FetchError::NoAddress { host, error },
+            HttpsError::Transport(e) => FetchError::Transport(e),
+            HttpsError::TooLarge(_) => FetchError::TooLarge,
+        })?;
+        if (300..400).contains(&response.status) {
+            return Err(FetchError::Redirect {
+                status: response.status,
+            });
         }
-        .await;
-        driver.abort();
-        result
+        if response.status != 200 {
+            return Err(FetchError::Status(response.status));
+        }
+        let essence = response.content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("text/plain") {
+            return Err(FetchError::ContentType(response.content_type));
+        }
+        Ok(response.body)
     }
 }

@@ -346,5 +346,60 @@ pub struct Reporter {
     pub contact: String,
 }
 
+/// A report as sent: gzip-compressed JSON (`application/tlsrpt+gzip`, RFC 8460 section
+/// 5.3).
+pub fn gzip(report: &Value) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(report.to_string().as_bytes());
+    encoder.finish().unwrap_or_default()
+}
+
+/// The report's file name (RFC 8460 section 5.3):
+/// `submitter!policy-domain!begin!end!unique-id.json.gz`, times in seconds since the epoch.
+pub fn file_name(submitter: &str, domain: &str, begin: u64, end: u64, id: &str) -> String {
+    format!("{submitter}!{domain}!{begin}!{end}!{id}.json.gz")
+}
+
+/// The email carrying a gzipped report to a `mailto:` address (RFC 8460 section 5.3): a
+/// `multipart/report; report-type="tlsrpt"` message with the `TLS-Report-Domain` and
+/// `TLS-Report-Submitter` fields, a short text part and the report as an attachment.
+/// `date` is an RFC 5322 date; `boundary` must not occur in base64 text (it has a `=`).
+#[allow(clippy::too_many_arguments)]
+pub fn mail(
+    from: &str,
+    to: &str,
+    domain: &str,
+    submitter: &str,
+    report_id: &str,
+    file: &str,
+    gzipped: &[u8],
+    date: &str,
+) -> Vec<u8> {
+    use base64::Engine;
+    let boundary = format!("=_tlsrpt_{}", report_id.len());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(gzipped);
+    let mut body = String::new();
+    for chunk in encoded.as_bytes().chunks(76) {
+        body.push_str(&String::from_utf8_lossy(chunk));
+        body.push_str("\r\n");
+    }
+    format!(
+        "From: {from}\r\nTo: {to}\r\nDate: {date}\r\n\
+         Subject: Report Domain: {domain}\r\n Submitter: {submitter}\r\n Report-ID: <{report_id}>\r\n\
+         Message-ID: <{report_id}>\r\nTLS-Report-Domain: {domain}\r\n\
+         TLS-Report-Submitter: {submitter}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
+         This is an aggregate TLS report from {submitter} for {domain}.\r\n\r\n\
+         --{boundary}\r\nContent-Type: application/tlsrpt+gzip\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment;\r\n\tfilename=\"{file}\"\r\n\r\n\
+         {body}\r\n--{boundary}--\r\n"
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests;

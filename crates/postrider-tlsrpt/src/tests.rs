@@ -181,3 +181,53 @@ fn days_are_utc() {
     assert_eq!(day_of(T), "2025-12-03");
     assert_eq!(day_of(T - 10 * 3600 - 1), "2025-12-02");
 }
+
+#[test]
+fn a_mailed_report_is_a_multipart_report_with_the_gzipped_json() {
+    use base64::Engine;
+    use std::io::Read;
+    let report = json!({"report-id": "r1", "policies": []});
+    let gz = gzip(&report);
+    let name = file_name("mx.relay.example", "example.net", 1, 2, "r1");
+    assert_eq!(name, "mx.relay.example!example.net!1!2!r1.json.gz");
+    let mail = mail(
+        "postmaster@mx.relay.example",
+        "tlsrpt@example.net",
+        "example.net",
+        "mx.relay.example",
+        "r1@mx.relay.example",
+        &name,
+        &gz,
+        "Thu, 03 Dec 2026 00:05:00 +0000",
+    );
+    let text = String::from_utf8(mail).unwrap();
+    assert!(
+        text.contains("\r\nTLS-Report-Domain: example.net\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\r\nTLS-Report-Submitter: mx.relay.example\r\n"));
+    assert!(text.contains("Subject: Report Domain: example.net\r\n Submitter: mx.relay.example\r\n Report-ID: <r1@mx.relay.example>\r\n"));
+    assert!(text.contains("Content-Type: multipart/report; report-type=\"tlsrpt\";"));
+    assert!(text.contains("Content-Type: application/tlsrpt+gzip\r\n"));
+    assert!(text.lines().all(|l| l.len() <= 78), "{text}");
+    let attachment: String = text
+        .split("Content-Transfer-Encoding: base64\r\n")
+        .nth(1)
+        .unwrap()
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .split("--")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(attachment)
+        .unwrap();
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut json)
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), report);
+}

@@ -103,8 +103,13 @@ enum Command {
     },
     /// Print the TLS reporting (RFC 8460) counts of the running relay: for each day and
     /// recipient domain, the outbound sessions under its DANE or MTA-STS policy, successful
-    /// and failed by result type, as the JSON aggregate report would carry them.
-    TlsReport,
+    /// and failed by result type, as the JSON aggregate report would carry them. Reports of
+    /// a day go by themselves once it is over (UTC).
+    TlsReport {
+        /// Send the reports now, today's counts so far included, and start counting anew.
+        #[arg(long)]
+        send: bool,
+    },
     /// Inspect and manage the queue: through the running relay's admin socket, or directly in
     /// the spool directory when the relay is stopped.
     ///
@@ -131,7 +136,7 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Queue { json, action } => queue(config, json, action),
         Command::Kv { json, action } => kv(config, json, action),
-        Command::TlsReport => tls_report(config),
+        Command::TlsReport { send } => tls_report(config, send),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -426,11 +431,11 @@ fn status(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
 }
 
 /// `postrider tls-report`: the running relay's TLS reporting counts, as JSON.
-fn tls_report(config: Option<PathBuf>) -> anyhow::Result<()> {
+fn tls_report(config: Option<PathBuf>, send: bool) -> anyhow::Result<()> {
     use queue::admin::Response;
     let config = load_config(config.as_deref())?;
     let stream = connect_admin(&config)?;
-    match admin_call(stream, &queue::admin::Request::TlsReport)? {
+    match admin_call(stream, &queue::admin::Request::TlsReport { send })? {
         Response::TlsReport { report } => {
             println!(
                 "{}",

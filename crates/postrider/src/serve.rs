@@ -123,13 +123,17 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
     .with_secure_dns(Arc::new(validating_dns_of(&config)?))
     .with_mta_sts(Arc::new(MtaSts::new(
         Arc::clone(&dns),
-        system_roots,
+        system_roots.clone(),
         StsOptions {
             port: config.delivery.mta_sts_port,
             timeout: Duration::from_secs(MTA_STS_FETCH_SECONDS),
             cache_dir: Some(config.spool_dir.join("mta-sts")),
         },
     )));
+    let reporting = manager::Reporting {
+        dns: Arc::clone(&dns),
+        roots: system_roots.clone(),
+    };
     let builder = GenerationBuilder::new(PluginBuilder::new(dns, Arc::clone(&metrics)), resolver);
     let admin_path = config.admin_socket.clone();
     let max_connections = config.limits.max_connections;
@@ -149,6 +153,7 @@ pub async fn serve(source: ConfigSource, config: Config, watch: bool) -> anyhow:
         spool.clone(),
         deliverer,
         Arc::clone(&metrics),
+        reporting,
     );
 
     let password_checks = PasswordChecks::start(

@@ -54,9 +54,13 @@ pub enum Request {
         /// What to do.
         kv: crate::kv_admin::KvRequest,
     },
-    /// Today's and earlier unsent TLS reporting counts (`postrider tls-report`).
+    /// Today's and earlier unsent TLS reporting counts (`postrider tls-report`); with
+    /// `send`, the reports go out now, today's counts so far included.
     #[command(skip)]
-    TlsReport,
+    TlsReport {
+        /// Send instead of show.
+        send: bool,
+    },
 }
 
 /// One line of `queue list`.
@@ -315,7 +319,7 @@ pub fn run_offline(spool: &Spool, request: &Request) -> Response {
             Request::Reload => return Err("only a running relay can reload".into()),
             Request::Status => return Err("the relay is not running".into()),
             Request::Kv { .. } => return Err("the spool holds no kv entries".into()),
-            Request::TlsReport => {
+            Request::TlsReport { .. } => {
                 return Err("the TLS reporting counts are kept by the running relay".into());
             }
         })

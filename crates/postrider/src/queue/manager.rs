@@ -108,18 +108,19 @@ impl QueueHandle {
             | Request::Reload
             | Request::Status
             | Request::Kv { .. } => Vec::new(),
-            Request::TlsReport => {
-                let config = manager.config();
-                let reporter = postrider_tlsrpt::Reporter {
-                    organization: config.hostname.clone(),
-                    contact: format!("postmaster@{}", config.hostname),
-                };
+            Request::TlsReport { send: false } => {
                 let reports = manager
                     .tls_reports
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
                 return Response::TlsReport {
-                    report: reports.to_json(&reporter),
+                    report: reports.to_json(&manager.reporter()),
+                };
+            }
+            Request::TlsReport { send: true } => {
+                let (sent, failed) = manager.send_tls_reports(true).await;
+                return Response::TlsReport {
+                    report: serde_json::json!({"sent": sent, "failed": failed}),
                 };
             }
             Request::Retry { id: None } => manager.spool.list().unwrap_or_default(),
@@ -232,6 +233,16 @@ struct Manager {
     states: Mutex<HashMap<QueueId, &'static str>>,
     /// Outbound TLS sessions under DANE and MTA-STS policies, for TLS reporting (RFC 8460).
     tls_reports: Mutex<postrider_tlsrpt::Aggregates>,
+    /// Where reports are looked up and POSTed: the relay's resolver, the system's roots.
+    reporting: Reporting,
+}
+
+/// What sending TLS reports needs besides the spool.
+pub struct Reporting {
+    /// The relay's resolver (`_smtp._tls` records, report hosts).
+    pub dns: Arc<dyn postrider_plugin_host::Dns>,
+    /// Roots to verify `https:` report hosts against.
+    pub roots: postrider_delivery::TrustRoots,
 }
 
 impl Manager {
@@ -273,6 +284,7 @@ pub fn start(
     spool: Spool,
     deliverer: Deliverer,
     metrics: Arc<Metrics>,
+    reporting: Reporting,
 ) -> QueueHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = Arc::clone(&current.load().config);
@@ -298,7 +310,26 @@ pub fn start(
         metrics,
         states: Mutex::new(HashMap::new()),
         tls_reports: Mutex::new(postrider_tlsrpt::Aggregates::default()),
+        reporting,
     });
+    // The TLS reports of each UTC day go out once it is over.
+    {
+        let manager = Arc::downgrade(&manager);
+        tokio::spawn(async move {
+            let mut day = postrider_tlsrpt::day_of(now_ms() / 1000);
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(manager) = manager.upgrade() else {
+                    return;
+                };
+                let today = postrider_tlsrpt::day_of(now_ms() / 1000);
+                if today != day {
+                    day = today;
+                    manager.send_tls_reports(false).await;
+                }
+            }
+        });
+    }
     let handle = QueueHandle {
         tx,
         manager: Arc::downgrade(&manager),
@@ -823,6 +854,139 @@ impl Manager {
                 },
             ));
         }
+    }
+
+    /// Who TLS reports come from: this relay's host name and its postmaster.
+    fn reporter(&self) -> postrider_tlsrpt::Reporter {
+        let config = self.config();
+        postrider_tlsrpt::Reporter {
+            organization: config.hostname.clone(),
+            contact: format!("postmaster@{}", config.hostname),
+        }
+    }
+
+    /// Sends the TLS reports (RFC 8460 section 5) of the UTC days that are over, or with
+    /// `today_too` of every day counted so far, to the `rua` addresses of each domain's
+    /// `_smtp._tls` record, and forgets those days; a domain without a record gets none.
+    /// Returns how many reports went out and each failure.
+    async fn send_tls_reports(&self, today_too: bool) -> (usize, Vec<String>) {
+        use postrider_tlsrpt::{day_of, file_name, gzip, mail};
+        let reporter = self.reporter();
+        let today = day_of(now_ms() / 1000);
+        let due: Vec<(String, String, serde_json::Value)> = {
+            let mut counts = self.tls_reports.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            for day in counts.days() {
+                if day >= today && !today_too {
+                    continue;
+                }
+                for domain in counts.domains(&day) {
+                    if let Some(report) = counts.report(&day, &domain, &reporter) {
+                        due.push((day.clone(), domain, report));
+                    }
+                }
+                counts.remove_day(&day);
+            }
+            due
+        };
+        let (mut sent, mut failed) = (0, Vec::new());
+        for (day, domain, report) in due {
+            let rua = match super::tls_reports::rua(&*self.reporting.dns, &domain).await {
+                Ok(rua) => rua,
+                Err(e) => {
+                    tracing::debug!(domain = %domain, error = %e, "no TLS reporting address");
+                    continue;
+                }
+            };
+            let begin = chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map_or(0, |t| t.and_utc().timestamp().max(0) as u64);
+            let unique = now_ms().to_string();
+            let file = file_name(
+                &reporter.organization,
+                &domain,
+                begin,
+                begin + 86_399,
+                &unique,
+            );
+            let gzipped = gzip(&report);
+            let id = report["report-id"].as_str().unwrap_or_default().to_owned();
+            for uri in rua {
+                let result = match super::tls_reports::mailto(&uri) {
+                    Some(to) => {
+                        let date = chrono::Utc::now().to_rfc2822();
+                        let org = &reporter.organization;
+                        let bytes = mail(
+                            &reporter.contact,
+                            to,
+                            &domain,
+                            org,
+                            &id,
+                            &file,
+                            &gzipped,
+                            &date,
+                        );
+                        self.spool_report(&reporter.contact, to, bytes).await
+                    }
+                    None => {
+                        let (dns, roots) = (&*self.reporting.dns, &self.reporting.roots);
+                        super::tls_reports::post(dns, roots, &uri, gzipped.clone()).await
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        info!(domain = %domain, day = %day, to = %uri, "TLS report sent");
+                        sent += 1;
+                    }
+                    Err(e) => {
+                        warn!(domain = %domain, day = %day, to = %uri, error = %e, "TLS report not sent");
+                        failed.push(format!("{domain} {uri}: {e}"));
+                    }
+                }
+            }
+        }
+        (sent, failed)
+    }
+
+    /// Spools a TLS report email from `from` to `to` for delivery like any message.
+    async fn spool_report(&self, from: &str, to: &str, message: Vec<u8>) -> Result<(), String> {
+        let envelope = Envelope {
+            received_at_unix_ms: now_ms(),
+            mail_from: from.to_owned(),
+            smtputf8: false,
+            body: Some(Body::SevenBit),
+            ret: None,
+            envid: None,
+            size_param: None,
+            recipients: vec![Recipient {
+                address: to.to_owned(),
+                notify: None,
+                orcpt: None,
+            }],
+            client: ClientInfo {
+                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                port: 0,
+                listener: "tls-report".into(),
+                helo: self.config().hostname.clone(),
+                tls: None,
+                authenticated: None,
+                reverse_dns: None,
+                session: None,
+                server: None,
+                sni: None,
+            },
+            quarantine: None,
+            spf: None,
+        };
+        let id = self
+            .spool
+            .store(envelope, message)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(queue_id = %id, to = %to, "TLS report queued");
+        let _ = self.tx.send(id);
+        Ok(())
     }
 
     /// Queues a DSN to the original sender (never for the null sender).
