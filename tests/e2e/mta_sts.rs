@@ -226,11 +226,22 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         skipped["failure-details"][0]["receiving-mx-hostname"],
         "mx.unlisted.test"
     );
-    assert_eq!(
-        counts["reports"].as_array().unwrap().len(),
-        3,
-        "domains without a policy are not reported: {counts:#}"
-    );
+    // A policy that could not be had is reported as such, under an empty sts policy.
+    for (domain, result) in [
+        ("redirect.test", "sts-policy-fetch-error"),
+        ("missing.test", "sts-policy-fetch-error"),
+        ("big.test", "sts-policy-invalid"),
+        ("html.test", "sts-policy-invalid"),
+        ("badcert.test", "sts-webpki-invalid"),
+    ] {
+        let failed = &report(domain)["policies"][0];
+        assert_eq!(failed["policy"]["policy-type"], "sts", "{domain}");
+        assert_eq!(
+            failed["failure-details"][0]["result-type"], result,
+            "{domain}"
+        );
+    }
+    assert_eq!(counts["reports"].as_array().unwrap().len(), 8, "{counts:#}");
 
     // Sending: a POST of the gzipped JSON to enforce.test's https address, an email with it
     // attached to testing.test's mailto address (through the relay's own queue to

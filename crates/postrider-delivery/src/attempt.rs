@@ -326,6 +326,7 @@ impl Deliverer {
             TlsPolicy::Dane => HostPlan::PerHost {
                 dane: true,
                 sts: None,
+                sts_failed: None,
                 label: tls,
             },
             _ => HostPlan::Fixed(self.security(tls, roots)),
@@ -361,7 +362,9 @@ impl Deliverer {
             HostPlan::Fixed(security) => {
                 return Ok((self.addresses(host).await?, security.clone()));
             }
-            HostPlan::PerHost { dane, sts, label } => (*dane, sts.as_ref(), *label),
+            HostPlan::PerHost {
+                dane, sts, label, ..
+            } => (*dane, sts.as_ref(), *label),
         };
         let mut found = None;
         if let (true, Some(dns), Err(_)) = (dane, &self.secure_dns, host.parse::<IpAddr>()) {
@@ -651,15 +654,16 @@ impl Deliverer {
             }
             _ => (mail_hosts(&*self.dns, domain).await?, false),
         };
-        let sts = match (&self.sts, sts) {
-            (Some(client), true) => client.policy(domain).await,
-            _ => None,
+        let (sts, sts_failed) = match (&self.sts, sts) {
+            (Some(client), true) => client.lookup(domain).await,
+            _ => (None, None),
         };
         Ok((
             hosts,
             HostPlan::PerHost {
                 dane,
                 sts,
+                sts_failed: sts_failed.map(|e| e.result_type()),
                 label: tls,
             },
         ))
@@ -721,6 +725,23 @@ impl Deliverer {
         let mut tls = None;
         let mut sessions = Vec::new();
         let mut tls_reports = Vec::new();
+        if let HostPlan::PerHost {
+            sts_failed: Some(result),
+            ..
+        } = &plan
+        {
+            let policy = postrider_tlsrpt::Policy {
+                policy_type: PolicyType::Sts,
+                strings: Vec::new(),
+                mx_host: Vec::new(),
+            };
+            let failure = Failure {
+                result: *result,
+                receiving_mx_hostname: None,
+                receiving_ip: None,
+            };
+            tls_reports.push((policy, Err(failure)));
+        }
         for host in hosts {
             let (addrs, security) = match self.host_setup(host, port, &plan).await {
                 Ok(found) => found,
@@ -1108,6 +1129,8 @@ enum HostPlan {
         dane: bool,
         /// The recipient domain's MTA-STS policy.
         sts: Option<Policy>,
+        /// Why fetching the policy failed, if it did (reported, RFC 8460).
+        sts_failed: Option<ResultType>,
         /// The configured level, for logs where neither applies.
         label: TlsPolicy,
     },

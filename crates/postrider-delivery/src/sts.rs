@@ -56,6 +56,22 @@ pub enum FetchError {
     Invalid(#[from] postrider_mta_sts::PolicyError),
 }
 
+impl FetchError {
+    /// The TLS report's name for this failure (RFC 8460 section 4.3.2.2).
+    pub fn result_type(&self) -> postrider_tlsrpt::ResultType {
+        use postrider_tlsrpt::ResultType;
+        match self {
+            FetchError::Transport(e) if e.contains("invalid peer certificate") => {
+                ResultType::StsWebpkiInvalid
+            }
+            FetchError::Invalid(_) | FetchError::ContentType(_) | FetchError::TooLarge => {
+                ResultType::StsPolicyInvalid
+            }
+            _ => ResultType::StsPolicyFetchError,
+        }
+    }
+}
+
 /// Settings of the MTA-STS client.
 #[derive(Debug, Clone)]
 pub struct StsOptions {
@@ -75,7 +91,13 @@ pub struct MtaSts {
     cache: Mutex<HashMap<String, Cached>>,
     /// One fetch at a time per domain: the others wait and use its result.
     fetching: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Failed fetches by domain: the record id and when, so a broken or slow policy host
+    /// costs one fetch per [`RETRY_FAILED_FETCH`], not one per delivery.
+    failed: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a failed fetch stands before the same record id is fetched again.
+const RETRY_FAILED_FETCH: Duration = Duration::from_secs(300);
 
 /// Seconds since the Unix epoch.
 fn now() -> u64 {
@@ -94,16 +116,22 @@ impl MtaSts {
             options,
             cache: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
     /// The policy in force for `domain`, if any: from the cache while its TXT id is
     /// unchanged (or the record is gone and the policy has not expired), else fetched.
     pub async fn policy(&self, domain: &str) -> Option<Policy> {
+        self.lookup(domain).await.0
+    }
+
+    /// [`MtaSts::policy`], and why a fetch failed if one did (for TLS reports).
+    pub async fn lookup(&self, domain: &str) -> (Option<Policy>, Option<FetchError>) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let found = self.announcement(&domain).await;
         if let Step::UseCached = next_step(&found, self.cached(&domain).as_ref(), now()) {
-            return self.cached(&domain).map(|c| c.policy);
+            return (self.cached(&domain).map(|c| c.policy), None);
         }
         let lock = {
             let mut fetching = self.fetching.lock().await;
@@ -113,22 +141,44 @@ impl MtaSts {
         let _one = lock.lock().await;
         // Another delivery may have fetched it while this one waited.
         let cached = self.cached(&domain);
-        match next_step(&found, cached.as_ref(), now()) {
-            Step::UseCached => cached.map(|c| c.policy),
-            Step::NoPolicy => None,
-            Step::Fetch(id) => match self.fetch(&domain).await {
-                Ok(body) => match Cached::new(&id, now(), &body) {
-                    Ok(fresh) => {
-                        info!(domain = %domain, id = %id, policy = %fresh.policy, "MTA-STS policy fetched");
-                        let policy = fresh.policy.clone();
-                        self.store(&domain, fresh).await;
-                        Some(policy)
-                    }
-                    Err(e) => self.fetch_failed(&domain, &FetchError::Invalid(e), cached),
-                },
-                Err(e) => self.fetch_failed(&domain, &e, cached),
-            },
+        let fetched = match next_step(&found, cached.as_ref(), now()) {
+            Step::UseCached => return (cached.map(|c| c.policy), None),
+            Step::NoPolicy => return (None, None),
+            Step::Fetch(id) if self.failed_recently(&domain, &id) => {
+                return (cached.filter(|c| c.fresh(now())).map(|c| c.policy), None);
+            }
+            Step::Fetch(id) => {
+                let fetched = self
+                    .fetch(&domain)
+                    .await
+                    .and_then(|body| Ok(Cached::new(&id, now(), &body)?));
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.retain(|_, (_, at)| at.elapsed() < RETRY_FAILED_FETCH);
+                match &fetched {
+                    Ok(_) => failed.remove(&domain),
+                    Err(_) => failed.insert(domain.clone(), (id, std::time::Instant::now())),
+                };
+                fetched
+            }
+        };
+        match fetched {
+            Ok(fresh) => {
+                info!(domain = %domain, id = %fresh.id, policy = %fresh.policy, "MTA-STS policy fetched");
+                let policy = fresh.policy.clone();
+                self.store(&domain, fresh).await;
+                (Some(policy), None)
+            }
+            Err(e) => (self.fetch_failed(&domain, &e, cached), Some(e)),
         }
+    }
+
+    /// A fetch for `domain` under record id `id` failed less than [`RETRY_FAILED_FETCH`]
+    /// ago.
+    fn failed_recently(&self, domain: &str, id: &str) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(domain)
+            .is_some_and(|(was, at)| was == id && at.elapsed() < RETRY_FAILED_FETCH)
     }
 
     /// After a failed fetch: the cached policy while fresh, else none.

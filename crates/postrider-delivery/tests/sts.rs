@@ -1,6 +1,7 @@
 //! The MTA-STS client against an HTTPS server on loopback (a test CA's certificate): a
 //! policy is fetched once and kept while the TXT id is unchanged; a new id with a failing
-//! server keeps the fresh cached policy; a new id with a new policy replaces it; the cache
+//! server keeps the fresh cached policy (and is not fetched again at once); a new id with a
+//! new policy replaces it; the cache
 //! is read back by a new client (a restart) when the record is gone; an expired cache entry
 //! counts for nothing; a server that never answers costs the fetch timeout and no policy.
 
@@ -131,8 +132,13 @@ async fn policies_are_cached_refreshed_on_a_new_id_and_kept_when_the_record_goes
     assert_eq!(sts.policy("s.test").await.unwrap(), p);
     assert_eq!(*requests.lock().unwrap(), 2);
 
+    // The failure stands for a while: the same id is not fetched again at once.
+    assert_eq!(sts.policy("s.test").await.unwrap(), p);
+    assert_eq!(*requests.lock().unwrap(), 2);
+
     // A new id with a new policy replaces it.
     *script.lock().unwrap() = ok(&policy("testing", 600));
+    let sts = client(Some("v=STSv1; id=three"), &ca, port, &cache, second);
     assert_eq!(sts.policy("s.test").await.unwrap().mode, Mode::Testing);
     assert_eq!(*requests.lock().unwrap(), 3);
 
