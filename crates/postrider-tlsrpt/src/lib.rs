@@ -337,6 +337,120 @@ impl Aggregates {
     }
 }
 
+impl PolicyType {
+    fn parse(s: &str) -> Option<PolicyType> {
+        [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+impl ResultType {
+    fn parse(s: &str) -> Option<ResultType> {
+        use ResultType::*;
+        [
+            StarttlsNotSupported,
+            CertificateHostMismatch,
+            CertificateExpired,
+            CertificateNotTrusted,
+            ValidationFailure,
+            TlsaInvalid,
+            DnssecInvalid,
+            StsPolicyFetchError,
+            StsPolicyInvalid,
+            StsWebpkiInvalid,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+impl Aggregates {
+    /// Every count as JSON, to keep across a restart ([`Aggregates::from_state`]).
+    pub fn to_state(&self) -> Value {
+        let mut entries = Vec::new();
+        for (day, domains) in &self.days {
+            for (domain, policies) in domains {
+                for (policy, counts) in policies {
+                    let details: Vec<Value> = counts
+                        .details
+                        .iter()
+                        .map(|(f, n)| {
+                            json!([
+                                f.result.as_str(),
+                                f.receiving_mx_hostname,
+                                f.receiving_ip,
+                                n
+                            ])
+                        })
+                        .collect();
+                    entries.push(json!({
+                        "day": day, "domain": domain,
+                        "type": policy.policy_type.as_str(),
+                        "strings": policy.strings, "mx": policy.mx_host,
+                        "success": counts.success, "failure": counts.failure,
+                        "details": details,
+                    }));
+                }
+            }
+        }
+        json!({"entries": entries, "dropped": self.dropped})
+    }
+
+    /// Reads what [`Aggregates::to_state`] wrote; entries that do not parse are skipped.
+    pub fn from_state(state: &Value) -> Aggregates {
+        let mut out = Aggregates {
+            dropped: state["dropped"].as_u64().unwrap_or(0),
+            ..Aggregates::default()
+        };
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for e in state["entries"].as_array().into_iter().flatten() {
+            let (Some(day), Some(domain), Some(policy_type)) = (
+                e["day"].as_str(),
+                e["domain"].as_str(),
+                e["type"].as_str().and_then(PolicyType::parse),
+            ) else {
+                continue;
+            };
+            let policy = Policy {
+                policy_type,
+                strings: strings(&e["strings"]),
+                mx_host: strings(&e["mx"]),
+            };
+            let counts = out
+                .days
+                .entry(day.to_owned())
+                .or_default()
+                .entry(domain.to_owned())
+                .or_default()
+                .entry(policy)
+                .or_default();
+            counts.success += e["success"].as_u64().unwrap_or(0);
+            counts.failure += e["failure"].as_u64().unwrap_or(0);
+            for d in e["details"].as_array().into_iter().flatten() {
+                let Some(result) = d[0].as_str().and_then(ResultType::parse) else {
+                    continue;
+                };
+                let failure = Failure {
+                    result,
+                    receiving_mx_hostname: d[1].as_str().map(str::to_owned),
+                    receiving_ip: d[2].as_str().map(str::to_owned),
+                };
+                *counts.details.entry(failure).or_default() += d[3].as_u64().unwrap_or(0);
+            }
+        }
+        out
+    }
+}
+
 /// Who sends the reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reporter {

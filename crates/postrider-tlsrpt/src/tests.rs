@@ -231,3 +231,29 @@ fn a_mailed_report_is_a_multipart_report_with_the_gzipped_json() {
         .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), report);
 }
+
+#[test]
+fn counts_survive_a_round_trip_through_their_state() {
+    let mut a = Aggregates::default();
+    a.record(T, "example.net", &sts(), Ok(()));
+    a.record(
+        T,
+        "example.net",
+        &sts(),
+        failure(ResultType::CertificateExpired, "mx1.example.net"),
+    );
+    a.record(T + 86_400, "other.example", &sts(), Ok(()));
+    let from = Reporter {
+        organization: "o".into(),
+        contact: "c".into(),
+    };
+    let back = Aggregates::from_state(&a.to_state());
+    assert_eq!(back.to_json(&from), a.to_json(&from));
+    assert_eq!(
+        Aggregates::from_state(&json!({"entries": [{"day": 1}, 7]}))
+            .days()
+            .len(),
+        0
+    );
+    assert_eq!(Aggregates::from_state(&json!("junk")).days().len(), 0);
+}

@@ -309,14 +309,16 @@ pub fn start(
         tx: tx.clone(),
         metrics,
         states: Mutex::new(HashMap::new()),
-        tls_reports: Mutex::new(postrider_tlsrpt::Aggregates::default()),
+        tls_reports: Mutex::new(load_tls_counts(&config.spool_dir)),
         reporting,
     });
-    // The TLS reports of each UTC day go out once it is over.
+    // The TLS reporting counts are saved every minute; the reports of each UTC day go out
+    // once it is over (or at the first minute after a start, for days missed while down).
     {
         let manager = Arc::downgrade(&manager);
         tokio::spawn(async move {
-            let mut day = postrider_tlsrpt::day_of(now_ms() / 1000);
+            let mut day = String::new();
+            let mut saved = String::new();
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 let Some(manager) = manager.upgrade() else {
@@ -327,6 +329,7 @@ pub fn start(
                     day = today;
                     manager.send_tls_reports(false).await;
                 }
+                manager.save_tls_counts(&mut saved).await;
             }
         });
     }
@@ -856,6 +859,30 @@ impl Manager {
         }
     }
 
+    /// Writes the TLS reporting counts to the spool directory when they changed since
+    /// `saved` (a new file renamed over the old).
+    async fn save_tls_counts(&self, saved: &mut String) {
+        let state = {
+            let counts = self.tls_reports.lock().unwrap_or_else(|p| p.into_inner());
+            counts.to_state().to_string()
+        };
+        if state == *saved {
+            return;
+        }
+        let path = self.config().spool_dir.join(TLS_COUNTS_FILE);
+        let tmp = path.with_extension("tmp");
+        let written = async {
+            tokio::fs::write(&tmp, &state).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        match written.await {
+            Ok(()) => *saved = state,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot save the TLS reporting counts")
+            }
+        }
+    }
+
     /// Who TLS reports come from: this relay's host name and its postmaster.
     fn reporter(&self) -> postrider_tlsrpt::Reporter {
         let config = self.config();
@@ -1062,6 +1089,22 @@ impl Manager {
                 false
             }
         }
+    }
+}
+
+/// The TLS reporting counts' file in the spool directory.
+const TLS_COUNTS_FILE: &str = "tls-rpt.json";
+
+/// The TLS reporting counts saved by a previous run, if any.
+fn load_tls_counts(spool_dir: &std::path::Path) -> postrider_tlsrpt::Aggregates {
+    let path = spool_dir.join(TLS_COUNTS_FILE);
+    match std::fs::read(&path).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+        Ok(Ok(state)) => postrider_tlsrpt::Aggregates::from_state(&state),
+        Ok(Err(e)) => {
+            warn!(file = %path.display(), error = %e, "unreadable TLS reporting counts ignored");
+            postrider_tlsrpt::Aggregates::default()
+        }
+        Err(_) => postrider_tlsrpt::Aggregates::default(),
     }
 }
 
