@@ -539,6 +539,24 @@ pub fn command(relay_dir: &Path, command: &str, args: &[&str]) -> (bool, String)
     )
 }
 
+/// `postrider tls-report` on the relay in `relay_dir`: the TLS reporting counts as JSON.
+pub fn tls_reports(relay_dir: &Path) -> serde_json::Value {
+    let (ok, out) = command(relay_dir, "tls-report", &[]);
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The report for `domain` among `counts` ([`tls_reports`]).
+pub fn tls_report_of(counts: &serde_json::Value, domain: &str) -> serde_json::Value {
+    counts["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
+        .unwrap_or_else(|| panic!("no report for {domain}: {counts:#}"))
+        .clone()
+}
+
 /// `postrider queue --json list` on the relay in `relay_dir`.
 pub fn list_json(relay_dir: &Path) -> serde_json::Value {
     let (ok, out) = queue(relay_dir, &["--json", "list"]);

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use postrider_testkit::TestCa;
 
-use crate::harness::{ADMIN, Relay, command, config, config_dns, list_json, send_message};
+use crate::harness::{
+    ADMIN, Relay, command, config, config_dns, list_json, send_message, tls_report_of, tls_reports,
+};
 use crate::peers::{dnsmasq, free_port_on, https_table_server, wait_for};
 
 /// Every recipient domain of the test.
@@ -184,18 +186,8 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         "the policy is cached on disk"
     );
     // TLS reporting counts: the sessions under each policy, as RFC 8460 reports carry them.
-    let (ok, out) = command(&dir, "tls-report", &[]);
-    assert!(ok, "{out}");
-    let counts: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let report = |domain: &str| -> serde_json::Value {
-        counts["reports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
-            .unwrap_or_else(|| panic!("{domain}: {counts:#}"))
-            .clone()
-    };
+    let counts = tls_reports(&dir);
+    let report = |domain: &str| tls_report_of(&counts, domain);
     let enforce = report("enforce.test");
     assert_eq!(enforce["organization-name"], "mx.relay.test");
     let policy = &enforce["policies"][0];
@@ -275,10 +267,8 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     wait_for("the emailed report", Duration::from_secs(20), || {
         bad.queued() == bad_policy.len() + 1
     });
-    let (ok, out) = command(&dir, "tls-report", &[]);
-    assert!(ok, "{out}");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["reports"],
+        tls_reports(&dir)["reports"],
         serde_json::json!([]),
         "sent days are forgotten"
     );
@@ -299,7 +289,7 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
     // Each bad policy: the failure logged, the domain treated as having none.
     for (domain, error) in [
         ("redirect.test", "HTTP 301 redirect (not followed)"),
-        ("big.test", "policy larger than 65536 bytes"),
+        ("big.test", "response larger than 65536 bytes"),
         ("html.test", "content type \"text/html\", not text/plain"),
         ("missing.test", "HTTP status 404"),
         ("badcert.test", "invalid peer certificate: UnknownIssuer"),

@@ -13,8 +13,8 @@ use postrider_testkit::TestCa;
 
 use crate::dnssec::{Signing, Zone, signed_dns};
 use crate::harness::{
-    ADMIN, Relay, auth_relay, command, config, config_dns, list_json, python, queue, scrape,
-    send_message, value,
+    ADMIN, Relay, auth_relay, config, config_dns, list_json, python, queue, scrape, send_message,
+    tls_report_of, tls_reports, value,
 };
 use crate::peers::{dnsmasq, free_port_on, wait_for};
 
@@ -422,18 +422,8 @@ fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_
             && last_replies(&relay.dir).iter().all(|r| !r.is_empty())
     });
     // TLS reporting: the DANE sessions under their TLSA records.
-    let (ok, out) = command(&relay.dir, "tls-report", &[]);
-    assert!(ok, "{out}");
-    let counts: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let policy = |domain: &str| -> serde_json::Value {
-        counts["reports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["policies"][0]["policy"]["policy-domain"] == domain)
-            .map(|r| r["policies"][0].clone())
-            .unwrap_or_else(|| panic!("{domain}: {counts:#}"))
-    };
+    let counts = tls_reports(&relay.dir);
+    let policy = |domain: &str| tls_report_of(&counts, domain)["policies"][0].clone();
     let good = policy("dane.test");
     assert_eq!(good["policy"]["policy-type"], "tlsa");
     assert!(

@@ -22,17 +22,10 @@ use crate::tls::TrustRoots;
 /// section 5.1 says (a fresh cached policy, else none).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// `mta-sts.DOMAIN` has no address.
-    #[error("no address for {host}: {error}")]
-    NoAddress {
-        /// The policy host.
-        host: String,
-        /// The DNS answer.
-        error: DnsError,
-    },
-    /// No connection, no TLS (an invalid certificate among them), or no HTTP answer.
+    /// No address, no connection, no TLS (an invalid certificate among them), no HTTP
+    /// answer, or a body over the cap.
     #[error("{0}")]
-    Transport(String),
+    Https(#[from] HttpsError),
     /// Not answered within the fetch timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -48,9 +41,6 @@ pub enum FetchError {
     /// Not `text/plain`.
     #[error("content type {0:?}, not text/plain")]
     ContentType(String),
-    /// Larger than the policy cap.
-    #[error("policy larger than {MAX_POLICY_BYTES} bytes")]
-    TooLarge,
     /// Not a valid policy.
     #[error("invalid policy: {0}")]
     Invalid(#[from] postrider_mta_sts::PolicyError),
@@ -61,12 +51,14 @@ impl FetchError {
     pub fn result_type(&self) -> postrider_tlsrpt::ResultType {
         use postrider_tlsrpt::ResultType;
         match self {
-            FetchError::Transport(e) if e.contains("invalid peer certificate") => {
+            FetchError::Https(HttpsError::Transport(e))
+                if e.contains("invalid peer certificate") =>
+            {
                 ResultType::StsWebpkiInvalid
             }
-            FetchError::Invalid(_) | FetchError::ContentType(_) | FetchError::TooLarge => {
-                ResultType::StsPolicyInvalid
-            }
+            FetchError::Invalid(_)
+            | FetchError::ContentType(_)
+            | FetchError::Https(HttpsError::TooLarge(_)) => ResultType::StsPolicyInvalid,
             _ => ResultType::StsPolicyFetchError,
         }
     }
@@ -288,7 +280,7 @@ impl MtaSts {
     async fn get(&self, host: &str) -> Result<Vec<u8>, FetchError> {
         let request = hyper::Request::get(WELL_KNOWN_PATH)
             .body(Full::new(Bytes::new()))
-            .map_err(|e| FetchError::Transport(e.to_string()))?;
+            .map_err(|e| HttpsError::Transport(e.to_string()))?;
         let response = crate::https::send(
             &*self.dns,
             &self.roots,
@@ -297,12 +289,7 @@ impl MtaSts {
             request,
             MAX_POLICY_BYTES,
         )
-        .await
-        .map_err(|e| match e {
-            HttpsError::NoAddress { host, error } => FetchError::NoAddress { host, error },
-            HttpsError::Transport(e) => FetchError::Transport(e),
-            HttpsError::TooLarge(_) => FetchError::TooLarge,
-        })?;
+        .await?;
         if (300..400).contains(&response.status) {
             return Err(FetchError::Redirect {
                 status: response.status,

@@ -978,11 +978,32 @@ impl Manager {
 
     /// Spools a TLS report email from `from` to `to` for delivery like any message.
     async fn spool_report(&self, from: &str, to: &str, message: Vec<u8>) -> Result<(), String> {
-        let envelope = Envelope {
+        let envelope = self.local_envelope(from, to, "tls-report", false, Body::SevenBit);
+        let id = self
+            .spool
+            .store(envelope, message)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(queue_id = %id, to = %to, "TLS report queued");
+        let _ = self.tx.send(id);
+        Ok(())
+    }
+
+    /// The envelope of a message the relay writes itself (a DSN, a TLS report): from
+    /// `from` to `to`, received now from this host on the pseudo-listener `listener`.
+    fn local_envelope(
+        &self,
+        from: &str,
+        to: &str,
+        listener: &str,
+        smtputf8: bool,
+        body: Body,
+    ) -> Envelope {
+        Envelope {
             received_at_unix_ms: now_ms(),
             mail_from: from.to_owned(),
-            smtputf8: false,
-            body: Some(Body::SevenBit),
+            smtputf8,
+            body: Some(body),
             ret: None,
             envid: None,
             size_param: None,
@@ -994,7 +1015,7 @@ impl Manager {
             client: ClientInfo {
                 ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 port: 0,
-                listener: "tls-report".into(),
+                listener: listener.into(),
                 helo: self.config().hostname.clone(),
                 tls: None,
                 authenticated: None,
@@ -1005,15 +1026,7 @@ impl Manager {
             },
             quarantine: None,
             spf: None,
-        };
-        let id = self
-            .spool
-            .store(envelope, message)
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(queue_id = %id, to = %to, "TLS report queued");
-        let _ = self.tx.send(id);
-        Ok(())
+        }
     }
 
     /// Queues a DSN to the original sender (never for the null sender).
@@ -1045,34 +1058,13 @@ impl Manager {
             &options,
         );
         let smtputf8 = dsn_needs_smtputf8(envelope, message, rcpts);
-        let dsn_envelope = Envelope {
-            received_at_unix_ms: now_ms(),
-            mail_from: String::new(),
+        let dsn_envelope = self.local_envelope(
+            "",
+            &envelope.mail_from,
+            "bounce",
             smtputf8,
-            body: Some(Body::EightBitMime),
-            ret: None,
-            envid: None,
-            size_param: None,
-            recipients: vec![Recipient {
-                address: envelope.mail_from.clone(),
-                notify: None,
-                orcpt: None,
-            }],
-            client: ClientInfo {
-                ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                port: 0,
-                listener: "bounce".into(),
-                helo: self.config().hostname.clone(),
-                tls: None,
-                authenticated: None,
-                reverse_dns: None,
-                session: None,
-                server: None,
-                sni: None,
-            },
-            quarantine: None,
-            spf: None,
-        };
+            Body::EightBitMime,
+        );
         match self.spool.store(dsn_envelope, dsn).await {
             Ok(dsn_id) => {
                 let kind = match kind {
