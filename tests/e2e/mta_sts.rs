@@ -164,8 +164,20 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
         let (code, _) = send_message(&mut c, "sender@client.test", &[to], "Subject: hi\r\n\r\nhi");
         assert_eq!(code, 250, "{to}");
     }
+    // A sender who says the recipient's policies do not matter for this message (RFC 8689
+    // section 5): delivered to the MX the enforce policy does not name, opportunistically.
+    let (code, _) = send_message(
+        &mut c,
+        "sender@client.test",
+        &["anyway@unlisted.test"],
+        "TLS-Required: No\r\nSubject: hi\r\n\r\nhi",
+    );
+    assert_eq!(code, 250);
     wait_for("the deliveries", Duration::from_secs(30), || {
-        enforced.queued() == 1 && testing.queued() == 1 && bad.queued() == bad_policy.len()
+        enforced.queued() == 1
+            && testing.queued() == 1
+            && unlisted.queued() == 1
+            && bad.queued() == bad_policy.len()
     });
     wait_for(
         "the unlisted MX to be deferred",
@@ -180,7 +192,7 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
             ),
         "{waiting:?}"
     );
-    assert_eq!(unlisted.queued(), 0);
+    assert_eq!(unlisted.queued(), 1, "only the TLS-Required: No message");
     assert!(
         dir.join("spool/mta-sts/enforce.test.policy").is_file(),
         "the policy is cached on disk"
@@ -280,6 +292,8 @@ fn mta_sts_enforces_reports_survives_bad_policies_restarts_and_a_removed_record(
             && line.contains("certificate verified by system trust store"),
         "{line}"
     );
+    let line = delivered(&logs, "anyway@unlisted.test").unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("tls=opportunistic: TLSv1.3"), "{line}");
     let line = delivered(&logs, "user@testing.test").unwrap_or_else(|| panic!("{logs}"));
     assert!(
         line.contains("tls=mta-sts: TLSv1.3")

@@ -745,6 +745,12 @@ impl Manager {
         let msg = outbound(envelope, message, &idx);
         tracing::debug!(queue_id = %id, destination = %key, rcpts = idx.len(), "delivery attempt");
         let started = std::time::Instant::now();
+        let dest = if tls_not_required(message) {
+            tracing::debug!(queue_id = %id, "TLS-Required: No: the recipient domain's TLS policies are ignored");
+            without_recipient_policies(dest)
+        } else {
+            dest
+        };
         let attempt = self.deliverer.deliver(&dest, &msg, message).await;
         self.metrics.delivery_attempt(started.elapsed());
         for (policy, result) in &attempt.sessions {
@@ -1105,14 +1111,49 @@ fn delay_secs(received_ms: u64) -> f64 {
     now_ms().saturating_sub(received_ms) as f64 / 1000.0
 }
 
-fn count_received(message: &[u8]) -> usize {
+/// The lines of `message`'s header section (unfolded lines count as their own).
+fn header_lines(message: &[u8]) -> impl Iterator<Item = &[u8]> {
     let head = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(message, |i| &message[..i + 2]);
     head.split(|&b| b == b'\n')
+}
+
+fn count_received(message: &[u8]) -> usize {
+    header_lines(message)
         .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
         .count()
+}
+
+/// The message carries `TLS-Required: No` (RFC 8689 section 5): its sender asks that the
+/// recipient domain's DANE and MTA-STS policies be ignored for it.
+fn tls_not_required(message: &[u8]) -> bool {
+    const NAME: &[u8] = b"tls-required:";
+    header_lines(message).any(|l| {
+        l.len() > NAME.len()
+            && l[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && l[NAME.len()..].trim_ascii().eq_ignore_ascii_case(b"no")
+    })
+}
+
+/// `dest` with the recipient domain's TLS policies (DANE, MTA-STS, `auto`) turned into
+/// opportunistic TLS, for a message that says `TLS-Required: No`; the operator's own
+/// levels (`verify`, `require`, `none`) stay.
+fn without_recipient_policies(dest: Destination) -> Destination {
+    use postrider_smtp::client::TlsPolicy;
+    match dest {
+        Destination::Mx {
+            domain,
+            tls: TlsPolicy::Dane | TlsPolicy::MtaSts | TlsPolicy::Auto,
+            roots,
+        } => Destination::Mx {
+            domain,
+            tls: TlsPolicy::Opportunistic,
+            roots,
+        },
+        other => other,
+    }
 }
 
 fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessage {
@@ -1138,5 +1179,25 @@ fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessa
         smtputf8: envelope.smtputf8,
         ret: envelope.ret,
         envid: envelope.envid.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_required_no_is_read_from_the_header_only() {
+        assert!(tls_not_required(
+            b"Subject: x\r\nTLS-Required: No\r\n\r\nbody"
+        ));
+        assert!(tls_not_required(b"tls-required:no\r\n\r\n"));
+        assert!(!tls_not_required(b"TLS-Required: Yes\r\n\r\n"));
+        assert!(!tls_not_required(b"Subject: x\r\n\r\nTLS-Required: No\r\n"));
+        assert!(!tls_not_required(b"X-TLS-Required: No\r\n\r\n"));
+        assert_eq!(
+            count_received(b"Received: a\r\nreceived: b\r\n\r\nReceived: c\r\n"),
+            2
+        );
     }
 }
