@@ -379,14 +379,24 @@ pub enum Step {
     NoPolicy,
 }
 
+/// A cached policy older than this (or than half its `max_age`) is fetched again while the
+/// record still announces it, so that it does not expire while the domain keeps it (RFC 8461
+/// section 10.3); if that fetch fails the cached one stays.
+pub const REFRESH_AFTER: u64 = 86_400;
+
 /// RFC 8461 section 5.1: a fresh cached policy is used while the TXT id is unchanged, and
 /// also when the record disappears or cannot be looked up (an attacker who removes the
 /// record must not turn enforcement off before the policy expires); a new id, or no fresh
-/// policy, means fetching.
+/// policy, means fetching; so does an old one still announced ([`REFRESH_AFTER`]).
 pub fn next_step(found: &Announcement, cached: Option<&Cached>, now: u64) -> Step {
     let fresh = cached.filter(|c| c.fresh(now));
     match (found, fresh) {
-        (Announcement::Id(id), Some(c)) if *id == c.id => Step::UseCached,
+        (Announcement::Id(id), Some(c))
+            if *id == c.id
+                && now.saturating_sub(c.fetched) < REFRESH_AFTER.min(c.policy.max_age / 2) =>
+        {
+            Step::UseCached
+        }
         (Announcement::Id(id), _) => Step::Fetch(id.clone()),
         (Announcement::Absent | Announcement::Unknown, Some(_)) => Step::UseCached,
         (Announcement::Absent | Announcement::Unknown, None) => Step::NoPolicy,

@@ -196,7 +196,7 @@ fn next_step_keeps_a_fresh_policy_against_downgrade() {
     let c = cached("one", 1000, 100);
     let id = |s: &str| Announcement::Id(s.to_owned());
     // Same id, fresh: no fetch.
-    assert_eq!(next_step(&id("one"), Some(&c), 1050), Step::UseCached);
+    assert_eq!(next_step(&id("one"), Some(&c), 1010), Step::UseCached);
     // New id: fetch, whatever the cache holds.
     assert_eq!(
         next_step(&id("two"), Some(&c), 1050),
@@ -208,6 +208,21 @@ fn next_step_keeps_a_fresh_policy_against_downgrade() {
         Step::Fetch("one".into())
     );
     assert_eq!(next_step(&id("one"), None, 0), Step::Fetch("one".into()));
+    // Past half its max_age (or a day), an announced policy is fetched again.
+    assert_eq!(next_step(&id("one"), Some(&c), 1049), Step::UseCached);
+    assert_eq!(
+        next_step(&id("one"), Some(&c), 1050),
+        Step::Fetch("one".into())
+    );
+    let long = cached("one", 0, 7 * 86_400);
+    assert_eq!(
+        next_step(&id("one"), Some(&long), REFRESH_AFTER - 1),
+        Step::UseCached
+    );
+    assert_eq!(
+        next_step(&id("one"), Some(&long), REFRESH_AFTER),
+        Step::Fetch("one".into())
+    );
     // The record is gone or the lookup failed: a fresh policy still holds, else none.
     for gone in [Announcement::Absent, Announcement::Unknown] {
         assert_eq!(next_step(&gone, Some(&c), 1099), Step::UseCached);
