@@ -500,3 +500,92 @@ fn dane_against_a_signed_zone_authenticates_defers_on_mismatch_and_bogus_and_is_
         "{logs}"
     );
 }
+
+/// The client side of the REQUIRETLS test: REQUIRETLS refused before TLS, advertised after,
+/// two messages with it (to sure.test and open.test) and one without (to open.test).
+const PY_REQUIRETLS: &str = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo("client.test")
+assert not s.has_extn("requiretls"), s.esmtp_features
+code, _ = s.docmd("MAIL FROM:<sender@client.test> REQUIRETLS")
+print("plain", code)
+s.rset()
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+s.starttls(context=context)
+s.ehlo("client.test")
+assert s.has_extn("requiretls"), s.esmtp_features
+msg = "Subject: secret\r\n\r\nfor TLS only\r\n"
+s.sendmail("sender@client.test", ["user@sure.test"], msg, mail_options=["REQUIRETLS"])
+s.sendmail("sender@client.test", ["user@open.test"], msg, mail_options=["REQUIRETLS"])
+s.sendmail("sender@client.test", ["plain@open.test"], "Subject: any\r\n\r\nx\r\n")
+s.quit()
+print("sent")
+"#;
+
+#[test]
+fn requiretls_goes_only_over_authenticated_tls_to_servers_that_support_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(tmp.path(), "public");
+    let port = free_port_on(&["127.0.0.2", "127.0.0.3"]);
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let (_dns, dns) = dnsmasq(
+        &[
+            "--mx-host=sure.test,mx.sure.test,10",
+            "--host-record=mx.sure.test,127.0.0.2",
+            "--mx-host=open.test,mx.open.test,10",
+            "--host-record=mx.open.test,127.0.0.3",
+        ]
+        .map(String::from),
+    );
+    // Both receivers present certificates the sender trusts, and advertise REQUIRETLS over
+    // TLS; only sure.test has a policy (verify) that authenticates its MX.
+    let receiver = |name: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
+        Relay::builder(&config(&format!(
+            "{}[relay]\nlocal_domains = [\"sure.test\", \"open.test\"]\n",
+            listener(name, address, "smtp", &cert)
+        )))
+        .start()
+    };
+    let mut sure = receiver("mx", at("127.0.0.2"), ca.issue("sure", &["mx.sure.test"]));
+    let mut open = receiver("mx", at("127.0.0.3"), ca.issue("open", &["mx.open.test"]));
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut relay = Relay::builder(&config_dns(
+        &dns.to_string(),
+        &format!(
+            "{}{ADMIN}[relay]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nsmtp_port = {port}\n\
+             retry_intervals = [1]\n\
+             [[tls_policy]]\ndomains = [\"sure.test\"]\ntls = \"verify\"\n",
+            crate::harness::tls_listener(relay_dir.path(), "submit", "smtp")
+        ),
+    ))
+    .in_tmp(relay_dir)
+    .env("SSL_CERT_FILE", ca.cert_file())
+    .env("SSL_CERT_DIR", "")
+    .start();
+    let out = python(PY_REQUIRETLS, &[&relay.addr("submit").port().to_string()]);
+    assert_eq!(out, "plain 530\nsent\n", "{out}");
+    wait_for("the two deliveries", Duration::from_secs(30), || {
+        sure.queued() == 1 && open.queued() == 1
+    });
+    let logs = relay.stop_and_logs();
+    assert!(
+        lines_with(&logs, "bounced")
+            .iter()
+            .any(|l| l.contains("user@open.test")
+                && l.contains("dsn=5.7.10")
+                && l.contains(
+                    "REQUIRETLS: TLS with mx.open.test would not be authenticated (opportunistic)"
+                )),
+        "{logs}"
+    );
+    let spool = sure.stop_and_read_spool();
+    assert!(spool[0].0.require_tls, "the flag travels with the message");
+    assert_eq!(spool[0].0.recipients[0].address, "user@sure.test");
+    let spool = open.stop_and_read_spool();
+    assert_eq!(spool.len(), 1);
+    assert_eq!(spool[0].0.recipients[0].address, "plain@open.test");
+    assert!(!spool[0].0.require_tls);
+}

@@ -764,6 +764,20 @@ impl Deliverer {
                     continue;
                 }
             };
+            if msg.require_tls && !lmtp && security.verified_by.is_none() {
+                // RFC 8689 section 4.2.1: only over TLS authenticated by DANE, MTA-STS or
+                // verified roots; another host may have it, else the message bounces.
+                info!(host = %host, policy = security.label.name(), "REQUIRETLS message, TLS to this host would not be authenticated");
+                unsupported = Some(RcptResult::Permanent(Reply::local(
+                    550,
+                    (5, 7, 10),
+                    &format!(
+                        "REQUIRETLS: TLS with {host} would not be authenticated ({})",
+                        security.label.name()
+                    ),
+                )));
+                continue;
+            }
             for ip in addrs {
                 let addr = SocketAddr::new(ip, port);
                 remote = Some(format!("{host}[{ip}]:{port}"));

@@ -238,6 +238,7 @@ mod tests {
             smtputf8: false,
             ret: None,
             envid: None,
+            require_tls: false,
         };
         let out = deliver(root.path(), "mx", &msg, b"Subject: t\r\n\r\nhi\r\n");
         assert!(matches!(out[0].result, RcptResult::Accepted(_)), "{out:?}");
@@ -287,6 +288,7 @@ mod tests {
             smtputf8: false,
             ret: None,
             envid: None,
+            require_tls: false,
         };
         let out = deliver(root.path(), "mx", &msg, b"x");
         assert!(

@@ -117,5 +117,6 @@ fn envelope() -> Envelope {
         },
         quarantine: None,
         spf: None,
+        require_tls: false,
     }
 }

@@ -36,6 +36,10 @@ pub struct Envelope {
     /// in older v1 files and when SPF was not checked (trusted clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spf: Option<SpfRecord>,
+    /// `REQUIRETLS` (RFC 8689): relay only over authenticated TLS to servers that support
+    /// it, else bounce. Absent in older v1 files and when not asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 /// An SPF result as stored: the RFC 8601 keyword (`"pass"`, `"softfail"`, ...) and the domain
@@ -100,6 +104,7 @@ impl Envelope {
             ret: self.ret,
             envid: self.envid.clone(),
             auth: None,
+            require_tls: self.require_tls,
         }
     }
 }

@@ -342,6 +342,7 @@ mod tests {
             },
             quarantine: None,
             spf: None,
+            require_tls: false,
         }
     }
 

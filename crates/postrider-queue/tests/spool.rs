@@ -47,6 +47,7 @@ fn envelope(n: usize) -> Envelope {
         },
         quarantine: None,
         spf: None,
+        require_tls: false,
     }
 }
 

@@ -40,6 +40,7 @@ fn envelope() -> Envelope {
         },
         quarantine: None,
         spf: None,
+        require_tls: false,
     }
 }
 

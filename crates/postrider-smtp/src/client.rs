@@ -135,6 +135,8 @@ pub struct Extensions {
     pub auth_mechanisms: Vec<String>,
     /// ENHANCEDSTATUSCODES (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// REQUIRETLS (RFC 8689).
+    pub require_tls: bool,
 }
 
 impl Extensions {
@@ -163,6 +165,10 @@ pub struct OutboundMessage {
     pub ret: Option<Ret>,
     /// DSN ENVID=, xtext-encoded on the wire (sent only if the server offers DSN).
     pub envid: Option<String>,
+    /// REQUIRETLS (RFC 8689): sent only over TLS to a server that offers it; a server that
+    /// does not is refused locally (5.7.30). That the TLS is authenticated is the caller's
+    /// part.
+    pub require_tls: bool,
 }
 
 /// One recipient of an [`OutboundMessage`].
@@ -553,7 +559,7 @@ impl ClientSession {
     ///
     /// `data` is the message in canonical CRLF form without the final `.`; it is
     /// dot-stuffed and terminated by [`encode_data`] (bare CR and LF become CRLF).
-    /// Needs the peer cannot meet (SMTPUTF8, 8BITMIME, SIZE) are refused locally:
+    /// Needs the peer cannot meet (SMTPUTF8, 8BITMIME, SIZE, REQUIRETLS) are refused locally:
     /// [`ClientEvent::Unsupported`] follows at once and nothing is sent. Unsafe addresses
     /// are refused locally too: `Delivered` follows at once if no recipient is left.
     pub fn send(&mut self, msg: &OutboundMessage, data: &[u8]) -> Result<(), Misuse> {
@@ -575,6 +581,8 @@ impl ClientSession {
             Some(local(554, (5, 6, 3), "Peer lacks 8BITMIME support"))
         } else if ext.size.is_some_and(|max| max > 0 && msg.size > max) {
             Some(local(552, (5, 3, 4), "Message too big for peer"))
+        } else if msg.require_tls && !(self.tls && ext.require_tls) {
+            Some(local(550, (5, 7, 30), "Peer lacks REQUIRETLS support"))
         } else {
             None
         };
@@ -930,6 +938,9 @@ impl ClientSession {
         }
         if smtputf8 {
             line.push_str(" SMTPUTF8");
+        }
+        if msg.require_tls {
+            line.push_str(" REQUIRETLS");
         }
         if ext.dsn {
             match msg.ret {

@@ -197,6 +197,9 @@ pub struct MailParams {
     pub envid: Option<String>,
     /// `AUTH=`, xtext-decoded (RFC 4954 §5).
     pub auth: Option<String>,
+    /// `REQUIRETLS` (RFC 8689): the message may only be relayed over authenticated TLS to
+    /// servers that support REQUIRETLS.
+    pub require_tls: bool,
 }
 
 impl MailParams {
@@ -223,6 +226,9 @@ impl MailParams {
         }
         if let Some(envid) = &self.envid {
             list.push(("ENVID".to_owned(), Some(envid.clone())));
+        }
+        if self.require_tls {
+            list.push(("REQUIRETLS".to_owned(), None));
         }
         list
     }
@@ -524,6 +530,15 @@ fn mail_param(params: &mut MailParams, param: &str) -> Result<(), CommandError> 
             }
             params.smtputf8 = true;
         }
+        "REQUIRETLS" => {
+            if value.is_some() {
+                return Err(invalid());
+            }
+            if params.require_tls {
+                return Err(CommandError::DuplicateParameter(key));
+            }
+            params.require_tls = true;
+        }
         "SIZE" => {
             let v = value.ok_or_else(invalid)?;
             if !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -801,6 +816,7 @@ mod tests {
                 ret: Some(Ret::Hdrs),
                 envid: Some("QQ+R=Z".into()),
                 auth: Some("<>".into()),
+                require_tls: false,
             }
         );
         assert!(!params.is_empty());
@@ -825,6 +841,11 @@ mod tests {
             [pair("BODY", Some("7BIT")), pair("RET", Some("FULL"))]
         );
         assert!(MailParams::default().keywords().is_empty());
+        let Ok(Command::Mail { params, .. }) = parse("MAIL FROM:<a@b> requiretls") else {
+            panic!()
+        };
+        assert!(params.require_tls);
+        assert_eq!(params.keywords(), [pair("REQUIRETLS", None)]);
     }
 
     #[test]
@@ -842,6 +863,8 @@ mod tests {
             "MAIL FROM:<a@b> ENVID=a+zz",
             "MAIL FROM:<a@b> ENVID=a+0D+0A",
             "MAIL FROM:<a@b> SMTPUTF8=yes",
+            "MAIL FROM:<a@b> REQUIRETLS REQUIRETLS",
+            "MAIL FROM:<a@b> REQUIRETLS=yes",
             "MAIL FROM:<a@b> -X=1",
             "MAIL FROM:<a@b> =1",
             "MAIL FROM:<a@b> A=1=2",

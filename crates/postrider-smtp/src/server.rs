@@ -735,6 +735,10 @@ impl Session {
         if self.config.auth && self.tls {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
+        // RFC 8689 section 4.1: only on a TLS session.
+        if self.tls {
+            lines.push("REQUIRETLS".to_owned());
+        }
         Reply::fixed_lines(250, lines)
     }
 
@@ -956,6 +960,9 @@ impl Session {
         }
         if !self.esmtp && !params.is_empty() {
             return self.respond(555, (5, 5, 4), "ESMTP parameters require EHLO");
+        }
+        if params.require_tls && !self.tls {
+            return self.respond(530, (5, 7, 10), "REQUIRETLS needs a TLS session");
         }
         if params
             .size

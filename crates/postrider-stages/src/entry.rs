@@ -39,6 +39,7 @@ pub fn spool_entry(
         smtputf8,
         ret,
         envid,
+        require_tls,
         ..
     } = mail_params;
     let envelope = Envelope {
@@ -72,6 +73,7 @@ pub fn spool_entry(
         },
         quarantine: None,
         spf: spf.map(spf_record),
+        require_tls,
     };
     (envelope, message)
 }

@@ -46,6 +46,7 @@ pub fn message(to: &[&str], data: &[u8]) -> OutboundMessage {
         smtputf8: false,
         ret: None,
         envid: None,
+        require_tls: false,
     }
 }
 

@@ -34,6 +34,7 @@ fn envelope(mail_from: &str) -> Envelope {
         },
         quarantine: None,
         spf: None,
+        require_tls: false,
     }
 }
 

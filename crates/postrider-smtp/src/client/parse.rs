@@ -192,6 +192,7 @@ pub(super) fn parse_ehlo(reply: &Reply) -> Extensions {
             "STARTTLS" => ext.starttls = true,
             "CHUNKING" => ext.chunking = true,
             "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+            "REQUIRETLS" => ext.require_tls = true,
             // Also the pre-standard `AUTH=PLAIN LOGIN` form.
             "AUTH" => {
                 for mechanism in words {
@@ -307,7 +308,7 @@ mod tests {
             b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8bitmime\r\n\
               250-SMTPUTF8\r\n250-DSN\r\n250-STARTTLS\r\n250-CHUNKING\r\n\
               250-ENHANCEDSTATUSCODES\r\n250-AUTH PLAIN login\r\n250-AUTH=PLAIN XOAUTH2\r\n\
-              250-X-UNKNOWN foo\r\n250 \r\n",
+              250-X-UNKNOWN foo\r\n250-REQUIRETLS\r\n250 \r\n",
         )
         .unwrap()
         .unwrap();
@@ -324,6 +325,7 @@ mod tests {
                 chunking: true,
                 enhanced_status_codes: true,
                 auth_mechanisms: vec!["PLAIN".into(), "LOGIN".into(), "XOAUTH2".into()],
+                require_tls: true,
             }
         );
         assert!(ext.offers_auth("plain"));

@@ -43,6 +43,7 @@ fn msg(from: &str, to: &[&str], data: &[u8]) -> OutboundMessage {
         smtputf8: false,
         ret: None,
         envid: None,
+        require_tls: false,
     }
 }
 
@@ -326,6 +327,31 @@ fn starttls_required_and_offered() {
     assert_eq!(out(&mut c), "");
     assert!(c.extensions().pipelining);
     assert_eq!(c.tls_established(), Err(Misuse::NoTlsPending));
+    // REQUIRETLS (RFC 8689): refused locally (5.7.30) unless this TLS server offers it.
+    let mut m = msg("a@x", &["b@y"], b"x\r\n");
+    m.require_tls = true;
+    c.send(&m, b"x\r\n").unwrap();
+    assert_eq!(events(&mut c), ["Unsupported(b@y=P550/5.7.30)", "Ready"]);
+    assert_eq!(out(&mut c), "");
+}
+
+#[test]
+fn requiretls_is_sent_only_to_a_tls_server_that_offers_it() {
+    let mut plain = ready(config(), "250-mx\r\n250 REQUIRETLS\r\n");
+    let mut m = msg("a@x", &["b@y"], b"x\r\n");
+    m.require_tls = true;
+    plain.send(&m, b"x\r\n").unwrap();
+    assert_eq!(
+        events(&mut plain),
+        ["Unsupported(b@y=P550/5.7.30)", "Ready"]
+    );
+    let mut c = to_starttls(TlsPolicy::Verify, None);
+    feed(&mut c, "220 2.0.0 Go ahead\r\n");
+    c.tls_established().unwrap();
+    out(&mut c);
+    assert_eq!(feed(&mut c, "250-mx\r\n250 REQUIRETLS\r\n"), ["Ready"]);
+    c.send(&m, b"x\r\n").unwrap();
+    assert!(out(&mut c).starts_with("MAIL FROM:<a@x> REQUIRETLS\r\n"));
 }
 
 #[test]
@@ -1273,6 +1299,7 @@ fn against_server_full_delivery() {
                 ret: Some(Ret::Full),
                 envid: Some("env 1+".into()),
                 auth: None,
+                require_tls: false,
             }
         );
         assert_eq!(

@@ -156,8 +156,10 @@ fn greeting_and_ehlo_extensions() {
     let text = String::from_utf8(run_with(cfg.clone(), false, b"EHLO c\r\n").output).unwrap();
     assert!(text.contains("250-STARTTLS\r\n") || text.contains("250 STARTTLS\r\n"));
     assert!(!text.contains("AUTH") && !text.contains("CHUNKING"));
+    assert!(!text.contains("REQUIRETLS"));
     let text = String::from_utf8(run_with(cfg, true, b"EHLO c\r\n").output).unwrap();
-    assert!(text.ends_with("250 AUTH PLAIN LOGIN\r\n"));
+    assert!(text.contains("250-AUTH PLAIN LOGIN\r\n"));
+    assert!(text.ends_with("250 REQUIRETLS\r\n"), "{text}");
     assert!(!text.contains("STARTTLS"));
 }
 
@@ -877,6 +879,9 @@ fn starttls_errors() {
     assert_eq!(h.replies(), ["220", "503 5.5.1"]);
     let h = run_with(tls_config(), true, b"STARTTLS\r\n");
     assert_eq!(h.replies(), ["220", "503 5.5.1"]);
+    // REQUIRETLS (RFC 8689) only over TLS.
+    let h = run(b"EHLO c\r\nMAIL FROM:<a@b.example> REQUIRETLS\r\n");
+    assert_eq!(h.replies(), ["220", "250", "530 5.7.10"]);
 }
 
 fn b64(s: &[u8]) -> String {

@@ -745,7 +745,8 @@ impl Manager {
         let msg = outbound(envelope, message, &idx);
         tracing::debug!(queue_id = %id, destination = %key, rcpts = idx.len(), "delivery attempt");
         let started = std::time::Instant::now();
-        let dest = if tls_not_required(message) {
+        // RFC 8689 section 5: REQUIRETLS wins over the header.
+        let dest = if !envelope.require_tls && tls_not_required(message) {
             tracing::debug!(queue_id = %id, "TLS-Required: No: the recipient domain's TLS policies are ignored");
             without_recipient_policies(dest)
         } else {
@@ -1032,6 +1033,7 @@ impl Manager {
             },
             quarantine: None,
             spf: None,
+            require_tls: false,
         }
     }
 
@@ -1179,6 +1181,7 @@ fn outbound(envelope: &Envelope, message: &[u8], idx: &[usize]) -> OutboundMessa
         smtputf8: envelope.smtputf8,
         ret: envelope.ret,
         envid: envelope.envid.clone(),
+        require_tls: envelope.require_tls,
     }
 }
 
