@@ -581,6 +581,18 @@ fn requiretls_goes_only_over_authenticated_tls_to_servers_that_support_it() {
                 )),
         "{logs}"
     );
+    // Its DSN returns the header only and itself requires TLS.
+    let queued = relay.stop_and_read_spool();
+    let (dsn_envelope, dsn) = queued
+        .iter()
+        .find(|(e, _)| e.mail_from.is_empty())
+        .expect("the DSN of the REQUIRETLS message");
+    assert!(dsn_envelope.require_tls);
+    let dsn = String::from_utf8_lossy(dsn);
+    assert!(
+        dsn.contains("Subject: secret") && !dsn.contains("for TLS only"),
+        "{dsn}"
+    );
     let spool = sure.stop_and_read_spool();
     assert!(spool[0].0.require_tls, "the flag travels with the message");
     assert_eq!(spool[0].0.recipients[0].address, "user@sure.test");

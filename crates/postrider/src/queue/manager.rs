@@ -1056,9 +1056,21 @@ impl Manager {
             ),
             ..DsnOptions::default()
         };
+        // A REQUIRETLS message's DSN returns its header only and goes back under
+        // REQUIRETLS itself: the content must not travel where the sender forbade it.
+        let headers_only;
+        let original = if envelope.require_tls {
+            headers_only = Envelope {
+                ret: Some(postrider_smtp::command::Ret::Hdrs),
+                ..envelope.clone()
+            };
+            &headers_only
+        } else {
+            envelope
+        };
         let dsn = build_dsn_with(
             &self.config().hostname,
-            envelope,
+            original,
             message,
             rcpts,
             kind,
@@ -1066,13 +1078,14 @@ impl Manager {
             &options,
         );
         let smtputf8 = dsn_needs_smtputf8(envelope, message, rcpts);
-        let dsn_envelope = self.local_envelope(
+        let mut dsn_envelope = self.local_envelope(
             "",
             &envelope.mail_from,
             "bounce",
             smtputf8,
             Body::EightBitMime,
         );
+        dsn_envelope.require_tls = envelope.require_tls;
         match self.spool.store(dsn_envelope, dsn).await {
             Ok(dsn_id) => {
                 let kind = match kind {
