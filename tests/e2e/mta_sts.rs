@@ -14,7 +14,7 @@ use std::time::Duration;
 use postrider_testkit::TestCa;
 
 use crate::harness::{
-    ADMIN, Relay, command, config, config_dns, list_json, send_message, tls_report_of, tls_reports,
+    ADMIN, Relay, command, config_dns, list_json, send_message, tls_report_of, tls_reports,
 };
 use crate::peers::{dnsmasq, free_port_on, https_table_server, wait_for};
 
@@ -27,14 +27,9 @@ const ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: *.enforce.test\nmax_ag
 
 /// A relay receiving for every test domain on `address` with the certificate `cert`.
 fn receiver(address: SocketAddr, cert: &(PathBuf, PathBuf)) -> Relay {
-    Relay::builder(&config(&format!(
-        "[[listener]]\nname = \"mx\"\naddress = \"{address}\"\nkind = \"smtp\"\n\
-         tls_cert = \"{}\"\ntls_key = \"{}\"\n[relay]\nlocal_domains = [{}]\n",
-        cert.0.display(),
-        cert.1.display(),
-        DOMAINS.map(|d| format!("\"{d}.test\"")).join(", ")
-    )))
-    .start()
+    let domains: Vec<String> = DOMAINS.iter().map(|d| format!("{d}.test")).collect();
+    let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+    crate::outbound_tls::tls_receiver(address, cert, &domains)
 }
 
 /// The sending relay in `dir`, with `tls = "auto"`, resolving through `dns`.

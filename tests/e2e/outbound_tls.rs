@@ -33,6 +33,17 @@ fn listener(
     )
 }
 
+/// A relay receiving for `domains` on `address` (STARTTLS with the certificate `cert`).
+pub fn tls_receiver(address: SocketAddr, cert: &(PathBuf, PathBuf), domains: &[&str]) -> Relay {
+    let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    Relay::builder(&config(&format!(
+        "{}[relay]\nlocal_domains = [{}]\n",
+        listener("mx", address, "smtp", cert),
+        domains.join(", ")
+    )))
+    .start()
+}
+
 /// `postrider_outbound_tls_sessions_total` for `policy` and `result` in scraped `samples`.
 fn tls_sessions(samples: &HashMap<String, f64>, policy: &str, result: &str) -> f64 {
     value(
@@ -202,12 +213,8 @@ fn mx_verify_per_domain_uses_the_system_store_and_the_next_mx_then_defers_4_7_5(
     // mx1 presents a certificate for another name, mx2 its own; mx.self.test and
     // mx.other.test ones that chain to no trusted root (another CA). other.test has no
     // [[tls_policy]]: [delivery]'s opportunistic TLS takes any certificate.
-    let receiver = |name: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
-        Relay::builder(&config(&format!(
-            "{}[relay]\nlocal_domains = [\"dest.test\", \"self.test\", \"other.test\"]\n",
-            listener(name, address, "smtp", &cert)
-        )))
-        .start()
+    let receiver = |_: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
+        tls_receiver(address, &cert, &["dest.test", "self.test", "other.test"])
     };
     let other = TestCa::new(tmp.path(), "other");
     let mut mx1 = receiver("mx", at("127.0.0.2"), ca.issue("mx1", &["www.dest.test"]));
@@ -542,15 +549,17 @@ fn requiretls_goes_only_over_authenticated_tls_to_servers_that_support_it() {
     );
     // Both receivers present certificates the sender trusts, and advertise REQUIRETLS over
     // TLS; only sure.test has a policy (verify) that authenticates its MX.
-    let receiver = |name: &str, address: SocketAddr, cert: (PathBuf, PathBuf)| {
-        Relay::builder(&config(&format!(
-            "{}[relay]\nlocal_domains = [\"sure.test\", \"open.test\"]\n",
-            listener(name, address, "smtp", &cert)
-        )))
-        .start()
-    };
-    let mut sure = receiver("mx", at("127.0.0.2"), ca.issue("sure", &["mx.sure.test"]));
-    let mut open = receiver("mx", at("127.0.0.3"), ca.issue("open", &["mx.open.test"]));
+    let domains = ["sure.test", "open.test"];
+    let mut sure = tls_receiver(
+        at("127.0.0.2"),
+        &ca.issue("sure", &["mx.sure.test"]),
+        &domains,
+    );
+    let mut open = tls_receiver(
+        at("127.0.0.3"),
+        &ca.issue("open", &["mx.open.test"]),
+        &domains,
+    );
     let relay_dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::builder(&config_dns(
         &dns.to_string(),

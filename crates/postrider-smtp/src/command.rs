@@ -517,28 +517,24 @@ fn set_once<T>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), CommandE
     Ok(())
 }
 
+/// Sets a parameter that takes no value, refusing a value or a second occurrence.
+fn set_flag(flag: &mut bool, value: Option<&str>, key: String) -> Result<(), CommandError> {
+    if value.is_some() {
+        return Err(CommandError::InvalidParameter(key));
+    }
+    if *flag {
+        return Err(CommandError::DuplicateParameter(key));
+    }
+    *flag = true;
+    Ok(())
+}
+
 fn mail_param(params: &mut MailParams, param: &str) -> Result<(), CommandError> {
     let (key, value) = split_param(param)?;
     let invalid = || CommandError::InvalidParameter(key.clone());
     match key.as_str() {
-        "SMTPUTF8" => {
-            if value.is_some() {
-                return Err(invalid());
-            }
-            if params.smtputf8 {
-                return Err(CommandError::DuplicateParameter(key));
-            }
-            params.smtputf8 = true;
-        }
-        "REQUIRETLS" => {
-            if value.is_some() {
-                return Err(invalid());
-            }
-            if params.require_tls {
-                return Err(CommandError::DuplicateParameter(key));
-            }
-            params.require_tls = true;
-        }
+        "SMTPUTF8" => set_flag(&mut params.smtputf8, value, key)?,
+        "REQUIRETLS" => set_flag(&mut params.require_tls, value, key)?,
         "SIZE" => {
             let v = value.ok_or_else(invalid)?;
             if !v.bytes().all(|b| b.is_ascii_digit()) {
