@@ -142,6 +142,9 @@ pub struct Deliverer {
     sts: Option<Arc<MtaSts>>,
     /// When validation through `secure_dns` was last probed, and whether it worked.
     dnssec: std::sync::Mutex<Option<(Instant, bool)>>,
+    /// The DANE client configuration of each host and TLSA set, kept so that its session
+    /// cache lets the next connection to that host resume (a TLSA change is a new entry).
+    dane_configs: std::sync::Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
     options: DeliveryOptions,
     /// For `opportunistic` and `require`.
     unverified: TlsConnector,
@@ -262,6 +265,9 @@ impl Progress {
     }
 }
 
+/// DANE client configurations kept (one per host and TLSA set); past it they start anew.
+const MAX_DANE_CONFIGS: usize = 1024;
+
 /// How long a probe of DNSSEC validation ([`SecureDns::available`]) holds.
 const DNSSEC_PROBE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -281,6 +287,7 @@ impl Deliverer {
             secure_dns: None,
             sts: None,
             dnssec: std::sync::Mutex::new(None),
+            dane_configs: std::sync::Mutex::new(HashMap::new()),
             options,
             unverified: TlsConnector::from(crate::tls::client_config()?),
             system_roots,
@@ -468,7 +475,7 @@ impl Deliverer {
         }
         let mut described: Vec<String> = usable.iter().map(|r| r.to_string()).collect();
         described.dedup();
-        let config = crate::dane::DaneVerifier::client_config(usable).map_err(|e| {
+        let config = self.dane_config(host, usable).map_err(|e| {
             RcptResult::Temporary(Reply::local(
                 451,
                 (4, 7, 5),
@@ -667,6 +674,26 @@ impl Deliverer {
                 label: tls,
             },
         ))
+    }
+
+    /// The client configuration authenticating `host` by `usable` TLSA records: the one
+    /// made before for the same host and records (its sessions resume), else a new one.
+    fn dane_config(
+        &self,
+        host: &str,
+        usable: Vec<postrider_dns::Tlsa>,
+    ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+        let key = format!("{host}|{:?}", tlsa_report(&usable).strings);
+        let mut configs = self.dane_configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = configs.get(&key) {
+            return Ok(Arc::clone(config));
+        }
+        if configs.len() >= MAX_DANE_CONFIGS {
+            configs.clear();
+        }
+        let config = crate::dane::DaneVerifier::client_config(usable)?;
+        configs.insert(key, Arc::clone(&config));
+        Ok(config)
     }
 
     /// Whether DNSSEC validation works through the configured nameservers
@@ -1251,7 +1278,14 @@ impl Security {
             }
             (None, None) => "not verified".to_owned(),
         };
-        seen.established = Some(format!("{version} {cipher}, certificate {checked}"));
+        let resumed = if conn.resumed() {
+            ", session resumed"
+        } else {
+            ""
+        };
+        seen.established = Some(format!(
+            "{version} {cipher}, certificate {checked}{resumed}"
+        ));
     }
 
     /// What TLS reporting counts of one connection under a reported policy.
@@ -1339,6 +1373,14 @@ impl Conn {
             Conn::Plain(s) => read_from(s, buf).await,
             Conn::Tls(s) => read_from(s, buf).await,
             Conn::Unix(s) => read_from(s, buf).await,
+        }
+    }
+
+    /// TLS is up on a resumed session (the certificate was checked when it began).
+    fn resumed(&self) -> bool {
+        match self {
+            Conn::Tls(s) => s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            Conn::Plain(_) | Conn::Unix(_) => false,
         }
     }
 

@@ -515,3 +515,91 @@ async fn dane_is_opportunistic_without_secure_tlsa_and_encrypts_with_unusable_on
         [(TlsPolicy::Dane, TlsOutcome::Unverified)]
     );
 }
+
+/// One message over STARTTLS with `acceptor`, then the server hangs up (so the next message
+/// needs a new connection).
+async fn one_message_then_close(listener: &TcpListener, acceptor: &TlsAcceptor) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut plain = BufReader::new(stream);
+    plain
+        .get_mut()
+        .write_all(b"220 mx ESMTP\r\n")
+        .await
+        .unwrap();
+    line(&mut plain).await.unwrap();
+    plain
+        .get_mut()
+        .write_all(b"250-mx\r\n250 STARTTLS\r\n")
+        .await
+        .unwrap();
+    line(&mut plain).await.unwrap();
+    plain
+        .get_mut()
+        .write_all(b"220 go ahead\r\n")
+        .await
+        .unwrap();
+    let mut r = BufReader::new(acceptor.accept(plain.into_inner()).await.unwrap());
+    while let Some(cmd) = line(&mut r).await {
+        let reply: &[u8] = match cmd.split(' ').next().unwrap_or("") {
+            "EHLO" => b"250 mx\r\n",
+            "DATA" => {
+                r.get_mut().write_all(b"354 go\r\n").await.unwrap();
+                while line(&mut r).await.is_some_and(|l| l != ".") {}
+                r.get_mut()
+                    .write_all(b"250 2.0.0 queued\r\n")
+                    .await
+                    .unwrap();
+                r.get_mut().flush().await.unwrap();
+                return;
+            }
+            _ => b"250 ok\r\n",
+        };
+        r.get_mut().write_all(reply).await.unwrap();
+        r.get_mut().flush().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dane_sessions_to_the_same_host_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "nobody");
+    let cert = ca.issue("a", &["x.example"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dns = FakeSecure {
+        mx: vec![(10, "a.d.test".into())],
+        mx_secure: true,
+        ip_secure: true,
+        tlsa: HashMap::from([(format!("_{port}._tcp.a.d.test"), vec![dane_ee(&cert.0)])]),
+        ..FakeSecure::default()
+    };
+    let acceptor = acceptor(&cert);
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            one_message_then_close(&listener, &acceptor).await;
+        }
+    });
+    let d = deliverer(two_mx(true), port, Duration::from_secs(5)).with_secure_dns(Arc::new(dns));
+    let dest = Destination::Mx {
+        domain: "d.test".into(),
+        tls: TlsPolicy::Dane,
+        roots: None,
+    };
+    let mut summaries = Vec::new();
+    for _ in 0..2 {
+        let attempt = d
+            .deliver(&dest, &message(&["a@d.test"], b"hi\r\n"), b"hi\r\n")
+            .await;
+        assert_eq!(outcome(&attempt).0, "A250/2.0.0");
+        summaries.push(attempt.tls.unwrap());
+    }
+    server.await.unwrap();
+    assert!(
+        summaries[0].ends_with("certificate verified by TLSA 3 1 1"),
+        "{summaries:?}"
+    );
+    assert!(
+        summaries[1].ends_with("certificate verified by TLSA 3 1 1, session resumed"),
+        "{summaries:?}"
+    );
+}
