@@ -125,9 +125,7 @@ struct SessionTls {
     fresh: bool,
     /// Version, cipher and certificate check once TLS is up.
     established: Option<String>,
-    /// The handshake or the certificate check failed.
-    failed: bool,
-    /// Why, as rustls said.
+    /// The handshake or the certificate check failed: why, as rustls said.
     error: Option<String>,
     /// Under MTA-STS `testing`: why `enforce` would have refused this session.
     would_fail: Option<String>,
@@ -364,7 +362,7 @@ impl Deliverer {
         host: &str,
         port: u16,
         plan: &HostPlan,
-    ) -> Result<(Vec<IpAddr>, Security), RcptResult> {
+    ) -> Result<(Vec<IpAddr>, Security), Skipped> {
         let (dane, sts, label) = match plan {
             HostPlan::Fixed(security) => {
                 return Ok((self.addresses(host).await?, security.clone()));
@@ -400,16 +398,24 @@ impl Deliverer {
     }
 
     /// TLS towards `host` under an MTA-STS policy in `enforce` or `testing` mode.
-    fn sts_security(&self, policy: &Policy, host: &str) -> Result<Security, RcptResult> {
+    fn sts_security(&self, policy: &Policy, host: &str) -> Result<Security, Skipped> {
         let listed = policy.allows(host);
         let mut security = match policy.mode {
             Mode::Enforce if !listed => {
                 info!(host = %host, policy = %policy, "MX host not in the MTA-STS policy, skipped");
-                return Err(RcptResult::Temporary(Reply::local(
-                    451,
-                    (4, 7, 5),
-                    &format!("MX host {host} is not in the recipient domain's MTA-STS policy"),
-                )));
+                let failure = Failure {
+                    result: ResultType::ValidationFailure,
+                    receiving_mx_hostname: Some(host.to_owned()),
+                    receiving_ip: None,
+                };
+                return Err(Skipped {
+                    reply: RcptResult::Temporary(Reply::local(
+                        451,
+                        (4, 7, 5),
+                        &format!("MX host {host} is not in the recipient domain's MTA-STS policy"),
+                    )),
+                    report: Some(Box::new((sts_report(policy), Err(failure)))),
+                });
             }
             Mode::Enforce => self.security(TlsPolicy::Verify, None),
             Mode::Testing | Mode::None => {
@@ -465,12 +471,13 @@ impl Deliverer {
         if !tlsa.secure || tlsa.records.is_empty() {
             return Ok((ips.records, None));
         }
+        let report = Some(Arc::new(tlsa_report(&tlsa.records)));
         let usable = crate::dane::usable(&tlsa.records);
         if usable.is_empty() {
             // RFC 7672 section 2.2: TLS is still mandatory, without authentication.
             let mut security = self.security(TlsPolicy::Require, None);
             security.label = TlsPolicy::Dane;
-            security.report = Some(Arc::new(tlsa_report(&tlsa.records)));
+            security.report = report;
             return Ok((ips.records, Some(security)));
         }
         let mut described: Vec<String> = usable.iter().map(|r| r.to_string()).collect();
@@ -489,7 +496,7 @@ impl Deliverer {
             verified_by: Some(format!("TLSA {}", described.join(", ")).into()),
             insecure_auth: false,
             audit: None,
-            report: Some(Arc::new(tlsa_report(&tlsa.records))),
+            report,
         };
         Ok((ips.records, Some(security)))
     }
@@ -772,21 +779,9 @@ impl Deliverer {
         for host in hosts {
             let (addrs, security) = match self.host_setup(host, port, &plan).await {
                 Ok(found) => found,
-                Err(r) => {
-                    if let HostPlan::PerHost { sts: Some(p), .. } = &plan
-                        && p.mode == Mode::Enforce
-                        && !p.allows(host)
-                    {
-                        tls_reports.push((
-                            sts_report(p),
-                            Err(Failure {
-                                result: ResultType::ValidationFailure,
-                                receiving_mx_hostname: Some(host.clone()),
-                                receiving_ip: None,
-                            }),
-                        ));
-                    }
-                    last = r;
+                Err(Skipped { reply, report }) => {
+                    tls_reports.extend(report.map(|r| *r));
+                    last = reply;
                     temporary = Some(last.clone());
                     continue;
                 }
@@ -1073,7 +1068,6 @@ impl Deliverer {
                                 } else {
                                     local_fail(&format!("TLS handshake failed: {e}"))
                                 };
-                                seen.failed = true;
                                 seen.error = Some(e.clone());
                                 return Err(if tls_fallback {
                                     ConnError::TlsFailed(r)
@@ -1175,6 +1169,21 @@ enum HostPlan {
         /// The configured level, for logs where neither applies.
         label: TlsPolicy,
     },
+}
+
+/// A host not tried: why, and what TLS reporting counts of it.
+struct Skipped {
+    reply: RcptResult,
+    report: Option<Box<(postrider_tlsrpt::Policy, Result<(), Failure>)>>,
+}
+
+impl From<RcptResult> for Skipped {
+    fn from(reply: RcptResult) -> Skipped {
+        Skipped {
+            reply,
+            report: None,
+        }
+    }
 }
 
 /// MTA-STS `testing` mode: the certificate is checked after the handshake, and what would
@@ -1305,7 +1314,7 @@ impl Security {
 
     /// The result label of one connection's TLS.
     fn outcome(&self, seen: &SessionTls) -> TlsOutcome {
-        match (&seen.established, seen.failed) {
+        match (&seen.established, seen.error.is_some()) {
             (_, true) => TlsOutcome::Failed,
             (Some(_), false) if self.verified_by.is_some() => TlsOutcome::Verified,
             (Some(_), false) => TlsOutcome::Unverified,
