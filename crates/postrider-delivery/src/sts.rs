@@ -3,7 +3,7 @@
 //! `postrider_mta_sts`'s; this is the I/O around them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,6 +80,8 @@ pub struct MtaSts {
     dns: Arc<dyn Dns>,
     roots: TrustRoots,
     options: StsOptions,
+    /// Every policy kept, by domain: those on disk are read once, when the client is made,
+    /// so a delivery never waits for the disk to learn that a domain has none.
     cache: Mutex<HashMap<String, Cached>>,
     /// One fetch at a time per domain: the others wait and use its result.
     fetching: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -100,13 +102,19 @@ fn now() -> u64 {
 
 impl MtaSts {
     /// A client looking up records through `dns` and checking policy hosts' certificates
-    /// against `roots`.
+    /// against `roots`, with the policies kept in `options.cache_dir` by an earlier run
+    /// (read here; unreadable files are logged and ignored).
     pub fn new(dns: Arc<dyn Dns>, roots: TrustRoots, options: StsOptions) -> MtaSts {
+        let cache = options
+            .cache_dir
+            .as_deref()
+            .map(load_cache)
+            .unwrap_or_default();
         MtaSts {
             dns,
             roots,
             options,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(cache),
             fetching: tokio::sync::Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
         }
@@ -122,8 +130,9 @@ impl MtaSts {
     pub async fn lookup(&self, domain: &str) -> (Option<Policy>, Option<FetchError>) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let found = self.announcement(&domain).await;
-        if let Step::UseCached = next_step(&found, self.cached(&domain).as_ref(), now()) {
-            return (self.cached(&domain).map(|c| c.policy), None);
+        let cached = self.cached(&domain);
+        if let Step::UseCached = next_step(&found, cached.as_ref(), now()) {
+            return (cached.map(|c| c.policy), None);
         }
         let lock = {
             let mut fetching = self.fetching.lock().await;
@@ -208,24 +217,10 @@ impl MtaSts {
         }
     }
 
-    /// The cached entry of `domain`: in memory, else read from disk once.
+    /// The cached entry of `domain`.
     fn cached(&self, domain: &str) -> Option<Cached> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(domain) {
-            return Some(c.clone());
-        }
-        let path = self.file(domain)?;
-        let text = std::fs::read_to_string(&path).ok()?;
-        match Cached::from_text(&text) {
-            Ok(c) => {
-                cache.insert(domain.to_owned(), c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                warn!(file = %path.display(), error = %e, "unreadable MTA-STS cache file ignored");
-                None
-            }
-        }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(domain).cloned()
     }
 
     /// Keeps `entry` in memory and writes it to disk (a new file renamed over the old).
@@ -262,7 +257,7 @@ impl MtaSts {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
         let dir = self.options.cache_dir.as_ref()?;
-        plain.then(|| dir.join(format!("{domain}.policy")))
+        plain.then(|| dir.join(format!("{domain}{CACHE_SUFFIX}")))
     }
 
     /// GET `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`: certificate verified against
@@ -304,4 +299,36 @@ impl MtaSts {
         }
         Ok(response.body)
     }
+}
+
+/// The cache file of a domain is `DOMAIN` followed by this.
+const CACHE_SUFFIX: &str = ".policy";
+
+/// The policies kept in `dir`, by domain (an absent directory holds none).
+fn load_cache(dir: &Path) -> HashMap<String, Cached> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return HashMap::new();
+    };
+    let mut cache = HashMap::new();
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let Some(domain) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(CACHE_SUFFIX))
+        else {
+            continue;
+        };
+        match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Cached::from_text(&text).map_err(|e| e.to_string()))
+        {
+            Ok(c) => {
+                cache.insert(domain.to_owned(), c);
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "unreadable MTA-STS cache file ignored")
+            }
+        }
+    }
+    cache
 }
