@@ -48,6 +48,12 @@ async fn line<S: AsyncRead + Unpin>(r: &mut BufReader<S>) -> Option<String> {
 /// Offers STARTTLS with `acceptor`'s certificate, then takes a message (and AUTH PLAIN)
 /// over TLS until the client goes.
 async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen {
+    serve_starttls(listener, acceptor, false).await
+}
+
+/// [`starttls_server`]; with `hang_up`, the server closes the connection once it has taken
+/// a message (so the next message needs a new connection).
+async fn serve_starttls(listener: &TcpListener, acceptor: &TlsAcceptor, hang_up: bool) -> Seen {
     let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
         .expect("no connection")
@@ -85,6 +91,14 @@ async fn starttls_server(listener: &TcpListener, acceptor: &TlsAcceptor) -> Seen
             "DATA" => {
                 r.get_mut().write_all(b"354 go\r\n").await.unwrap();
                 while line(&mut r).await.is_some_and(|l| l != ".") {}
+                if hang_up {
+                    r.get_mut()
+                        .write_all(b"250 2.0.0 queued\r\n")
+                        .await
+                        .unwrap();
+                    r.get_mut().flush().await.unwrap();
+                    return Seen::Tls(seen);
+                }
                 b"250 2.0.0 queued\r\n"
             }
             "QUIT" => b"221 bye\r\n",
@@ -516,49 +530,6 @@ async fn dane_is_opportunistic_without_secure_tlsa_and_encrypts_with_unusable_on
     );
 }
 
-/// One message over STARTTLS with `acceptor`, then the server hangs up (so the next message
-/// needs a new connection).
-async fn one_message_then_close(listener: &TcpListener, acceptor: &TlsAcceptor) {
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut plain = BufReader::new(stream);
-    plain
-        .get_mut()
-        .write_all(b"220 mx ESMTP\r\n")
-        .await
-        .unwrap();
-    line(&mut plain).await.unwrap();
-    plain
-        .get_mut()
-        .write_all(b"250-mx\r\n250 STARTTLS\r\n")
-        .await
-        .unwrap();
-    line(&mut plain).await.unwrap();
-    plain
-        .get_mut()
-        .write_all(b"220 go ahead\r\n")
-        .await
-        .unwrap();
-    let mut r = BufReader::new(acceptor.accept(plain.into_inner()).await.unwrap());
-    while let Some(cmd) = line(&mut r).await {
-        let reply: &[u8] = match cmd.split(' ').next().unwrap_or("") {
-            "EHLO" => b"250 mx\r\n",
-            "DATA" => {
-                r.get_mut().write_all(b"354 go\r\n").await.unwrap();
-                while line(&mut r).await.is_some_and(|l| l != ".") {}
-                r.get_mut()
-                    .write_all(b"250 2.0.0 queued\r\n")
-                    .await
-                    .unwrap();
-                r.get_mut().flush().await.unwrap();
-                return;
-            }
-            _ => b"250 ok\r\n",
-        };
-        r.get_mut().write_all(reply).await.unwrap();
-        r.get_mut().flush().await.unwrap();
-    }
-}
-
 #[tokio::test]
 async fn dane_sessions_to_the_same_host_resume() {
     let dir = tempfile::tempdir().unwrap();
@@ -576,7 +547,7 @@ async fn dane_sessions_to_the_same_host_resume() {
     let acceptor = acceptor(&cert);
     let server = tokio::spawn(async move {
         for _ in 0..2 {
-            one_message_then_close(&listener, &acceptor).await;
+            serve_starttls(&listener, &acceptor, true).await;
         }
     });
     let d = deliverer(two_mx(true), port, Duration::from_secs(5)).with_secure_dns(Arc::new(dns));
