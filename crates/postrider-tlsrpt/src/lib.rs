@@ -121,6 +121,13 @@ impl PolicyType {
             PolicyType::NoPolicyFound => "no-policy-found",
         }
     }
+
+    /// The type named `s` in a report.
+    fn parse(s: &str) -> Option<PolicyType> {
+        [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
 }
 
 /// Why a session failed (RFC 8460 section 4.3).
@@ -164,6 +171,25 @@ impl ResultType {
             ResultType::StsPolicyInvalid => "sts-policy-invalid",
             ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
         }
+    }
+
+    /// The result type named `s` in a report.
+    fn parse(s: &str) -> Option<ResultType> {
+        use ResultType::*;
+        [
+            StarttlsNotSupported,
+            CertificateHostMismatch,
+            CertificateExpired,
+            CertificateNotTrusted,
+            ValidationFailure,
+            TlsaInvalid,
+            DnssecInvalid,
+            StsPolicyFetchError,
+            StsPolicyInvalid,
+            StsWebpkiInvalid,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -334,34 +360,6 @@ impl Aggregates {
             }
         }
         json!({"reports": out, "dropped-sessions": self.dropped})
-    }
-}
-
-impl PolicyType {
-    fn parse(s: &str) -> Option<PolicyType> {
-        [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-    }
-}
-
-impl ResultType {
-    fn parse(s: &str) -> Option<ResultType> {
-        use ResultType::*;
-        [
-            StarttlsNotSupported,
-            CertificateHostMismatch,
-            CertificateExpired,
-            CertificateNotTrusted,
-            ValidationFailure,
-            TlsaInvalid,
-            DnssecInvalid,
-            StsPolicyFetchError,
-            StsPolicyInvalid,
-            StsWebpkiInvalid,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
     }
 }
 
