@@ -176,19 +176,21 @@ impl TrustRoots {
     ) -> Result<TrustRoots, RootsError> {
         let mut store = RootCertStore::empty();
         let (count, _ignored) = store.add_parsable_certificates(certs);
-        let verifier = (count > 0)
-            .then(|| {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store.clone()), provider())
-                    .build()
-            })
-            .transpose()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let config = Arc::new(
-            ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(store)
-                .with_no_client_auth(),
-        );
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        // One verifier checks handshakes and, for MTA-STS `testing`, chains already
+        // received. rustls builds none from an empty store: that connector fails every
+        // chain, and `check` says there are no roots.
+        let (verifier, builder) = if count > 0 {
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let builder = builder.with_webpki_verifier(Arc::clone(&verifier));
+            (Some(verifier), builder)
+        } else {
+            (None, builder.with_root_certificates(store))
+        };
+        let config = Arc::new(builder.with_no_client_auth());
         Ok(TrustRoots {
             source: source.into(),
             count,
