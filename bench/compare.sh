@@ -6,6 +6,10 @@
 # `reuse = 100` on each plugin, see plugins/README.md), Debian's Postfix as a
 # relay (relayhost to the sink) and Haraka from npm (one JS rcpt-allowlist plugin,
 # queue/smtp_forward to the sink). All relay to the same Postfix smtp-sink on loopback.
+# Verified TLS (issue 18): "postrider-verify" (route `tls = "verify"`) and "postfix-verify"
+# (`smtp_tls_security_level = verify`, TLS session cache, `smtp_tls_connection_reuse` through
+# tlsproxy) relay to postrider-sink instead, a discarding receiver with STARTTLS whose
+# certificate comes from a CA made at its start; it counts TLS handshakes and resumed ones.
 #
 # Each cell (sessions x message size x connection mode) runs every server in turn, run by
 # run (A B C D, A B C D, ...), each run on a freshly started server: an untimed warm-up with
@@ -23,11 +27,12 @@
 #
 #   --quick        200 messages per pass, 1 run: checks that every cell works, measures nothing
 #   --runs N       runs per server and cell (default 3; the median is reported)
-#   --only LIST    comma-separated subset of postrider,postrider-3p,postrider-3p-warm,postfix,haraka
+#   --only LIST    comma-separated subset of postrider,postrider-3p,postrider-3p-warm,postfix,haraka,
+#                  postrider-verify,postfix-verify (default: all but the two -verify ones)
 #   --messages N   messages per pass (default 10000 at 4 KiB, 2000 at 100 KiB)
 #   --quiet-logs   Postrider and Haraka log warnings only (default: their default level,
 #                  info, to a file, as Postfix logs every message to its maillog_file)
-#   --port-base P  loopback ports P..P+6 (default 2610)
+#   --port-base P  loopback ports P..P+7 (default 2610)
 #   --keep         keep the work directory (configs, logs, raw output)
 #   --no-build     use the binaries and plugins already in target/ (no cargo build)
 #
@@ -40,8 +45,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 ORIG_ARGS=("$@")
 
-all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka"
-runs=3; runs_set=0; quick=0; only=$all_servers; sessions_list="20 100"; sizes="4096 102400"
+all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka,postrider-verify,postfix-verify"
+runs=3; runs_set=0; quick=0; only="postrider,postrider-3p,postrider-3p-warm,postfix,haraka"; sessions_list="20 100"; sizes="4096 102400"
 modes="new reuse"; messages=""; quiet_logs=0; port_base=2610; out=bench/RESULTS.md; keep=0
 build=1
 drain_limit=900       # seconds a queue may take to empty after a pass
@@ -81,6 +86,8 @@ done
 for m in $modes; do [[ $m == new || $m == reuse ]] || die "mode $m: new or reuse"; done
 wants() { [[ " ${servers[*]} " == *" $1 "* ]]; }
 wants_plugins() { wants postrider-3p || wants postrider-3p-warm; }
+wants_tls() { wants postrider-verify || wants postfix-verify; }
+wants_postfix() { wants postfix || wants postfix-verify; }
 
 messages_for() { # size
   if [ -n "$messages" ]; then echo "$messages"
@@ -91,7 +98,7 @@ messages_for() { # size
 
 pr_port=$port_base; pr3_port=$((port_base + 1)); pf_port=$((port_base + 2))
 hk_port=$((port_base + 3)); sink_port=$((port_base + 4)); dns_port=$((port_base + 5))
-pr3w_port=$((port_base + 6))
+pr3w_port=$((port_base + 6)); tls_sink_port=$((port_base + 7)); prv_port=$((port_base + 8))
 # A developer's RUST_BACKTRACE=1 makes every error wasmtime creates internally (one per
 # dropped plugin instance) capture a stack trace: run every server as a service runs.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -114,7 +121,7 @@ if wants haraka; then
   node_major=$(node -p 'process.versions.node.split(".")[0]')
   [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postrider-3p-warm,postfix)"
 fi
-for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port; do
+for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port $pr3w_port $tls_sink_port $prv_port; do
   ! ss -Hltn "sport = :$p" | grep -q . || die "port $p is in use (--port-base to move)"
 done
 ! ss -Hlun "sport = :$dns_port" | grep -q . || die "udp port $dns_port is in use (--port-base to move)"
@@ -142,8 +149,9 @@ if wants haraka; then
 fi
 postrider_bin=$root/target/release/postrider
 loadgen_bin=$root/target/release/postrider-loadgen
+tls_sink_bin=$root/target/release/postrider-sink
 wasm=$root/plugins/target/wasm32-wasip2/release
-for f in "$postrider_bin" "$loadgen_bin"; do [ -x "$f" ] || die "$f is missing (run without --no-build)"; done
+for f in "$postrider_bin" "$loadgen_bin" "$tls_sink_bin"; do [ -x "$f" ] || die "$f is missing (run without --no-build)"; done
 if wants_plugins; then
   for f in dnsbl rcpt_allowlist header_stamp; do [ -f "$wasm/$f.wasm" ] || die "$wasm/$f.wasm is missing (run without --no-build)"; done
 fi
@@ -151,10 +159,12 @@ fi
 # ------------------------------------------------------------------ work dir, cleanup
 # On the Postfix queue's filesystem, so that both sync to the same disk.
 work=$(mktemp -d /var/tmp/postrider-bench.XXXXXX)
+# Postfix's smtp client reads the sink's CA file from here as user postfix.
+chmod 755 "$work"
 [ "$(stat -c %d "$work")" = "$(stat -c %d /var/spool/postfix 2>/dev/null || stat -c %d /var/spool)" ] \
   || echo "warning: $work and /var/spool/postfix are on different filesystems" >&2
 mkdir -p "$work/runs"
-srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; dns_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
+srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; tls_sink_pid=""; dns_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -164,7 +174,7 @@ cleanup() {
   [ -n "$fg_pid" ] && stop_pid "$fg_pid" 5
   [ -n "$sampler_pid" ] && stop_pid "$sampler_pid" 5
   [ -n "$srv" ] && stop_server
-  stop_pid "$sink_pid" 5; stop_pid "$dns_pid" 5
+  stop_pid "$sink_pid" 5; stop_pid "$tls_sink_pid" 5; stop_pid "$dns_pid" 5
   if [ "$postfix_touched" = 1 ]; then
     postfix stop >/dev/null 2>&1
     restore_postfix
@@ -179,9 +189,22 @@ trap 'exit 130' INT TERM
 smtp-sink -u nobody -c "127.0.0.1:$sink_port" 1024 >"$work/sink.out" 2>"$work/sink.err" &
 sink_pid=$!
 wait_until 10 listening "$sink_port" || die "smtp-sink did not start: $(cat "$work/sink.err")"
-# Messages the sink has received so far (its -c counter, "mesg=N", updated at every ".").
+if wants_tls; then
+  "$tls_sink_bin" --listen "127.0.0.1:$tls_sink_port" --name sink.bench.test --ca-out "$work/sink-ca.pem" \
+    --counts "$work/tls-sink.counts" >"$work/tls-sink.out" 2>&1 &
+  tls_sink_pid=$!
+  wait_until 10 listening "$tls_sink_port" || die "postrider-sink did not start: $(cat "$work/tls-sink.out")"
+  chmod 644 "$work/sink-ca.pem"
+fi
+# "MESSAGES HANDSHAKES RESUMED" at the TLS sink.
+tls_counts() { cat "$work/tls-sink.counts" 2>/dev/null || echo "0 0 0"; }
+# Messages the current server's sink has received so far: smtp-sink's -c counter ("mesg=N",
+# updated at every "."), or the TLS sink's count for the -verify servers.
 sink_count() {
   local last
+  case $srv in
+    *-verify) last=$(tls_counts); echo "${last%% *}"; return ;;
+  esac
   last=$(tail -c 200 "$work/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1)
   echo "${last#mesg=}" | sed 's/^$/0/'
 }
@@ -200,7 +223,7 @@ fi
 pr_log=info; hk_log=info
 [ "$quiet_logs" = 1 ] && pr_log=warn && hk_log=warn
 
-write_postrider_config() { # name port plugins (none, fresh or warm)
+write_postrider_config() { # name port plugins (none, fresh, warm or verify)
   mkdir -p "$work/$1"
   cat >"$work/$1/postrider.toml" <<TOML
 hostname = "bench.test"
@@ -229,12 +252,25 @@ per_destination = 20
 cache_dir = "$work/plugin-cache"
 kv_path = "kv.redb"
 
+TOML
+  if [ "$3" = verify ]; then
+    cat >>"$work/$1/postrider.toml" <<TOML
+# The certificate names 127.0.0.1 and is checked against the sink's CA only.
+[[route]]
+domains = ["remote.test"]
+relay = "127.0.0.1:$tls_sink_port"
+tls = "verify"
+ca_file = "$work/sink-ca.pem"
+TOML
+  else
+    cat >>"$work/$1/postrider.toml" <<TOML
 [[route]]
 domains = ["remote.test"]
 relay = "127.0.0.1:$sink_port"
 tls = "none"
 TOML
-  if [ "$3" != none ]; then
+  fi
+  if [ "$3" != none ] && [ "$3" != verify ]; then
     local reuse=""
     [ "$3" = warm ] && reuse="reuse = 100"
     cat >>"$work/$1/postrider.toml" <<TOML
@@ -273,16 +309,35 @@ TOML
 wants postrider && write_postrider_config postrider "$pr_port" none
 wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" fresh
 wants postrider-3p-warm && write_postrider_config postrider-3p-warm "$pr3w_port" warm
+wants postrider-verify && write_postrider_config postrider-verify "$prv_port" verify
 
-if wants postfix; then
+# Postfix as "postfix" (plain to smtp-sink) or "postfix-verify" (verified TLS to the TLS sink,
+# at its best: a session cache, emptied for each run, and connections reused through tlsproxy).
+configure_postfix() { # server
+  if [ "$1" = postfix-verify ]; then
+    rm -f "$pf_data"/smtp_scache*
+    postconf -e "relayhost = [127.0.0.1]:$tls_sink_port" "smtp_tls_security_level = verify" \
+      "smtp_tls_CAfile = $work/sink-ca.pem" "smtp_tls_verify_cert_match = sink.bench.test" \
+      "smtp_tls_session_cache_database = btree:\${data_directory}/smtp_scache" \
+      "smtp_tls_connection_reuse = yes"
+  else
+    postconf -e "relayhost = [127.0.0.1]:$sink_port" "smtp_tls_security_level = none" \
+      "smtp_tls_connection_reuse = no"
+  fi
+}
+if wants_postfix; then
   take_over_postfix
   # Loopback only, relay for 127.0.0.0/8, everything to the sink.
   postconf -e "inet_interfaces = loopback-only" "mydestination =" "mynetworks = 127.0.0.0/8" \
-    "relayhost = [127.0.0.1]:$sink_port" "smtpd_client_restrictions =" \
+    "smtpd_client_restrictions =" \
     "smtpd_client_connection_count_limit = 0" "default_process_limit = 200" \
-    "default_destination_concurrency_limit = 20" "smtp_tls_security_level = none" \
+    "default_destination_concurrency_limit = 20" \
     "maillog_file = /var/log/postfix-bench.log" "compatibility_level = 3.6"
+  pf_data=$(postconf -h data_directory)
+  configure_postfix "${servers[0]}"
   postconf -M "$pf_port/inet=$pf_port inet n - n - - smtpd"
+  # smtp_tls_connection_reuse needs tlsproxy, which Debian's master.cf leaves commented out.
+  postconf -M "tlsproxy/unix=tlsproxy unix - - y - 0 tlsproxy"
   postfix check >/dev/null 2>&1 || die "postfix check failed"
   pf_queue=$(postconf -h queue_directory)
   leftover=$(find "$pf_queue"/{incoming,active,deferred,hold,maildrop} -type f 2>/dev/null | wc -l)
@@ -306,7 +361,7 @@ fi
 start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
   srv=$1
   case $1 in
-    postrider|postrider-3p|postrider-3p-warm)
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify)
       local d=$work/$1
       # Output and log outside the config's directory, which the relay watches for changes.
       rm -rf "$d/spool" "$d.out"
@@ -314,7 +369,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
       srv_pid=$!
       # A first start compiles the plugins (then cached): allow for it.
       wait_until 300 grep -q "postrider: ready" "$d.out" || { echo "$1 did not start: $(tail -3 "$d.log")"; return 1; } ;;
-    postfix) start_postfix ;;
+    postfix|postfix-verify) configure_postfix "$1" && start_postfix ;;
     haraka)
       node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/haraka" >>"$work/haraka/log" 2>&1 &
       srv_pid=$!
@@ -326,7 +381,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
 }
 stop_server() {
   case $srv in
-    postfix) stop_postfix "$srv_pid" ;;
+    postfix|postfix-verify) stop_postfix "$srv_pid" ;;
     *) stop_pid "$srv_pid" 40 ;;
   esac
   srv=""; srv_pid=""
@@ -334,8 +389,8 @@ stop_server() {
 queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
   local f
   case $srv in
-    postrider|postrider-3p|postrider-3p-warm) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
-    postfix) postfix_queued ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
+    postfix|postfix-verify) postfix_queued ;;
     haraka) echo 0 ;;  # no queue: smtp_forward answers 250 once the sink has accepted
   esac
 }
@@ -355,14 +410,14 @@ sink_reached() { [ "$(sink_count)" -ge "$1" ]; }
 workers_up() { [ "$(cat /proc/"$1"/task/*/children 2>/dev/null | wc -w)" -ge "$2" ]; }
 flush_queue() { # after a failed drain, so the next run starts empty
   case $srv in
-    postfix) postsuper -d ALL >/dev/null 2>&1 || true ;;
+    postfix|postfix-verify) postsuper -d ALL >/dev/null 2>&1 || true ;;
   esac
 }
 
 # ------------------------------------------------------------------ one run
 shopt -s nullglob
 tsv=$work/runs.tsv
-printf 'server\tsessions\tsize\tmode\trep\tmessages\tt_start\tt_accepted\tt_drained\tsink_delta\tlg_t_start\tlg_t_drained\tlg_sink_delta\trss_kb\tpss_kb\trss_how\trustc\tload1\terror\tloadgen_json\n' >"$tsv"
+printf 'server\tsessions\tsize\tmode\trep\tmessages\tt_start\tt_accepted\tt_drained\tsink_delta\tlg_t_start\tlg_t_drained\tlg_sink_delta\trss_kb\tpss_kb\trss_how\trustc\tload1\terror\tloadgen_json\ttls_handshakes\ttls_resumed\n' >"$tsv"
 
 run_one() { # server sessions size mode rep messages
   local s=$1 sessions=$2 size=$3 mode=$4 rep=$5 n=$6 id="$1-$2-$3-$4-$5"
@@ -396,6 +451,8 @@ run_one() { # server sessions size mode rep messages
   [ "$dw" -eq "$warm" ] || err="${err:+$err; }sink got $dw of $warm from the warm-up"
 
   # Pass 1: smtp-source, end to end.
+  local tls0 tls1 hs="" resumed=""
+  tls0=($(tls_counts))
   c0=$(sink_count)
   t0=$EPOCHREALTIME
   if ! run_fg timeout "$pass_limit" smtp-source "${dflag[@]}" -s "$sessions" -m "$n" -l "$size" -M client.test \
@@ -422,25 +479,33 @@ run_one() { # server sessions size mode rep messages
   wait_until 10 sink_reached $((c0 + n)) || true
   d2=$(( $(sink_count) - c0 ))
   [ "$d2" -eq "$n" ] || err="${err:+$err; }sink got $d2 of $n from loadgen"
+  # TLS handshakes at the sink during both passes, and how many resumed a session.
+  if [[ $s == *-verify ]]; then
+    tls1=($(tls_counts))
+    hs=$((tls1[1] - tls0[1])); resumed=$((tls1[2] - tls0[2]))
+  fi
 
   stop_pid "$sampler_pid" 5; sampler_pid=""
   read -r rss pss <"$dir/rss" || true
   case $s in
-    postrider|postrider-3p|postrider-3p-warm) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
     *) how=sampled-sum ;;
   esac
   stop_server
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$s" "$sessions" "$size" "$mode" "$rep" "$n" "$t0" "$t1" "$t2" "$d1" "$l0" "$l2" "$d2" "$rss" "$pss" "$how" \
-    "$rustc" "$load1" "${err//$'\t'/ }" "$json" >>"$tsv"
+    "$rustc" "$load1" "${err//$'\t'/ }" "$json" "$hs" "$resumed" >>"$tsv"
   awk -v n="$n" -v t0="$t0" -v t2="$t2" -v rss="$rss" -v j="$json" -v r="$rustc" -v e="$err" -v id="$id" 'BEGIN {
     p50 = j; sub(/.*"p50_ms":/, "", p50); sub(/[,}].*/, "", p50)
     p99 = j; sub(/.*"p99_ms":/, "", p99); sub(/[,}].*/, "", p99)
     printf "  %-32s %7.0f msgs/s e2e  p50 %6s ms  p99 %6s ms  rss %5.0f MB  rustc %s%s\n",
       id, n / (t2 - t0), p50, p99, rss / 1024, r, (e == "" ? "" : "  ERROR: " e) }'
+  [ -n "$hs" ] && echo "    TLS at the sink: $hs handshakes ($resumed resumed) for $((2 * n)) messages"
+  return 0
 }
 port_of() {
-  case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postrider-3p-warm) echo "$pr3w_port" ;; postfix) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
+  case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postrider-3p-warm) echo "$pr3w_port" ;;
+    postrider-verify) echo "$prv_port" ;; postfix|postfix-verify) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
 }
 
 # ------------------------------------------------------------------ machine, versions

@@ -12,14 +12,22 @@ import json
 import statistics
 import sys
 
-SERVERS = ["postrider", "postrider-3p", "postrider-3p-warm", "postfix", "haraka"]
+SERVERS = ["postrider", "postrider-3p", "postrider-3p-warm", "postfix", "haraka",
+           "postrider-verify", "postfix-verify"]
 LABEL = {
     "postrider": "Postrider, no plugins",
     "postrider-3p": "Postrider, 3 plugins",
     "postrider-3p-warm": "Postrider, 3 plugins, warm instances",
     "postfix": "Postfix",
     "haraka": "Haraka, 1 JS plugin",
+    "postrider-verify": "Postrider, verified TLS",
+    "postfix-verify": "Postfix, verified TLS",
 }
+
+
+def baseline(server):
+    """The Postfix a server is compared with: the verified-TLS one for the -verify servers."""
+    return "postfix-verify" if server.endswith("-verify") else "postfix"
 
 
 def num(x):
@@ -47,6 +55,10 @@ def load_runs(path):
             row["p99"] = num(row["lg"].get("p99_ms")) if ok else None
             row["rss_mb"] = num(row["rss_kb"]) / 1024 if num(row["rss_kb"]) else None
             row["pss_mb"] = num(row.get("pss_kb")) / 1024 if num(row.get("pss_kb")) else None
+            hs, resumed = num(row.get("tls_handshakes")), num(row.get("tls_resumed"))
+            # Both passes: 2 x messages.
+            row["hs_per_msg"] = hs / (2 * n) if ok and hs is not None and n else None
+            row["resumed_pct"] = 100 * resumed / hs if ok and hs and resumed is not None else None
             runs.append(row)
     return runs
 
@@ -102,6 +114,8 @@ def main():
                 "ok": sum(r["ok"] for r in rs),
                 "n": len(rs),
                 "rustc": sum(1 for r in rs if (num(r["rustc"]) or 0) > 0),
+                "hs": median(r["hs_per_msg"] for r in rs),
+                "resumed": median(r["resumed_pct"] for r in rs),
             }
 
     out = []
@@ -141,21 +155,25 @@ def main():
       "Postfix and Haraka: summed RSS of all their processes, sampled every 100 ms). Peak PSS: "
       "the same for the summed proportional set size (each shared page divided among the "
       "processes that map it), sampled every second: what a multi-process server really "
-      "occupies. ok: runs without error of all runs.")
+      "occupies. ok: runs without error of all runs. The verified-TLS servers are compared "
+      "with Postfix doing verified TLS; TLS hs/msg: TLS handshakes at the sink per message "
+      "relayed, and the share of them that resumed a session (median of the runs).")
     w("")
-    w("| sessions | size | connection | server | msgs/s | × Postfix | accept msgs/s | p50 ms | p99 ms | peak RSS MB | peak PSS MB | ok |")
-    w("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| sessions | size | connection | server | msgs/s | × Postfix | accept msgs/s | p50 ms | p99 ms | peak RSS MB | peak PSS MB | TLS hs/msg | resumed | ok |")
+    w("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cell in cells:
         sessions, size, mode = cell
-        pf = agg.get((cell, "postfix"), {}).get("e2e")
         for s in servers:
             g = agg.get((cell, s))
             if not g:
                 continue
+            pf = agg.get((cell, baseline(s)), {}).get("e2e")
             ratio = f"{g['e2e'] / pf:.2f}" if g["e2e"] and pf else "—"
+            resumed = "—" if g["resumed"] is None else f"{g['resumed']:.0f}%"
             w(f"| {sessions} | {size_label(size)} | {'new per message' if mode == 'new' else 'reused'} "
               f"| {LABEL[s]} | {fmt(g['e2e'])} | {ratio} | {fmt(g['accept'])} | {fmt(g['p50'], 1)} "
-              f"| {fmt(g['p99'], 1)} | {fmt(g['rss'])} | {fmt(g['pss'])} | {g['ok']}/{g['n']} |")
+              f"| {fmt(g['p99'], 1)} | {fmt(g['rss'])} | {fmt(g['pss'])} | {fmt(g['hs'], 3)} | {resumed} "
+              f"| {g['ok']}/{g['n']} |")
     w("")
     w("## Goals (issue 10)")
     w("")
@@ -184,6 +202,19 @@ def main():
         w("")
         w("What limits the plugin variants, from profiles of the hot path, and what was changed "
           "because of them: [PROFILE.md](PROFILE.md).")
+        w("")
+        w("## Goals (issue 18)")
+        w("")
+        w("Verified-TLS relay throughput ≥ 2× Postfix's at 20 sessions and 4 KiB:")
+        for mode in ("new", "reuse"):
+            conn = "new connection per message" if mode == "new" else "reused connections"
+            pv = agg.get(((20, 4096, mode), "postrider-verify"), {}).get("e2e")
+            fv = agg.get(((20, 4096, mode), "postfix-verify"), {}).get("e2e")
+            if pv and fv:
+                verdict = "**met**" if pv >= 2 * fv else "**not met**"
+                w(f"- {conn}: {pv:,.0f} vs {fv:,.0f} msgs/s = {pv / fv:.2f}× — {verdict}")
+            else:
+                w(f"- {conn}: not measured")
     w("")
     w("## How it was measured")
     w("")
@@ -218,6 +249,14 @@ def main():
       "each message and answers `250` only after the sink accepted it, so nothing is stored "
       "on its disk and its \"end to end\" is its acceptance; a real next hop that is slow or "
       "down makes its clients wait or retry, where Postrider and Postfix queue.")
+    w("- **Verified TLS** (`postrider-verify`, `postfix-verify`; only with `--only`): both relay "
+      "to `postrider-sink` (crates/postrider-loadgen), a discarding receiver with STARTTLS and "
+      "PIPELINING, an ECDSA P-256 certificate for sink.bench.test and 127.0.0.1 from a CA made "
+      "at its start, TLS 1.3 session tickets and a session cache. Postrider: route "
+      "`tls = \"verify\"` with that CA as `ca_file`. Postfix: `smtp_tls_security_level = verify`, "
+      "`smtp_tls_CAfile`, `smtp_tls_verify_cert_match = sink.bench.test`, a TLS session cache "
+      "(emptied before each run) and `smtp_tls_connection_reuse = yes` through tlsproxy, so "
+      "that both keep connections to the next hop open.")
     w("- Logging: Postrider and Haraka at their default level (info) to a file, Postfix to its "
       "maillog_file, unless `logging` above says quiet (`--quiet-logs`: warnings only).")
     w("- RSS: summed RSS counts pages shared between processes (libraries, Postfix's common "
@@ -229,13 +268,13 @@ def main():
     w("")
     w("<details><summary>Every run</summary>")
     w("")
-    w("| server | sessions | size | connection | run | msgs | msgs/s e2e | accept msgs/s | loadgen msgs/s | p50 ms | p99 ms | RSS MB | PSS MB | rustc | load | error |")
-    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| server | sessions | size | connection | run | msgs | msgs/s e2e | accept msgs/s | loadgen msgs/s | p50 ms | p99 ms | RSS MB | PSS MB | TLS hs/msg | rustc | load | error |")
+    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
         w(f"| {r['server']} | {r['sessions']} | {r['size']} | {r['mode']} | {r['rep']} | {r['messages']} "
           f"| {fmt(r['e2e'])} | {fmt(r['accept'])} | {fmt(num(r['lg'].get('msgs_per_s')))} "
           f"| {fmt(num(r['lg'].get('p50_ms')), 1)} | {fmt(num(r['lg'].get('p99_ms')), 1)} "
-          f"| {fmt(r['rss_mb'])} | {fmt(r['pss_mb'])} | {r['rustc']} | {r['load1']} | {r['error'].replace('|', '/')} |")
+          f"| {fmt(r['rss_mb'])} | {fmt(r['pss_mb'])} | {fmt(r['hs_per_msg'], 3)} | {r['rustc']} | {r['load1']} | {r['error'].replace('|', '/')} |")
     w("")
     w("</details>")
     w("")

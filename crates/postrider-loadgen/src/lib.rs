@@ -10,6 +10,8 @@
 //! the final dot: from the TCP connect (so greeting and EHLO included) with a new connection
 //! per message, from `MAIL FROM` on a reused connection. `QUIT` is not timed.
 
+pub mod sink;
+
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
