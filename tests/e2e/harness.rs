@@ -41,6 +41,22 @@ pub fn config(extra: &str) -> String {
     config_dns(NO_DNS, extra)
 }
 
+/// `postrider reload --config CONF`: the running relay reads its config again (asserts
+/// that the reload succeeded).
+pub fn reload(conf: &Path) {
+    let out = Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `[[plugin]]` entry for the example plugin `file` (its crate name), named `name`, with
 /// `extra` TOML lines (config, failure_policy, ...).
 pub fn plugin(name: &str, file: &str, extra: &str) -> String {

@@ -19,6 +19,7 @@ mod operating;
 mod outbound_tls;
 mod peers;
 mod plugins;
+mod policy_daemons;
 mod polyglot;
 mod queue_cli;
 mod redis;

@@ -462,3 +462,86 @@ server.serve_forever()
     }
     Proc(child)
 }
+
+/// Waits (bounded) until something accepts TCP connections on `addr`.
+pub fn wait_listening(what: &str, addr: SocketAddr, within: Duration) {
+    wait_for(what, within, || TcpStream::connect(addr).is_ok());
+}
+
+/// Debian's postgrey (a Postfix policy daemon) on 127.0.0.1, greylisting for `delay` seconds,
+/// its database in `dir`, no whitelists.
+pub fn postgrey(dir: &Path, delay: u32) -> (Proc, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let _ = Command::new("chmod").arg("777").arg(dir).status();
+    let empty = dir.join("whitelist");
+    std::fs::write(&empty, "").unwrap();
+    let port = free_port("127.0.0.1");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new("postgrey");
+    cmd.arg(format!("--inet={addr}"))
+        .arg(format!("--dbdir={}", dir.display()))
+        .arg(format!("--delay={delay}"))
+        .arg(format!("--whitelist-clients={}", empty.display()))
+        .arg(format!("--whitelist-recipients={}", empty.display()))
+        .arg("--auto-whitelist-clients=0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if is_root() {
+        cmd.args(["--user=nobody", "--group=nogroup"]);
+    }
+    let child = cmd
+        .spawn()
+        .expect("postgrey must be installed (apt-get install postgrey)");
+    let proc = Proc(child);
+    wait_listening("postgrey", addr, Duration::from_secs(20));
+    (proc, addr)
+}
+
+/// Debian's rspamd with its shipped rules, its own state in `dir`: the normal worker (HTTP
+/// /checkv2) and the proxy (milter mode) on free loopback ports, DNS pointed at a closed
+/// port (every lookup fails fast). Returns (process, normal worker, milter proxy).
+pub fn rspamd(dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
+    let local = dir.join("local/override.d");
+    for d in [&local, &dir.join("db"), &dir.join("run"), &dir.join("log")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
+    let bind = |file: &str, port: u16| {
+        std::fs::write(
+            local.join(file),
+            format!("bind_socket = \"127.0.0.1:{port}\";\n"),
+        )
+        .unwrap();
+    };
+    bind("worker-normal.inc", ports[0]);
+    bind("worker-controller.inc", ports[1]);
+    bind("worker-proxy.inc", ports[2]);
+    std::fs::write(
+        local.join("options.inc"),
+        "dns {\n  nameserver = [\"127.0.0.1:9\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n",
+    )
+    .unwrap();
+    let _ = Command::new("chmod").arg("-R").arg("777").arg(dir).status();
+    let mut cmd = Command::new("rspamd");
+    cmd.args(["-f", "-c", "/etc/rspamd/rspamd.conf"])
+        .arg(format!(
+            "--var=LOCAL_CONFDIR={}",
+            dir.join("local").display()
+        ))
+        .arg(format!("--var=DBDIR={}", dir.join("db").display()))
+        .arg(format!("--var=RUNDIR={}", dir.join("run").display()))
+        .arg(format!("--var=LOGDIR={}", dir.join("log").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if is_root() {
+        cmd.args(["-u", "_rspamd", "-g", "_rspamd"]);
+    }
+    let child = cmd
+        .spawn()
+        .expect("rspamd must be installed (apt-get install rspamd)");
+    let proc = Proc(child);
+    let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    // It compiles its regular expressions first: about 20 s on 2 cores.
+    wait_listening("rspamd", addr(ports[0]), Duration::from_secs(120));
+    (proc, addr(ports[0]), addr(ports[2]))
+}

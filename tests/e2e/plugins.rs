@@ -1,7 +1,7 @@
 //! The plugin chain in the real relay: verdicts, header edits, failure containment, warm
 //! instances (`reuse`) across transactions, connections and reloads.
 
-use crate::harness::{BIN, Client, Relay, config, plugin};
+use crate::harness::{Client, Relay, config, plugin, reload};
 
 #[test]
 fn allowlist_and_stamp_shape_what_is_accepted_and_stored() {
@@ -105,20 +105,6 @@ fn counted(c: &mut Client) -> String {
 fn mail(c: &mut Client) {
     assert_eq!(c.cmd("RSET").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<s@client.test>").0, 250);
-}
-
-fn reload(conf: &std::path::Path) {
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--config"])
-        .arg(conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -71,6 +71,7 @@ fn harness_dialogue(plugin_file: &str, config_json: &str) -> (Vec<String>, Vec<S
             memory_mb: DEFAULT_MEMORY_MB,
             reuse: 1,
             pool_idle: 1,
+            network: Default::default(),
         };
         let pipeline = harness.load(&options, &world.services).await.unwrap();
         let conn = conn_info(&ConnSpec::default().resolve("harness-1"));

@@ -5,11 +5,16 @@
 //! directory of that file; in the embedded default, against the working directory.
 
 mod error;
+mod grants;
 mod raw;
 mod schema;
 mod validate;
 
 pub use error::ConfigError;
+pub use grants::{
+    DEFAULT_MAX_HTTP_RESPONSE_KB, GrantError, HostPattern, HttpGrant, NetworkGrants, Scheme,
+    SocketGrant,
+};
 pub use schema::*;
 
 /// A plugin `path` starting with this names a plugin built into the relay binary

@@ -154,6 +154,16 @@ pub(crate) struct RawPlugin {
     pub(crate) pool_idle: Option<Spanned<u32>>,
     #[serde(default)]
     pub(crate) log_level: Option<crate::PluginLogLevel>,
+    #[serde(default)]
+    pub(crate) allow_http: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allow_connect: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) allow_udp: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(crate) max_http_response_kb: Option<Spanned<u32>>,
 }
 
 pub(crate) fn default_failure_policy() -> FailurePolicy {

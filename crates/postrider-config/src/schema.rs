@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::NetworkGrants;
+
 /// The whole relay configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -202,6 +204,9 @@ pub struct PluginConfig {
     /// written at least at `info`, so one plugin's debug lines show without raising the
     /// relay's own level. Unset: each line at its own level, filtered by POSTRIDER_LOG.
     pub log_level: Option<PluginLogLevel>,
+    /// What it may reach on the network (`allow_http`, `allow_connect`, `allow_udp`);
+    /// nothing by default.
+    pub network: NetworkGrants,
 }
 
 /// Outbound delivery settings.

@@ -514,3 +514,67 @@ fn load_reports_missing_file() {
     let err = Config::load(Path::new("/nonexistent/postrider.toml")).unwrap_err();
     assert!(err.to_string().starts_with("/nonexistent/postrider.toml:"));
 }
+
+#[test]
+fn network_grants_are_parsed_and_bad_ones_located() {
+    let base = format!("{MINIMAL}[[plugin]]\nname = \"a\"\npath = \"a.wasm\"\n");
+    let config = parse(&base).unwrap();
+    assert!(config.plugins[0].network.is_empty());
+
+    let config = parse(&format!(
+        "{base}allow_http = [\"http://127.0.0.1:11333\", \"https://*.rep.example\"]\n\
+         allow_connect = [\"127.0.0.1:10023\", \"10.0.0.0/8:389\"]\n\
+         allow_udp = [\"[::1]:53\"]\nca_file = \"ca.pem\"\nmax_http_response_kb = 64\n"
+    ))
+    .unwrap();
+    let net = &config.plugins[0].network;
+    let shown = |v: &[String]| v.join(" ");
+    assert_eq!(
+        shown(&net.http.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
+        "http://127.0.0.1:11333 https://*.rep.example:443"
+    );
+    assert_eq!(
+        shown(
+            &net.connect
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+        ),
+        "127.0.0.1:10023 10.0.0.0/8:389"
+    );
+    assert_eq!(net.udp[0].to_string(), "[::1]:53");
+    assert!(net.ca_file.as_ref().unwrap().is_absolute());
+    assert_eq!(net.max_http_response_bytes, 64 * 1024);
+
+    for (extra, line, key) in [
+        (
+            "allow_http = [\"http://ok.example\",\n \"ftp://x\"]\n",
+            9,
+            "allow_http[1]",
+        ),
+        (
+            "allow_connect = [\"0.0.0.0/0:25\"]\n",
+            8,
+            "allow_connect[0]",
+        ),
+        ("allow_udp = [\"host.example:53\"]\n", 8, "allow_udp[0]"),
+        ("ca_file = \"ca.pem\"\n", 8, "ca_file"),
+        (
+            "allow_http = [\"http://x.example\"]\nca_file = \"ca.pem\"\n",
+            9,
+            "ca_file",
+        ),
+        ("max_http_response_kb = 4\n", 8, "max_http_response_kb"),
+        (
+            "allow_http = [\"http://x.example\"]\nmax_http_response_kb = 0\n",
+            9,
+            "max_http_response_kb",
+        ),
+    ] {
+        let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("test.toml:{line}: key `plugin[0].{key}`")),
+            "{extra}: {err}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::error::{ConfigError, Source};
 use crate::raw::*;
 use crate::schema::*;
-use crate::{EMBEDDED_DEFAULT, EMBEDDED_NAME};
+use crate::{EMBEDDED_DEFAULT, EMBEDDED_NAME, GrantError, NetworkGrants, Scheme};
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
@@ -237,6 +237,7 @@ impl Config {
         let mut plugins: Vec<PluginConfig> = Vec::new();
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
+            let network = network_grants(&p, &key, &src, &resolve)?;
             let name_span = p.name.span();
             let name = p.name.into_inner();
             let name_ok = !name.is_empty()
@@ -317,6 +318,7 @@ impl Config {
                 reuse: *p.reuse.get_ref(),
                 pool_idle,
                 log_level: p.log_level,
+                network,
             });
         }
         let mut nameservers = Vec::new();
@@ -620,4 +622,58 @@ fn domain_list(
         return src.invalid(span, key, "a non-empty list of domain names");
     }
     Ok(list)
+}
+
+/// A `[[plugin]]`'s network grants; an error names the entry (`plugin[0].allow_http[1]`).
+fn network_grants(
+    p: &RawPlugin,
+    key: &dyn Fn(&str) -> String,
+    src: &Source<'_>,
+    resolve: &dyn Fn(&Path) -> std::path::PathBuf,
+) -> Result<NetworkGrants, ConfigError> {
+    fn list<T: std::str::FromStr<Err = GrantError>>(
+        entries: &[toml::Spanned<String>],
+        name: &str,
+        key: &dyn Fn(&str) -> String,
+        src: &Source<'_>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            match e.get_ref().trim().parse() {
+                Ok(g) => out.push(g),
+                Err(err) => return src.invalid(e.span(), &key(&format!("{name}[{i}]")), err),
+            }
+        }
+        Ok(out)
+    }
+    let mut grants = NetworkGrants {
+        http: list(&p.allow_http, "allow_http", key, src)?,
+        connect: list(&p.allow_connect, "allow_connect", key, src)?,
+        udp: list(&p.allow_udp, "allow_udp", key, src)?,
+        ..NetworkGrants::default()
+    };
+    if let Some(ca) = &p.ca_file {
+        if !grants.http.iter().any(|g| g.scheme == Scheme::Https) {
+            return src.invalid(
+                ca.span(),
+                &key("ca_file"),
+                "needs an https:// allow_http grant",
+            );
+        }
+        grants.ca_file = Some(resolve(ca.get_ref()));
+    }
+    if let Some(kb) = &p.max_http_response_kb {
+        if grants.http.is_empty() {
+            return src.invalid(kb.span(), &key("max_http_response_kb"), "needs allow_http");
+        }
+        if !(1..=65_536).contains(kb.get_ref()) {
+            return src.invalid(
+                kb.span(),
+                &key("max_http_response_kb"),
+                "must be between 1 and 65536",
+            );
+        }
+        grants.max_http_response_bytes = *kb.get_ref() as usize * 1024;
+    }
+    Ok(grants)
 }

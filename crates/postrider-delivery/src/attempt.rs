@@ -20,8 +20,8 @@ use tracing::{debug, info};
 
 use crate::resolve::{ResolveError, mail_hosts, secure_mail_hosts};
 use crate::sts::MtaSts;
-use crate::tls::{RootsError, TrustRoots};
 use postrider_mta_sts::{Mode, Policy};
+use postrider_tls_roots::{RootsError, TrustRoots};
 use postrider_tlsrpt::{Failure, PolicyType, ResultType};
 
 /// Where a message goes.

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use postrider_dns::{Dns, DnsError};
 use tokio::net::TcpStream;
 
-use crate::tls::TrustRoots;
+use postrider_tls_roots::TrustRoots;
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,6 @@ pub mod sts;
 pub mod tls;
 
 pub use attempt::{Attempt, Deliverer, DeliveryOptions, Destination, TlsOutcome};
+pub use postrider_tls_roots::{RootsError, TrustRoots};
 pub use resolve::{ResolveError, mail_hosts};
 pub use sts::{FetchError, MtaSts, StsOptions};
-pub use tls::{RootsError, TrustRoots};

@@ -16,7 +16,7 @@ use postrider_mta_sts::{
 use tracing::{debug, info, warn};
 
 use crate::https::HttpsError;
-use crate::tls::TrustRoots;
+use postrider_tls_roots::TrustRoots;
 
 /// Why a policy could not be fetched; each is logged and the sender goes on as RFC 8461
 /// section 5.1 says (a fresh cached policy, else none).

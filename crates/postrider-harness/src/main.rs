@@ -312,6 +312,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         memory_mb: args.memory_mb,
         reuse: args.reuse,
         pool_idle: case::DEFAULT_POOL_IDLE,
+        network: Default::default(),
     };
     let pipeline = harness
         .load(&options, &world.services)

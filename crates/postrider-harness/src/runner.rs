@@ -65,6 +65,8 @@ pub struct LoadOptions {
     pub reuse: u32,
     /// Most idle instances kept for reuse.
     pub pool_idle: u32,
+    /// What the plugin may reach on the network.
+    pub network: postrider_config::NetworkGrants,
 }
 
 /// A case's services, kept so the harness can read the kv store and move the clock.
@@ -93,6 +95,7 @@ impl World {
             clock: clock.clone(),
             kv_timeout: KV_TIMEOUT,
             dns_timeout: DNS_TIMEOUT,
+            net_observer: None,
         };
         World {
             kv,
@@ -155,6 +158,7 @@ impl Harness {
             reuse: options.reuse,
             pool_idle: options.pool_idle,
             log_level: None,
+            network: options.network.clone(),
         };
         let plugin =
             LoadedPlugin::load(&self.engine, spec, Some(&self.cache_dir), services).await?;
@@ -165,17 +169,27 @@ impl Harness {
         )))
     }
 
-    /// Runs one case and compares it with its expectations.
+    /// Runs one case and compares it with its expectations; the peers it mocks serve while
+    /// it runs, and are gone (their addresses free) when this returns.
     pub async fn run_case(&self, case: &Case) -> CaseReport {
-        let mut report = CaseReport {
-            name: case.name.clone(),
-            file: case.file.display().to_string(),
-            line: case.line,
-            passed: false,
-            load_error: None,
-            mismatches: Vec::new(),
-            runs: Vec::new(),
-        };
+        match crate::mocks::MockServers::start(&case.network).await {
+            Ok(mocks) => {
+                let report = self.run_case_with_peers(case).await;
+                mocks.stop().await;
+                report
+            }
+            Err(e) => {
+                let mut report = empty_report(case);
+                report
+                    .mismatches
+                    .push(Mismatch::new("setup", "mocked peers".into(), e));
+                report
+            }
+        }
+    }
+
+    async fn run_case_with_peers(&self, case: &Case) -> CaseReport {
+        let mut report = empty_report(case);
         let world = World::new(case.clock_ms, case.dns.clone(), case.kv_error);
         for p in &case.kv {
             let ttl = p.ttl_secs.map(Duration::from_secs);
@@ -198,6 +212,7 @@ impl Harness {
             memory_mb: case.plugin.memory_mb,
             reuse: case.plugin.reuse,
             pool_idle: case.plugin.pool_idle,
+            network: case.network.grants.clone(),
         };
         let pipeline = match (
             self.load(&options, &world.services).await,
@@ -312,6 +327,19 @@ pub struct Mismatch {
     pub expected: String,
     /// What happened.
     pub actual: String,
+}
+
+/// A report of `case` with nothing run yet.
+fn empty_report(case: &Case) -> CaseReport {
+    CaseReport {
+        name: case.name.clone(),
+        file: case.file.display().to_string(),
+        line: case.line,
+        passed: false,
+        load_error: None,
+        mismatches: Vec::new(),
+        runs: Vec::new(),
+    }
 }
 
 impl Mismatch {

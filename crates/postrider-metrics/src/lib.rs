@@ -80,6 +80,22 @@ struct InstanceLabels {
     source: &'static str,
 }
 
+/// `{plugin, kind, grant, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetLabels {
+    plugin: String,
+    kind: String,
+    grant: String,
+    result: String,
+}
+
+/// `{plugin, kind}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetKindLabels {
+    plugin: String,
+    kind: String,
+}
+
 /// `{op}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -166,6 +182,8 @@ pub struct Metrics {
     plugin_duration: Family<PluginLabels, Histogram>,
     plugin_failures: Family<FailureLabels, Counter>,
     plugin_instances: Family<InstanceLabels, Counter>,
+    plugin_network: Family<NetLabels, Counter>,
+    plugin_network_duration: Family<NetKindLabels, Histogram>,
     fsync: Family<OpLabels, Histogram>,
     queue: Family<StateLabels, Gauge>,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -274,6 +292,23 @@ impl Metrics {
              warm (from the plugin's pool, with reuse > 1)",
             plugin_instances.clone(),
         );
+        let plugin_network = Family::default();
+        registry.register(
+            "plugin_network",
+            "Plugins' network requests and connections, by plugin, kind (http, tcp, udp, \
+             tcp-listen), grant (the allow_* entry that allowed it, - when none did) and result \
+             (denied, allowed, 1xx..5xx, error, timeout)",
+            plugin_network.clone(),
+        );
+        let plugin_network_duration = Family::<NetKindLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
+        registry.register_with_unit(
+            "plugin_network_duration",
+            "Time plugins' HTTP requests took until the response head, by plugin and kind",
+            Unit::Seconds,
+            plugin_network_duration.clone(),
+        );
         let fsync =
             Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         registry.register_with_unit(
@@ -368,6 +403,8 @@ impl Metrics {
             plugin_duration,
             plugin_failures,
             plugin_instances,
+            plugin_network,
+            plugin_network_duration,
             fsync,
             queue,
             deliveries,
@@ -498,6 +535,33 @@ impl Metrics {
                     kind,
                 })
                 .inc();
+        }
+    }
+
+    /// One network request or connection of a plugin (see `NetObserver` in the plugin host).
+    pub fn plugin_network(
+        &self,
+        plugin: &str,
+        kind: &str,
+        grant: Option<&str>,
+        result: &str,
+        elapsed: Duration,
+    ) {
+        self.plugin_network
+            .get_or_create(&NetLabels {
+                plugin: plugin.to_owned(),
+                kind: kind.to_owned(),
+                grant: grant.unwrap_or("-").to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        if kind == "http" && result != "denied" {
+            self.plugin_network_duration
+                .get_or_create(&NetKindLabels {
+                    plugin: plugin.to_owned(),
+                    kind: kind.to_owned(),
+                })
+                .observe(elapsed.as_secs_f64());
         }
     }
 

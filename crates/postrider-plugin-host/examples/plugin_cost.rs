@@ -163,6 +163,7 @@ async fn main() -> Result<(), String> {
         clock,
         kv_timeout: Duration::from_millis(250),
         dns_timeout: Duration::from_millis(1500),
+        net_observer: None,
     };
     let name = args
         .wasm
@@ -179,6 +180,7 @@ async fn main() -> Result<(), String> {
         reuse: args.reuse,
         pool_idle: args.pool_idle,
         log_level: None,
+        network: Default::default(),
     };
     let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugin-cost-cache");
     let started = Instant::now();

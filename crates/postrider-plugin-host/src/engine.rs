@@ -81,6 +81,9 @@ impl PluginEngine {
         let engine = Engine::new(&config).map_err(HostError::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(HostError::engine)?;
+        // wasi:http/outgoing-handler and types; requests are checked by the hooks (net.rs).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(HostError::engine)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(HostError::engine)?;
 

@@ -25,6 +25,14 @@ pub enum HostError {
         /// Why.
         message: String,
     },
+    /// The plugin's network grants could not be set up (its `ca_file`).
+    #[error("plugin {plugin}: network: {message}")]
+    Network {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
     /// The plugin's `init` refused its config, trapped or timed out.
     #[error("plugin {plugin}: init failed: {message}")]
     Init {

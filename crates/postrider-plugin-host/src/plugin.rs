@@ -14,8 +14,10 @@ use crate::bindings::exports::postrider::plugin::filter::Stages;
 use crate::bindings::{Plugin, PluginPre};
 use crate::engine::PluginEngine;
 use crate::error::{CallFailure, HostError};
+use crate::net::PluginNet;
 use crate::pool::WarmPool;
 use crate::state::{HostState, Services};
+use postrider_config::NetworkGrants;
 
 pub use postrider_config::{FailurePolicy, PluginLogLevel};
 
@@ -82,6 +84,8 @@ pub struct PluginSpec {
     pub pool_idle: u32,
     /// `[[plugin]] log_level`: see [`postrider_config::PluginConfig::log_level`].
     pub log_level: Option<PluginLogLevel>,
+    /// What it may reach on the network (nothing by default).
+    pub network: NetworkGrants,
 }
 
 /// A compiled, validated plugin, ready to instantiate.
@@ -91,6 +95,8 @@ pub struct LoadedPlugin {
     pub(crate) stages: Stages,
     pub(crate) namespace: Arc<str>,
     pub(crate) pool: Arc<WarmPool>,
+    /// Its network grants and HTTP client.
+    pub(crate) net: Arc<PluginNet>,
     /// SHA-256 of the component file, hex.
     pub hash: String,
     /// When it was loaded (compiled or taken from the cache, and initialised).
@@ -176,8 +182,10 @@ impl LoadedPlugin {
             message: format!("does not export postrider:plugin/filter: {e:#}"),
         })?;
         let pool = engine.pools.pool(spec.reuse, spec.pool_idle as usize);
+        let net = Arc::new(PluginNet::new(&spec.name, spec.network.clone())?);
         let mut plugin = LoadedPlugin {
             namespace: Arc::from(spec.name.as_str()),
+            net,
             pool,
             spec,
             pre,
@@ -312,6 +320,7 @@ impl LoadedPlugin {
             Arc::clone(&self.namespace),
             self.spec.log_level,
             services.clone(),
+            &self.net,
             self.spec.memory_bytes,
             trace,
         );

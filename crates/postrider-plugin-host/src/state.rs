@@ -1,6 +1,6 @@
-//! What one plugin instance's store holds: its capabilities (kv namespace, dns, clock), an
-//! empty WASI context (Rust std guests import WASI; they get no files, sockets, env or args),
-//! the resource table and the memory limiter.
+//! What one plugin instance's store holds: its capabilities (kv namespace, dns, clock), a
+//! WASI context with no files, env or args and only the sockets its grants allow, the
+//! `wasi:http` hooks that check its HTTP grants, the resource table and the memory limiter.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +9,9 @@ use postrider_kv::{Clock, KvStore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::net::{HttpHooks, NetObserver, PluginNet};
 
 use postrider_config::PluginLogLevel;
 use postrider_dns::Dns;
@@ -26,6 +29,8 @@ pub struct Services {
     pub kv_timeout: Duration,
     /// Bound on every DNS lookup.
     pub dns_timeout: Duration,
+    /// Counts plugins' network requests and connections (the relay's metrics), if set.
+    pub net_observer: Option<Arc<dyn NetObserver>>,
 }
 
 /// One host call a plugin made, kept when tracing (the plugin test harness shows them).
@@ -44,6 +49,8 @@ pub struct HostCall {
 /// The data of one plugin instance's store.
 pub struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: HttpHooks,
     pub(crate) table: ResourceTable,
     pub(crate) limits: StoreLimits,
     pub(crate) namespace: Arc<str>,
@@ -57,11 +64,17 @@ impl HostState {
         namespace: Arc<str>,
         log_level: Option<PluginLogLevel>,
         services: Services,
+        net: &Arc<PluginNet>,
         memory_bytes: usize,
         trace: bool,
     ) -> HostState {
         HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: net.wasi_ctx(services.net_observer.clone()),
+            http: WasiHttpCtx::new(),
+            hooks: HttpHooks {
+                net: Arc::clone(net),
+                observer: services.net_observer.clone(),
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
@@ -105,6 +118,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }

@@ -43,6 +43,7 @@ fn env_sized(max_instances: u32, dns: StaticDns) -> Env {
         clock: clock.clone(),
         kv_timeout: Duration::from_millis(500),
         dns_timeout: Duration::from_millis(500),
+        net_observer: None,
     };
     Env {
         engine,
@@ -67,6 +68,7 @@ fn spec(name: &str, plugin: &str, config: &str) -> PluginSpec {
         reuse: 1,
         pool_idle: 8,
         log_level: None,
+        network: Default::default(),
     }
 }
 
@@ -758,4 +760,226 @@ async fn idle_instances_never_starve_new_ones() {
     assert_eq!(a.idle_instances(), 0);
     drop(held);
     assert_eq!(b.idle_instances(), 4);
+}
+
+/// What the network observer saw: "kind grant result" per event.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl postrider_plugin_host::NetObserver for Seen {
+    fn observe(&self, _plugin: &str, kind: &str, grant: Option<&str>, result: &str, _: Duration) {
+        let grant = grant.unwrap_or("-");
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{kind} {grant} {result}"));
+    }
+}
+
+/// Runs misbehave in a network mode against `target` with these grants; the rcpt reply text.
+async fn network_call(
+    env: &Env,
+    mode: &str,
+    target: &str,
+    grants: postrider_config::NetworkGrants,
+) -> String {
+    let mut s = spec(
+        "net",
+        "misbehave",
+        &format!(r#"{{"mode": "{mode}", "target": "{target}"}}"#),
+    );
+    s.network = grants;
+    s.timeout = Duration::from_secs(5);
+    let p = pipeline(env, vec![s]).await;
+    let mut chain = p.session(false);
+    let out = chain
+        .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+        .await;
+    match out.decision {
+        Decision::Reject(r) => r.text().to_owned(),
+        other => panic!("{other:?} {:?}", out.calls[0].failure),
+    }
+}
+
+fn observed_env() -> (Env, Arc<Seen>) {
+    let mut env = env();
+    let seen = Arc::new(Seen::default());
+    env.services.net_observer = Some(seen.clone());
+    (env, seen)
+}
+
+/// A minimal HTTP/1.1 server answering every request with `body`; counts connections.
+async fn http_server(
+    body: &'static str,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                loop {
+                    let mut line = String::new();
+                    // Request line and headers up to the blank line (GETs carry no body).
+                    loop {
+                        line.clear();
+                        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn http_goes_only_to_granted_origins_over_pooled_connections_with_capped_bodies() {
+    let (env, seen) = observed_env();
+    let (addr, conns) = http_server("pong").await;
+    let origin = format!("http://{addr}");
+    let granted = postrider_config::NetworkGrants {
+        http: vec![origin.parse().unwrap()],
+        ..Default::default()
+    };
+    // Two instances (a fresh one per transaction) share the plugin's pooled connection.
+    let p_url = format!("{origin}/ping");
+    let mut s = spec(
+        "net",
+        "misbehave",
+        &format!(r#"{{"mode": "http", "target": "{p_url}"}}"#),
+    );
+    s.network = granted.clone();
+    s.timeout = Duration::from_secs(5);
+    let p = pipeline(&env, vec![s]).await;
+    for _ in 0..2 {
+        let out = p
+            .session(false)
+            .on_rcpt(&conn("192.0.2.1"), &envelope("a@b.test"), "x@relay.test")
+            .await;
+        match out.decision {
+            Decision::Reject(r) => assert_eq!(r.text(), "http 200 pong"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Another port, another scheme, no grant at all: denied, and nothing connects.
+    let other_port = format!("http://127.0.0.1:{}/", addr.port() + 1);
+    let https = format!("https://{addr}/");
+    for (target, grants) in [
+        (other_port.as_str(), granted.clone()),
+        (https.as_str(), granted.clone()),
+        (p_url.as_str(), Default::default()),
+    ] {
+        let text = network_call(&env, "http", target, grants).await;
+        assert!(text.starts_with("http error: denied"), "{target}: {text}");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A body over the cap fails the read, not the host.
+    let (big_addr, _) = http_server("0123456789".repeat(200).leak()).await;
+    let capped = postrider_config::NetworkGrants {
+        http: vec![format!("http://{big_addr}").parse().unwrap()],
+        max_http_response_bytes: 1000,
+        ..Default::default()
+    };
+    let text = network_call(&env, "http", &format!("http://{big_addr}/"), capped).await;
+    assert!(text.starts_with("http error: failed"), "{text}");
+
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|e| e.ends_with(" 2xx")).count(),
+        3,
+        "{seen:?}"
+    );
+    assert!(seen.contains(&format!("http {origin} 2xx")), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|e| *e == "http - denied").count(),
+        3,
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_connects_only_to_granted_addresses() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (env, seen) = observed_env();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut s = BufReader::new(s);
+            let mut line = String::new();
+            let _ = s.read_line(&mut line).await;
+            let _ = s.get_mut().write_all(b"action=DUNNO\n").await;
+        }
+    });
+    let grant = |g: &str| postrider_config::NetworkGrants {
+        connect: vec![g.parse().unwrap()],
+        ..Default::default()
+    };
+    let target = addr.to_string();
+    let text = network_call(&env, "connect", &target, grant(&target)).await;
+    assert_eq!(text, "connect ok action=DUNNO");
+    for grants in [
+        grant(&format!("127.0.0.1:{}", addr.port() + 1)),
+        grant(&format!("10.0.0.0/8:{}", addr.port())),
+        Default::default(),
+    ] {
+        let text = network_call(&env, "connect", &target, grants).await;
+        assert!(text.starts_with("connect error"), "{text}");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen[0], format!("tcp {target} allowed"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|e| *e == "tcp - denied").count(),
+        2,
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn udp_datagrams_go_only_to_granted_addresses() {
+    let (env, _seen) = observed_env();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = got.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = socket.send_to(b"pong", from).await;
+        }
+    });
+    let grants = |g: String| postrider_config::NetworkGrants {
+        udp: vec![g.parse().unwrap()],
+        ..Default::default()
+    };
+    let text = network_call(&env, "udp", &addr.to_string(), grants(addr.to_string())).await;
+    assert_eq!(text, "udp ok pong");
+    let other = format!("127.0.0.1:{}", addr.port() + 1);
+    let text = network_call(&env, "udp", &addr.to_string(), grants(other)).await;
+    assert!(text.starts_with("udp error"), "{text}");
+    assert_eq!(got.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

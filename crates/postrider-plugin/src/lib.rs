@@ -58,7 +58,7 @@
 //! |---|---|
 //! | contract types | [`Verdict`], [`Reply`], [`Connection`], [`Envelope`], [`RcptOutcome`], [`DataOutcome`], [`HeaderEdit`], [`Route`], [`NextHop`], [`TlsPolicy`], [`Stages`], [`Message`] … (re-exported from the generated bindings) |
 //! | replies | [`Reply::new`], [`reject`], [`tempfail`], [`disconnect`] |
-//! | host services | [`kv`], [`dns`], [`log`], [`clock`] |
+//! | host services | [`kv`], [`dns`], [`log`], [`clock`], [`http`] (feature `http`, by grant) |
 //! | pure helpers (testable natively) | [`addr`], [`net`] |
 //!
 //! ## Testing natively
@@ -89,6 +89,7 @@ pub mod addr;
 pub mod clock;
 mod config;
 pub mod dns;
+pub mod http;
 pub mod kv;
 pub mod log;
 pub mod net;

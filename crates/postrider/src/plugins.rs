@@ -201,6 +201,7 @@ impl PluginBuilder {
             clock: Arc::clone(&runtime.clock),
             kv_timeout: Duration::from_millis(settings.kv_timeout_ms),
             dns_timeout: Duration::from_millis(settings.dns_timeout_ms),
+            net_observer: Some(Arc::new(NetMetrics(Arc::clone(&self.metrics)))),
         };
         let mut plugins = Vec::new();
         for p in &config.plugins {
@@ -252,6 +253,22 @@ fn memory_cap(config: &Config) -> usize {
         << 20
 }
 
+/// Plugins' network use into the relay's metrics.
+struct NetMetrics(Arc<Metrics>);
+
+impl postrider_plugin_host::NetObserver for NetMetrics {
+    fn observe(
+        &self,
+        plugin: &str,
+        kind: &str,
+        grant: Option<&str>,
+        result: &str,
+        elapsed: Duration,
+    ) {
+        self.0.plugin_network(plugin, kind, grant, result, elapsed);
+    }
+}
+
 /// The host's view of one `[[plugin]]` entry.
 fn spec_of(p: &PluginConfig) -> PluginSpec {
     PluginSpec {
@@ -264,6 +281,7 @@ fn spec_of(p: &PluginConfig) -> PluginSpec {
         reuse: p.reuse,
         pool_idle: p.pool_idle,
         log_level: p.log_level,
+        network: p.network.clone(),
     }
 }
 

@@ -3,8 +3,14 @@
 //!
 //! ```toml
 //! [plugin.config]
-//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count" | "inputs"
+//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count" | "inputs" | "http" | "connect" | "udp"
+//! target = "..."  # http: the URL to GET; connect, udp: the IP:port to reach
 //! ```
+//!
+//! `http`, `connect` and `udp` show what the host's network grants let through: each rcpt
+//! answers `550 5.7.1 <what happened>`: the status and body of a GET of `target`, the line a
+//! TCP peer at `target` answered to `hello`, the datagram a UDP peer answered to `ping`, or
+//! the error.
 //!
 //! `inputs` shows what the host gives the data and route stages: at data it appends
 //! `X-Stage-Inputs: <summary>`, at route it holds the recipient with the summary as reason
@@ -32,11 +38,15 @@ static INITS: AtomicU32 = AtomicU32::new(0);
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     mode: String,
+    #[serde(default)]
+    target: String,
 }
 
 /// The misbehaving plugin.
 struct Misbehave {
     mode: String,
+    /// URL or address of the network modes.
+    target: String,
     /// Rcpt calls since this value was created by `init`.
     seen: u32,
 }
@@ -50,6 +60,7 @@ impl Plugin for Misbehave {
         }
         Ok(Misbehave {
             mode: raw.mode,
+            target: raw.target,
             seen: 0,
         })
     }
@@ -105,6 +116,12 @@ impl Plugin for Misbehave {
                 })
                 .into()
             }
+            "http" | "connect" | "udp" => Verdict::Reject(Reply {
+                code: 550,
+                enhanced: Some("5.7.1".into()),
+                text: network(&self.mode, &self.target),
+            })
+            .into(),
             "rewrite" => RcptOutcome {
                 verdict: Verdict::Continue,
                 rewrite: Some(format!(
@@ -191,3 +208,50 @@ fn summary(c: &Connection, e: &Envelope) -> String {
 }
 
 postrider_plugin::export!(Misbehave);
+
+/// What a network mode got: one line of printable text.
+fn network(mode: &str, target: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let text = match mode {
+        "http" => match postrider_plugin::http::Request::get(target).send() {
+            Ok(r) => format!("http {} {}", r.status, String::from_utf8_lossy(&r.body)),
+            Err(e) => format!("http error: {e}"),
+        },
+        "connect" => match std::net::TcpStream::connect(target) {
+            Ok(mut s) => {
+                let mut line = String::new();
+                match s
+                    .write_all(b"hello\n")
+                    .and_then(|()| BufReader::new(s).read_line(&mut line))
+                {
+                    Ok(_) => format!("connect ok {}", line.trim()),
+                    Err(e) => format!("connect io error: {e}"),
+                }
+            }
+            Err(e) => format!("connect error: {e}"),
+        },
+        _ => {
+            let answer = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+                // No read timeout (wasi-libc has no SO_RCVTIMEO): the call's deadline bounds it.
+                s.send_to(b"ping", target)?;
+                let mut buf = [0u8; 512];
+                let (n, _) = s.recv_from(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            });
+            match answer {
+                Ok(a) => format!("udp ok {a}"),
+                Err(e) => format!("udp error: {e}"),
+            }
+        }
+    };
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(200)
+        .collect()
+}

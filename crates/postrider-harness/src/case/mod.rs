@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod connection;
 mod dns;
 mod expect;
+mod net;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,8 @@ mod tests;
 pub use connection::*;
 pub use dns::*;
 pub use expect::*;
+pub use net::{HttpMock, NetworkSpec, ReadUntil, TcpMock};
+use net::{RawHttpMock, RawTcpMock};
 use raw::*;
 
 /// The clock of a case that sets none: 2023-11-14T22:13:20Z, in Unix milliseconds.
@@ -162,6 +165,8 @@ pub struct Case {
     pub kv: Vec<KvPreset>,
     /// Every kv call fails.
     pub kv_error: Option<KvFault>,
+    /// The plugin's network grants and the peers the harness mocks.
+    pub network: NetworkSpec,
     /// Loading must fail with an error matching this.
     pub expect_load_error: Option<Regex>,
     /// The sessions, in order (repeats expanded).
@@ -295,6 +300,13 @@ fn resolve(
     if let Some(p) = kv.iter().find(|p| p.ttl_secs == Some(0)) {
         return Err(format!("kv.{:?}: ttl_secs must be positive", p.key));
     }
+    let network = net::network(
+        &case.allow_http.or(d.allow_http).unwrap_or_default(),
+        &case.allow_connect.or(d.allow_connect).unwrap_or_default(),
+        &case.allow_udp.or(d.allow_udp).unwrap_or_default(),
+        &case.http.or(d.http).unwrap_or_default(),
+        &case.tcp.or(d.tcp).unwrap_or_default(),
+    )?;
     let expect_load_error = case
         .expect_load_error
         .as_deref()
@@ -444,6 +456,7 @@ fn resolve(
         dns: static_dns(&case.dns.or(d.dns).unwrap_or_default())?,
         kv,
         kv_error: case.kv_error.or(d.kv_error),
+        network,
         expect_load_error,
         runs,
     })
