@@ -129,9 +129,14 @@ fn normal_name(host: &str) -> String {
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
-/// Letters, digits and hyphens in dot-separated labels of 1 to 63 bytes (253 in all).
+/// Letters, digits and hyphens in dot-separated labels of 1 to 63 bytes (253 in all), the
+/// last one not all digits (that would be an address, RFC 3696 section 2).
 fn valid_name(name: &str) -> bool {
     name.len() <= 253
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
         && name.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
@@ -194,7 +199,8 @@ impl FromStr for HttpGrant {
             }
             _ => (authority, scheme.default_port()),
         };
-        let host = if let Some(ip) = url_ip(host) {
+        // "127.0.0.1." is the address, as URLs read it.
+        let host = if let Some(ip) = url_ip(host).or_else(|| url_ip(host.strip_suffix('.')?)) {
             if ip.is_unspecified() {
                 return bad("the unspecified address names no server");
             }
@@ -350,6 +356,11 @@ mod tests {
         assert!(!g.allows(Scheme::Https, "evilrep.example", 443));
         assert!(!g.allows(Scheme::Https, "a.rep.example.evil", 443));
 
+        // A trailing dot does not make an address a name (the fuzzer's find).
+        let g = http("http://127.0.0.127.");
+        assert_eq!(g.host, HostPattern::Ip("127.0.0.127".parse().unwrap()));
+        assert_eq!(g.to_string().parse::<HttpGrant>().unwrap(), g);
+
         let g = http("https://api.example.com");
         assert!(g.allows(Scheme::Https, "API.example.com.", 443));
         assert!(!g.allows(Scheme::Https, "x.api.example.com", 443));
@@ -380,6 +391,8 @@ mod tests {
             "http://[::]:80",
             "http://",
             "http://[::1",
+            "http://1.2.3.4.5",
+            "http://*.1.2",
         ] {
             assert!(s.parse::<HttpGrant>().is_err(), "{s} was accepted");
         }

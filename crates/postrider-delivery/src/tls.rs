@@ -4,7 +4,7 @@
 //! verified: between MTAs certificates are commonly self-signed or for another name, and
 //! refusing them would only push mail back to plain text; the handshake signatures are still
 //! checked, so the session is encrypted to whoever holds the key. Under `verify` the chain
-//! must lead to a trusted root ([`TrustRoots`]) and name the next hop.
+//! must lead to a trusted root ([`postrider_tls_roots::TrustRoots`]) and name the next hop.
 
 use std::sync::Arc;
 
