@@ -113,3 +113,45 @@ fn rspamd_rejects_gtube_and_scores_a_clean_message_through_the_rspamd_plugin() {
     assert!(text.contains("\r\nX-Spam-Action: "), "{text}");
     assert!(text.contains("Subject: lunch"), "{text}");
 }
+
+#[test]
+fn a_policy_daemon_that_never_answers_costs_only_its_own_sessions_the_deadline() {
+    // Connections complete in the kernel's backlog, the request fits the socket buffer, and
+    // no answer ever comes: the plugin blocks in its read until the call's deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let mut relay = Relay::builder(&config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
+        plugin(
+            "policy",
+            "policy-delegation",
+            &format!(
+                "allow_connect = [\"{addr}\"]\ntimeout_ms = 1500\nconfig = {{ server = \"{addr}\" }}"
+            ),
+        )
+    )))
+    .start();
+    let mut stuck = relay.client();
+    assert_eq!(stuck.cmd("EHLO client.test").0, 250);
+    assert_eq!(stuck.cmd("MAIL FROM:<sender@client.test>").0, 250);
+    stuck.send(b"RCPT TO:<alice@relay.test>\r\n");
+    // Meanwhile another session is served in full, and the stuck one still waits.
+    let mut other = relay.client();
+    assert_eq!(other.cmd("EHLO other.test").0, 250);
+    assert_eq!(other.cmd("MAIL FROM:<x@other.test>").0, 250);
+    assert_eq!(other.cmd("RSET").0, 250);
+    assert_eq!(other.cmd("NOOP").0, 250);
+    assert!(
+        !stuck.has_data(),
+        "the stuck RCPT was answered before the deadline"
+    );
+    assert_eq!(other.cmd("QUIT").0, 221);
+    // At the deadline the call fails and the failure policy (tempfail) answers.
+    let (code, lines) = stuck.reply();
+    assert_eq!(code, 451, "{lines:?}");
+    assert!(lines[0].starts_with("4.3.0"), "{lines:?}");
+    assert_eq!(stuck.cmd("QUIT").0, 221);
+    let logs = relay.stop_and_logs();
+    assert!(logs.contains("timed out after 1500 ms"), "{logs}");
+    drop(silent);
+}

@@ -1,5 +1,5 @@
 //! The plugins written in C, Python and JavaScript (`plugins/c-header-check`,
-//! `plugins/py-keyword-score`, `plugins/js-sender-policy`): built by
+//! `plugins/py-keyword-score`, `plugins/js-sender-policy`, `plugins/js-reputation`): built by
 //! `plugins/build-polyglot.sh`, then run through the harness against their shipped cases.
 //!
 //! These tests fail, never skip, when a toolchain is missing: CI installs clang, lld,
@@ -74,6 +74,12 @@ fn py_keyword_score_passes_its_cases() {
 #[test]
 fn js_sender_policy_passes_its_cases() {
     passes_its_cases("js-sender-policy", 10);
+}
+
+/// fetch() over wasi:http, to a service the harness mocks and the plugin's grant allows.
+#[test]
+fn js_reputation_passes_its_cases() {
+    passes_its_cases("js-reputation", 6);
 }
 
 /// The cases can fail: the C plugin (the quickest to compile) against a wrong expectation

@@ -6,19 +6,24 @@
 //! through `wasi:http/outgoing-handler` (wasmtime-wasi-http) with our `send_request`: the
 //! origin is checked against the grants, the request is sent over one pooled client per
 //! plugin (hyper-util with hyper-rustls, certificates verified against the system store or
-//! the plugin's `ca_file`), and the response body is capped. A refusal is an error value for
+//! the plugin's `ca_file`, host names resolved by the relay's resolver as `dns` is), and the
+//! response body is capped. A refusal is an error value for
 //! the guest (`access-denied`, `HTTP-request-denied`), never a trap.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use postrider_config::{NetworkGrants, Scheme};
+use postrider_dns::Dns;
 use postrider_tls_roots::TrustRoots;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -49,7 +54,47 @@ pub trait NetObserver: Send + Sync {
     );
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, WasiBody>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector<RelayResolver>>, WasiBody>;
+
+/// Resolves the host names of HTTP requests through the relay's resolver (bounded like the
+/// `dns` import), not the system's: one resolver, one configuration, one set of timeouts.
+#[derive(Clone)]
+struct RelayResolver {
+    dns: Arc<dyn Dns>,
+    timeout: Duration,
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower_service::Service<Name> for RelayResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let (dns, timeout) = (Arc::clone(&self.dns), self.timeout);
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let ips = tokio::time::timeout(timeout, dns.lookup_ip(&host))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{host}: DNS timeout"),
+                    )
+                })?
+                .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+            // The connector puts the URL's port on each address.
+            let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            Ok(addrs.into_iter())
+        })
+    }
+}
 
 /// One plugin's grants and its HTTP client (shared by all its instances).
 pub(crate) struct PluginNet {
@@ -60,8 +105,14 @@ pub(crate) struct PluginNet {
 }
 
 impl PluginNet {
-    /// The network of plugin `plugin` with these grants (reads the `ca_file`, if any).
-    pub(crate) fn new(plugin: &str, grants: NetworkGrants) -> Result<PluginNet, HostError> {
+    /// The network of plugin `plugin` with these grants (reads the `ca_file`, if any); host
+    /// names of HTTP requests resolve through `dns`, each lookup bounded by `dns_timeout`.
+    pub(crate) fn new(
+        plugin: &str,
+        grants: NetworkGrants,
+        dns: Arc<dyn Dns>,
+        dns_timeout: Duration,
+    ) -> Result<PluginNet, HostError> {
         let http = if grants.http.is_empty() {
             None
         } else {
@@ -73,11 +124,17 @@ impl PluginNet {
                 plugin: plugin.to_owned(),
                 message: e.to_string(),
             })?;
+            let mut http = HttpConnector::new_with_resolver(RelayResolver {
+                dns,
+                timeout: dns_timeout,
+            });
+            // https URLs go through the TLS layer around it.
+            http.enforce_http(false);
             let connector = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config((**roots.config()).clone())
                 .https_or_http()
                 .enable_http1()
-                .build();
+                .wrap_connector(http);
             Some(
                 Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(POOL_IDLE_PER_HOST)

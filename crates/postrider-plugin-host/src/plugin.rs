@@ -182,7 +182,12 @@ impl LoadedPlugin {
             message: format!("does not export postrider:plugin/filter: {e:#}"),
         })?;
         let pool = engine.pools.pool(spec.reuse, spec.pool_idle as usize);
-        let net = Arc::new(PluginNet::new(&spec.name, spec.network.clone())?);
+        let net = Arc::new(PluginNet::new(
+            &spec.name,
+            spec.network.clone(),
+            Arc::clone(&services.dns),
+            services.dns_timeout,
+        )?);
         let mut plugin = LoadedPlugin {
             namespace: Arc::from(spec.name.as_str()),
             net,

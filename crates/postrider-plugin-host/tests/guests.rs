@@ -983,3 +983,36 @@ async fn udp_datagrams_go_only_to_granted_addresses() {
     assert!(text.starts_with("udp error"), "{text}");
     assert_eq!(got.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn http_host_names_resolve_through_the_relays_resolver() {
+    let dns = StaticDns {
+        ip: HashMap::from([(
+            "rspamd.test".to_owned(),
+            Ok(vec!["127.0.0.1".parse().unwrap()]),
+        )]),
+        ..StaticDns::default()
+    };
+    let env = env_with_dns(dns);
+    let (addr, _) = http_server("pong").await;
+    let origin = format!("http://rspamd.test:{}", addr.port());
+    let grants = postrider_config::NetworkGrants {
+        http: vec![origin.parse().unwrap()],
+        ..Default::default()
+    };
+    let text = network_call(&env, "http", &format!("{origin}/ping"), grants.clone()).await;
+    assert_eq!(text, "http 200 pong");
+    // A granted name the relay's resolver does not know fails (the system's is not asked).
+    let unknown = postrider_config::NetworkGrants {
+        http: vec![format!("http://localhost:{}", addr.port()).parse().unwrap()],
+        ..Default::default()
+    };
+    let text = network_call(
+        &env,
+        "http",
+        &format!("http://localhost:{}/ping", addr.port()),
+        unknown,
+    )
+    .await;
+    assert!(text.starts_with("http error: failed"), "{text}");
+}
