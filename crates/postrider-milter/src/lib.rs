@@ -15,7 +15,7 @@ pub mod codec;
 pub mod session;
 
 pub use codec::{Command, Decoder, Family, Response};
-pub use session::{Answer, Modification, Offer, Received, Session, SmtpReply, Step, Verdict};
+pub use session::{Answer, Modification, Offer, Received, Session, Step, Verdict, reply_of};
 
 /// What went wrong talking to a milter. Every error ends the milter connection; the caller
 /// applies the milter's failure policy.

@@ -3,6 +3,8 @@
 //! milter's answers mean. The caller writes [`Session::send`]'s bytes, feeds what it reads to
 //! a [`crate::Decoder`] and hands each response to [`Session::receive`].
 
+use postrider_smtp::reply::{EnhancedCode, Reply};
+
 use crate::MilterError;
 use crate::codec::{BODY_CHUNK, Command, Response, VERSION, action, protocol};
 
@@ -81,35 +83,33 @@ impl Step {
     }
 }
 
-/// An SMTP reply a milter chose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmtpReply {
-    /// 4xx or 5xx.
-    pub code: u16,
-    /// The enhanced status code, if given.
-    pub enhanced: Option<String>,
-    /// The text (printable ASCII, one line).
-    pub text: String,
-}
-
-impl SmtpReply {
-    /// Parses the text of a `y` response: "NNN [x.y.z] text", 4xx or 5xx.
-    pub fn parse(s: &str) -> Result<SmtpReply, MilterError> {
-        let bad = || MilterError::Malformed("reply code is not 4xx or 5xx text");
-        let code: u16 = s.get(..3).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
-        if !(400..=599).contains(&code)
-            || s.as_bytes()
-                .get(3)
-                .is_some_and(|b| *b != b' ' && *b != b'-')
-        {
-            return Err(bad());
-        }
-        // Multi-line replies come as "550-5.7.1 a\r\n550 5.7.1 b": the first line's text.
-        let first = s.get(4..).unwrap_or("").split("\r\n").next().unwrap_or("");
-        let (enhanced, text) = match first.split_once(' ') {
-            Some((e, t)) if is_enhanced(e, code) => (Some(e.to_owned()), t),
-            _ if is_enhanced(first, code) => (Some(first.to_owned()), ""),
-            _ => (None, first),
+/// The SMTP reply of a `y` response: "NNN [x.y.z] text", 4xx or 5xx; a multi-line reply
+/// ("550-5.7.1 a\r\n550 5.7.1 b") keeps its lines. The text is made one printable line each,
+/// so a milter cannot smuggle a line break into the relay's reply.
+pub fn reply_of(s: &str) -> Result<Reply, MilterError> {
+    let bad = || MilterError::Malformed("reply code is not 4xx or 5xx text");
+    let code: u16 = s.get(..3).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    if !(400..=599).contains(&code) {
+        return Err(bad());
+    }
+    let mut enhanced = None;
+    let mut lines = Vec::new();
+    for (i, line) in s.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
+        let rest = match line.strip_prefix(&s[..3]) {
+            Some(r) if r.is_empty() || r.starts_with([' ', '-']) => r.get(1..).unwrap_or(""),
+            _ => return Err(bad()),
+        };
+        // The enhanced code of the first line stands for the reply (every line repeats it).
+        let text = match rest.split_once(' ').map_or((rest, ""), |(e, t)| (e, t)) {
+            (e, t) if i == 0 => match e.parse::<EnhancedCode>() {
+                Ok(code_) if u16::from(code_.class) == code / 100 => {
+                    enhanced = Some(code_);
+                    t
+                }
+                _ => rest,
+            },
+            (e, t) if enhanced.is_some_and(|x| x.to_string() == e) => t,
+            _ => rest,
         };
         let text: String = text
             .chars()
@@ -122,21 +122,15 @@ impl SmtpReply {
             })
             .take(400)
             .collect();
-        Ok(SmtpReply {
-            code,
-            enhanced,
-            text: text.trim().to_owned(),
-        })
+        lines.push(text.trim().to_owned());
+        if lines.len() == 10 {
+            break;
+        }
     }
-}
-
-fn is_enhanced(s: &str, code: u16) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && parts[0] == (code / 100).to_string()
-        && parts[1..]
-            .iter()
-            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    Reply::multiline(code, enhanced, lines).map_err(|_| bad())
 }
 
 /// What a milter decided at a step.
@@ -149,9 +143,9 @@ pub enum Verdict {
     /// Accept the message and throw it away (at RCPT: the recipient).
     Discard,
     /// Refuse (at RCPT: the recipient): its reply, or the MTA's default 5xx.
-    Reject(Option<SmtpReply>),
+    Reject(Option<Reply>),
     /// Refuse for now: its reply, or the MTA's default 4xx.
-    Tempfail(Option<SmtpReply>),
+    Tempfail(Option<Reply>),
 }
 
 /// A change to the message a milter asked for at the end of the body.
@@ -403,8 +397,8 @@ impl Session {
             Response::Reject => Verdict::Reject(None),
             Response::Tempfail => Verdict::Tempfail(None),
             Response::ReplyCode(text) => {
-                let reply = SmtpReply::parse(&text)?;
-                if reply.code >= 500 {
+                let reply = reply_of(&text)?;
+                if reply.code() >= 500 {
                     Verdict::Reject(Some(reply))
                 } else {
                     Verdict::Tempfail(Some(reply))

@@ -216,11 +216,7 @@ fn verdicts_end_what_they_end() {
     );
     assert_eq!(
         a.verdict,
-        Verdict::Reject(Some(SmtpReply {
-            code: 550,
-            enhanced: Some("5.1.1".into()),
-            text: "No such user".into()
-        }))
+        Verdict::Reject(Some(reply("550", "5.1.1", "No such user")))
     );
     // A refused recipient leaves the message going.
     assert!(s.wants(Step::Rcpt));
@@ -235,11 +231,7 @@ fn verdicts_end_what_they_end() {
     s.send(&Command::Mail(vec!["<a@b>".into()])).unwrap();
     assert_eq!(
         answer(&mut s, Response::ReplyCode("421 4.7.0 go away".into())).verdict,
-        Verdict::Tempfail(Some(SmtpReply {
-            code: 421,
-            enhanced: Some("4.7.0".into()),
-            text: "go away".into()
-        }))
+        Verdict::Tempfail(Some(reply("421", "4.7.0", "go away")))
     );
     s.send(&Command::Abort).unwrap();
     s.send(&Command::Mail(vec!["<a@b>".into()])).unwrap();
@@ -318,21 +310,23 @@ fn a_replacement_body_is_bounded() {
 
 #[test]
 fn reply_texts_parse_strictly() {
-    let r = SmtpReply::parse("451 4.7.1 Greylisted\r\n").unwrap();
-    assert_eq!(
-        (r.code, r.enhanced.as_deref(), r.text.as_str()),
-        (451, Some("4.7.1"), "Greylisted")
-    );
-    let r = SmtpReply::parse("554 Go away").unwrap();
-    assert_eq!(
-        (r.code, r.enhanced, r.text.as_str()),
-        (554, None, "Go away")
-    );
-    let r = SmtpReply::parse("550-5.7.1 first\r\n550 5.7.1 second").unwrap();
-    assert_eq!(r.text, "first");
-    let r = SmtpReply::parse("550 4.7.1 wrong class").unwrap();
-    assert_eq!((r.enhanced, r.text.as_str()), (None, "4.7.1 wrong class"));
-    for bad in ["250 ok", "abc", "55", "600 x", "550x"] {
-        assert!(SmtpReply::parse(bad).is_err(), "{bad}");
+    let r = reply_of("451 4.7.1 Greylisted\r\n").unwrap();
+    assert_eq!(r, reply("451", "4.7.1", "Greylisted"));
+    let r = reply_of("554 Go away").unwrap();
+    assert_eq!((r.code(), r.enhanced(), r.text()), (554, None, "Go away"));
+    let r = reply_of("550-5.7.1 first\r\n550 5.7.1 second").unwrap();
+    assert_eq!(r.lines(), ["first", "second"]);
+    let r = reply_of("550 4.7.1 wrong class").unwrap();
+    assert_eq!((r.enhanced(), r.text()), (None, "4.7.1 wrong class"));
+    let r = reply_of("550 5.7.1 tab\there\x7f").unwrap();
+    assert_eq!(r.text(), "tab here");
+    for bad in ["250 ok", "abc", "55", "600 x", "550x", "550 a\r\n451 b"] {
+        assert!(reply_of(bad).is_err(), "{bad}");
     }
+}
+
+/// A reply as the relay builds one.
+fn reply(code: &str, enhanced: &str, text: &str) -> postrider_smtp::reply::Reply {
+    postrider_smtp::reply::Reply::new(code.parse().unwrap(), Some(enhanced.parse().unwrap()), text)
+        .unwrap()
 }
