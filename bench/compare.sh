@@ -10,6 +10,10 @@
 # (`smtp_tls_security_level = verify`, TLS session cache, `smtp_tls_connection_reuse` through
 # tlsproxy) relay to postrider-sink instead, a discarding receiver with STARTTLS whose
 # certificate comes from a CA made at its start; it counts TLS handshakes and resumed ones.
+# Spam filtering (issue 19): "postrider-rspamd" (the rspamd plugin, HTTP /checkv2 by grant)
+# and "postfix-rspamd" (smtpd_milters to rspamd's proxy in milter mode) against one rspamd
+# started for the run (Debian's package, its shipped rules, DNS to a closed port), both
+# relaying to smtp-sink; the CPU time rspamd spent in each run is recorded.
 #
 # Each cell (sessions x message size x connection mode) runs every server in turn, run by
 # run (A B C D, A B C D, ...), each run on a freshly started server: an untimed warm-up with
@@ -28,11 +32,12 @@
 #   --quick        200 messages per pass, 1 run: checks that every cell works, measures nothing
 #   --runs N       runs per server and cell (default 3; the median is reported)
 #   --only LIST    comma-separated subset of postrider,postrider-3p,postrider-3p-warm,postfix,haraka,
-#                  postrider-verify,postfix-verify (default: all but the two -verify ones)
+#                  postrider-verify,postfix-verify,postrider-rspamd,postfix-rspamd (default: the
+#                  first five)
 #   --messages N   messages per pass (default 10000 at 4 KiB, 2000 at 100 KiB)
 #   --quiet-logs   Postrider and Haraka log warnings only (default: their default level,
 #                  info, to a file, as Postfix logs every message to its maillog_file)
-#   --port-base P  loopback ports P..P+7 (default 2610)
+#   --port-base P  loopback ports P..P+12 (default 2610)
 #   --keep         keep the work directory (configs, logs, raw output)
 #   --no-build     use the binaries and plugins already in target/ (no cargo build)
 #
@@ -45,7 +50,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 ORIG_ARGS=("$@")
 
-all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka,postrider-verify,postfix-verify"
+all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka,postrider-verify,postfix-verify,postrider-rspamd,postfix-rspamd"
 runs=3; runs_set=0; quick=0; only="postrider,postrider-3p,postrider-3p-warm,postfix,haraka"; sessions_list="20 100"; sizes="4096 102400"
 modes="new reuse"; messages=""; quiet_logs=0; port_base=2610; out=bench/RESULTS.md; keep=0
 build=1
@@ -87,7 +92,8 @@ for m in $modes; do [[ $m == new || $m == reuse ]] || die "mode $m: new or reuse
 wants() { [[ " ${servers[*]} " == *" $1 "* ]]; }
 wants_plugins() { wants postrider-3p || wants postrider-3p-warm; }
 wants_tls() { wants postrider-verify || wants postfix-verify; }
-wants_postfix() { wants postfix || wants postfix-verify; }
+wants_postfix() { wants postfix || wants postfix-verify || wants postfix-rspamd; }
+wants_rspamd() { wants postrider-rspamd || wants postfix-rspamd; }
 
 messages_for() { # size
   if [ -n "$messages" ]; then echo "$messages"
@@ -99,6 +105,8 @@ messages_for() { # size
 pr_port=$port_base; pr3_port=$((port_base + 1)); pf_port=$((port_base + 2))
 hk_port=$((port_base + 3)); sink_port=$((port_base + 4)); dns_port=$((port_base + 5))
 pr3w_port=$((port_base + 6)); tls_sink_port=$((port_base + 7)); prv_port=$((port_base + 8))
+rs_port=$((port_base + 9)); rs_milter_port=$((port_base + 10)); rs_ctl_port=$((port_base + 11))
+prr_port=$((port_base + 12))
 # A developer's RUST_BACKTRACE=1 makes every error wasmtime creates internally (one per
 # dropped plugin instance) capture a stack trace: run every server as a service runs.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -116,12 +124,14 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
   apt_install postfix
 fi
 if wants_plugins && ! command -v dnsmasq >/dev/null; then apt_install dnsmasq-base; fi
+if wants_rspamd && ! command -v rspamd >/dev/null; then apt_install rspamd; fi
 if wants haraka; then
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
   node_major=$(node -p 'process.versions.node.split(".")[0]')
   [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postrider-3p-warm,postfix)"
 fi
-for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port $pr3w_port $tls_sink_port $prv_port; do
+for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port $pr3w_port $tls_sink_port $prv_port \
+  $rs_port $rs_milter_port $rs_ctl_port $prr_port; do
   ! ss -Hltn "sport = :$p" | grep -q . || die "port $p is in use (--port-base to move)"
 done
 ! ss -Hlun "sport = :$dns_port" | grep -q . || die "udp port $dns_port is in use (--port-base to move)"
@@ -134,6 +144,12 @@ if [ "$build" = 1 ]; then
     rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
     echo "building the dnsbl, rcpt-allowlist and header-stamp plugins (wasm32-wasip2)..."
     (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p dnsbl -p rcpt-allowlist -p header-stamp) >"$build_log" 2>&1 \
+      || { tail -30 "$build_log"; die "plugin build failed"; }
+  fi
+  if wants postrider-rspamd; then
+    rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
+    echo "building the rspamd plugin (wasm32-wasip2)..."
+    (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p rspamd) >"$build_log" 2>&1 \
       || { tail -30 "$build_log"; die "plugin build failed"; }
   fi
 fi
@@ -155,6 +171,9 @@ for f in "$postrider_bin" "$loadgen_bin" "$tls_sink_bin"; do [ -x "$f" ] || die 
 if wants_plugins; then
   for f in dnsbl rcpt_allowlist header_stamp; do [ -f "$wasm/$f.wasm" ] || die "$wasm/$f.wasm is missing (run without --no-build)"; done
 fi
+if wants postrider-rspamd; then
+  [ -f "$wasm/rspamd.wasm" ] || die "$wasm/rspamd.wasm is missing (run without --no-build)"
+fi
 
 # ------------------------------------------------------------------ work dir, cleanup
 # On the Postfix queue's filesystem, so that both sync to the same disk.
@@ -164,7 +183,7 @@ chmod 755 "$work"
 [ "$(stat -c %d "$work")" = "$(stat -c %d /var/spool/postfix 2>/dev/null || stat -c %d /var/spool)" ] \
   || echo "warning: $work and /var/spool/postfix are on different filesystems" >&2
 mkdir -p "$work/runs"
-srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; tls_sink_pid=""; dns_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
+srv=""; srv_pid=""; sampler_pid=""; sink_pid=""; tls_sink_pid=""; dns_pid=""; rspamd_pid=""; fg_pid=""; postfix_was_running=0; postfix_touched=0
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
@@ -174,7 +193,7 @@ cleanup() {
   [ -n "$fg_pid" ] && stop_pid "$fg_pid" 5
   [ -n "$sampler_pid" ] && stop_pid "$sampler_pid" 5
   [ -n "$srv" ] && stop_server
-  stop_pid "$sink_pid" 5; stop_pid "$tls_sink_pid" 5; stop_pid "$dns_pid" 5
+  stop_pid "$sink_pid" 5; stop_pid "$tls_sink_pid" 5; stop_pid "$dns_pid" 5; stop_pid "$rspamd_pid" 10
   if [ "$postfix_touched" = 1 ]; then
     postfix stop >/dev/null 2>&1
     restore_postfix
@@ -219,11 +238,43 @@ if wants_plugins; then
   wait_until 10 listening "$dns_port" || die "dnsmasq did not start"
 fi
 
+if wants_rspamd; then
+  # Debian's rspamd with its shipped rules and its own state here: the normal worker (the
+  # plugin's /checkv2), the proxy in milter mode (Postfix's smtpd_milters) scanning through
+  # that same worker, DNS pointed at a closed port (lookups fail at once, as in the tests).
+  rs=$work/rspamd
+  mkdir -p "$rs/local/override.d" "$rs/db" "$rs/run" "$rs/log"
+  printf 'bind_socket = "127.0.0.1:%s";\n' "$rs_port" >"$rs/local/override.d/worker-normal.inc"
+  printf 'bind_socket = "127.0.0.1:%s";\n' "$rs_ctl_port" >"$rs/local/override.d/worker-controller.inc"
+  printf 'bind_socket = "127.0.0.1:%s";\nmilter = yes;\ntimeout = 120s;\nupstream "local" {\n  default = yes;\n  hosts = "127.0.0.1:%s";\n}\n' \
+    "$rs_milter_port" "$rs_port" >"$rs/local/override.d/worker-proxy.inc"
+  printf 'dns {\n  nameserver = ["127.0.0.1:9"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n' >"$rs/local/override.d/options.inc"
+  chmod -R 777 "$rs"
+  rspamd -f -u _rspamd -g _rspamd -c /etc/rspamd/rspamd.conf --var=LOCAL_CONFDIR="$rs/local" \
+    --var=DBDIR="$rs/db" --var=RUNDIR="$rs/run" --var=LOGDIR="$rs/log" >"$rs/out" 2>&1 &
+  rspamd_pid=$!
+  # It compiles its regular expressions first.
+  wait_until 180 listening "$rs_port" && wait_until 60 listening "$rs_milter_port" \
+    || die "rspamd did not start: $(tail -3 "$rs/log/rspamd.log" 2>/dev/null)"
+fi
+# CPU seconds (user + system) rspamd's processes have used so far.
+rspamd_cpu() {
+  local ticks=0 pid stat
+  for pid in $(pgrep -x rspamd); do
+    read -r stat <"/proc/$pid/stat" 2>/dev/null || continue
+    stat=${stat##*) }
+    # Fields 14 and 15 of the whole line: utime and stime, in clock ticks.
+    set -- $stat
+    ticks=$((ticks + ${12} + ${13}))
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
 # ------------------------------------------------------------------ server configs
 pr_log=info; hk_log=info
 [ "$quiet_logs" = 1 ] && pr_log=warn && hk_log=warn
 
-write_postrider_config() { # name port plugins (none, fresh, warm or verify)
+write_postrider_config() { # name port plugins (none, fresh, warm, verify or rspamd)
   mkdir -p "$work/$1"
   cat >"$work/$1/postrider.toml" <<TOML
 hostname = "bench.test"
@@ -270,7 +321,19 @@ relay = "127.0.0.1:$sink_port"
 tls = "none"
 TOML
   fi
-  if [ "$3" != none ] && [ "$3" != verify ]; then
+  if [ "$3" = rspamd ]; then
+    cat >>"$work/$1/postrider.toml" <<TOML
+
+# DATA: every message goes to rspamd's /checkv2 (allowed by the grant); its action applies.
+[[plugin]]
+name = "rspamd"
+path = "$wasm/rspamd.wasm"
+allow_http = ["http://127.0.0.1:$rs_port"]
+timeout_ms = 20000
+config = { url = "http://127.0.0.1:$rs_port" }
+TOML
+  fi
+  if [ "$3" != none ] && [ "$3" != verify ] && [ "$3" != rspamd ]; then
     local reuse=""
     [ "$3" = warm ] && reuse="reuse = 100"
     cat >>"$work/$1/postrider.toml" <<TOML
@@ -310,6 +373,7 @@ wants postrider && write_postrider_config postrider "$pr_port" none
 wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" fresh
 wants postrider-3p-warm && write_postrider_config postrider-3p-warm "$pr3w_port" warm
 wants postrider-verify && write_postrider_config postrider-verify "$prv_port" verify
+wants postrider-rspamd && write_postrider_config postrider-rspamd "$prr_port" rspamd
 
 # Postfix as "postfix" (plain to smtp-sink) or "postfix-verify" (verified TLS to the TLS sink,
 # at its best: a session cache, emptied for each run, and connections reused through tlsproxy).
@@ -319,10 +383,15 @@ configure_postfix() { # server
     postconf -e "relayhost = [127.0.0.1]:$tls_sink_port" "smtp_tls_security_level = verify" \
       "smtp_tls_CAfile = $work/sink-ca.pem" "smtp_tls_verify_cert_match = sink.bench.test" \
       "smtp_tls_session_cache_database = btree:\${data_directory}/smtp_scache" \
-      "smtp_tls_connection_reuse = yes"
+      "smtp_tls_connection_reuse = yes" "smtpd_milters ="
   else
     postconf -e "relayhost = [127.0.0.1]:$sink_port" "smtp_tls_security_level = none" \
-      "smtp_tls_connection_reuse = no"
+      "smtp_tls_connection_reuse = no" "smtpd_milters ="
+  fi
+  # rspamd as a milter, as its documentation sets Postfix up (tempfail when it is down).
+  if [ "$1" = postfix-rspamd ]; then
+    postconf -e "smtpd_milters = inet:127.0.0.1:$rs_milter_port" "milter_protocol = 6" \
+      "milter_default_action = tempfail" "milter_mail_macros = i {mail_addr} {client_addr} {client_name} {auth_authen}"
   fi
 }
 if wants_postfix; then
@@ -361,7 +430,7 @@ fi
 start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
   srv=$1
   case $1 in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify)
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd)
       local d=$work/$1
       # Output and log outside the config's directory, which the relay watches for changes.
       rm -rf "$d/spool" "$d.out"
@@ -369,7 +438,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
       srv_pid=$!
       # A first start compiles the plugins (then cached): allow for it.
       wait_until 300 grep -q "postrider: ready" "$d.out" || { echo "$1 did not start: $(tail -3 "$d.log")"; return 1; } ;;
-    postfix|postfix-verify) configure_postfix "$1" && start_postfix ;;
+    postfix|postfix-verify|postfix-rspamd) configure_postfix "$1" && start_postfix ;;
     haraka)
       node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/haraka" >>"$work/haraka/log" 2>&1 &
       srv_pid=$!
@@ -381,7 +450,7 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
 }
 stop_server() {
   case $srv in
-    postfix|postfix-verify) stop_postfix "$srv_pid" ;;
+    postfix|postfix-verify|postfix-rspamd) stop_postfix "$srv_pid" ;;
     *) stop_pid "$srv_pid" 40 ;;
   esac
   srv=""; srv_pid=""
@@ -389,8 +458,8 @@ stop_server() {
 queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
   local f
   case $srv in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
-    postfix|postfix-verify) postfix_queued ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
+    postfix|postfix-verify|postfix-rspamd) postfix_queued ;;
     haraka) echo 0 ;;  # no queue: smtp_forward answers 250 once the sink has accepted
   esac
 }
@@ -410,14 +479,14 @@ sink_reached() { [ "$(sink_count)" -ge "$1" ]; }
 workers_up() { [ "$(cat /proc/"$1"/task/*/children 2>/dev/null | wc -w)" -ge "$2" ]; }
 flush_queue() { # after a failed drain, so the next run starts empty
   case $srv in
-    postfix|postfix-verify) postsuper -d ALL >/dev/null 2>&1 || true ;;
+    postfix|postfix-verify|postfix-rspamd) postsuper -d ALL >/dev/null 2>&1 || true ;;
   esac
 }
 
 # ------------------------------------------------------------------ one run
 shopt -s nullglob
 tsv=$work/runs.tsv
-printf 'server\tsessions\tsize\tmode\trep\tmessages\tt_start\tt_accepted\tt_drained\tsink_delta\tlg_t_start\tlg_t_drained\tlg_sink_delta\trss_kb\tpss_kb\trss_how\trustc\tload1\terror\tloadgen_json\ttls_handshakes\ttls_resumed\n' >"$tsv"
+printf 'server\tsessions\tsize\tmode\trep\tmessages\tt_start\tt_accepted\tt_drained\tsink_delta\tlg_t_start\tlg_t_drained\tlg_sink_delta\trss_kb\tpss_kb\trss_how\trustc\tload1\terror\tloadgen_json\ttls_handshakes\ttls_resumed\trspamd_cpu_s\n' >"$tsv"
 
 run_one() { # server sessions size mode rep messages
   local s=$1 sessions=$2 size=$3 mode=$4 rep=$5 n=$6 id="$1-$2-$3-$4-$5"
@@ -451,8 +520,9 @@ run_one() { # server sessions size mode rep messages
   [ "$dw" -eq "$warm" ] || err="${err:+$err; }sink got $dw of $warm from the warm-up"
 
   # Pass 1: smtp-source, end to end.
-  local tls0 tls1 hs="" resumed=""
+  local tls0 tls1 hs="" resumed="" rcpu0="" rcpu=""
   tls0=($(tls_counts))
+  [[ $s == *-rspamd ]] && rcpu0=$(rspamd_cpu)
   c0=$(sink_count)
   t0=$EPOCHREALTIME
   if ! run_fg timeout "$pass_limit" smtp-source "${dflag[@]}" -s "$sessions" -m "$n" -l "$size" -M client.test \
@@ -484,28 +554,32 @@ run_one() { # server sessions size mode rep messages
     tls1=($(tls_counts))
     hs=$((tls1[1] - tls0[1])); resumed=$((tls1[2] - tls0[2]))
   fi
+  # rspamd's CPU time during both passes (it runs beside the server under test).
+  [ -n "$rcpu0" ] && rcpu=$(awk -v a="$rcpu0" -v b="$(rspamd_cpu)" 'BEGIN {printf "%.2f", b - a}')
 
   stop_pid "$sampler_pid" 5; sampler_pid=""
   read -r rss pss <"$dir/rss" || true
   case $s in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
     *) how=sampled-sum ;;
   esac
   stop_server
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$s" "$sessions" "$size" "$mode" "$rep" "$n" "$t0" "$t1" "$t2" "$d1" "$l0" "$l2" "$d2" "$rss" "$pss" "$how" \
-    "$rustc" "$load1" "${err//$'\t'/ }" "$json" "$hs" "$resumed" >>"$tsv"
+    "$rustc" "$load1" "${err//$'\t'/ }" "$json" "$hs" "$resumed" "$rcpu" >>"$tsv"
   awk -v n="$n" -v t0="$t0" -v t2="$t2" -v rss="$rss" -v j="$json" -v r="$rustc" -v e="$err" -v id="$id" 'BEGIN {
     p50 = j; sub(/.*"p50_ms":/, "", p50); sub(/[,}].*/, "", p50)
     p99 = j; sub(/.*"p99_ms":/, "", p99); sub(/[,}].*/, "", p99)
     printf "  %-32s %7.0f msgs/s e2e  p50 %6s ms  p99 %6s ms  rss %5.0f MB  rustc %s%s\n",
       id, n / (t2 - t0), p50, p99, rss / 1024, r, (e == "" ? "" : "  ERROR: " e) }'
   [ -n "$hs" ] && echo "    TLS at the sink: $hs handshakes ($resumed resumed) for $((2 * n)) messages"
+  [ -n "$rcpu" ] && echo "    rspamd: $rcpu CPU seconds for $((2 * n)) messages"
   return 0
 }
 port_of() {
   case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postrider-3p-warm) echo "$pr3w_port" ;;
-    postrider-verify) echo "$prv_port" ;; postfix|postfix-verify) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
+    postrider-verify) echo "$prv_port" ;; postrider-rspamd) echo "$prr_port" ;;
+    postfix|postfix-verify|postfix-rspamd) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
 }
 
 # ------------------------------------------------------------------ machine, versions

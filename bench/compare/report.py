@@ -13,7 +13,7 @@ import statistics
 import sys
 
 SERVERS = ["postrider", "postrider-3p", "postrider-3p-warm", "postfix", "haraka",
-           "postrider-verify", "postfix-verify"]
+           "postrider-verify", "postfix-verify", "postrider-rspamd", "postfix-rspamd"]
 LABEL = {
     "postrider": "Postrider, no plugins",
     "postrider-3p": "Postrider, 3 plugins",
@@ -22,12 +22,17 @@ LABEL = {
     "haraka": "Haraka, 1 JS plugin",
     "postrider-verify": "Postrider, verified TLS",
     "postfix-verify": "Postfix, verified TLS",
+    "postrider-rspamd": "Postrider, rspamd plugin",
+    "postfix-rspamd": "Postfix, rspamd milter",
 }
 
 
 def baseline(server):
-    """The Postfix a server is compared with: the verified-TLS one for the -verify servers."""
-    return "postfix-verify" if server.endswith("-verify") else "postfix"
+    """The Postfix a server is compared with: the one set up the same way (-verify, -rspamd)."""
+    for suffix in ("-verify", "-rspamd"):
+        if server.endswith(suffix):
+            return "postfix" + suffix
+    return "postfix"
 
 
 def num(x):
@@ -59,6 +64,9 @@ def load_runs(path):
             # Both passes: 2 x messages.
             row["hs_per_msg"] = hs / (2 * n) if ok and hs is not None and n else None
             row["resumed_pct"] = 100 * resumed / hs if ok and hs and resumed is not None else None
+            cpu = num(row.get("rspamd_cpu_s"))
+            # rspamd CPU seconds per 1000 messages relayed (both passes).
+            row["rspamd_cpu_1k"] = 1000 * cpu / (2 * n) if ok and cpu is not None and n else None
             runs.append(row)
     return runs
 
@@ -116,6 +124,7 @@ def main():
                 "rustc": sum(1 for r in rs if (num(r["rustc"]) or 0) > 0),
                 "hs": median(r["hs_per_msg"] for r in rs),
                 "resumed": median(r["resumed_pct"] for r in rs),
+                "rspamd_cpu_1k": median(r["rspamd_cpu_1k"] for r in rs),
             }
 
     out = []
@@ -219,6 +228,22 @@ def main():
                 w(f"- {conn}: {pv:,.0f} vs {fv:,.0f} msgs/s = {pv / fv:.2f}× — {verdict}")
             else:
                 w(f"- {conn}: not measured")
+        if "postrider-rspamd" in servers:
+            w("")
+            w("Issue 19 (spam filtering): Postrider's rspamd plugin ≥ 1.5× Postfix with rspamd as a "
+              "milter, at 20 sessions and 4 KiB (rspamd's CPU seconds per 1000 messages in brackets):")
+            w("")
+            for mode in ("new", "reuse"):
+                conn = "new connection per message" if mode == "new" else "reused connections"
+                a = agg.get(((20, 4096, mode), "postrider-rspamd"), {})
+                b = agg.get(((20, 4096, mode), "postfix-rspamd"), {})
+                if a.get("e2e") and b.get("e2e"):
+                    verdict = "**met**" if a["e2e"] >= 1.5 * b["e2e"] else "**not met**"
+                    w(f"- {conn}: {a['e2e']:,.0f} ({fmt(a['rspamd_cpu_1k'], 1)} s) vs "
+                      f"{b['e2e']:,.0f} ({fmt(b['rspamd_cpu_1k'], 1)} s) msgs/s = "
+                      f"{a['e2e'] / b['e2e']:.2f}× — {verdict}")
+                else:
+                    w(f"- {conn}: not measured")
     w("")
     w("## How it was measured")
     w("")
@@ -261,6 +286,14 @@ def main():
       "`smtp_tls_CAfile`, `smtp_tls_verify_cert_match = sink.bench.test`, a TLS session cache "
       "(emptied before each run) and `smtp_tls_connection_reuse = yes` through tlsproxy, so "
       "that both keep connections to the next hop open.")
+    w("- **Spam filtering** (`postrider-rspamd`, `postfix-rspamd`; only with `--only`): one "
+      "Debian rspamd started for the run (its shipped rules, DNS to a closed port so that "
+      "network checks fail at once, no Redis: no greylisting or Bayes), both relaying to "
+      "smtp-sink. Postrider: the rspamd plugin (HTTP `/checkv2` of the normal worker, "
+      "`allow_http` grant). Postfix: `smtpd_milters` to rspamd's proxy in milter mode, which "
+      "scans through the same normal worker (`milter_protocol = 6`, `milter_default_action = "
+      "tempfail`). rspamd CPU: user + system seconds of all its processes during both passes, "
+      "per 1000 messages.")
     w("- Logging: Postrider and Haraka at their default level (info) to a file, Postfix to its "
       "maillog_file, unless `logging` above says quiet (`--quiet-logs`: warnings only).")
     w("- RSS: summed RSS counts pages shared between processes (libraries, Postfix's common "
@@ -272,13 +305,14 @@ def main():
     w("")
     w("<details><summary>Every run</summary>")
     w("")
-    w("| server | sessions | size | connection | run | msgs | msgs/s e2e | accept msgs/s | loadgen msgs/s | p50 ms | p99 ms | RSS MB | PSS MB | TLS hs/msg | rustc | load | error |")
-    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| server | sessions | size | connection | run | msgs | msgs/s e2e | accept msgs/s | loadgen msgs/s | p50 ms | p99 ms | RSS MB | PSS MB | TLS hs/msg | rspamd CPU s/1k | rustc | load | error |")
+    w("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in runs:
         w(f"| {r['server']} | {r['sessions']} | {r['size']} | {r['mode']} | {r['rep']} | {r['messages']} "
           f"| {fmt(r['e2e'])} | {fmt(r['accept'])} | {fmt(num(r['lg'].get('msgs_per_s')))} "
           f"| {fmt(num(r['lg'].get('p50_ms')), 1)} | {fmt(num(r['lg'].get('p99_ms')), 1)} "
-          f"| {fmt(r['rss_mb'])} | {fmt(r['pss_mb'])} | {fmt(r['hs_per_msg'], 3)} | {r['rustc']} | {r['load1']} | {r['error'].replace('|', '/')} |")
+          f"| {fmt(r['rss_mb'])} | {fmt(r['pss_mb'])} | {fmt(r['hs_per_msg'], 3)} "
+          f"| {fmt(r['rspamd_cpu_1k'], 1)} | {r['rustc']} | {r['load1']} | {r['error'].replace('|', '/')} |")
     w("")
     w("</details>")
     w("")

@@ -201,10 +201,12 @@ impl FromStr for HttpGrant {
         };
         // "127.0.0.1." is the address, as URLs read it.
         let host = if let Some(ip) = url_ip(host).or_else(|| url_ip(host.strip_suffix('.')?)) {
+            // [::ffff:0.0.0.0] is 0.0.0.0: canonical first, then checked.
+            let ip = ip.to_canonical();
             if ip.is_unspecified() {
                 return bad("the unspecified address names no server");
             }
-            HostPattern::Ip(ip.to_canonical())
+            HostPattern::Ip(ip)
         } else if let Some(domain) = host.strip_prefix("*.") {
             let domain = normal_name(domain);
             if !valid_name(&domain) || !domain.contains('.') {
@@ -392,6 +394,8 @@ mod tests {
             "http://",
             "http://[::1",
             "http://1.2.3.4.5",
+            // The CI fuzz run's find: the mapped unspecified address.
+            "http://[::ffff:0.0.0.0]:80",
             "http://*.1.2",
         ] {
             assert!(s.parse::<HttpGrant>().is_err(), "{s} was accepted");
