@@ -46,7 +46,9 @@ impl MockServers {
     /// Starts every mock of `net`.
     pub async fn start(net: &NetworkSpec) -> Result<MockServers, String> {
         let mut servers = MockServers { tasks: Vec::new() };
+        // One server per origin, however the case file orders its mocks.
         let mut origins: Vec<SocketAddr> = net.http.iter().map(|m| m.addr).collect();
+        origins.sort_unstable();
         origins.dedup();
         for addr in origins {
             let listener = bind(addr).await?;
@@ -162,5 +164,42 @@ async fn tcp_peer(stream: TcpStream, mock: TcpMock) {
             let _ = tokio::io::copy(&mut io, &mut tokio::io::sink()).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly on purpose
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn http(addr: SocketAddr, path: &str) -> HttpMock {
+        HttpMock {
+            addr,
+            path_prefix: path.into(),
+            method: None,
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn mocks_of_one_origin_share_its_server_in_any_order() {
+        let free = |ip: &str| {
+            let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+            l.local_addr().unwrap()
+        };
+        let (a, b) = (free("127.0.0.1"), free("127.0.0.1"));
+        let net = NetworkSpec {
+            http: vec![http(a, "/x"), http(b, "/y"), http(a, "/z")],
+            ..NetworkSpec::default()
+        };
+        let servers = MockServers::start(&net).await.unwrap();
+        assert_eq!(servers.tasks.len(), 2);
+        servers.stop().await;
+        // Stopped: the addresses are free again.
+        MockServers::start(&net).await.unwrap().stop().await;
     }
 }
