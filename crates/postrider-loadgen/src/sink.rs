@@ -182,7 +182,7 @@ enum Next {
     StartTls,
 }
 
-/// Reads a line of at most [`MAX_LINE`] bytes; `None` at the end of the stream.
+/// Reads a line of at most [`MAX_LINE`] bytes into `buf`; false at the end of the stream.
 async fn line<S: AsyncRead + Unpin>(io: &mut BufReader<S>, buf: &mut Vec<u8>) -> Result<bool> {
     buf.clear();
     let n = tokio::time::timeout(IDLE, (&mut *io).take(MAX_LINE).read_until(b'\n', buf))
