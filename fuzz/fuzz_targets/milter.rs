@@ -4,6 +4,8 @@
 //! - No input panics the decoder or the session.
 //! - The decoder holds no more than it was fed.
 //! - A replacement body never exceeds the session's limit; an error closes the session.
+//! - A milter address (the input as text, as in `[[milter]] address`) that parses prints as
+//!   text that parses back to the same address.
 //!
 //! Input: the milter's bytes. The relay side walks a whole transaction (connect to end of
 //! body, then abort, and again), sending each step once the last one is answered.
@@ -11,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use postrider_milter::{
-    Command, Decoder, Family, MilterError, Modification, Offer, Received, Session,
+    Address, Command, Decoder, Family, MilterError, Modification, Offer, Received, Session,
 };
 
 const MAX_BODY: usize = 4096;
@@ -37,6 +39,11 @@ fn steps() -> Vec<Command> {
 }
 
 fuzz_target!(|input: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(input)
+        && let Ok(address) = Address::parse(text)
+    {
+        assert_eq!(Address::parse(&address.to_string()), Ok(address));
+    }
     let (mut session, _) = Session::new(Offer::default(), MAX_BODY);
     let mut decoder = Decoder::default();
     let steps = steps();

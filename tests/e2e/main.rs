@@ -14,6 +14,7 @@ mod durability;
 mod email_auth;
 mod hostile;
 mod limits;
+mod milters;
 mod mta_sts;
 mod operating;
 mod outbound_tls;

@@ -502,9 +502,21 @@ pub fn postgrey(dir: &Path, delay: u32) -> (Proc, SocketAddr) {
 /// port (every lookup fails fast). Returns (process, normal worker, milter proxy).
 pub fn rspamd(dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
     let local = dir.join("local/override.d");
-    for d in [&local, &dir.join("db"), &dir.join("run"), &dir.join("log")] {
+    for d in [
+        &local,
+        &dir.join("local/local.d"),
+        &dir.join("db"),
+        &dir.join("run"),
+        &dir.join("log"),
+    ] {
         std::fs::create_dir_all(d).unwrap();
     }
+    // Results as headers (X-Spamd-Result, X-Rspamd-Server, ...) on every scanned message.
+    std::fs::write(
+        dir.join("local/local.d/milter_headers.conf"),
+        "extended_spam_headers = true;\nskip_local = false;\nskip_authenticated = false;\n",
+    )
+    .unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
     let bind = |file: &str, port: u16| {
         std::fs::write(
@@ -515,7 +527,16 @@ pub fn rspamd(dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
     };
     bind("worker-normal.inc", ports[0]);
     bind("worker-controller.inc", ports[1]);
-    bind("worker-proxy.inc", ports[2]);
+    // The proxy (milter mode) hands each message to the normal worker above.
+    std::fs::write(
+        local.join("worker-proxy.inc"),
+        format!(
+            "bind_socket = \"127.0.0.1:{}\";\nmilter = yes;\ntimeout = 120s;\n\
+             upstream \"local\" {{\n  default = yes;\n  hosts = \"127.0.0.1:{}\";\n}}\n",
+            ports[2], ports[0]
+        ),
+    )
+    .unwrap();
     std::fs::write(
         local.join("options.inc"),
         "dns {\n  nameserver = [\"127.0.0.1:9\"];\n  timeout = 0.2s;\n  retransmits = 1;\n}\n",
@@ -544,4 +565,72 @@ pub fn rspamd(dir: &Path) -> (Proc, SocketAddr, SocketAddr) {
     // It compiles its regular expressions first: about 20 s on 2 cores.
     wait_listening("rspamd", addr(ports[0]), Duration::from_secs(120));
     (proc, addr(ports[0]), addr(ports[2]))
+}
+
+/// Debian's opendkim signing mail from example.org with selector `sel` (a 2048-bit key made by
+/// opendkim-genkey in `dir`, its DNS record in `dir/sel.txt`), as a milter on a free loopback
+/// port. 127.0.0.1 is among its default InternalHosts: mail from there is signed.
+pub fn opendkim(dir: &Path) -> (Proc, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("opendkim-genkey")
+        .args(["-b", "2048", "-d", "example.org", "-s", "sel", "-D"])
+        .arg(dir)
+        .status()
+        .expect("opendkim-genkey must be installed (apt-get install opendkim-tools)");
+    assert!(ok.success());
+    let port = free_port("127.0.0.1");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = dir.join("opendkim.conf");
+    // RequireSafeKeys: the key lives under the temp dir, which other users may write.
+    std::fs::write(
+        &conf,
+        format!(
+            "Mode s\nDomain example.org\nSelector sel\nKeyFile {key}\nSocket inet:{port}@127.0.0.1\n\
+             Background no\nSyslog no\nCanonicalization simple/simple\nPidFile {pid}\n\
+             RequireSafeKeys false\n",
+            key = dir.join("sel.private").display(),
+            pid = dir.join("opendkim.pid").display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("opendkim")
+        .args(["-f", "-x"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("opendkim must be installed (apt-get install opendkim)");
+    let proc = Proc(child);
+    wait_listening("opendkim", addr, Duration::from_secs(20));
+    (proc, addr)
+}
+
+/// Verifies the DKIM signatures of `message` with dkimpy (an implementation independent of
+/// opendkim and of the relay), the key for `sel._domainkey.example.org` read from the
+/// opendkim-genkey record `record`. Ok: verified; Err: dkimpy's complaint.
+pub fn dkimpy_verify(message: &[u8], record: &Path) -> Result<(), String> {
+    let script = r#"
+import re, sys, dkim
+record = "".join(re.findall(r'"([^"]*)"', open(sys.argv[1]).read()))
+def dns(name, timeout=5):
+    assert name == b"sel._domainkey.example.org.", name
+    return record.encode()
+sys.exit(0 if dkim.verify(sys.stdin.buffer.read(), dnsfunc=dns) else 1)
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(record)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with dkimpy (apt-get install python3-dkim)");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) plugin: Vec<RawPlugin>,
     #[serde(default)]
+    pub(crate) milter: Vec<RawMilter>,
+    #[serde(default)]
     pub(crate) dns: RawDns,
     #[serde(default)]
     pub(crate) delivery: Delivery,
@@ -164,6 +166,43 @@ pub(crate) struct RawPlugin {
     pub(crate) ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pub(crate) max_http_response_kb: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMilter {
+    pub(crate) name: Spanned<String>,
+    pub(crate) address: Spanned<String>,
+    #[serde(default = "default_milter_stages")]
+    pub(crate) stages: Spanned<Vec<crate::Stage>>,
+    #[serde(default)]
+    pub(crate) after: Option<Spanned<String>>,
+    #[serde(default = "default_failure_policy")]
+    pub(crate) failure_policy: FailurePolicy,
+    #[serde(default = "default_milter_connect_timeout")]
+    pub(crate) connect_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_milter_command_timeout")]
+    pub(crate) command_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_milter_content_timeout")]
+    pub(crate) content_timeout_ms: Spanned<u64>,
+}
+
+fn default_milter_stages() -> Spanned<Vec<crate::Stage>> {
+    use crate::Stage::*;
+    Spanned::new(0..0, vec![Connect, Helo, MailFrom, Rcpt, Data])
+}
+
+// Postfix's milter_connect_timeout, milter_command_timeout and milter_content_timeout.
+fn default_milter_connect_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+
+fn default_milter_command_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30_000)
+}
+
+fn default_milter_content_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 300_000)
 }
 
 pub(crate) fn default_failure_policy() -> FailurePolicy {

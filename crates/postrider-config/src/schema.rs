@@ -35,6 +35,8 @@ pub struct Config {
     pub plugin_settings: PluginSettings,
     /// The plugin chain, in call order.
     pub plugins: Vec<PluginConfig>,
+    /// Milters, each placed in the chain after the plugin or milter it names.
+    pub milters: Vec<MilterConfig>,
     /// Nameservers for the relay's resolver ("ip:port"); empty: the system's.
     pub nameservers: Vec<SocketAddr>,
     /// DNSSEC trust anchors for DANE: DNSKEY records in zone-file syntax; `None`: the root
@@ -180,6 +182,39 @@ pub enum PluginLogLevel {
     Error,
 }
 
+/// A stage of the SMTP transaction a plugin (or milter) can be called at; its config word is
+/// its [`Stage::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Client connected.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    MailFrom,
+    /// Each RCPT TO.
+    Rcpt,
+    /// Message received.
+    Data,
+    /// Routing of a queued recipient.
+    Route,
+}
+
+impl Stage {
+    /// Name used in logs and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::MailFrom => "mail-from",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Route => "route",
+        }
+    }
+}
+
 /// One `[[plugin]]`: a WebAssembly component called at the stages it asks for, in config order.
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
@@ -207,6 +242,28 @@ pub struct PluginConfig {
     /// What it may reach on the network (`allow_http`, `allow_connect`, `allow_udp`);
     /// nothing by default.
     pub network: NetworkGrants,
+}
+
+/// One `[[milter]]`: a Sendmail milter (protocol 6) consulted in the chain beside the plugins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MilterConfig {
+    /// Name in logs, verdict lists and metrics (unique among plugins and milters).
+    pub name: String,
+    /// Where it listens: `inet:host:port` or `unix:path`.
+    pub address: postrider_milter::Address,
+    /// The stages it is consulted at (never `route`). It is connected at the first of them a
+    /// session reaches and then told what came before (connect, HELO, sender, recipients).
+    pub stages: Vec<Stage>,
+    /// Its place: right after this plugin or earlier milter; `None`: after every plugin.
+    pub after: Option<String>,
+    /// What a milter that is down, too slow or breaks the protocol means.
+    pub failure_policy: FailurePolicy,
+    /// Deadline to connect and negotiate, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Deadline of each answer but the last, in milliseconds.
+    pub command_timeout_ms: u64,
+    /// Deadline of the answer to the end of the message, in milliseconds.
+    pub content_timeout_ms: u64,
 }
 
 /// Outbound delivery settings.

@@ -578,3 +578,87 @@ fn network_grants_are_parsed_and_bad_ones_located() {
         );
     }
 }
+
+#[test]
+fn milters_take_defaults_and_a_place_after_a_named_link() {
+    let config = parse(&format!(
+        "{MINIMAL}[[plugin]]\nname = \"stamp\"\npath = \"a.wasm\"\n\
+         [[milter]]\nname = \"opendkim\"\naddress = \"inet:127.0.0.1:8891\"\n\
+         [[milter]]\nname = \"rspamd\"\naddress = \"unix:/run/rspamd/milter.sock\"\n\
+         after = \"opendkim\"\nstages = [\"data\", \"data\"]\nfailure_policy = \"continue\"\n"
+    ))
+    .unwrap();
+    let [dkim, rspamd] = &config.milters[..] else {
+        panic!("{:?}", config.milters)
+    };
+    assert_eq!(dkim.address.to_string(), "inet:127.0.0.1:8891");
+    assert_eq!(
+        dkim.stages,
+        [
+            Stage::Connect,
+            Stage::Helo,
+            Stage::MailFrom,
+            Stage::Rcpt,
+            Stage::Data
+        ]
+    );
+    assert_eq!(dkim.failure_policy, FailurePolicy::Tempfail);
+    assert_eq!(
+        (
+            dkim.connect_timeout_ms,
+            dkim.command_timeout_ms,
+            dkim.content_timeout_ms
+        ),
+        (30_000, 30_000, 300_000)
+    );
+    assert_eq!(dkim.after, None);
+    assert_eq!(rspamd.stages, [Stage::Data]);
+    assert_eq!(rspamd.after.as_deref(), Some("opendkim"));
+    assert_eq!(rspamd.failure_policy, FailurePolicy::Continue);
+}
+
+#[test]
+fn bad_milter_settings_are_located() {
+    let base = format!("{MINIMAL}[[milter]]\nname = \"m\"\n");
+    for (extra, key) in [
+        ("address = \"127.0.0.1:8891\"\n", "milter[0].address"),
+        ("address = \"inet:[::1]:0\"\n", "milter[0].address"),
+        (
+            "address = \"inet:127.0.0.1:1\"\nstages = [\"route\"]\n",
+            "milter[0].stages",
+        ),
+        (
+            "address = \"inet:127.0.0.1:1\"\nstages = []\n",
+            "milter[0].stages",
+        ),
+        (
+            "address = \"inet:127.0.0.1:1\"\nafter = \"nobody\"\n",
+            "milter[0].after",
+        ),
+        (
+            "address = \"inet:127.0.0.1:1\"\ncommand_timeout_ms = 0\n",
+            "milter[0].command_timeout_ms",
+        ),
+        (
+            "address = \"inet:127.0.0.1:1\"\n[[milter]]\nname = \"m\"\naddress = \"inet:127.0.0.1:2\"\n",
+            "milter[1].name",
+        ),
+    ] {
+        let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(err.contains(&format!("key `{key}`")), "{extra}: {err}");
+        assert!(err.starts_with("test.toml:"), "{err}");
+    }
+    // A milter cannot take a plugin's name, and unknown keys are refused.
+    let err = parse(&format!(
+        "{MINIMAL}[[plugin]]\nname = \"m\"\npath = \"a.wasm\"\n[[milter]]\nname = \"m\"\naddress = \"inet:127.0.0.1:1\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("milter[0].name"), "{err}");
+    let err = parse(&format!(
+        "{base}address = \"inet:127.0.0.1:1\"\ntimeout_ms = 5\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("timeout_ms"), "{err}");
+}

@@ -321,6 +321,7 @@ impl Config {
                 network,
             });
         }
+        let milters = milters(raw.milter, &plugins, &src)?;
         let mut nameservers = Vec::new();
         for (i, n) in raw.dns.nameservers.iter().enumerate() {
             let text = n.get_ref().trim();
@@ -595,6 +596,7 @@ impl Config {
                 dns_timeout_ms: settings.dns_timeout_ms,
             },
             plugins,
+            milters,
             nameservers,
             trust_anchor: raw.dns.trust_anchor.as_deref().map(resolve),
             delivery,
@@ -622,6 +624,83 @@ fn domain_list(
         return src.invalid(span, key, "a non-empty list of domain names");
     }
     Ok(list)
+}
+
+/// The `[[milter]]` entries: names unique among plugins and milters, `after` naming one of
+/// them placed before it.
+fn milters(
+    raw: Vec<RawMilter>,
+    plugins: &[PluginConfig],
+    src: &Source<'_>,
+) -> Result<Vec<MilterConfig>, ConfigError> {
+    let mut out: Vec<MilterConfig> = Vec::new();
+    for (i, m) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("milter[{i}].{k}");
+        let name = m.name.get_ref().clone();
+        let known =
+            |n: &str| plugins.iter().any(|p| p.name == n) || out.iter().any(|x| x.name == n);
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok || known(&name) {
+            return src.invalid(
+                m.name.span(),
+                &key("name"),
+                "plugin and milter names must be unique and made of letters, digits, '-' and '_'",
+            );
+        }
+        let address = match postrider_milter::Address::parse(m.address.get_ref().trim()) {
+            Ok(a) => a,
+            Err(e) => return src.invalid(m.address.span(), &key("address"), e),
+        };
+        let stages = m.stages.get_ref();
+        if stages.is_empty() || stages.contains(&Stage::Route) {
+            return src.invalid(
+                m.stages.span(),
+                &key("stages"),
+                "a non-empty list of connect, helo, mail-from, rcpt, data (milters do not route)",
+            );
+        }
+        let after = match &m.after {
+            Some(a) if !known(a.get_ref()) => {
+                return src.invalid(
+                    a.span(),
+                    &key("after"),
+                    "must name a plugin or a milter listed before this one",
+                );
+            }
+            Some(a) => Some(a.get_ref().clone()),
+            None => None,
+        };
+        let timeouts = [
+            (&m.connect_timeout_ms, "connect_timeout_ms"),
+            (&m.command_timeout_ms, "command_timeout_ms"),
+            (&m.content_timeout_ms, "content_timeout_ms"),
+        ];
+        for (t, k) in timeouts {
+            if !(1..=3_600_000).contains(t.get_ref()) {
+                return src.invalid(t.span(), &key(k), "must be between 1 and 3600000");
+            }
+        }
+        let mut unique = Vec::new();
+        for s in stages {
+            if !unique.contains(s) {
+                unique.push(*s);
+            }
+        }
+        out.push(MilterConfig {
+            name,
+            address,
+            stages: unique,
+            after,
+            failure_policy: m.failure_policy,
+            connect_timeout_ms: *m.connect_timeout_ms.get_ref(),
+            command_timeout_ms: *m.command_timeout_ms.get_ref(),
+            content_timeout_ms: *m.content_timeout_ms.get_ref(),
+        });
+    }
+    Ok(out)
 }
 
 /// A `[[plugin]]`'s network grants; an error names the entry (`plugin[0].allow_http[1]`).

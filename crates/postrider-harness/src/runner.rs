@@ -511,6 +511,7 @@ pub fn failure_kind(f: &CallFailure) -> FailureKind {
         CallFailure::Invalid(m) if m.starts_with("timed out after ") => FailureKind::Timeout,
         CallFailure::Invalid(m) if m.starts_with("no free instance slot") => FailureKind::Busy,
         CallFailure::Invalid(_) => FailureKind::Invalid,
+        CallFailure::Unavailable(_) => FailureKind::Unavailable,
     }
 }
 
@@ -676,6 +677,8 @@ pub fn describe_edit(e: &HeaderEdit) -> String {
         HeaderEdit::Append { name, value } => format!("append {name}: {value}"),
         HeaderEdit::Remove { name } => format!("remove {name}"),
         HeaderEdit::Replace { name, index, value } => format!("replace {name}[{index}]: {value}"),
+        HeaderEdit::Insert { index, name, value } => format!("insert [{index}] {name}: {value}"),
+        HeaderEdit::Delete { name, index } => format!("delete {name}[{index}]"),
     }
 }
 
@@ -1025,6 +1028,8 @@ fn header_matches(exp: &HeaderExpect, actual: &HeaderEdit) -> bool {
         HeaderEdit::Append { name, value } => ("append", name, None, Some(value)),
         HeaderEdit::Remove { name } => ("remove", name, None, None),
         HeaderEdit::Replace { name, index, value } => ("replace", name, Some(*index), Some(value)),
+        HeaderEdit::Insert { index, name, value } => ("insert", name, Some(*index), Some(value)),
+        HeaderEdit::Delete { name, index } => ("delete", name, Some(*index), None),
     };
     op == exp.op
         && name.eq_ignore_ascii_case(&exp.name)

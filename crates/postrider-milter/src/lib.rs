@@ -3,7 +3,8 @@
 //! connection's state machine. The relay (or a test) owns the socket: it writes what
 //! [`Session::send`] returns, feeds what it reads to a [`Decoder`] ([`Decoder::decode`]) and hands each
 //! [`Response`] to [`Session::receive`], which says when a step is answered and what the
-//! milter decided.
+//! milter decided. With the `tokio` feature, [`client::Connection`] does exactly that over a
+//! TCP or unix socket, one step at a time under a deadline.
 //!
 //! Evaluated first: `milter` (libmilter bindings), `indymilter` and `rmilter` implement the
 //! milter's side, not the MTA's. `miltr-client` is the MTA's side, but by its own README a
@@ -11,9 +12,13 @@
 //! what was negotiated and owns the I/O (futures-io); a relay facing milters it does not
 //! control needs both. So this is the client half, small and tested without sockets.
 
+pub mod address;
+#[cfg(feature = "tokio")]
+pub mod client;
 pub mod codec;
 pub mod session;
 
+pub use address::Address;
 pub use codec::{Command, Decoder, Family, Response};
 pub use session::{Answer, Modification, Offer, Received, Session, Step, Verdict, reply_of};
 

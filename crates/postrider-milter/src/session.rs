@@ -319,6 +319,16 @@ impl Session {
         Ok(cmd.encode())
     }
 
+    /// The actions negotiated (`codec::action`).
+    pub fn actions(&self) -> u32 {
+        self.actions
+    }
+
+    /// The steps the milter leaves out or does not answer (`codec::protocol`), as agreed.
+    pub fn protocol(&self) -> u32 {
+        self.protocol
+    }
+
     /// The step whose answer is due, if any.
     pub fn awaiting(&self) -> Option<Step> {
         match self.state {

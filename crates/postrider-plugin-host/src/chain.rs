@@ -1,5 +1,6 @@
-//! The stage chain: plugins run in config order; the first verdict other than `continue`
-//! decides; header edits accumulate; a failed call is answered by that plugin's policy.
+//! The stage chain: plugins and milters run in config order; the first verdict other than
+//! `continue` decides; header edits accumulate; a failed call is answered by that plugin's (or
+//! milter's) policy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +12,10 @@ use crate::bindings::postrider::plugin::types as wit;
 use crate::engine::PluginEngine;
 use crate::error::CallFailure;
 use crate::message::MessageView;
+use crate::milter::{Heard, MilterLink, MilterSpec, Now};
 use crate::plugin::{FailurePolicy, Instance, LoadedPlugin, Stage};
 use crate::state::{HostCall, Services};
-use crate::{ConnInfo, Decision, EnvelopeInfo, HeaderEdit, RouteDecision, validate};
+use crate::{ConnInfo, Decision, EnvelopeEdit, EnvelopeInfo, HeaderEdit, RouteDecision, validate};
 
 /// One plugin's part in a stage, for logs and the test harness.
 #[derive(Debug, Clone)]
@@ -82,16 +84,35 @@ pub struct DataOutcome {
     pub decision: Decision,
     /// Header edits of every plugin that ran, in order.
     pub edits: Vec<HeaderEdit>,
+    /// The body to store instead of the message's (after the empty line), if one was given;
+    /// the last one given wins.
+    pub body: Option<Vec<u8>>,
+    /// Envelope edits, in order.
+    pub envelope: Vec<EnvelopeEdit>,
     /// Quarantine reason, if a plugin asked for it.
     pub quarantine: Option<String>,
+    /// The milter that said discard (in this or an earlier stage of the transaction): the
+    /// message is accepted and thrown away.
+    pub discard: Option<String>,
     /// Each plugin call, in order.
     pub calls: Vec<PluginCall>,
 }
 
-/// The ordered plugins of one config generation, and what they need to run.
+/// A place in the chain.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// Index into the plugins.
+    Plugin(usize),
+    /// Index into the milters.
+    Milter(usize),
+}
+
+/// The ordered plugins and milters of one config generation, and what they need to run.
 pub struct Pipeline {
     engine: Arc<PluginEngine>,
     plugins: Vec<Arc<LoadedPlugin>>,
+    milters: Vec<Arc<MilterSpec>>,
+    order: Vec<Link>,
     services: Services,
 }
 
@@ -104,9 +125,43 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             engine,
+            order: (0..plugins.len()).map(Link::Plugin).collect(),
             plugins,
+            milters: Vec::new(),
             services,
         }
+    }
+
+    /// Places milters in the chain, each after the plugin or milter its `after` names (after
+    /// every link so far when it names none).
+    pub fn with_milters(mut self, milters: Vec<MilterSpec>) -> Pipeline {
+        for spec in milters {
+            let at = spec
+                .after
+                .as_deref()
+                .and_then(|name| self.order.iter().position(|l| self.name(*l) == name))
+                .map_or(self.order.len(), |p| p + 1);
+            self.order.insert(at, Link::Milter(self.milters.len()));
+            self.milters.push(Arc::new(spec));
+        }
+        self
+    }
+
+    fn name(&self, link: Link) -> &str {
+        match link {
+            Link::Plugin(i) => &self.plugins[i].spec.name,
+            Link::Milter(m) => &self.milters[m].name,
+        }
+    }
+
+    /// The chain's names in call order (plugins and milters).
+    pub fn order(&self) -> Vec<&str> {
+        self.order.iter().map(|l| self.name(*l)).collect()
+    }
+
+    /// The milters, in config order.
+    pub fn milters(&self) -> &[Arc<MilterSpec>] {
+        &self.milters
     }
 
     /// The services the plugins reach (`postrider kv` reads their kv store).
@@ -121,7 +176,7 @@ impl Pipeline {
 
     /// Whether any plugin asked for `stage` (callers skip building inputs otherwise).
     pub fn wants(&self, stage: Stage) -> bool {
-        self.plugins.iter().any(|p| p.wants(stage))
+        self.plugins.iter().any(|p| p.wants(stage)) || self.milters.iter().any(|m| m.wants(stage))
     }
 
     /// After a reload to `next`: discards the warm pools of this pipeline's plugins that
@@ -143,6 +198,12 @@ impl Pipeline {
             trace,
             dropped_trace: Vec::new(),
             taken: self.plugins.iter().map(|_| None).collect(),
+            milters: self
+                .milters
+                .iter()
+                .map(|m| MilterLink::new(Arc::clone(m)))
+                .collect(),
+            discard: None,
         }
     }
 
@@ -230,6 +291,10 @@ pub struct ChainSession {
     dropped_trace: Vec<HostCall>,
     /// Per plugin: where the instance taken by the current call came from, until recorded.
     taken: Vec<Option<InstanceSource>>,
+    /// Per milter: its connection in this session.
+    milters: Vec<MilterLink>,
+    /// The milter that said discard in this transaction.
+    discard: Option<String>,
 }
 
 fn policy_decision(policy: FailurePolicy) -> Decision {
@@ -260,6 +325,9 @@ impl ChainSession {
         for i in 0..self.instances.len() {
             self.release(i);
         }
+        for link in &mut self.milters {
+            link.end_transaction();
+        }
     }
 
     /// Gives plugin `i`'s instance back (kept for reuse only if sound and wanted).
@@ -276,33 +344,54 @@ impl ChainSession {
 
     /// Connect stage.
     pub async fn on_connect(&mut self, conn: &ConnInfo) -> StageOutcome {
-        let conn = wit_conn(conn);
-        self.verdict_stage(Stage::Connect, |_| Call::Connect(&conn))
+        let wconn = wit_conn(conn);
+        self.verdict_stage(Now::Connect(conn), |_| Call::Connect(&wconn))
             .await
     }
 
     /// HELO/EHLO stage.
     pub async fn on_helo(&mut self, conn: &ConnInfo, helo: &str) -> StageOutcome {
-        let conn = wit_conn(conn);
-        self.verdict_stage(Stage::Helo, |_| Call::Helo(&conn, helo))
+        let wconn = wit_conn(conn);
+        self.verdict_stage(Now::Helo(conn), |_| Call::Helo(&wconn, helo))
             .await
     }
 
     /// MAIL FROM stage.
     pub async fn on_mail_from(&mut self, conn: &ConnInfo, env: &EnvelopeInfo) -> StageOutcome {
-        let conn = wit_conn(conn);
-        let env = wit_env(env);
-        self.verdict_stage(Stage::MailFrom, |_| Call::MailFrom(&conn, &env))
+        self.discard = None;
+        for link in &mut self.milters {
+            link.begin_transaction();
+        }
+        let wconn = wit_conn(conn);
+        let wenv = wit_env(env);
+        self.verdict_stage(Now::Mail(conn, env), |_| Call::MailFrom(&wconn, &wenv))
             .await
     }
 
     async fn verdict_stage<'a>(
         &mut self,
-        stage: Stage,
+        now: Now<'_>,
         make: impl Fn(usize) -> Call<'a>,
     ) -> StageOutcome {
+        let stage = now.stage();
         let mut calls = Vec::new();
-        for i in 0..self.pipeline.plugins.len() {
+        for k in 0..self.pipeline.order.len() {
+            let i = match self.pipeline.order[k] {
+                Link::Plugin(i) => i,
+                Link::Milter(m) => {
+                    let Some((heard, call)) = self.milter(m, now).await else {
+                        continue;
+                    };
+                    calls.push(call);
+                    if heard.decision != Decision::Continue {
+                        return StageOutcome {
+                            decision: heard.decision,
+                            calls,
+                        };
+                    }
+                    continue;
+                }
+            };
             if !self.pipeline.plugins[i].wants(stage) {
                 continue;
             }
@@ -339,18 +428,36 @@ impl ChainSession {
         env: &EnvelopeInfo,
         rcpt: &str,
     ) -> RcptOutcome {
-        let conn = wit_conn(conn);
+        let wconn = wit_conn(conn);
         let wenv = wit_env(env);
         let mut current = rcpt.to_owned();
         let mut rewrite = None;
         let mut calls = Vec::new();
-        for i in 0..self.pipeline.plugins.len() {
+        for k in 0..self.pipeline.order.len() {
+            let i = match self.pipeline.order[k] {
+                Link::Plugin(i) => i,
+                Link::Milter(m) => {
+                    let Some((heard, call)) = self.milter(m, Now::Rcpt(conn, env, &current)).await
+                    else {
+                        continue;
+                    };
+                    calls.push(call);
+                    if heard.decision != Decision::Continue {
+                        return RcptOutcome {
+                            decision: heard.decision,
+                            rewrite,
+                            calls,
+                        };
+                    }
+                    continue;
+                }
+            };
             if !self.pipeline.plugins[i].wants(Stage::Rcpt) {
                 continue;
             }
             let started = Instant::now();
             let answer = self
-                .call(i, Stage::Rcpt, Call::Rcpt(&conn, &wenv, &current))
+                .call(i, Stage::Rcpt, Call::Rcpt(&wconn, &wenv, &current))
                 .await;
             let checked = match answer {
                 Ok(Answer::Rcpt(out)) => validate::verdict(&out.verdict)
@@ -413,21 +520,55 @@ impl ChainSession {
         env: &EnvelopeInfo,
         message: &MessageView,
     ) -> DataOutcome {
-        let conn = wit_conn(conn);
-        let env = wit_env(env);
         let mut out = DataOutcome {
             decision: Decision::Continue,
             edits: Vec::new(),
+            body: None,
+            envelope: Vec::new(),
             quarantine: None,
+            discard: self.discard.clone(),
             calls: Vec::new(),
         };
-        for i in 0..self.pipeline.plugins.len() {
+        if out.discard.is_some() {
+            return out;
+        }
+        let wconn = wit_conn(conn);
+        let wenv = wit_env(env);
+        for k in 0..self.pipeline.order.len() {
+            let i = match self.pipeline.order[k] {
+                Link::Plugin(i) => i,
+                Link::Milter(m) => {
+                    let now = Now::Data(conn, env, message.bytes());
+                    let Some((heard, call)) = self.milter(m, now).await else {
+                        continue;
+                    };
+                    out.calls.push(call);
+                    let changes = heard.changes;
+                    out.edits.extend(changes.edits);
+                    if changes.body.is_some() {
+                        out.body = changes.body;
+                    }
+                    out.envelope.extend(changes.envelope);
+                    if out.quarantine.is_none() {
+                        out.quarantine = changes.quarantine;
+                    }
+                    if heard.discard {
+                        out.discard = self.discard.clone();
+                        return out;
+                    }
+                    if heard.decision != Decision::Continue {
+                        out.decision = heard.decision;
+                        return out;
+                    }
+                    continue;
+                }
+            };
             if !self.pipeline.plugins[i].wants(Stage::Data) {
                 continue;
             }
             let started = Instant::now();
             let answer = self
-                .call(i, Stage::Data, Call::Data(&conn, &env, message.clone()))
+                .call(i, Stage::Data, Call::Data(&wconn, &wenv, message.clone()))
                 .await;
             let checked = match answer {
                 Ok(Answer::Data(d)) => validate::verdict(&d.verdict)
@@ -509,30 +650,57 @@ impl ChainSession {
         failure: Option<CallFailure>,
         started: Instant,
     ) -> PluginCall {
-        let plugin = &self.pipeline.plugins[i].spec.name;
-        let elapsed = started.elapsed();
-        match &failure {
-            Some(f) => {
-                tracing::warn!(plugin = %plugin, stage = stage.name(), failure = %f, outcome = %outcome, "plugin call failed")
-            }
-            None => {
-                tracing::debug!(plugin = %plugin, stage = stage.name(), us = elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict")
-            }
-        }
         let mut host_calls = std::mem::take(&mut self.dropped_trace);
         if let Some(inst) = self.instances[i].as_mut() {
             host_calls.extend(inst.store.data_mut().take_trace());
         }
-        PluginCall {
-            plugin: plugin.clone(),
+        let mut call = logged(PluginCall {
+            plugin: self.pipeline.plugins[i].spec.name.clone(),
             stage,
             outcome,
             verdict,
             failure,
-            elapsed,
+            elapsed: started.elapsed(),
             host_calls,
-            instance: self.taken[i].take(),
+            instance: None,
+        });
+        call.instance = self.taken[i].take();
+        call
+    }
+
+    /// Consults milter `m` at this stage, if it is consulted there; a failure is answered by
+    /// its failure policy. A milter that failed earlier in the transaction and whose policy is
+    /// `continue` is left out until the next MAIL FROM.
+    async fn milter(&mut self, m: usize, now: Now<'_>) -> Option<(Heard, PluginCall)> {
+        let stage = now.stage();
+        let link = &mut self.milters[m];
+        let spec = Arc::clone(&link.spec);
+        if !spec.wants(stage) || (link.down && spec.failure_policy == FailurePolicy::Continue) {
+            return None;
         }
+        let started = Instant::now();
+        let (heard, failure) = match link.stage(now).await {
+            Ok(heard) => (heard, None),
+            Err(f) => (Heard::failed(policy_decision(spec.failure_policy)), Some(f)),
+        };
+        if heard.discard && self.discard.is_none() {
+            self.discard = Some(spec.name.clone());
+        }
+        let call = logged(PluginCall {
+            plugin: spec.name.clone(),
+            stage,
+            outcome: format!("{:?}", heard.decision),
+            verdict: if heard.discard {
+                "discard"
+            } else {
+                heard.decision.kind()
+            },
+            failure,
+            elapsed: started.elapsed(),
+            host_calls: Vec::new(),
+            instance: None,
+        });
+        Some((heard, call))
     }
 
     /// Calls plugin `i`, taking an initialised instance first if needed. On any failure
@@ -578,6 +746,20 @@ impl ChainSession {
         }
         result
     }
+}
+
+/// Logs a call: a failure as a warning, a verdict at debug.
+fn logged(call: PluginCall) -> PluginCall {
+    let (plugin, stage, outcome) = (&call.plugin, call.stage.name(), &call.outcome);
+    match &call.failure {
+        Some(f) => {
+            tracing::warn!(plugin = %plugin, stage, failure = %f, outcome = %outcome, "plugin call failed")
+        }
+        None => {
+            tracing::debug!(plugin = %plugin, stage, us = call.elapsed.as_micros() as u64, outcome = %outcome, "plugin verdict")
+        }
+    }
+    call
 }
 
 fn classify(e: &wasmtime::Error, timeout: Duration) -> CallFailure {

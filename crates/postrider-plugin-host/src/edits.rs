@@ -1,4 +1,4 @@
-//! Applies data-stage header edits to a message's header block.
+//! Applies data-stage header edits to a message's header block, and body replacements.
 
 use crate::HeaderEdit;
 
@@ -9,21 +9,33 @@ struct Field<'a> {
 }
 
 /// Returns `message` with `edits` applied in order. Only the header block (up to the first
-/// empty line) changes; the body is copied unchanged. Values were validated (no CR/LF).
+/// empty line) changes; the body is copied unchanged. Values were validated (plugins: one
+/// line; milters: folded with CRLF and white space).
 pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
     if edits.is_empty() {
         return message.to_vec();
     }
-    let (head, body) = match find(message, b"\r\n\r\n") {
-        Some(i) => (&message[..i + 2], &message[i + 2..]),
-        None if message.starts_with(b"\r\n") => (&message[..0], message),
-        None => (message, &b""[..]),
-    };
+    let (head, body) = split(message);
     let mut fields = split_fields(head);
     for edit in edits {
         match edit {
             HeaderEdit::Prepend { name, value } => fields.insert(0, field(name, value)),
             HeaderEdit::Append { name, value } => fields.push(field(name, value)),
+            HeaderEdit::Insert { index, name, value } => {
+                let at = (*index as usize).min(fields.len());
+                fields.insert(at, field(name, value));
+            }
+            HeaderEdit::Delete { name, index } => {
+                if let Some(at) = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.name.eq_ignore_ascii_case(name))
+                    .nth(*index as usize)
+                    .map(|(i, _)| i)
+                {
+                    fields.remove(at);
+                }
+            }
             HeaderEdit::Remove { name } => fields.retain(|f| !f.name.eq_ignore_ascii_case(name)),
             HeaderEdit::Replace { name, index, value } => {
                 if let Some(f) = fields
@@ -31,8 +43,7 @@ pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
                     .filter(|f| f.name.eq_ignore_ascii_case(name))
                     .nth(*index as usize)
                 {
-                    let name = f.name;
-                    f.raw = format!("{name}: {value}\r\n").into_bytes();
+                    f.raw = field(f.name, value).raw;
                 }
             }
         }
@@ -46,10 +57,56 @@ pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
 }
 
 fn field<'a>(name: &'a str, value: &str) -> Field<'a> {
+    let gap = if value.starts_with([' ', '\t']) {
+        ""
+    } else {
+        " "
+    };
     Field {
         name,
-        raw: format!("{name}: {value}\r\n").into_bytes(),
+        raw: format!("{name}:{gap}{value}\r\n").into_bytes(),
     }
+}
+
+/// The header block (with its last CRLF, without the empty line) and the body (from the
+/// empty line on).
+fn split(message: &[u8]) -> (&[u8], &[u8]) {
+    match find(message, b"\r\n\r\n") {
+        Some(i) => (&message[..i + 2], &message[i + 2..]),
+        None if message.starts_with(b"\r\n") => (&message[..0], message),
+        None => (message, &b""[..]),
+    }
+}
+
+/// Returns `message` with its body (after the empty line) replaced by `body`; a message
+/// without one gets the empty line.
+pub fn replace_body(message: &[u8], body: &[u8]) -> Vec<u8> {
+    let (head, _) = split(message);
+    let mut out = Vec::with_capacity(head.len() + 2 + body.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// The header fields of `message` as (name, everything after the colon without the last
+/// CRLF, continuation lines included), and the body after the empty line.
+pub(crate) fn fields(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
+    let (head, rest) = split(message);
+    let body = rest.get(2..).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for f in split_fields(head) {
+        let len = f.raw.len();
+        let raw = &head[offset..offset + len];
+        offset += len;
+        let value = raw
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(&raw[..0], |i| &raw[i + 1..]);
+        out.push((f.name, value.strip_suffix(b"\r\n").unwrap_or(value)));
+    }
+    (out, body)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

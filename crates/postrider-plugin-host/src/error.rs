@@ -64,16 +64,20 @@ pub enum CallFailure {
     /// The plugin answered something the host refuses (bad reply code, CR/LF in text, ...).
     #[error("invalid answer: {0}")]
     Invalid(String),
+    /// A milter could not be reached, or closed the connection.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl CallFailure {
-    /// A short name for logs and metrics: trap, timeout, busy, invalid.
+    /// A short name for logs and metrics: trap, timeout, busy, invalid, unavailable.
     pub fn kind(&self) -> &'static str {
         match self {
             CallFailure::Trap(_) => "trap",
             CallFailure::Timeout(_) => "timeout",
             CallFailure::Busy => "busy",
             CallFailure::Invalid(_) => "invalid",
+            CallFailure::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -16,6 +16,7 @@ mod engine;
 mod error;
 mod host;
 mod message;
+mod milter;
 mod net;
 mod plugin;
 mod pool;
@@ -31,10 +32,11 @@ pub use bindings::postrider::plugin::types::{AuthResult, SpfCheck};
 pub use chain::{
     ChainSession, DataOutcome, InstanceSource, Pipeline, PluginCall, RcptOutcome, StageOutcome,
 };
-pub use edits::apply_edits;
+pub use edits::{apply_edits, replace_body};
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
 pub use message::MessageView;
+pub use milter::MilterSpec;
 pub use net::NetObserver;
 pub use plugin::{FailurePolicy, LoadedPlugin, PluginLogLevel, PluginSpec, Stage, component_hash};
 pub use postrider_dns::{Dns, DnsError, DnsFuture, HickoryDns, StaticDns, TokioResolver};
@@ -94,22 +96,42 @@ impl Decision {
     }
 }
 
-/// A header change from the data stage.
+/// A header change from the data stage. A value is the field body after `name:`: one line
+/// from a plugin; from a milter it may be folded (CRLF and a space or tab). One starting with
+/// a space or tab is written as it is, any other after a space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
     /// Insert at the top of the header block.
     Prepend {
         /// Header name.
         name: String,
-        /// Header value (one line).
+        /// Header value.
         value: String,
     },
     /// Add at the end of the header block.
     Append {
         /// Header name.
         name: String,
-        /// Header value (one line).
+        /// Header value.
         value: String,
+    },
+    /// Insert before the `index`th (0-based) header field; past the end, append (a milter's
+    /// `insheader`).
+    Insert {
+        /// Position.
+        index: u32,
+        /// Header name.
+        name: String,
+        /// Header value.
+        value: String,
+    },
+    /// Remove the `index`th (0-based) header of this name (a milter's `chgheader` with an
+    /// empty value).
+    Delete {
+        /// Header name (case-insensitive).
+        name: String,
+        /// Which one.
+        index: u32,
     },
     /// Remove every header of this name.
     Remove {
@@ -125,6 +147,17 @@ pub enum HeaderEdit {
         /// The new value.
         value: String,
     },
+}
+
+/// An envelope change from the data stage (a milter's `addrcpt`, `delrcpt`, `chgfrom`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeEdit {
+    /// Add this recipient (an address without angle brackets).
+    AddRcpt(String),
+    /// Remove this recipient (compared without regard to case).
+    DeleteRcpt(String),
+    /// Make this the sender; empty is the null sender.
+    ChangeFrom(String),
 }
 
 pub use postrider_smtp::client::TlsPolicy;

@@ -19,6 +19,11 @@ pub struct MessageView {
 }
 
 impl MessageView {
+    /// The whole message.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// A view of `raw` (the message as received, CRLF line ends).
     pub fn new(raw: Arc<[u8]>) -> MessageView {
         MessageView {

@@ -19,47 +19,17 @@ use crate::pool::WarmPool;
 use crate::state::{HostState, Services};
 use postrider_config::NetworkGrants;
 
-pub use postrider_config::{FailurePolicy, PluginLogLevel};
+pub use postrider_config::{FailurePolicy, PluginLogLevel, Stage};
 
-/// A stage of the SMTP transaction a plugin can be called at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Client connected.
-    Connect,
-    /// HELO/EHLO.
-    Helo,
-    /// MAIL FROM.
-    MailFrom,
-    /// Each RCPT TO.
-    Rcpt,
-    /// Message received.
-    Data,
-    /// Routing of a queued recipient.
-    Route,
-}
-
-impl Stage {
-    pub(crate) fn flag(self) -> Stages {
-        match self {
-            Stage::Connect => Stages::CONNECT,
-            Stage::Helo => Stages::HELO,
-            Stage::MailFrom => Stages::MAIL_FROM,
-            Stage::Rcpt => Stages::RCPT,
-            Stage::Data => Stages::DATA,
-            Stage::Route => Stages::ROUTE,
-        }
-    }
-
-    /// Name used in logs and traces.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Connect => "connect",
-            Stage::Helo => "helo",
-            Stage::MailFrom => "mail-from",
-            Stage::Rcpt => "rcpt",
-            Stage::Data => "data",
-            Stage::Route => "route",
-        }
+/// The plugin-facing flag of a stage.
+pub(crate) fn stage_flag(stage: Stage) -> Stages {
+    match stage {
+        Stage::Connect => Stages::CONNECT,
+        Stage::Helo => Stages::HELO,
+        Stage::MailFrom => Stages::MAIL_FROM,
+        Stage::Rcpt => Stages::RCPT,
+        Stage::Data => Stages::DATA,
+        Stage::Route => Stages::ROUTE,
     }
 }
 
@@ -238,7 +208,7 @@ impl LoadedPlugin {
 
     /// Whether the plugin asked for `stage`.
     pub fn wants(&self, stage: Stage) -> bool {
-        self.stages.contains(stage.flag())
+        self.stages.contains(stage_flag(stage))
     }
 
     /// Idle instances kept for reuse now (always 0 unless `reuse` > 1).

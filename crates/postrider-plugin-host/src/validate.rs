@@ -81,7 +81,7 @@ pub fn rewrite(addr: &str, smtputf8: bool) -> Result<String, String> {
     }
 }
 
-fn header_name(name: &str) -> Result<String, String> {
+pub(crate) fn header_name(name: &str) -> Result<String, String> {
     let ok = !name.is_empty()
         && name.len() <= MAX_HEADER_NAME
         && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
@@ -97,6 +97,37 @@ fn header_value(value: &str) -> Result<String, String> {
         return Err("header value too long or holds control characters".to_owned());
     }
     Ok(value.to_owned())
+}
+
+/// Longest header value a milter may give, folded (a 4096-bit DKIM signature is ~1 KiB).
+pub const MAX_MILTER_HEADER_VALUE: usize = 16 * 1024;
+
+/// A milter's header value, as the field body to write: its line breaks (milters fold with a
+/// bare LF) become CRLF, a continuation line that does not start with white space gets a tab
+/// (so it cannot start a header of its own), and no line may exceed 998 octets.
+pub(crate) fn milter_header_value(value: &str) -> Result<String, String> {
+    if value.len() > MAX_MILTER_HEADER_VALUE
+        || value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+    {
+        return Err("header value too long or holds control characters".to_owned());
+    }
+    let mut out = String::with_capacity(value.len() + 16);
+    for (i, line) in value.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.contains('\r') || line.len() > 998 {
+            return Err("header value holds a bare CR or a line over 998 octets".to_owned());
+        }
+        if i > 0 {
+            out.push_str("\r\n");
+            if !line.starts_with([' ', '\t']) {
+                out.push('\t');
+            }
+        }
+        out.push_str(line);
+    }
+    Ok(out)
 }
 
 /// Checks a plugin's header edits.

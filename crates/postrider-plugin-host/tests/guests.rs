@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use postrider_kv::{ManualClock, MemoryKv};
 use postrider_plugin_host::{
     CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy, HeaderEdit,
-    HostError, InstanceSource, LoadedPlugin, MessageView, Pipeline, PluginEngine, PluginSpec,
-    RcptOutcome, RouteDecision, Services, StaticDns, TlsPolicy,
+    HostError, InstanceSource, LoadedPlugin, MessageView, MilterSpec, Pipeline, PluginEngine,
+    PluginSpec, RcptOutcome, RouteDecision, Services, Stage, StaticDns, TlsPolicy,
 };
 use postrider_testkit::plugin_wasm;
 
@@ -160,6 +160,55 @@ async fn rcpt_allowlist_accepts_known_and_refuses_unknown() {
         chain.on_rcpt(&c, &e, "x@other.test").await.decision,
         Decision::Continue
     );
+}
+
+#[tokio::test]
+async fn milters_take_their_place_and_are_reached_only_when_the_chain_gets_to_them() {
+    let env = env();
+    let allow = spec(
+        "allow",
+        "rcpt-allowlist",
+        r#"{"domains": {"relay.test": ["alice"]}}"#,
+    );
+    let stamp = spec("stamp", "header-stamp", "{}");
+    // A "milter" that takes connections and never answers its negotiation.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let milter = |name: &str, after: Option<&str>| MilterSpec {
+        name: name.to_owned(),
+        address: postrider_milter::Address::Inet {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+        },
+        stages: vec![Stage::Rcpt],
+        after: after.map(str::to_owned),
+        failure_policy: FailurePolicy::Tempfail,
+        connect_timeout: Duration::from_millis(200),
+        command_timeout: Duration::from_millis(200),
+        content_timeout: Duration::from_millis(200),
+        max_body: 1 << 20,
+        hostname: "mx.relay.test".into(),
+    };
+    let p = pipeline(&env, vec![allow, stamp]).await;
+    let Ok(p) = Arc::try_unwrap(p) else {
+        panic!("the pipeline is shared")
+    };
+    let p = Arc::new(p.with_milters(vec![milter("m1", Some("allow")), milter("m2", None)]));
+    assert_eq!(p.order(), ["allow", "m1", "stamp", "m2"]);
+    assert!(p.wants(Stage::Rcpt) && !p.wants(Stage::Route));
+    let mut chain = p.session(false);
+    let (c, e) = (conn("192.0.2.1"), envelope("s@client.test"));
+    // Refused by the plugin before it: the milter is not even connected.
+    let out = chain.on_rcpt(&c, &e, "mallory@relay.test").await;
+    assert_eq!(code(&out.decision), (550, "5.1.1".into()));
+    assert!(listener.accept().is_err(), "the milter was connected");
+    // Reached: it never negotiates, so its failure policy answers at the deadline.
+    let out = chain.on_rcpt(&c, &e, "alice@relay.test").await;
+    assert_eq!(code(&out.decision), (451, "4.3.0".into()));
+    let failed = out.calls.last().unwrap();
+    assert_eq!(failed.plugin, "m1");
+    assert_eq!(failed.failure.as_ref().map(|f| f.kind()), Some("timeout"));
+    assert!(listener.accept().is_ok());
 }
 
 #[tokio::test]

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use postrider_plugin_host::{
-    Authentication, ChainSession, ConnInfo, Decision, EnvelopeInfo, HeaderEdit, MessageView,
-    Pipeline, PluginCall, RouteDecision, SpfCheck, Stage, TlsInfo, apply_edits,
+    Authentication, ChainSession, ConnInfo, Decision, EnvelopeEdit, EnvelopeInfo, HeaderEdit,
+    MessageView, Pipeline, PluginCall, RouteDecision, SpfCheck, Stage, TlsInfo, apply_edits,
+    replace_body,
 };
 use postrider_queue::Envelope;
 use postrider_smtp::address::{self, ForwardPath, ReversePath};
@@ -132,6 +133,10 @@ pub struct StageRun {
     pub rewrite: Option<String>,
     /// Header edits (data).
     pub edits: Vec<HeaderEdit>,
+    /// The replacement body (data).
+    pub body: Option<Vec<u8>>,
+    /// Envelope edits (data).
+    pub envelope_edits: Vec<EnvelopeEdit>,
     /// The message as the data stage saw it (data).
     pub message: Option<Arc<[u8]>>,
     /// Quarantine reason (data).
@@ -152,6 +157,8 @@ impl StageRun {
             decision: Decision::Continue,
             rewrite: None,
             edits: Vec::new(),
+            body: None,
+            envelope_edits: Vec::new(),
             message: None,
             quarantine: None,
             route: None,
@@ -169,6 +176,8 @@ pub enum MessageResult {
     Rejected,
     /// Refused with a 4xx.
     Tempfailed,
+    /// Accepted with 250 and thrown away, as a milter asked (its name).
+    Discarded(String),
 }
 
 impl MessageResult {
@@ -178,6 +187,7 @@ impl MessageResult {
             MessageResult::Queued(_) => "accepted",
             MessageResult::Rejected => "rejected",
             MessageResult::Tempfailed => "tempfailed",
+            MessageResult::Discarded(_) => "discarded",
         }
     }
 
@@ -187,6 +197,7 @@ impl MessageResult {
             MessageResult::Queued(_) => "queued",
             MessageResult::Rejected => "rejected",
             MessageResult::Tempfailed => "tempfailed",
+            MessageResult::Discarded(_) => "discarded",
         }
     }
 }
@@ -500,6 +511,8 @@ impl Driver {
             let mut run = StageRun::new(Stage::Data, &self.conn, Some(env));
             run.decision = outcome.decision.clone();
             run.edits = outcome.edits.clone();
+            run.body = outcome.body.clone();
+            run.envelope_edits = outcome.envelope.clone();
             run.message = Some(shown);
             run.quarantine = outcome.quarantine.clone();
             run.calls = outcome.calls;
@@ -520,7 +533,37 @@ impl Driver {
                     size,
                 });
             }
+            if let Some(milter) = outcome.discard {
+                tracing::info!(milter = %milter, id = %id, "message discarded by milter");
+                self.verdicts.push(format!("{milter}@data=discard"));
+                let size = message.len();
+                // As Postfix does: the client cannot tell a discarded message from a queued one.
+                session.queued(&id)?;
+                return Ok(MessageReport {
+                    result: MessageResult::Discarded(milter),
+                    envelope: spool_env,
+                    size,
+                });
+            }
             message = apply_edits(&message, &outcome.edits);
+            if let Some(body) = &outcome.body {
+                message = replace_body(&message, body);
+            }
+            edit_envelope(&mut spool_env, &outcome.envelope);
+            if spool_env.recipients.is_empty() {
+                tracing::warn!(id = %id, "every recipient removed by the data stage: nothing to store");
+                let size = message.len();
+                session.reject(Reply::local(
+                    554,
+                    (5, 7, 1),
+                    "No recipients left after content filtering",
+                ))?;
+                return Ok(MessageReport {
+                    result: MessageResult::Rejected,
+                    envelope: spool_env,
+                    size,
+                });
+            }
             if outcome.quarantine.is_some() {
                 spool_env.quarantine = outcome.quarantine;
             }
@@ -555,6 +598,39 @@ impl Driver {
                 .iter()
                 .map(|c| format!("{}@{}={}", c.plugin, c.stage.name(), c.verdict)),
         );
+    }
+}
+
+/// Applies data-stage envelope edits in order: a recipient added twice is kept once, one
+/// removed goes whatever its case.
+fn edit_envelope(envelope: &mut Envelope, edits: &[EnvelopeEdit]) {
+    for edit in edits {
+        match edit {
+            EnvelopeEdit::AddRcpt(address) => {
+                if !envelope
+                    .recipients
+                    .iter()
+                    .any(|r| r.address.eq_ignore_ascii_case(address))
+                {
+                    tracing::info!(rcpt = %address, "recipient added by the data stage");
+                    envelope.recipients.push(postrider_queue::Recipient {
+                        address: address.clone(),
+                        notify: None,
+                        orcpt: None,
+                    });
+                }
+            }
+            EnvelopeEdit::DeleteRcpt(address) => {
+                tracing::info!(rcpt = %address, "recipient removed by the data stage");
+                envelope
+                    .recipients
+                    .retain(|r| !r.address.eq_ignore_ascii_case(address));
+            }
+            EnvelopeEdit::ChangeFrom(from) => {
+                tracing::info!(from = %from, "sender changed by the data stage");
+                envelope.mail_from = from.clone();
+            }
+        }
     }
 }
 

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use postrider_config::{Config, KvRedis, PluginConfig, PluginSettings};
+use postrider_config::{Config, KvRedis, MilterConfig, PluginConfig, PluginSettings};
 use postrider_kv::{Clock, EmbeddedKv, KvStore, MemoryKv, RedisKv, RedisOptions, SystemClock};
 use postrider_metrics::Metrics;
 use postrider_plugin_host::{
-    Dns, EngineOptions, LoadedPlugin, Pipeline, PluginEngine, PluginSpec, Services, component_hash,
+    Dns, EngineOptions, LoadedPlugin, MilterSpec, Pipeline, PluginEngine, PluginSpec, Services,
+    component_hash,
 };
 use tracing::{info, warn};
 
@@ -168,7 +169,7 @@ impl PluginBuilder {
         config: &Config,
         previous: Option<&Arc<Pipeline>>,
     ) -> anyhow::Result<Option<Arc<Pipeline>>> {
-        if config.plugins.is_empty() {
+        if config.plugins.is_empty() && config.milters.is_empty() {
             return Ok(None);
         }
         let runtime = self.runtime(config)?;
@@ -234,11 +235,14 @@ impl PluginBuilder {
             info!(plugin = %p.name, hash = %plugin.hash, ms = started.elapsed().as_millis() as u64, "plugin loaded");
             plugins.push(Arc::new(plugin));
         }
-        Ok(Some(Arc::new(Pipeline::new(
-            Arc::clone(&runtime.engine),
-            plugins,
-            services,
-        ))))
+        let milters = config
+            .milters
+            .iter()
+            .map(|m| milter_spec(config, m))
+            .collect();
+        Ok(Some(Arc::new(
+            Pipeline::new(Arc::clone(&runtime.engine), plugins, services).with_milters(milters),
+        )))
     }
 }
 
@@ -282,6 +286,22 @@ fn spec_of(p: &PluginConfig) -> PluginSpec {
         pool_idle: p.pool_idle,
         log_level: p.log_level,
         network: p.network.clone(),
+    }
+}
+
+/// The host's view of one `[[milter]]` entry.
+fn milter_spec(config: &Config, m: &MilterConfig) -> MilterSpec {
+    MilterSpec {
+        name: m.name.clone(),
+        address: m.address.clone(),
+        stages: m.stages.clone(),
+        after: m.after.clone(),
+        failure_policy: m.failure_policy,
+        connect_timeout: Duration::from_millis(m.connect_timeout_ms),
+        command_timeout: Duration::from_millis(m.command_timeout_ms),
+        content_timeout: Duration::from_millis(m.content_timeout_ms),
+        max_body: usize::try_from(config.limits.max_message_size).unwrap_or(usize::MAX),
+        hostname: config.hostname.clone(),
     }
 }
 

@@ -21,6 +21,8 @@ pub enum FailureKind {
     Invalid,
     /// No instance slot was free.
     Busy,
+    /// A milter could not be reached (the harness runs no milters; for completeness).
+    Unavailable,
 }
 
 impl fmt::Display for FailureKind {
@@ -30,6 +32,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Invalid => "invalid",
             FailureKind::Busy => "busy",
+            FailureKind::Unavailable => "unavailable",
         })
     }
 }
