@@ -5,7 +5,9 @@
 //! `header(name)` is the case-insensitive selection of `headers()`; edits leave the body (from
 //! the first empty line on) untouched, no edits leave the message untouched, a last Prepend
 //! or Append puts its field first or last in the header block, and after a Remove no field
-//! of that name is left.
+//! of that name is left. Body changes: a body `set_body` accepts has CRLF line ends only and
+//! `replace_body` keeps the header block; `append_text_part` never panics and the text is in
+//! its result, which parses again.
 #![no_main]
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use postrider_fuzz::Rng;
 use postrider_plugin_host::HeaderEdit;
-use postrider_plugin_host::{MessageView, apply_edits};
+use postrider_plugin_host::{MessageView, append_text_part, apply_edits, replace_body};
 
 fuzz_target!(|raw: &[u8]| {
     let view = MessageView::new(Arc::from(raw));
@@ -89,10 +91,10 @@ fuzz_target!(|raw: &[u8]| {
     let head = &out[..out.len() - body.len()];
     match edits.last() {
         Some(HeaderEdit::Prepend { name, value }) => {
-            assert!(head.starts_with(format!("{name}: {value}\r\n").as_bytes()));
+            assert!(head.starts_with(field(name, value).as_bytes()));
         }
         Some(HeaderEdit::Append { name, value }) => {
-            assert!(head.ends_with(format!("{name}: {value}\r\n").as_bytes()));
+            assert!(head.ends_with(field(name, value).as_bytes()));
         }
         Some(HeaderEdit::Remove { name }) => {
             // Fields as apply_edits sees them: CRLF-ended lines, continued by lines that
@@ -118,7 +120,46 @@ fuzz_target!(|raw: &[u8]| {
         _ => {}
     }
     let _ = MessageView::new(Arc::from(out)).headers();
+
+    // Body changes, the message's own bytes as the new body and as the text.
+    let mut view = MessageView::new(Arc::from(raw)).with_max_size(1 << 20);
+    if view.set_body(raw).is_ok() {
+        let new = view.take_changes().body.unwrap_or_default();
+        assert!(!new.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
+        assert!(
+            !new.iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'\r' && new.get(i + 1) != Some(&b'\n'))
+        );
+        let replaced = replace_body(raw, &new);
+        assert!(replaced.ends_with(&new));
+    }
+    let text = String::from_utf8_lossy(raw).replace('\0', " ");
+    let text = if text.trim().is_empty() {
+        "fuzz footer".to_owned()
+    } else {
+        text
+    };
+    let out = append_text_part(raw, &text);
+    let first_line = text.split(['\r', '\n']).next().unwrap_or_default();
+    assert!(
+        out.windows(first_line.len().max(1))
+            .any(|w| w == first_line.as_bytes())
+            || first_line.is_empty(),
+        "the text is not in the result"
+    );
+    let _ = MessageView::new(Arc::from(out)).headers();
 });
+
+/// The field text `apply_edits` writes: a value starting with white space after the colon.
+fn field(name: &str, value: &str) -> String {
+    let gap = if value.starts_with([' ', '\t']) {
+        ""
+    } else {
+        " "
+    };
+    format!("{name}:{gap}{value}\r\n")
+}
 
 /// What `apply_edits` must copy unchanged: from the CRLF that ends the header block on.
 fn body(raw: &[u8]) -> &[u8] {

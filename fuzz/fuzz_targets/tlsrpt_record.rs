@@ -18,7 +18,10 @@ fuzz_target!(|input: &[u8]| {
         assert!(!uris.is_empty());
         for uri in &uris {
             let lower = uri.to_ascii_lowercase();
-            assert!(lower.starts_with("mailto:") || lower.starts_with("https://"), "{uri}");
+            assert!(
+                lower.starts_with("mailto:") || lower.starts_with("https://"),
+                "{uri}"
+            );
             assert!(uri.bytes().all(|b| (0x21..=0x7e).contains(&b)));
             assert!(text.contains(uri.as_str()));
         }

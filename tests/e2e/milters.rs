@@ -429,3 +429,67 @@ fn a_slow_milter_holds_only_its_own_session() {
     assert_eq!(stuck.reply().0, 250);
     assert_eq!(stuck.cmd("QUIT").0, 221);
 }
+
+#[test]
+fn a_milter_and_a_plugin_change_the_body_as_equals() {
+    // The milter replaces the body; the disclaimer plugin after it appends a footer part.
+    let (addr, _) = scripted(|cmd, _, _| match cmd {
+        b'E' => Act::Send(vec![
+            (b'b', b"replaced by the milter\n".to_vec()),
+            (b'c', Vec::new()),
+        ]),
+        _ => cont(),
+    });
+    let mut relay = Relay::builder(&config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{}{}",
+        milter("rewriter", addr, ""),
+        crate::harness::plugin(
+            "footer",
+            "disclaimer",
+            "config = { text = \"-- \\nsent through Postrider\", only_authenticated = false }"
+        ),
+    )))
+    .start();
+    let mut c = relay.client();
+    let (code, lines) = send_message(&mut c, "sender@client.test", &["alice@relay.test"], MESSAGE);
+    assert_eq!(code, 250, "{lines:?}");
+    let spool = relay.stop_and_read_spool();
+    assert_eq!(spool.len(), 1);
+    // Python's email package, a MIME parser independent of the relay, reads the parts.
+    let script = r#"
+import sys, email
+m = email.message_from_binary_file(sys.stdin.buffer)
+assert m.get_content_type() == "multipart/mixed", m.get_content_type()
+for p in m.walk():
+    if not p.is_multipart():
+        print(p.get_content_type(), repr(p.get_payload(decode=True).decode()))
+"#;
+    let mut py = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    py.stdin.take().unwrap().write_all(&spool[0].1).unwrap();
+    let out = py.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&spool[0].1);
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "text/plain 'replaced by the milter\\n'\ntext/plain '-- \\nsent through Postrider'\n",
+        "{text}"
+    );
+    assert!(text.contains("X-Disclaimer: added\r\n"), "{text}");
+    assert!(
+        !spool[0]
+            .1
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r'),
+        "a bare LF in the stored message: {text}"
+    );
+}

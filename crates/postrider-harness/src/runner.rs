@@ -13,7 +13,8 @@ use postrider_plugin_host::Dns;
 use postrider_plugin_host::{
     Authentication, CallFailure, ConnInfo, Decision, EngineOptions, EnvelopeInfo, FailurePolicy,
     HeaderEdit, HostCall, HostError, LoadedPlugin, Pipeline, PluginEngine, PluginSpec,
-    RouteDecision, Services, Stage, StaticDns, TlsInfo, apply_edits,
+    RouteDecision, Services, Stage, StaticDns, TlsInfo, append_text_part, apply_edits,
+    replace_body,
 };
 use postrider_smtp::server::{Misuse, Session, SessionConfig};
 use postrider_stages::{Driver, Policy as _, StageRun, auth_result_keyword};
@@ -454,12 +455,18 @@ pub struct StageReport {
     pub headers_after: Option<String>,
     /// Quarantine reason (data).
     pub quarantine: Option<String>,
+    /// The body after the data stage, when a plugin set one or appended text (data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_after: Option<String>,
     /// The route (route).
     pub route: Option<String>,
     /// Each plugin call.
     pub calls: Vec<CallReport>,
     #[serde(skip)]
     raw_edits: Vec<HeaderEdit>,
+    /// The whole message after every change of the data stage, as it would be stored.
+    #[serde(skip)]
+    message_after: Option<Vec<u8>>,
     #[serde(skip)]
     raw_route: Option<RouteDecision>,
 }
@@ -560,9 +567,11 @@ impl StageReport {
             edits: Vec::new(),
             headers_after: None,
             quarantine: None,
+            body_after: None,
             route: None,
             calls: Vec::new(),
             raw_edits: Vec::new(),
+            message_after: None,
             raw_route: None,
         }
     }
@@ -952,6 +961,23 @@ fn stage_report(run: StageRun, subject: Option<&String>) -> StageReport {
         .message
         .as_ref()
         .map(|m| header_block(&apply_edits(m, &run.edits)));
+    stage.message_after = run.message.as_ref().map(|m| {
+        let mut message = apply_edits(m, &run.edits);
+        if let Some(body) = &run.body {
+            message = replace_body(&message, body);
+        }
+        for text in &run.texts {
+            message = append_text_part(&message, text);
+        }
+        message
+    });
+    if run.body.is_some() || !run.texts.is_empty() {
+        stage.body_after = stage.message_after.as_deref().map(|m| {
+            let text = String::from_utf8_lossy(m);
+            text.split_once("\r\n\r\n")
+                .map_or(String::new(), |(_, body)| body.to_owned())
+        });
+    }
     stage.raw_edits = run.edits;
     stage.quarantine = run.quarantine;
     stage.route = run.route.as_ref().map(describe_route);
@@ -1155,6 +1181,17 @@ pub fn check(exp: &Expectations, run: &RunReport, label: &str) -> Vec<Mismatch> 
                     Some(_) => lines(edits.iter().map(describe_edit)),
                     None => "data stage not reached".into(),
                 },
+            ));
+        }
+    }
+    if let Some(re) = &exp.message {
+        let actual = find("data").and_then(|s| s.message_after.as_deref());
+        let text = actual.map(String::from_utf8_lossy);
+        if !text.as_ref().is_some_and(|t| re.is_match(t)) {
+            out.push(Mismatch::new(
+                &format!("{label}, message"),
+                format!("message ~ /{re}/"),
+                text.map_or("data stage not reached".into(), |t| t.into_owned()),
             ));
         }
     }

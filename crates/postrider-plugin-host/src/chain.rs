@@ -11,7 +11,7 @@ use wasmtime::component::Resource;
 use crate::bindings::postrider::plugin::types as wit;
 use crate::engine::PluginEngine;
 use crate::error::CallFailure;
-use crate::message::MessageView;
+use crate::message::{BodyChanges, MessageView};
 use crate::milter::{Heard, MilterLink, MilterSpec, Now};
 use crate::plugin::{FailurePolicy, Instance, LoadedPlugin, Stage};
 use crate::state::{HostCall, Services};
@@ -87,6 +87,8 @@ pub struct DataOutcome {
     /// The body to store instead of the message's (after the empty line), if one was given;
     /// the last one given wins.
     pub body: Option<Vec<u8>>,
+    /// Texts to append as text/plain parts after the body change, in order.
+    pub texts: Vec<String>,
     /// Envelope edits, in order.
     pub envelope: Vec<EnvelopeEdit>,
     /// Quarantine reason, if a plugin asked for it.
@@ -277,7 +279,7 @@ enum Call<'a> {
 enum Answer {
     Verdict(wit::Verdict),
     Rcpt(wit::RcptOutcome),
-    Data(wit::DataOutcome),
+    Data(wit::DataOutcome, BodyChanges),
     Route(wit::Route),
 }
 
@@ -524,6 +526,7 @@ impl ChainSession {
             decision: Decision::Continue,
             edits: Vec::new(),
             body: None,
+            texts: Vec::new(),
             envelope: Vec::new(),
             quarantine: None,
             discard: self.discard.clone(),
@@ -571,20 +574,24 @@ impl ChainSession {
                 .call(i, Stage::Data, Call::Data(&wconn, &wenv, message.clone()))
                 .await;
             let checked = match answer {
-                Ok(Answer::Data(d)) => validate::verdict(&d.verdict)
+                Ok(Answer::Data(d, changes)) => validate::verdict(&d.verdict)
                     .and_then(|decision| {
                         let edits = validate::edits(&d.edits)?;
                         let quarantine =
                             d.quarantine.as_deref().map(validate::reason).transpose()?;
-                        Ok((decision, edits, quarantine))
+                        Ok((decision, edits, quarantine, changes))
                     })
                     .map_err(CallFailure::Invalid),
                 Ok(_) => Err(CallFailure::Invalid("wrong answer kind".to_owned())),
                 Err(f) => Err(f),
             };
             let (decision, failure) = match checked {
-                Ok((decision, edits, quarantine)) => {
+                Ok((decision, edits, quarantine, changes)) => {
                     out.edits.extend(edits);
+                    if changes.body.is_some() {
+                        out.body = changes.body;
+                    }
+                    out.texts.extend(changes.texts);
                     if out.quarantine.is_none() {
                         out.quarantine = quarantine;
                     }
@@ -783,8 +790,13 @@ async fn invoke(instance: &mut Instance, call: Call<'_>) -> wasmtime::Result<Ans
             let borrow = Resource::<MessageView>::new_borrow(owned.rep());
             let result = filter.call_on_data(&mut *store, c, e, borrow).await;
             // Remove the host's entry whether or not the call succeeded.
-            let _ = store.data_mut().table.delete(owned);
-            Answer::Data(result?)
+            let changes = store
+                .data_mut()
+                .table
+                .delete(owned)
+                .map(|mut view| view.take_changes())
+                .unwrap_or_default();
+            Answer::Data(result?, changes)
         }
     })
 }

@@ -109,6 +109,132 @@ pub(crate) fn fields(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
     (out, body)
 }
 
+/// `body` with every line ending CRLF (a bare CR or LF becomes one), ending with one.
+pub(crate) fn crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The `boundary` parameter of a multipart Content-Type value (unfolded), if it has one.
+pub(crate) fn boundary(content_type: &str) -> Option<String> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().to_ascii_lowercase().starts_with("multipart/") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        (!value.is_empty() && value.len() <= 70).then(|| value.to_owned())
+    })
+}
+
+/// Returns `message` with `text` appended as a text/plain part: one more part of a
+/// multipart/mixed message (before its closing boundary), or else the message becomes
+/// multipart/mixed with its body, under its own Content-* headers, as the first part. The
+/// bytes of the existing parts are not changed.
+pub fn append_text_part(message: &[u8], text: &str) -> Vec<u8> {
+    let (head, rest) = split(message);
+    let body = rest.get(2..).unwrap_or_default();
+    let fields = split_fields(head);
+    let unfolded = |f: &Field<'_>| {
+        let raw = String::from_utf8_lossy(&f.raw).replace("\r\n", "");
+        raw.split_once(':').map(|(_, v)| v.trim().to_owned())
+    };
+    let content_type = fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("Content-Type"))
+        .and_then(unfolded)
+        .unwrap_or_default();
+    let text = crlf(text.as_bytes());
+    let encoding = if text.is_ascii() { "7bit" } else { "8bit" };
+    let mut part = format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
+    )
+    .into_bytes();
+    part.extend_from_slice(text.strip_suffix(b"\r\n").unwrap_or(&text));
+    let mixed = content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/mixed");
+    if let Some(b) = boundary(&content_type).filter(|_| mixed) {
+        let close = format!("\r\n--{b}--");
+        if let Some(at) = rfind(body, close.as_bytes()) {
+            let mut out = Vec::with_capacity(message.len() + part.len() + b.len() + 8);
+            out.extend_from_slice(&message[..message.len() - body.len() + at]);
+            out.extend_from_slice(format!("\r\n--{b}\r\n").as_bytes());
+            out.extend_from_slice(&part);
+            out.extend_from_slice(&body[at..]);
+            return out;
+        }
+    }
+    // A boundary found nowhere in the message.
+    let mut boundary = format!("=_postrider_{:016x}", fnv(message));
+    while find(message, boundary.as_bytes()).is_some() || find(&part, boundary.as_bytes()).is_some()
+    {
+        boundary.push('_');
+    }
+    let mut out = Vec::with_capacity(message.len() + part.len() + 256);
+    let mut inner = Vec::new();
+    let mut has_version = false;
+    for f in &fields {
+        if f.name
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("Content-"))
+        {
+            inner.extend_from_slice(&f.raw);
+        } else {
+            has_version |= f.name.eq_ignore_ascii_case("MIME-Version");
+            out.extend_from_slice(&f.raw);
+        }
+    }
+    if !has_version {
+        out.extend_from_slice(b"MIME-Version: 1.0\r\n");
+    }
+    out.extend_from_slice(
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n").as_bytes(),
+    );
+    out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+    out.extend_from_slice(&inner);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
+    out.extend_from_slice(&part);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// FNV-1a of `bytes`: a boundary that differs from message to message.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -189,6 +315,133 @@ mod tests {
             value: "v".into(),
         }]);
         assert!(out.contains("X-Spam: yes\r\nx-spam: v\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn insert_and_delete_by_position() {
+        let out = apply(&[
+            HeaderEdit::Insert {
+                index: 1,
+                name: "X-Second".into(),
+                value: " folded\r\n\tvalue".into(),
+            },
+            HeaderEdit::Delete {
+                name: "X-SPAM".into(),
+                index: 1,
+            },
+            HeaderEdit::Insert {
+                index: 99,
+                name: "X-End".into(),
+                value: "e".into(),
+            },
+        ]);
+        assert_eq!(
+            out,
+            "Received: from a\r\n\tby b\r\nX-Second: folded\r\n\tvalue\r\nSubject: hi\r\nX-Spam: yes\r\nX-End: e\r\n\r\nbody\r\nX-Spam: not a header\r\n"
+        );
+    }
+
+    #[test]
+    fn bodies_are_replaced_and_lines_end_with_crlf() {
+        assert_eq!(
+            replace_body(MSG, b"new\r\n"),
+            b"Received: from a\r\n\tby b\r\nSubject: hi\r\nX-Spam: yes\r\nx-spam: also\r\n\r\nnew\r\n"
+        );
+        assert_eq!(
+            replace_body(b"Subject: x\r\n", b"b\r\n"),
+            b"Subject: x\r\n\r\nb\r\n"
+        );
+        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(crlf(b""), b"");
+        assert_eq!(crlf(b"x\r\n"), b"x\r\n");
+    }
+
+    #[test]
+    fn boundaries_are_read_from_multipart_types_only() {
+        assert_eq!(
+            boundary("multipart/mixed; boundary=\"a b\""),
+            Some("a b".into())
+        );
+        assert_eq!(
+            boundary("Multipart/Alternative; charset=x; BOUNDARY=xyz"),
+            Some("xyz".into())
+        );
+        assert_eq!(boundary("text/plain; boundary=xyz"), None);
+        assert_eq!(boundary("multipart/mixed"), None);
+        assert_eq!(boundary("multipart/mixed; boundary=\"\""), None);
+    }
+
+    fn parts(message: &[u8]) -> Vec<(String, String)> {
+        use mail_parser::MimeHeaders;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(message)
+            .unwrap();
+        parsed
+            .parts
+            .iter()
+            .filter(|p| !matches!(p.body, mail_parser::PartType::Multipart(_)))
+            .map(|p| {
+                let ct = p
+                    .content_type()
+                    .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+                    .unwrap_or_default();
+                let text = match &p.body {
+                    mail_parser::PartType::Text(t) | mail_parser::PartType::Html(t) => {
+                        t.to_string()
+                    }
+                    other => format!("{other:?}"),
+                };
+                (ct, text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_text_part_wraps_a_single_part_message() {
+        let message = b"From: a@b.test\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\nSubject: s\r\n\r\n<p>caf=C3=A9</p>\r\n";
+        let out = append_text_part(message, "-- \nSent through Postrider \u{2709}");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with("From: a@b.test\r\nSubject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\""), "{text}");
+        // The original body's bytes are untouched, under its own headers.
+        assert!(text.contains("Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<p>caf=C3=A9</p>\r\n\r\n--"), "{text}");
+        assert_eq!(
+            parts(&out),
+            [
+                ("text/html".into(), "<p>café</p>\r\n".into()),
+                (
+                    "text/plain".into(),
+                    "-- \r\nSent through Postrider \u{2709}".into()
+                )
+            ]
+        );
+        // A message without headers about content: its part has none either (text/plain by
+        // default, RFC 2046 section 5.1).
+        let out = append_text_part(b"Subject: s\r\n\r\nhello\r\n", "footer");
+        assert_eq!(
+            parts(&out),
+            [
+                ("".into(), "hello\r\n".into()),
+                ("text/plain".into(), "footer".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_text_part_joins_a_mixed_message_before_its_closing_boundary() {
+        let message = b"Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\none\r\n--XX--\r\nepilogue\r\n";
+        let out = append_text_part(message, "two");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(
+            text,
+            "Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;\r\n boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\none\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\ntwo\r\n--XX--\r\nepilogue\r\n"
+        );
+        assert_eq!(
+            parts(&out),
+            [
+                ("text/plain".into(), "one".into()),
+                ("text/plain".into(), "two".into())
+            ]
+        );
     }
 
     #[test]

@@ -303,6 +303,22 @@ impl message::HostMessage for HostState {
         Ok(self.table.get(&msg)?.authentication())
     }
 
+    async fn set_body(
+        &mut self,
+        msg: Resource<MessageView>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.table.get_mut(&msg)?.set_body(&body))
+    }
+
+    async fn append_text(
+        &mut self,
+        msg: Resource<MessageView>,
+        text: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.table.get_mut(&msg)?.append_text(&text))
+    }
+
     async fn drop(&mut self, msg: Resource<MessageView>) -> wasmtime::Result<()> {
         // The host owns the message and removes it after on-data; a guest drop of its borrow
         // needs nothing here.

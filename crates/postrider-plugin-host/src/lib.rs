@@ -32,10 +32,10 @@ pub use bindings::postrider::plugin::types::{AuthResult, SpfCheck};
 pub use chain::{
     ChainSession, DataOutcome, InstanceSource, Pipeline, PluginCall, RcptOutcome, StageOutcome,
 };
-pub use edits::{apply_edits, replace_body};
+pub use edits::{append_text_part, apply_edits, replace_body};
 pub use engine::{EPOCH_TICK, EngineOptions, PluginEngine};
 pub use error::{CallFailure, HostError};
-pub use message::MessageView;
+pub use message::{BodyChanges, MessageView};
 pub use milter::MilterSpec;
 pub use net::NetObserver;
 pub use plugin::{FailurePolicy, LoadedPlugin, PluginLogLevel, PluginSpec, Stage, component_hash};

@@ -7,8 +7,25 @@ use mail_parser::{MessageParser, MimeHeaders};
 
 use crate::bindings::postrider::plugin::message::{Attachment, Authentication};
 use crate::bindings::postrider::plugin::types::AuthResult;
+use crate::edits;
 
-/// The host side of the `message` resource: the raw bytes, shared, plus verification results.
+/// Body changes one plugin's call asked for through its `message` (`set-body`, `append-text`),
+/// checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyChanges {
+    /// The body to put in place of the message's (CRLF line ends).
+    pub body: Option<Vec<u8>>,
+    /// Texts to append as text/plain parts, in order.
+    pub texts: Vec<String>,
+}
+
+/// Longest text `append-text` takes.
+pub const MAX_APPENDED_TEXT: usize = 64 * 1024;
+/// Most `append-text` calls per plugin per data stage.
+pub const MAX_APPENDED_TEXTS: usize = 8;
+
+/// The host side of the `message` resource: the raw bytes, shared, plus verification results,
+/// and the body changes of the call it is lent to.
 #[derive(Debug, Clone)]
 pub struct MessageView {
     raw: Arc<[u8]>,
@@ -16,9 +33,65 @@ pub struct MessageView {
     /// message however many plugins and calls ask.
     headers: Arc<OnceLock<Vec<(String, String)>>>,
     auth: Authentication,
+    /// The largest body `set-body` takes (the message size limit).
+    max_size: u64,
+    changes: BodyChanges,
 }
 
 impl MessageView {
+    /// The same view taking bodies of at most `max` octets (default: 64 MiB).
+    pub fn with_max_size(mut self, max: u64) -> MessageView {
+        self.max_size = max;
+        self
+    }
+
+    /// `set-body`: checks and keeps `body` (CRLF line ends) for when the stage is over.
+    pub fn set_body(&mut self, body: &[u8]) -> Result<(), String> {
+        if body.len() as u64 > self.max_size {
+            return Err(format!("a body over {} octets", self.max_size));
+        }
+        let body = edits::crlf(body);
+        if body.contains(&0) {
+            return Err("a body with a NUL".to_owned());
+        }
+        if body.split(|&b| b == b'\n').any(|line| line.len() > 999) {
+            return Err("a body line over 998 octets".to_owned());
+        }
+        let content_type = self.header("Content-Type");
+        if let Some(boundary) = content_type.first().and_then(|ct| edits::boundary(ct)) {
+            let close = format!("--{boundary}--");
+            let closes = body
+                .split(|&b| b == b'\n')
+                .any(|line| line.trim_ascii_end() == close.as_bytes());
+            if !closes {
+                return Err(format!(
+                    "the message is multipart: the body must close its boundary ({close})"
+                ));
+            }
+        }
+        self.changes.body = Some(body);
+        Ok(())
+    }
+
+    /// `append-text`: checks and keeps `text` for when the stage is over.
+    pub fn append_text(&mut self, text: &str) -> Result<(), String> {
+        if text.len() > MAX_APPENDED_TEXT || text.contains('\0') {
+            return Err(format!(
+                "a text over {MAX_APPENDED_TEXT} octets or with a NUL"
+            ));
+        }
+        if self.changes.texts.len() >= MAX_APPENDED_TEXTS {
+            return Err(format!("more than {MAX_APPENDED_TEXTS} texts"));
+        }
+        self.changes.texts.push(text.to_owned());
+        Ok(())
+    }
+
+    /// The body changes asked for so far, taken.
+    pub fn take_changes(&mut self) -> BodyChanges {
+        std::mem::take(&mut self.changes)
+    }
+
     /// The whole message.
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.raw
@@ -34,6 +107,8 @@ impl MessageView {
                 dmarc: AuthResult::None,
                 arc: AuthResult::None,
             },
+            max_size: 64 << 20,
+            changes: BodyChanges::default(),
         }
     }
 

@@ -453,7 +453,7 @@ fn changes(mods: Vec<Modification>, smtputf8: bool) -> Result<Changes, &'static 
                 index: index.saturating_sub(1),
                 value: value(&v)?,
             }),
-            Modification::ReplaceBody(body) => out.body = Some(crlf(&body)),
+            Modification::ReplaceBody(body) => out.body = Some(edits::crlf(&body)),
             Modification::AddRcpt(rcpt, _args) => {
                 let parsed = address::parse_forward_path(&format!("<{}>", bare(&rcpt)), smtputf8)
                     .map_err(|_| "an added recipient is not an address")?;
@@ -476,27 +476,6 @@ fn changes(mods: Vec<Modification>, smtputf8: bool) -> Result<Changes, &'static 
         }
     }
     Ok(out)
-}
-
-/// `body` with every line ending CRLF (milters may write bare LF), ending with one.
-fn crlf(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' if body.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 fn macros(stage: u8, pairs: Vec<(&str, String)>) -> Command {
@@ -554,13 +533,6 @@ fn rcpt_macros(rcpt: &str) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replacement_bodies_end_lines_with_crlf() {
-        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd\r\n");
-        assert_eq!(crlf(b""), b"");
-        assert_eq!(crlf(b"x\r\n"), b"x\r\n");
-    }
 
     #[test]
     fn changes_are_checked_and_converted() {

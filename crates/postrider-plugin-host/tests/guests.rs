@@ -338,6 +338,86 @@ async fn after_a_trap_the_next_call_gets_a_fresh_instance() {
     }
 }
 
+/// The data stage of one `misbehave` plugin in `set-body` mode with `target` on `message`.
+async fn set_body(target: &str, message: &[u8], max: u64) -> postrider_plugin_host::DataOutcome {
+    let env = env();
+    let config = serde_json::json!({ "mode": "set-body", "target": target }).to_string();
+    let p = pipeline(&env, vec![spec("m", "misbehave", &config)]).await;
+    let mut chain = p.session(false);
+    let msg = MessageView::new(Arc::from(message)).with_max_size(max);
+    chain
+        .on_data(&conn("192.0.2.1"), &envelope("a@b.test"), &msg)
+        .await
+}
+
+fn refusals(out: &postrider_plugin_host::DataOutcome) -> Vec<String> {
+    out.edits
+        .iter()
+        .filter_map(|e| match e {
+            HeaderEdit::Append { name, value } if name == "X-Refused" => Some(value.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn plugins_set_the_body_and_append_text_within_the_hosts_checks() {
+    let plain = b"Subject: s\r\n\r\nold\r\n";
+    let out = set_body("new\nbody", plain, 1 << 20).await;
+    assert_eq!(refusals(&out), Vec::<String>::new());
+    assert_eq!(out.body.as_deref(), Some(&b"new\r\nbody\r\n"[..]));
+    assert_eq!(out.texts, ["new\nbody"]);
+
+    // A multipart message's body must close its boundary; the text part is fine.
+    let multipart =
+        b"Content-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\n\r\na\r\n--zz--\r\n";
+    let out = set_body("flat text", multipart, 1 << 20).await;
+    assert_eq!(out.body, None);
+    let refused = refusals(&out);
+    assert!(
+        refused.len() == 1 && refused[0].contains("--zz--"),
+        "{refused:?}"
+    );
+    assert_eq!(out.texts, ["flat text"]);
+    let out = set_body("--zz\r\n\r\nb\r\n--zz--\r\n", multipart, 1 << 20).await;
+    assert!(out.body.is_some(), "{:?}", refusals(&out));
+
+    // Over the size limit, a NUL, a line over 998 octets: refused, nothing kept.
+    let out = set_body(&"x".repeat(2000), plain, 1000).await;
+    assert!(out.body.is_none() && refusals(&out)[0].contains("over 1000 octets"));
+    let out = set_body("a\u{0}b", plain, 1 << 20).await;
+    assert!(out.body.is_none() && out.texts.is_empty(), "{out:?}");
+    assert_eq!(refusals(&out).len(), 2);
+    let out = set_body(&"y".repeat(999), plain, 1 << 20).await;
+    assert!(out.body.is_none() && refusals(&out)[0].contains("998"));
+}
+
+#[tokio::test]
+async fn a_component_built_before_the_body_changes_still_loads_and_runs() {
+    // header-stamp as built (and shipped as a builtin) before `set-body` and `append-text`
+    // joined the message resource.
+    let env = env();
+    let mut s = spec("old", "header-stamp", r#"{"value": "mx1"}"#);
+    s.path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/header-stamp-before-body-changes.wasm");
+    let p = pipeline(&env, vec![s]).await;
+    let mut chain = p.session(false);
+    let msg = MessageView::new(Arc::from(&b"Subject: hello\r\n\r\nbody\r\n"[..]));
+    let out = chain
+        .on_data(&conn("192.0.2.1"), &envelope("a@b.test"), &msg)
+        .await;
+    assert_eq!(out.decision, Decision::Continue);
+    assert!(out.calls[0].failure.is_none(), "{:?}", out.calls);
+    assert!(
+        out.edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Prepend { name, value }
+            if name == "X-Postrider-Stamp" && value.starts_with("mx1; "))),
+        "{:?}",
+        out.edits
+    );
+}
+
 #[tokio::test]
 async fn rewrite_is_seen_by_later_plugins_and_reported() {
     let env = env();

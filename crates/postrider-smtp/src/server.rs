@@ -586,6 +586,11 @@ impl Session {
         Ok(())
     }
 
+    /// The largest message accepted, in octets (the `SIZE` announced).
+    pub fn max_message_size(&self) -> u64 {
+        self.config.max_message_size
+    }
+
     /// Reports a stored message: `250 2.0.0 Ok: queued as <id>`.
     pub fn queued(&mut self, queue_id: &str) -> Result<(), Misuse> {
         if !matches!(self.pending, Some(Pending::Message)) {

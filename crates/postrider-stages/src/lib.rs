@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use postrider_plugin_host::{
     Authentication, ChainSession, ConnInfo, Decision, EnvelopeEdit, EnvelopeInfo, HeaderEdit,
-    MessageView, Pipeline, PluginCall, RouteDecision, SpfCheck, Stage, TlsInfo, apply_edits,
-    replace_body,
+    MessageView, Pipeline, PluginCall, RouteDecision, SpfCheck, Stage, TlsInfo, append_text_part,
+    apply_edits, replace_body,
 };
 use postrider_queue::Envelope;
 use postrider_smtp::address::{self, ForwardPath, ReversePath};
@@ -135,6 +135,8 @@ pub struct StageRun {
     pub edits: Vec<HeaderEdit>,
     /// The replacement body (data).
     pub body: Option<Vec<u8>>,
+    /// Texts appended as parts (data).
+    pub texts: Vec<String>,
     /// Envelope edits (data).
     pub envelope_edits: Vec<EnvelopeEdit>,
     /// The message as the data stage saw it (data).
@@ -158,6 +160,7 @@ impl StageRun {
             rewrite: None,
             edits: Vec::new(),
             body: None,
+            texts: Vec::new(),
             envelope_edits: Vec::new(),
             message: None,
             quarantine: None,
@@ -499,7 +502,8 @@ impl Driver {
                 ..env
             };
             let shown: Arc<[u8]> = Arc::from(message.as_slice());
-            let mut view = MessageView::new(Arc::clone(&shown));
+            let mut view =
+                MessageView::new(Arc::clone(&shown)).with_max_size(session.max_message_size());
             if let Some(auth) = &verified.authentication {
                 view = view.with_authentication(auth.clone());
             }
@@ -512,6 +516,7 @@ impl Driver {
             run.decision = outcome.decision.clone();
             run.edits = outcome.edits.clone();
             run.body = outcome.body.clone();
+            run.texts = outcome.texts.clone();
             run.envelope_edits = outcome.envelope.clone();
             run.message = Some(shown);
             run.quarantine = outcome.quarantine.clone();
@@ -548,6 +553,9 @@ impl Driver {
             message = apply_edits(&message, &outcome.edits);
             if let Some(body) = &outcome.body {
                 message = replace_body(&message, body);
+            }
+            for text in &outcome.texts {
+                message = append_text_part(&message, text);
             }
             edit_envelope(&mut spool_env, &outcome.envelope);
             if spool_env.recipients.is_empty() {

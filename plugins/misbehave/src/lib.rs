@@ -3,9 +3,13 @@
 //!
 //! ```toml
 //! [plugin.config]
-//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count" | "inputs" | "http" | "connect" | "udp"
-//! target = "..."  # http: the URL to GET; connect, udp: the IP:port to reach
+//! mode = "trap"   # "trap" | "loop" | "oom" | "bad-reply" | "bad-rewrite" | "bad-header" | "reject" | "rewrite" | "init-fail" | "count" | "inputs" | "http" | "connect" | "udp" | "set-body"
+//! target = "..."  # http: the URL to GET; connect, udp: the IP:port to reach; set-body: the body
 //! ```
+//!
+//! `set-body` asks at data for `target` as the new body and for `target` appended as a text
+//! part; each refusal the host answers is added as an `X-Refused` header (so a test can hand
+//! it a body the host must refuse and see why).
 //!
 //! `http`, `connect` and `udp` show what the host's network grants let through: each rcpt
 //! answers `550 5.7.1 <what happened>`: the status and body of a GET of `target`, the line a
@@ -133,8 +137,28 @@ impl Plugin for Misbehave {
         }
     }
 
-    fn on_data(&mut self, conn: &Connection, env: &Envelope, _msg: &Message) -> DataOutcome {
+    fn on_data(&mut self, conn: &Connection, env: &Envelope, msg: &Message) -> DataOutcome {
         match self.mode.as_str() {
+            "set-body" => {
+                let refused = [
+                    msg.set_body(self.target.as_bytes()),
+                    msg.append_text(&self.target),
+                ];
+                DataOutcome {
+                    verdict: Verdict::Continue,
+                    edits: refused
+                        .into_iter()
+                        .filter_map(Result::err)
+                        .map(|e| {
+                            HeaderEdit::Append(postrider_plugin::Header {
+                                name: "X-Refused".into(),
+                                value: e,
+                            })
+                        })
+                        .collect(),
+                    quarantine: None,
+                }
+            }
             "bad-header" => DataOutcome {
                 verdict: Verdict::Continue,
                 edits: vec![HeaderEdit::Append(postrider_plugin::Header {

@@ -262,6 +262,9 @@ pub struct Expectations {
     pub headers: Option<Vec<HeaderExpect>>,
     /// Quarantine reason pattern.
     pub quarantine: Option<Regex>,
+    /// A pattern the whole message must match after the data stage's changes (header edits,
+    /// a new body, appended text parts), as the relay would store it (CRLF line ends).
+    pub message: Option<Regex>,
     /// Routes by final recipient address.
     pub routes: Vec<(String, RouteExpect)>,
     /// kv entries afterwards.
@@ -282,6 +285,7 @@ impl Expectations {
             && self.data.is_none()
             && self.headers.is_none()
             && self.quarantine.is_none()
+            && self.message.is_none()
             && self.routes.is_empty()
             && self.kv.is_none()
             && self.kv_absent.is_empty()
@@ -306,6 +310,11 @@ pub(crate) fn expectations(raw: RawExpect, rcpt: &[String]) -> Result<Expectatio
             .quarantine
             .as_deref()
             .map(|q| regex(q, "quarantine"))
+            .transpose()?,
+        message: raw
+            .message
+            .as_deref()
+            .map(|m| regex(m, "message"))
             .transpose()?,
         ..Expectations::default()
     };

@@ -89,6 +89,7 @@ pub(crate) struct RawExpect {
     pub(crate) data: Option<StageShort>,
     pub(crate) headers: Option<Vec<RawHeader>>,
     pub(crate) quarantine: Option<String>,
+    pub(crate) message: Option<String>,
     pub(crate) routes: Option<BTreeMap<String, RouteShort>>,
     pub(crate) kv: Option<BTreeMap<String, KvValue>>,
     pub(crate) kv_match: Option<KvMatch>,
