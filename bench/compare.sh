@@ -10,10 +10,11 @@
 # (`smtp_tls_security_level = verify`, TLS session cache, `smtp_tls_connection_reuse` through
 # tlsproxy) relay to postrider-sink instead, a discarding receiver with STARTTLS whose
 # certificate comes from a CA made at its start; it counts TLS handshakes and resumed ones.
-# Spam filtering (issue 19): "postrider-rspamd" (the rspamd plugin, HTTP /checkv2 by grant)
-# and "postfix-rspamd" (smtpd_milters to rspamd's proxy in milter mode) against one rspamd
-# started for the run (Debian's package, its shipped rules, DNS to a closed port), both
-# relaying to smtp-sink; the CPU time rspamd spent in each run is recorded.
+# Spam filtering (issue 19): "postrider-rspamd" (the rspamd plugin, HTTP /checkv2 by grant),
+# "postrider-milter" (a [[milter]] entry to rspamd's proxy in milter mode), "postfix-rspamd"
+# (smtpd_milters to that proxy) and "haraka-rspamd" (haraka-plugin-rspamd from npm, HTTP
+# /checkv2) against one rspamd started for the run (Debian's package, its shipped rules, DNS to
+# a closed port), all relaying to smtp-sink; the CPU time rspamd spent in each run is recorded.
 #
 # Each cell (sessions x message size x connection mode) runs every server in turn, run by
 # run (A B C D, A B C D, ...), each run on a freshly started server: an untimed warm-up with
@@ -32,12 +33,12 @@
 #   --quick        200 messages per pass, 1 run: checks that every cell works, measures nothing
 #   --runs N       runs per server and cell (default 3; the median is reported)
 #   --only LIST    comma-separated subset of postrider,postrider-3p,postrider-3p-warm,postfix,haraka,
-#                  postrider-verify,postfix-verify,postrider-rspamd,postfix-rspamd (default: the
-#                  first five)
+#                  postrider-verify,postfix-verify,postrider-rspamd,postrider-milter,postfix-rspamd,
+#                  haraka-rspamd (default: the first five)
 #   --messages N   messages per pass (default 10000 at 4 KiB, 2000 at 100 KiB)
 #   --quiet-logs   Postrider and Haraka log warnings only (default: their default level,
 #                  info, to a file, as Postfix logs every message to its maillog_file)
-#   --port-base P  loopback ports P..P+12 (default 2610)
+#   --port-base P  loopback ports P..P+14 (default 2610)
 #   --keep         keep the work directory (configs, logs, raw output)
 #   --no-build     use the binaries and plugins already in target/ (no cargo build)
 #
@@ -50,7 +51,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 ORIG_ARGS=("$@")
 
-all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka,postrider-verify,postfix-verify,postrider-rspamd,postfix-rspamd"
+all_servers="postrider,postrider-3p,postrider-3p-warm,postfix,haraka,postrider-verify,postfix-verify,postrider-rspamd,postrider-milter,postfix-rspamd,haraka-rspamd"
 runs=3; runs_set=0; quick=0; only="postrider,postrider-3p,postrider-3p-warm,postfix,haraka"; sessions_list="20 100"; sizes="4096 102400"
 modes="new reuse"; messages=""; quiet_logs=0; port_base=2610; out=bench/RESULTS.md; keep=0
 build=1
@@ -58,6 +59,7 @@ drain_limit=900       # seconds a queue may take to empty after a pass
 pass_limit=1800       # seconds one smtp-source or loadgen pass may take
 haraka_version=3.3.4
 haraka_dir=bench/.haraka
+haraka_rspamd_version=1.6.1
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -93,7 +95,8 @@ wants() { [[ " ${servers[*]} " == *" $1 "* ]]; }
 wants_plugins() { wants postrider-3p || wants postrider-3p-warm; }
 wants_tls() { wants postrider-verify || wants postfix-verify; }
 wants_postfix() { wants postfix || wants postfix-verify || wants postfix-rspamd; }
-wants_rspamd() { wants postrider-rspamd || wants postfix-rspamd; }
+wants_rspamd() { wants postrider-rspamd || wants postrider-milter || wants postfix-rspamd || wants haraka-rspamd; }
+wants_haraka() { wants haraka || wants haraka-rspamd; }
 
 messages_for() { # size
   if [ -n "$messages" ]; then echo "$messages"
@@ -106,7 +109,7 @@ pr_port=$port_base; pr3_port=$((port_base + 1)); pf_port=$((port_base + 2))
 hk_port=$((port_base + 3)); sink_port=$((port_base + 4)); dns_port=$((port_base + 5))
 pr3w_port=$((port_base + 6)); tls_sink_port=$((port_base + 7)); prv_port=$((port_base + 8))
 rs_port=$((port_base + 9)); rs_milter_port=$((port_base + 10)); rs_ctl_port=$((port_base + 11))
-prr_port=$((port_base + 12))
+prr_port=$((port_base + 12)); prm_port=$((port_base + 13)); hkr_port=$((port_base + 14))
 # A developer's RUST_BACKTRACE=1 makes every error wasmtime creates internally (one per
 # dropped plugin instance) capture a stack trace: run every server as a service runs.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -125,13 +128,13 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
 fi
 if wants_plugins && ! command -v dnsmasq >/dev/null; then apt_install dnsmasq-base; fi
 if wants_rspamd && ! command -v rspamd >/dev/null; then apt_install rspamd; fi
-if wants haraka; then
+if wants_haraka; then
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
   node_major=$(node -p 'process.versions.node.split(".")[0]')
   [ "$node_major" -ge 20 ] || die "Haraka $haraka_version needs node >= 20, this machine has $(node -v) (or leave it out: --only postrider,postrider-3p,postrider-3p-warm,postfix)"
 fi
 for p in $pr_port $pr3_port $pf_port $hk_port $sink_port $dns_port $pr3w_port $tls_sink_port $prv_port \
-  $rs_port $rs_milter_port $rs_ctl_port $prr_port; do
+  $rs_port $rs_milter_port $rs_ctl_port $prr_port $prm_port $hkr_port; do
   ! ss -Hltn "sport = :$p" | grep -q . || die "port $p is in use (--port-base to move)"
 done
 ! ss -Hlun "sport = :$dns_port" | grep -q . || die "udp port $dns_port is in use (--port-base to move)"
@@ -154,13 +157,22 @@ if [ "$build" = 1 ]; then
   fi
 fi
 rm -f "$build_log"
-if wants haraka; then
+if wants_haraka; then
   installed=$(node -p "require('./$haraka_dir/node_modules/Haraka/package.json').version" 2>/dev/null || true)
   if [ "$installed" != "$haraka_version" ]; then
     echo "installing Haraka $haraka_version from npm into $haraka_dir..."
     mkdir -p "$haraka_dir"
     npm install --prefix "$haraka_dir" --no-audit --no-fund --omit=optional --loglevel=error "Haraka@$haraka_version" >/dev/null \
       || die "npm install Haraka@$haraka_version failed"
+  fi
+fi
+if wants haraka-rspamd; then
+  installed=$(node -p "require('./$haraka_dir/node_modules/haraka-plugin-rspamd/package.json').version" 2>/dev/null || true)
+  if [ "$installed" != "$haraka_rspamd_version" ]; then
+    echo "installing haraka-plugin-rspamd $haraka_rspamd_version from npm into $haraka_dir..."
+    npm install --prefix "$haraka_dir" --no-audit --no-fund --omit=optional --loglevel=error \
+      "Haraka@$haraka_version" "haraka-plugin-rspamd@$haraka_rspamd_version" >/dev/null \
+      || die "npm install haraka-plugin-rspamd@$haraka_rspamd_version failed"
   fi
 fi
 postrider_bin=$root/target/release/postrider
@@ -321,6 +333,16 @@ relay = "127.0.0.1:$sink_port"
 tls = "none"
 TOML
   fi
+  if [ "$3" = milter ]; then
+    cat >>"$work/$1/postrider.toml" <<TOML
+
+# rspamd's proxy in milter mode, as Postfix's smtpd_milters below (tempfail when it is down).
+[[milter]]
+name = "rspamd"
+address = "inet:127.0.0.1:$rs_milter_port"
+failure_policy = "tempfail"
+TOML
+  fi
   if [ "$3" = rspamd ]; then
     cat >>"$work/$1/postrider.toml" <<TOML
 
@@ -333,7 +355,7 @@ timeout_ms = 20000
 config = { url = "http://127.0.0.1:$rs_port" }
 TOML
   fi
-  if [ "$3" != none ] && [ "$3" != verify ] && [ "$3" != rspamd ]; then
+  if [ "$3" != none ] && [ "$3" != verify ] && [ "$3" != rspamd ] && [ "$3" != milter ]; then
     local reuse=""
     [ "$3" = warm ] && reuse="reuse = 100"
     cat >>"$work/$1/postrider.toml" <<TOML
@@ -374,6 +396,7 @@ wants postrider-3p && write_postrider_config postrider-3p "$pr3_port" fresh
 wants postrider-3p-warm && write_postrider_config postrider-3p-warm "$pr3w_port" warm
 wants postrider-verify && write_postrider_config postrider-verify "$prv_port" verify
 wants postrider-rspamd && write_postrider_config postrider-rspamd "$prr_port" rspamd
+wants postrider-milter && write_postrider_config postrider-milter "$prm_port" milter
 
 # Postfix as "postfix" (plain to smtp-sink) or "postfix-verify" (verified TLS to the TLS sink,
 # at its best: a session cache, emptied for each run, and connections reused through tlsproxy).
@@ -425,12 +448,28 @@ if wants haraka; then
   printf '[domains]\nremote.test=user\n' >"$hk/config/rcpt_allowlist.ini"
   echo bench.test >"$hk/config/me"
 fi
+if wants haraka-rspamd; then
+  # haraka-plugin-rspamd: /checkv2 of the normal worker, spam rejected, its headers added;
+  # mail from loopback and relayed mail scanned too (by default it skips both); then on to
+  # the sink.
+  hkr=$work/haraka-rspamd
+  node "$haraka_dir/node_modules/Haraka/bin/haraka" -i "$hkr" >/dev/null 2>&1 || die "haraka -i failed"
+  printf 'listen=127.0.0.1:%s\nnodes=cpus\n' "$hkr_port" >"$hkr/config/smtp.ini"
+  printf '[main]\nlevel=%s\n' "$hk_log" >"$hkr/config/log.ini"
+  cp bench/compare/rcpt_allowlist.js "$hkr/plugins/"
+  printf 'rcpt_allowlist\nrspamd\nqueue/smtp_forward\n' >"$hkr/config/plugins"
+  printf '[domains]\nremote.test=user\n' >"$hkr/config/rcpt_allowlist.ini"
+  printf 'host=127.0.0.1\nport=%s\n[check]\nlocal_ip=true\nprivate_ip=true\nrelay=true\n[reject]\nspam=true\n[header]\nbar=X-Rspamd-Bar\nreport=X-Rspamd-Report\nscore=X-Rspamd-Score\n' \
+    "$rs_port" >"$hkr/config/rspamd.ini"
+  printf 'host=127.0.0.1\nport=%s\nenable_tls=false\n' "$sink_port" >"$hkr/config/smtp_forward.ini"
+  echo bench.test >"$hkr/config/me"
+fi
 
 # ------------------------------------------------------------------ start, stop, drain
 start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
   srv=$1
   case $1 in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd)
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd|postrider-milter)
       local d=$work/$1
       # Output and log outside the config's directory, which the relay watches for changes.
       rm -rf "$d/spool" "$d.out"
@@ -439,10 +478,10 @@ start_server() { # name; sets srv, srv_pid (the process whose tree is measured)
       # A first start compiles the plugins (then cached): allow for it.
       wait_until 300 grep -q "postrider: ready" "$d.out" || { echo "$1 did not start: $(tail -3 "$d.log")"; return 1; } ;;
     postfix|postfix-verify|postfix-rspamd) configure_postfix "$1" && start_postfix ;;
-    haraka)
-      node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/haraka" >>"$work/haraka/log" 2>&1 &
+    haraka|haraka-rspamd)
+      node "$haraka_dir/node_modules/Haraka/bin/haraka" -c "$work/$1" >>"$work/$1/log" 2>&1 &
       srv_pid=$!
-      wait_until 60 listening "$hk_port" || { echo "haraka did not listen on $hk_port"; return 1; }
+      wait_until 60 listening "$(port_of "$1")" || { echo "$1 did not listen on $(port_of "$1")"; return 1; }
       # Every worker up (the master forks one per core).
       wait_until 30 workers_up "$srv_pid" "$(nproc)" \
         || { echo "haraka workers did not start"; return 1; } ;;
@@ -458,9 +497,9 @@ stop_server() {
 queued() { # messages still in the current server's queue (no forks: polled every 50 ms)
   local f
   case $srv in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd|postrider-milter) f=("$work/$srv/spool/active"/*); echo "${#f[@]}" ;;
     postfix|postfix-verify|postfix-rspamd) postfix_queued ;;
-    haraka) echo 0 ;;  # no queue: smtp_forward answers 250 once the sink has accepted
+    haraka|haraka-rspamd) echo 0 ;;  # no queue: smtp_forward answers 250 once the sink has accepted
   esac
 }
 drained() { [ "$(queued)" -eq 0 ]; }
@@ -522,7 +561,7 @@ run_one() { # server sessions size mode rep messages
   # Pass 1: smtp-source, end to end.
   local tls0 tls1 hs="" resumed="" rcpu0="" rcpu=""
   tls0=($(tls_counts))
-  [[ $s == *-rspamd ]] && rcpu0=$(rspamd_cpu)
+  [[ $s == *-rspamd || $s == postrider-milter ]] && rcpu0=$(rspamd_cpu)
   c0=$(sink_count)
   t0=$EPOCHREALTIME
   if ! run_fg timeout "$pass_limit" smtp-source "${dflag[@]}" -s "$sessions" -m "$n" -l "$size" -M client.test \
@@ -560,7 +599,7 @@ run_one() { # server sessions size mode rep messages
   stop_pid "$sampler_pid" 5; sampler_pid=""
   read -r rss pss <"$dir/rss" || true
   case $s in
-    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
+    postrider|postrider-3p|postrider-3p-warm|postrider-verify|postrider-rspamd|postrider-milter) rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || true); how=VmHWM ;;
     *) how=sampled-sum ;;
   esac
   stop_server
@@ -578,8 +617,8 @@ run_one() { # server sessions size mode rep messages
 }
 port_of() {
   case $1 in postrider) echo "$pr_port" ;; postrider-3p) echo "$pr3_port" ;; postrider-3p-warm) echo "$pr3w_port" ;;
-    postrider-verify) echo "$prv_port" ;; postrider-rspamd) echo "$prr_port" ;;
-    postfix|postfix-verify|postfix-rspamd) echo "$pf_port" ;; haraka) echo "$hk_port" ;; esac
+    postrider-verify) echo "$prv_port" ;; postrider-rspamd) echo "$prr_port" ;; postrider-milter) echo "$prm_port" ;;
+    postfix|postfix-verify|postfix-rspamd) echo "$pf_port" ;; haraka) echo "$hk_port" ;; haraka-rspamd) echo "$hkr_port" ;; esac
 }
 
 # ------------------------------------------------------------------ machine, versions
@@ -608,7 +647,8 @@ meta=$work/meta.tsv
   printf 'postrider\t%s (commit %s%s), %s\n' "$("$postrider_bin" --version 2>/dev/null | head -1)" "$(git rev-parse --short HEAD)" \
     "$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo ", with uncommitted changes in the tree")" "$(rustc -V)"
   printf 'postfix\tPostfix %s (Debian package %s)\n' "$(postconf -h mail_version)" "$(dpkg-query -W -f='${Version}' postfix 2>/dev/null)"
-  wants haraka && printf 'haraka\tHaraka %s on node %s\n' "$(node -p "require('./$haraka_dir/node_modules/Haraka/package.json').version")" "$(node -v)"
+  wants_haraka && printf 'haraka\tHaraka %s on node %s%s\n' "$(node -p "require('./$haraka_dir/node_modules/Haraka/package.json').version")" "$(node -v)" \
+    "$(wants haraka-rspamd && printf ', haraka-plugin-rspamd %s' "$(node -p "require('./$haraka_dir/node_modules/haraka-plugin-rspamd/package.json').version")")"
   printf 'dnsmasq\t%s\n' "$(dnsmasq --version 2>/dev/null | head -1 | cut -d' ' -f1-3)"
   printf 'messages\t%s\n' "$(for z in $sizes; do printf '%s B: %s, ' "$z" "$(messages_for "$z")"; done | sed 's/, $//')"
   printf 'logs\t%s\n' "$([ "$quiet_logs" = 1 ] && echo quiet || echo default)"

@@ -13,7 +13,8 @@ import statistics
 import sys
 
 SERVERS = ["postrider", "postrider-3p", "postrider-3p-warm", "postfix", "haraka",
-           "postrider-verify", "postfix-verify", "postrider-rspamd", "postfix-rspamd"]
+           "postrider-verify", "postfix-verify", "postrider-rspamd", "postrider-milter",
+           "postfix-rspamd", "haraka-rspamd"]
 LABEL = {
     "postrider": "Postrider, no plugins",
     "postrider-3p": "Postrider, 3 plugins",
@@ -23,12 +24,16 @@ LABEL = {
     "postrider-verify": "Postrider, verified TLS",
     "postfix-verify": "Postfix, verified TLS",
     "postrider-rspamd": "Postrider, rspamd plugin",
+    "postrider-milter": "Postrider, rspamd milter",
     "postfix-rspamd": "Postfix, rspamd milter",
+    "haraka-rspamd": "Haraka, rspamd plugin",
 }
 
 
 def baseline(server):
     """The Postfix a server is compared with: the one set up the same way (-verify, -rspamd)."""
+    if server in ("postrider-milter", "haraka-rspamd"):
+        return "postfix-rspamd"
     for suffix in ("-verify", "-rspamd"):
         if server.endswith(suffix):
             return "postfix" + suffix
@@ -244,6 +249,12 @@ def main():
                       f"{a['e2e'] / b['e2e']:.2f}× — {verdict}")
                 else:
                     w(f"- {conn}: not measured")
+                others = [s for s in ("postrider-milter", "haraka-rspamd") if s in servers]
+                for s in others:
+                    o = agg.get(((20, 4096, mode), s), {})
+                    if o.get("e2e") and b.get("e2e"):
+                        w(f"  - {LABEL[s]}: {o['e2e']:,.0f} ({fmt(o['rspamd_cpu_1k'], 1)} s) "
+                          f"msgs/s = {o['e2e'] / b['e2e']:.2f}× Postfix")
     w("")
     w("## How it was measured")
     w("")
@@ -286,14 +297,16 @@ def main():
       "`smtp_tls_CAfile`, `smtp_tls_verify_cert_match = sink.bench.test`, a TLS session cache "
       "(emptied before each run) and `smtp_tls_connection_reuse = yes` through tlsproxy, so "
       "that both keep connections to the next hop open.")
-    w("- **Spam filtering** (`postrider-rspamd`, `postfix-rspamd`; only with `--only`): one "
-      "Debian rspamd started for the run (its shipped rules, DNS to a closed port so that "
-      "network checks fail at once, no Redis: no greylisting or Bayes), both relaying to "
-      "smtp-sink. Postrider: the rspamd plugin (HTTP `/checkv2` of the normal worker, "
-      "`allow_http` grant). Postfix: `smtpd_milters` to rspamd's proxy in milter mode, which "
-      "scans through the same normal worker (`milter_protocol = 6`, `milter_default_action = "
-      "tempfail`). rspamd CPU: user + system seconds of all its processes during both passes, "
-      "per 1000 messages.")
+    w("- **Spam filtering** (`postrider-rspamd`, `postrider-milter`, `postfix-rspamd`, "
+      "`haraka-rspamd`; only with `--only`): one Debian rspamd started for the run (its "
+      "shipped rules, DNS to a closed port so that network checks fail at once, no Redis: no "
+      "greylisting or Bayes), all relaying to smtp-sink. Postrider: the rspamd plugin (HTTP "
+      "`/checkv2` of the normal worker, `allow_http` grant), or a `[[milter]]` entry to "
+      "rspamd's proxy in milter mode, which scans through the same normal worker. Postfix: "
+      "`smtpd_milters` to that proxy (`milter_protocol = 6`, `milter_default_action = "
+      "tempfail`). Haraka: haraka-plugin-rspamd (HTTP `/checkv2` of the normal worker, spam "
+      "rejected, its headers added) and `queue/smtp_forward`, one worker per core. rspamd CPU: "
+      "user + system seconds of all its processes during both passes, per 1000 messages.")
     w("- Logging: Postrider and Haraka at their default level (info) to a file, Postfix to its "
       "maillog_file, unless `logging` above says quiet (`--quiet-logs`: warnings only).")
     w("- RSS: summed RSS counts pages shared between processes (libraries, Postfix's common "
