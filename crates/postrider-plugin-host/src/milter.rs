@@ -204,7 +204,11 @@ impl MilterLink {
         let conn = now.conn();
         let command = self.spec.command_timeout;
         if self.conn.is_none() {
-            let offer = Offer::default();
+            // Rejected recipients are never sent (SMFIP_RCPT_REJ is not offered).
+            let offer = Offer {
+                protocol: protocol::ALL & !protocol::RCPT_REJ,
+                ..Offer::default()
+            };
             let opened = Connection::open(
                 &self.spec.address,
                 offer,
