@@ -12,6 +12,7 @@ mod delivery;
 mod dnssec;
 mod durability;
 mod email_auth;
+mod front_door;
 mod hostile;
 mod limits;
 mod milters;

@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// opendkim) stops them too, then SIGKILL after a bounded wait.
 pub struct Proc(Child);
 
+impl Proc {
+    /// Takes charge of a started child.
+    pub fn new(child: Child) -> Proc {
+        Proc(child)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = Command::new("kill")

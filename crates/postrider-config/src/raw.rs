@@ -252,6 +252,10 @@ pub(crate) struct RawListener {
     pub(crate) kind: ListenerKind,
     pub(crate) tls_cert: Option<Spanned<PathBuf>>,
     pub(crate) tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(crate) proxy_trusted: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -448,6 +448,11 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// Certificate chain and key (PEM), enabling STARTTLS or implicit TLS.
     pub tls: Option<TlsFiles>,
+    /// `proxy_protocol = true`: every connection starts with a PROXY protocol header (v1 or
+    /// v2) from one of these balancer networks (`proxy_trusted`), and the client it names is
+    /// the client for everything (relay control, limits, plugins, logs, `Received`). `None`:
+    /// no PROXY header is read.
+    pub proxy_trusted: Option<Vec<IpNet>>,
 }
 
 /// A PEM certificate chain and its private key.

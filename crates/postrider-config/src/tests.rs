@@ -662,3 +662,40 @@ fn bad_milter_settings_are_located() {
     .to_string();
     assert!(err.contains("timeout_ms"), "{err}");
 }
+
+#[test]
+fn proxy_protocol_listeners_name_their_balancers() {
+    let base = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n";
+    let config = parse(&format!(
+        "{base}proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/24\", \"192.0.2.7\", \"10.1.2.3/16\"]\n"
+    ))
+    .unwrap();
+    let trusted: Vec<String> = config.listeners[0]
+        .proxy_trusted
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(trusted, ["10.0.0.0/24", "192.0.2.7/32", "10.1.0.0/16"]);
+    assert_eq!(parse(MINIMAL).unwrap().listeners[0].proxy_trusted, None);
+    let false_is_off = parse(&format!("{base}proxy_protocol = false\n")).unwrap();
+    assert_eq!(false_is_off.listeners[0].proxy_trusted, None);
+    for (extra, key) in [
+        ("proxy_protocol = true\n", "listener[0].proxy_protocol"),
+        (
+            "proxy_trusted = [\"10.0.0.0/8\"]\n",
+            "listener[0].proxy_trusted",
+        ),
+        (
+            "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\", \"nowhere\"]\n",
+            "listener[0].proxy_trusted[1]",
+        ),
+    ] {
+        let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.toml:") && err.contains(&format!("key `{key}`")),
+            "{extra}: {err}"
+        );
+    }
+}

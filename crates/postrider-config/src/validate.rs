@@ -103,11 +103,31 @@ impl Config {
             if tls.is_none() && l.kind != ListenerKind::Smtp {
                 return src.invalid(name_span, &key("kind"), "submission and submissions listeners need tls_cert and tls_key (AUTH is only offered over TLS)");
             }
+            let trusted = networks(&l.proxy_trusted, &key("proxy_trusted"), &src)?;
+            let proxy_trusted = match &l.proxy_protocol {
+                Some(on) if *on.get_ref() && trusted.is_empty() => {
+                    return src.invalid(
+                        on.span(),
+                        &key("proxy_protocol"),
+                        "needs proxy_trusted: the balancers' addresses or networks",
+                    );
+                }
+                Some(on) if *on.get_ref() => Some(trusted),
+                _ if !trusted.is_empty() => {
+                    return src.invalid(
+                        l.proxy_trusted[0].span(),
+                        &key("proxy_trusted"),
+                        "needs proxy_protocol = true",
+                    );
+                }
+                _ => None,
+            };
             listeners.push(Listener {
                 name,
                 address,
                 kind: l.kind,
                 tls,
+                proxy_trusted,
             });
         }
 
@@ -144,23 +164,7 @@ impl Config {
             }
             local_domains.push(domain);
         }
-        let mut relay_networks = Vec::new();
-        for (i, n) in raw.relay.relay_networks.iter().enumerate() {
-            let text = n.get_ref().trim();
-            let net = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
-            match net {
-                Ok(net) => relay_networks.push(net.trunc()),
-                Err(_) => {
-                    return src.invalid(
-                        n.span(),
-                        &format!("relay.relay_networks[{i}]"),
-                        "not an IP address or CIDR network",
-                    );
-                }
-            }
-        }
+        let relay_networks = networks(&raw.relay.relay_networks, "relay.relay_networks", &src)?;
 
         let limits = raw.limits;
         if limits.max_message_size == 0
@@ -624,6 +628,32 @@ fn domain_list(
         return src.invalid(span, key, "a non-empty list of domain names");
     }
     Ok(list)
+}
+
+/// A list of IP addresses or CIDR networks (`key[i]` names a bad one).
+fn networks(
+    list: &[toml::Spanned<String>],
+    key: &str,
+    src: &Source<'_>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, n) in list.iter().enumerate() {
+        let text = n.get_ref().trim();
+        let net = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from));
+        match net {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => {
+                return src.invalid(
+                    n.span(),
+                    &format!("{key}[{i}]"),
+                    "not an IP address or CIDR network",
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The `[[milter]]` entries: names unique among plugins and milters, `after` naming one of

@@ -12,9 +12,10 @@ use postrider_config::Listener;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::inbound::Shared;
+use crate::inbound::proxy;
 use crate::inbound::session::{self, SessionCtx};
 
 /// Counts connections per client IP; the guard gives the slot back when dropped.
@@ -232,17 +233,13 @@ async fn accept_loop(
             ));
             continue;
         };
-        let Some(ip_slot) =
-            per_ip.try_acquire(peer.ip(), generation.config.limits.max_connections_per_ip)
-        else {
-            metrics.connection_refused(&name, "max_connections_per_ip");
-            warn!(listener = %name, %peer, "too many connections from this address");
-            tokio::spawn(refuse(
-                stream,
-                "421 4.7.0 Too many connections from your address\r\n",
-            ));
+        if let Some(trusted) = &listener.proxy_trusted
+            && !trusted.iter().any(|n| n.contains(&peer.ip()))
+        {
+            metrics.connection_refused(&name, "proxy_untrusted");
+            warn!(listener = %name, %peer, "closed: a PROXY protocol listener, and this address is not in proxy_trusted");
             continue;
-        };
+        }
         let ctx = SessionCtx {
             shared: Arc::clone(&shared),
             tls: generation.tls.get(&name).cloned(),
@@ -250,16 +247,76 @@ async fn accept_loop(
             local: stream.local_addr().unwrap_or(listener.address),
             listener,
             peer,
+            balancer: None,
         };
-        metrics.connection_opened(&name);
-        let (metrics, name) = (Arc::clone(metrics), name.clone());
+        let per_ip = Arc::clone(&per_ip);
         tokio::spawn(async move {
-            session::run(ctx, stream).await;
-            metrics.connection_closed(&name);
-            drop(ip_slot);
+            let Some((ctx, stream)) = through_balancer(ctx, stream).await else {
+                return;
+            };
+            serve(ctx, stream, &per_ip).await;
             drop(slot);
         });
     }
+}
+
+/// On a `proxy_protocol` listener, reads the PROXY header and makes the client it names the
+/// session's client (and its destination our address); `None`: refused and closed, logged.
+async fn through_balancer(
+    mut ctx: SessionCtx,
+    mut stream: TcpStream,
+) -> Option<(SessionCtx, TcpStream)> {
+    if ctx.listener.proxy_trusted.is_none() {
+        return Some((ctx, stream));
+    }
+    let limit = Duration::from_secs(ctx.generation.config.timeouts.command);
+    let name = &ctx.listener.name;
+    match proxy::read_preamble(&mut stream, limit).await {
+        Ok(preamble) => {
+            let balancer = ctx.peer;
+            if let Some((client, destination)) = preamble.addresses {
+                ctx.peer = client;
+                ctx.local = destination;
+            }
+            let tls = preamble.tls.as_ref().map(|t| {
+                format!(
+                    "{} {}",
+                    t.version.as_deref().unwrap_or("-"),
+                    t.cipher.as_deref().unwrap_or("-")
+                )
+            });
+            debug!(listener = %name, %balancer, client = %ctx.peer, version = preamble.version, balancer_tls = tls.as_deref(), sni = preamble.authority.as_deref(), "PROXY header");
+            ctx.balancer = Some(balancer);
+            Some((ctx, stream))
+        }
+        Err(e) => {
+            ctx.shared.metrics.connection_refused(name, e.reason());
+            warn!(listener = %name, balancer = %ctx.peer, error = %e, "closed: no acceptable PROXY protocol header");
+            None
+        }
+    }
+}
+
+/// Runs one session under the per-address limit of its (real) client.
+async fn serve(ctx: SessionCtx, stream: TcpStream, per_ip: &Arc<PerIp>) {
+    let name = ctx.listener.name.clone();
+    let metrics = Arc::clone(&ctx.shared.metrics);
+    let peer = ctx.peer;
+    let max = ctx.generation.config.limits.max_connections_per_ip;
+    let Some(ip_slot) = per_ip.try_acquire(peer.ip(), max) else {
+        metrics.connection_refused(&name, "max_connections_per_ip");
+        warn!(listener = %name, %peer, "too many connections from this address");
+        refuse(
+            stream,
+            "421 4.7.0 Too many connections from your address\r\n",
+        )
+        .await;
+        return;
+    };
+    metrics.connection_opened(&name);
+    session::run(ctx, stream).await;
+    metrics.connection_closed(&name);
+    drop(ip_slot);
 }
 
 /// Tells a client we cannot serve it now, without reading anything from it.

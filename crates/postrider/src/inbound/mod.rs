@@ -7,6 +7,7 @@ pub mod email_auth;
 pub mod listeners;
 pub mod message_memory;
 pub mod passwords;
+pub mod proxy;
 pub mod relay_control;
 pub mod session;
 pub mod tls;

@@ -48,6 +48,9 @@ pub struct SessionCtx {
     pub peer: SocketAddr,
     /// Our address on this connection.
     pub local: SocketAddr,
+    /// The load balancer the connection came through (a PROXY protocol listener); `peer` and
+    /// `local` are then the addresses its header named.
+    pub balancer: Option<SocketAddr>,
 }
 
 /// The transport under the session, upgraded in place by STARTTLS.
@@ -115,7 +118,10 @@ pub async fn run(ctx: SessionCtx, stream: TcpStream) {
     let span =
         info_span!("session", listener = %ctx.listener.name, client = %ctx.peer, session = %id);
     async move {
-        info!(local = %ctx.local, "connect");
+        match ctx.balancer {
+            Some(balancer) => info!(local = %ctx.local, via = %balancer, "connect"),
+            None => info!(local = %ctx.local, "connect"),
+        }
         match drive(&ctx, stream, id).await {
             Ok(()) | Err(SessionEnd::Eof) => info!("disconnect"),
             Err(e) => info!(reason = %e, "disconnect"),

@@ -1,0 +1,218 @@
+//! The relay behind a load balancer: Debian's haproxy in front of a `proxy_protocol` listener
+//! (v1 and v2), real clients (Python's smtplib) connecting to haproxy from 127.0.0.2 and
+//! 127.0.0.3. Relay control, the rate-limit plugin, logs and the stored `Received` must see
+//! those addresses, not haproxy's; a connection without a header, or from an address not in
+//! `proxy_trusted`, is closed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{NO_DNS, Relay, config_full};
+use crate::peers::{Proc, free_port, wait_listening};
+
+/// haproxy (TCP mode) on a free 127.0.0.1 port, sending `send_proxy` (`send-proxy` for v1,
+/// `send-proxy-v2`) to `backend`.
+fn haproxy(dir: &Path, backend: SocketAddr, send_proxy: &str) -> (Proc, SocketAddr) {
+    let port = free_port("127.0.0.1");
+    let conf = dir.join(format!("haproxy-{send_proxy}.cfg"));
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
+             timeout server 30s\nfrontend smtp\n  bind 127.0.0.1:{port}\n  default_backend relay\n\
+             backend relay\n  server relay {backend} {send_proxy}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy must be installed (apt-get install haproxy)");
+    let proc = Proc::new(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening("haproxy", addr, Duration::from_secs(20));
+    (proc, addr)
+}
+
+/// One SMTP transaction with Python's smtplib from `source` through `server`: the reply code
+/// of each command, space-separated (`MAIL RCPT DATA`), stopping at the first refusal.
+fn transaction(server: SocketAddr, source: &str, rcpt: &str) -> String {
+    let script = r#"
+import smtplib, sys
+host, port, source, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = smtplib.SMTP(host, port, source_address=(source, 0), timeout=20)
+s.ehlo("client.test")
+codes = []
+for cmd, arg in (("mail", "FROM:<sender@client.test>"), ("rcpt", "TO:<%s>" % rcpt)):
+    code, _ = s.docmd(cmd, arg)
+    codes.append(code)
+    if code >= 400:
+        break
+else:
+    code, _ = s.data(b"Subject: via the balancer\r\n\r\nhello\r\n")
+    codes.append(code)
+s.quit()
+print(" ".join(map(str, codes)))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .arg(source)
+        .arg(rcpt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the server closes a connection from `source` after it sends `first` (never
+/// greeting it).
+fn closed_without_greeting(server: SocketAddr, source: &str, first: &[u8]) -> bool {
+    let script = r#"
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[3], 0))
+s.settimeout(20)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(bytes.fromhex(sys.argv[4]))
+data = b""
+try:
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except socket.timeout:
+    print("timeout")
+    sys.exit(0)
+except ConnectionResetError:
+    pass
+print("closed" if not data else "answered " + data.decode(errors="replace").strip())
+"#;
+    let hex: String = first.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .arg(source)
+        .arg(hex)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "closed"
+}
+
+#[test]
+fn behind_haproxy_the_relay_sees_the_real_clients_with_v1_and_v2() {
+    for send_proxy in ["send-proxy", "send-proxy-v2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_full(
+            NO_DNS,
+            "",
+            "[relay]\nlocal_domains = [\"relay.test\"]\nrelay_networks = [\"127.0.0.2/32\"]\n\
+             [[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n\
+             proxy_protocol = true\nproxy_trusted = [\"127.0.0.1\"]\n\
+             [[plugin]]\nname = \"rate-limit\"\npath = \"builtin:rate-limit\"\n\
+             config = { per_client_ip = { limit = 1, window_seconds = 3600 } }\n",
+        );
+        let mut relay = Relay::builder(&config).start();
+        let mx = relay.addr("mx");
+        let (_haproxy, front) = haproxy(tmp.path(), mx, send_proxy);
+
+        // 127.0.0.2 is a relay client: it may relay to elsewhere.test, once an hour.
+        assert_eq!(
+            transaction(front, "127.0.0.2", "user@elsewhere.test"),
+            "250 250 250",
+            "{send_proxy}"
+        );
+        assert_eq!(
+            transaction(front, "127.0.0.2", "user@elsewhere.test"),
+            "450"
+        );
+        // 127.0.0.3 is not: local mail only, and its own count (haproxy's one address would
+        // have hit the limit above).
+        assert_eq!(
+            transaction(front, "127.0.0.3", "user@elsewhere.test"),
+            "250 554"
+        );
+        assert_eq!(
+            transaction(front, "127.0.0.4", "alice@relay.test"),
+            "250 250 250"
+        );
+
+        // Straight to the listener: from a trusted address without a header, or from an
+        // untrusted one with a forged header, the connection is closed unanswered.
+        assert!(closed_without_greeting(
+            mx,
+            "127.0.0.1",
+            b"EHLO direct.test\r\n"
+        ));
+        assert!(closed_without_greeting(
+            mx,
+            "127.0.0.5",
+            b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 25\r\n"
+        ));
+
+        let logs = relay.stop_and_logs();
+        assert!(logs.contains("via=127.0.0.1:"), "{logs}");
+        assert!(logs.contains("client=127.0.0.3:"), "{logs}");
+        assert!(
+            logs.contains("no acceptable PROXY protocol header"),
+            "{logs}"
+        );
+        assert!(logs.contains("not in proxy_trusted"), "{logs}");
+        let spool = crate::harness::read_spool(&relay.dir.join("spool"));
+        assert_eq!(spool.len(), 2, "{send_proxy}");
+        let mut clients: Vec<String> = spool.iter().map(|(e, _)| e.client.ip.to_string()).collect();
+        clients.sort();
+        assert_eq!(clients, ["127.0.0.2", "127.0.0.4"]);
+        for (e, message) in &spool {
+            let text = String::from_utf8_lossy(message);
+            assert!(text.contains(&format!("([{}])", e.client.ip)), "{text}");
+        }
+    }
+}
+
+#[test]
+fn a_slow_or_partial_proxy_header_costs_only_its_own_connection() {
+    let config = config_full(
+        NO_DNS,
+        "",
+        "[timeouts]\ncommand = 2\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:0\"\n\
+         kind = \"smtp\"\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]\n",
+    );
+    let relay = Relay::builder(&config).start();
+    let mx = relay.addr("mx");
+    // Half a header, then nothing: closed at the command timeout.
+    let mut stuck = TcpStream::connect(mx).unwrap();
+    stuck.write_all(b"PROXY TCP4 127.0.0.9 ").unwrap();
+    // Meanwhile a whole header, split in two writes, gets its greeting.
+    let mut ok = TcpStream::connect(mx).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ok.write_all(b"PROXY TCP4 127.0.0.9 127.0.0.1 4").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    ok.write_all(b"0000 25\r\n").unwrap();
+    let mut greeting = [0u8; 3];
+    ok.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220");
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        stuck.read(&mut buf).unwrap_or(0),
+        0,
+        "the stuck connection was answered"
+    );
+}
