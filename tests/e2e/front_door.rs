@@ -216,3 +216,37 @@ fn a_slow_or_partial_proxy_header_costs_only_its_own_connection() {
         "the stuck connection was answered"
     );
 }
+
+#[test]
+fn an_ipv6_listener_serves_and_advertises_its_recipient_limit() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        panic!("this machine has no IPv6 loopback (::1): the test needs one");
+    }
+    let config = config_full(
+        NO_DNS,
+        "",
+        "[relay]\nlocal_domains = [\"relay.test\"]\n[limits]\nmax_recipients = 2\n\
+         [[listener]]\nname = \"v6\"\naddress = \"[::1]:0\"\nkind = \"smtp\"\n",
+    );
+    let mut relay = Relay::builder(&config).start();
+    let v6 = relay.addr("v6");
+    assert!(v6.is_ipv6(), "{v6}");
+    let mut c = crate::harness::Client::connect(v6);
+    assert_eq!(c.reply().0, 220);
+    c.send(b"EHLO client.test\r\n");
+    let (code, lines) = c.reply();
+    assert_eq!(code, 250);
+    assert!(lines.iter().any(|l| l == "LIMITS RCPTMAX=2"), "{lines:?}");
+    assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<a@relay.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@relay.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<c@relay.test>"), (452, "4.5.3".into()));
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: over IPv6\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    let spool = relay.stop_and_read_spool();
+    assert_eq!(spool.len(), 1);
+    assert_eq!(spool[0].0.client.ip.to_string(), "::1");
+    let text = String::from_utf8_lossy(&spool[0].1);
+    assert!(text.contains("IPv6:::1"), "{text}");
+}

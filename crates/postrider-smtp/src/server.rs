@@ -734,6 +734,8 @@ impl Session {
             lines.push("CHUNKING".to_owned());
         }
         lines.push("DSN".to_owned());
+        // RFC 9422: the recipients one transaction may have (the one limit a session has).
+        lines.push(format!("LIMITS RCPTMAX={}", self.config.max_recipients));
         if self.config.starttls && !self.tls {
             lines.push("STARTTLS".to_owned());
         }

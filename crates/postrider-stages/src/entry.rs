@@ -121,10 +121,14 @@ fn received_header(
         [(one, _)] => format!("\r\n\tfor <{}>", one.address()),
         _ => String::new(),
     };
+    // RFC 5321 section 4.4: the TCP-info is an address literal, `[IPv6:...]` for IPv6.
+    let ip = match conn.client_ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
     format!(
         "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (Postrider) with {protocol}{rcpt};\r\n\t{date}\r\n",
         helo = conn.helo.as_deref().unwrap_or_default(),
-        ip = conn.client_ip,
     )
 }
 

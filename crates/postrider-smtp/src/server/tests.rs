@@ -135,7 +135,8 @@ fn greeting_and_ehlo_extensions() {
         String::from_utf8(h.output.clone()).unwrap(),
         "220 mx.test ESMTP Postrider\r\n\
          250-mx.test\r\n250-PIPELINING\r\n250-SIZE 26214400\r\n250-8BITMIME\r\n\
-         250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"
+         250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-DSN\r\n\
+         250 LIMITS RCPTMAX=1000\r\n"
     );
     assert_eq!(
         h.events,
