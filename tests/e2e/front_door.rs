@@ -250,3 +250,110 @@ fn an_ipv6_listener_serves_and_advertises_its_recipient_limit() {
     let text = String::from_utf8_lossy(&spool[0].1);
     assert!(text.contains("IPv6:::1"), "{text}");
 }
+
+/// A self-signed certificate for `names`, as PEM files `stem.pem` and `stem.key` in `dir`.
+fn cert_for(dir: &Path, stem: &str, names: &[&str]) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let (c, k) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// STARTTLS with Python's ssl asking for `sni` (none when empty): which of `certs` (PEM
+/// files) the server presented, then a message sent over that session.
+fn starttls_picks(server: SocketAddr, sni: &str, certs: &[&str]) -> String {
+    let script = r#"
+import smtplib, ssl, sys
+host, port, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(host, port, timeout=20)
+s.ehlo("client.test")
+s._host = sni or None
+s.starttls(context=ctx)
+der = s.sock.getpeercert(binary_form=True)
+picked = [i for i, f in enumerate(sys.argv[4:]) if ssl.PEM_cert_to_DER_cert(open(f).read()) == der]
+s.ehlo("client.test")
+s.sendmail("sender@client.test", ["alice@relay.test"], b"Subject: sni\r\n\r\nhi\r\n")
+s.quit()
+print(picked)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .arg(sni)
+        .args(certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn sni_picks_the_certificate_and_plugins_see_the_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (default_cert, default_key) = cert_for(tmp.path(), "default", &["mx.relay.test"]);
+    let (mail_cert, mail_key) = cert_for(tmp.path(), "mail", &["mail.example.org"]);
+    let (wild_cert, wild_key) = cert_for(tmp.path(), "wild", &["*.example.net"]);
+    let config = config_full(
+        NO_DNS,
+        "",
+        &format!(
+            "[relay]\nlocal_domains = [\"relay.test\"]\n\
+             [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\nkind = \"smtp\"\n\
+             tls_cert = \"{default_cert}\"\ntls_key = \"{default_key}\"\n\
+             [[certificate]]\nnames = [\"mail.example.org\"]\ncert = \"{mail_cert}\"\nkey = \"{mail_key}\"\n\
+             [[certificate]]\nnames = [\"*.example.net\"]\ncert = \"{wild_cert}\"\nkey = \"{wild_key}\"\n{}",
+            crate::harness::plugin("inputs", "misbehave", "config = { mode = \"inputs\" }")
+        ),
+    );
+    let mut relay = Relay::builder(&config).start();
+    let tls = relay.addr("tls");
+    let certs = [
+        default_cert.as_str(),
+        mail_cert.as_str(),
+        wild_cert.as_str(),
+    ];
+    assert_eq!(starttls_picks(tls, "mail.example.org", &certs), "[1]");
+    assert_eq!(starttls_picks(tls, "smtp.example.net", &certs), "[2]");
+    assert_eq!(starttls_picks(tls, "other.test", &certs), "[0]");
+    assert_eq!(starttls_picks(tls, "", &certs), "[0]");
+    let spool = relay.stop_and_read_spool();
+    let mut seen: Vec<String> = spool
+        .iter()
+        .map(|(_, m)| {
+            let text = String::from_utf8_lossy(m);
+            let inputs = text
+                .lines()
+                .find(|l| l.starts_with("X-Stage-Inputs:"))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_owned();
+            inputs
+                .split(' ')
+                .find_map(|f| f.strip_prefix("tls="))
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["-", "mail.example.org", "other.test", "smtp.example.net"]
+    );
+}

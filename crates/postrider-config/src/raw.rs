@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) listener: Vec<RawListener>,
     #[serde(default)]
+    pub(crate) certificate: Vec<RawCertificate>,
+    #[serde(default)]
     pub(crate) relay: RawRelay,
     #[serde(default)]
     pub(crate) limits: Limits,
@@ -256,6 +258,14 @@ pub(crate) struct RawListener {
     pub(crate) proxy_protocol: Option<Spanned<bool>>,
     #[serde(default)]
     pub(crate) proxy_trusted: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub(crate) names: Spanned<Vec<String>>,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]

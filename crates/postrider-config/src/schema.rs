@@ -48,6 +48,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// TLS towards the MX hosts of some domains, instead of `[delivery]`'s, in config order.
     pub tls_policies: Vec<DomainTls>,
+    /// More certificates for the TLS listeners, chosen by the server name the client asks for
+    /// (SNI); the listener's own is the default.
+    pub certificates: Vec<Certificate>,
     /// SPF, DKIM, DMARC and ARC verification of incoming mail; DKIM signing and ARC sealing.
     pub authentication: Authentication,
 }
@@ -242,6 +245,16 @@ pub struct PluginConfig {
     /// What it may reach on the network (`allow_http`, `allow_connect`, `allow_udp`);
     /// nothing by default.
     pub network: NetworkGrants,
+}
+
+/// One `[[certificate]]`: a chain and key served to clients asking for one of its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// Server names, lower-case: `mail.example.org`, or `*.example.org` for any one label
+    /// under it.
+    pub names: Vec<String>,
+    /// The PEM files.
+    pub files: TlsFiles,
 }
 
 /// One `[[milter]]`: a Sendmail milter (protocol 6) consulted in the chain beside the plugins.

@@ -699,3 +699,49 @@ fn proxy_protocol_listeners_name_their_balancers() {
         );
     }
 }
+
+#[test]
+fn certificates_by_server_name() {
+    let tls = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"smtp\"\n\
+               tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+    let config = parse(&format!(
+        "{tls}[[certificate]]\nnames = [\"Mail.Example.ORG.\", \"*.example.net\"]\ncert = \"m.pem\"\nkey = \"m.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.certificates[0].names,
+        ["mail.example.org", "*.example.net"]
+    );
+    assert_eq!(
+        config.certificates[0].files.cert,
+        Path::new("/etc/postrider/m.pem")
+    );
+    for (text, why) in [
+        (
+            format!("{tls}[[certificate]]\nnames = []\ncert = \"m.pem\"\nkey = \"m.key\"\n"),
+            "at least one",
+        ),
+        (
+            format!(
+                "{tls}[[certificate]]\nnames = [\"*.*.example\"]\ncert = \"m.pem\"\nkey = \"m.key\"\n"
+            ),
+            "not a host name",
+        ),
+        (
+            format!(
+                "{tls}[[certificate]]\nnames = [\"a.example\"]\ncert = \"m.pem\"\nkey = \"m.key\"\n\
+                 [[certificate]]\nnames = [\"A.example\"]\ncert = \"n.pem\"\nkey = \"n.key\"\n"
+            ),
+            "earlier",
+        ),
+        (
+            format!(
+                "{MINIMAL}[[certificate]]\nnames = [\"a.example\"]\ncert = \"m.pem\"\nkey = \"m.key\"\n"
+            ),
+            "no listener has TLS",
+        ),
+    ] {
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("certificate[") && err.contains(why), "{err}");
+    }
+}

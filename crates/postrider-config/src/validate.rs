@@ -326,6 +326,53 @@ impl Config {
             });
         }
         let milters = milters(raw.milter, &plugins, &src)?;
+        let mut certificates: Vec<Certificate> = Vec::new();
+        for (i, c) in raw.certificate.iter().enumerate() {
+            let key = format!("certificate[{i}].names");
+            let mut names = Vec::new();
+            for name in c.names.get_ref() {
+                let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
+                let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+                let ok = bare.contains('.')
+                    && bare.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !ok {
+                    return src.invalid(
+                        c.names.span(),
+                        &key,
+                        format!("{name:?} is not a host name or *.domain"),
+                    );
+                }
+                if certificates.iter().any(|x| x.names.contains(&lower)) {
+                    return src.invalid(
+                        c.names.span(),
+                        &key,
+                        format!("{name:?} is named by an earlier [[certificate]] too"),
+                    );
+                }
+                names.push(lower);
+            }
+            if names.is_empty() {
+                return src.invalid(c.names.span(), &key, "at least one server name");
+            }
+            if !listeners.iter().any(|l: &Listener| l.tls.is_some()) {
+                return src.invalid(
+                    c.names.span(),
+                    &key,
+                    "no listener has TLS (tls_cert, tls_key) to serve it on",
+                );
+            }
+            certificates.push(Certificate {
+                names,
+                files: TlsFiles {
+                    cert: resolve(&c.cert),
+                    key: resolve(&c.key),
+                },
+            });
+        }
         let mut nameservers = Vec::new();
         for (i, n) in raw.dns.nameservers.iter().enumerate() {
             let text = n.get_ref().trim();
@@ -606,6 +653,7 @@ impl Config {
             delivery,
             routes,
             tls_policies,
+            certificates,
             authentication,
         })
     }

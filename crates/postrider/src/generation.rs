@@ -69,11 +69,15 @@ pub fn files_of(config: &Config, config_path: Option<&Path>) -> BTreeSet<PathBuf
             .filter(|p| p.builtin().is_none())
             .map(|p| p.path.clone()),
     );
-    for l in &config.listeners {
-        if let Some(tls) = &l.tls {
-            files.insert(tls.cert.clone());
-            files.insert(tls.key.clone());
-        }
+    let certificates = config.certificates.iter().map(|c| &c.files);
+    for tls in config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .chain(certificates)
+    {
+        files.insert(tls.cert.clone());
+        files.insert(tls.key.clone());
     }
     files.extend(config.relay.passwords.clone());
     files.extend(ca_files(config).map(Path::to_owned));
@@ -123,11 +127,12 @@ impl GenerationBuilder {
             None => None,
         };
         let listeners = config.listeners.clone();
+        let certificates = config.certificates.clone();
         let tls = tokio::task::spawn_blocking(move || {
             let mut tls = HashMap::new();
             for listener in &listeners {
                 if let Some(files) = &listener.tls {
-                    let acceptor = crate::inbound::tls::acceptor(files)
+                    let acceptor = crate::inbound::tls::acceptor(files, &certificates)
                         .with_context(|| format!("listener {}", listener.name))?;
                     tls.insert(listener.name.clone(), acceptor);
                 }
