@@ -357,3 +357,52 @@ fn sni_picks_the_certificate_and_plugins_see_the_name() {
         ["-", "mail.example.org", "other.test", "smtp.example.net"]
     );
 }
+
+#[test]
+fn early_talkers_are_refused_or_served_as_configured() {
+    for (policy, want) in [("reject", "554 5.5.1"), ("allow", "220 ")] {
+        let config = config_full(
+            NO_DNS,
+            "",
+            &format!("[limits]\ngreet_delay_ms = 1500\nearly_talkers = \"{policy}\"\n"),
+        );
+        let relay = Relay::builder(&config).start();
+        let smtp = relay.addr("smtp");
+        // Talks at once, before the greeting.
+        let mut early = TcpStream::connect(smtp).unwrap();
+        early
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        early.write_all(b"EHLO hasty.test\r\n").unwrap();
+        // Until the connection closes or the EHLO reply is whole.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = early.read(&mut chunk) {
+            got.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&got).contains("\r\n250 ") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if policy == "reject" {
+            assert!(
+                text.starts_with(want) && text.lines().count() == 1,
+                "{text:?}"
+            );
+        } else {
+            // Greeted after the delay, then its EHLO answered.
+            assert!(text.starts_with(want), "{text:?}");
+            assert!(text.contains("\r\n250-"), "{text:?}");
+        }
+        // A patient client is greeted and served.
+        let mut c = crate::harness::Client::connect(smtp);
+        assert_eq!(c.reply().0, 220);
+        assert_eq!(c.cmd("EHLO patient.test").0, 250);
+        assert_eq!(c.cmd("QUIT").0, 221);
+        let logs = {
+            let mut relay = relay;
+            relay.stop_and_logs()
+        };
+        assert!(logs.contains("early talker"), "{logs}");
+    }
+}

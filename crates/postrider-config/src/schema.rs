@@ -528,6 +528,22 @@ pub struct Limits {
     /// and stored (each takes about 4 times its size); messages beyond wait their turn.
     /// Messages still arriving are kept on disk once past 32 KiB.
     pub message_memory: u64,
+    /// Milliseconds the greeting waits (0: none). A client that talks in that time is an
+    /// early talker: real MTAs wait for the greeting, spam engines often do not.
+    pub greet_delay_ms: u64,
+    /// What becomes of an early talker.
+    pub early_talkers: EarlyTalkers,
+}
+
+/// What becomes of a client that talks before the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyTalkers {
+    /// `554 5.5.1` and the connection is closed (the default).
+    #[default]
+    Reject,
+    /// Logged and counted, then served (its commands are answered after the greeting).
+    Allow,
 }
 
 impl Default for Limits {
@@ -541,6 +557,8 @@ impl Default for Limits {
             max_connections_per_ip: 50,
             line_endings: LineEndings::Reject,
             message_memory: 128 * 1024 * 1024,
+            greet_delay_ms: 0,
+            early_talkers: EarlyTalkers::Reject,
         }
     }
 }

@@ -175,6 +175,13 @@ impl Config {
         {
             return src.invalid(0..0, "limits", "limits must be greater than zero");
         }
+        if limits.greet_delay_ms > 60_000 {
+            return src.invalid(
+                0..0,
+                "limits.greet_delay_ms",
+                "at most 60000 (clients give up on a greeting after 5 minutes, and wait in line)",
+            );
+        }
         let timeouts = raw.timeouts;
         if timeouts.command == 0
             || timeouts.data_block == 0

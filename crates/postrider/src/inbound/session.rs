@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use postrider_auth::{AuthOutcome, SpfOutcome};
-use postrider_config::{Listener, ListenerKind, SmtpAuth, Timeouts};
+use postrider_config::{EarlyTalkers, Listener, ListenerKind, SmtpAuth, Timeouts};
 use postrider_plugin_host::{ConnInfo, SpfCheck};
 use postrider_queue::{Envelope, Incoming, QueueId};
 use postrider_smtp::address::{ForwardPath, ReversePath};
@@ -172,10 +172,24 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
     };
 
     let write_limit = Duration::from_secs(timeouts.command);
+    let mut buf = vec![0u8; 16 * 1024];
+    let early = match early_talk(ctx, &mut conn, &mut buf).await? {
+        Some(_) if ctx.generation.config.limits.early_talkers == EarlyTalkers::Reject => {
+            let metrics = &ctx.shared.metrics;
+            metrics.connection_refused(&ctx.listener.name, "early_talker");
+            let line = b"554 5.5.1 Protocol error: talking before the greeting\r\n";
+            conn.write_all(line, write_limit).await?;
+            conn.shutdown(write_limit).await;
+            return Ok(());
+        }
+        other => other,
+    };
     driver.connect(&mut session).await?;
     record_runs(ctx, &mut driver);
+    if let Some(n) = early {
+        session.feed(&buf[..n]);
+    }
     let mut force_close = ctx.shared.force_close.clone();
-    let mut buf = vec![0u8; 16 * 1024];
     let mut deadline = ReadDeadline::new(deadline_limits(timeouts), Instant::now());
     let mut replied = true;
     let mut incoming = Incoming::new(ctx.shared.spool.incoming_dir(), IN_MEMORY);
@@ -271,6 +285,33 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
             },
             _ = force_close.changed() => session.shutdown(),
         }
+    }
+}
+
+/// Waits `[limits] greet_delay_ms` before the greeting; `Some(n)`: the client sent `n` octets
+/// (now in `buf`) in that time, an early talker (logged).
+async fn early_talk(
+    ctx: &SessionCtx,
+    conn: &mut Conn,
+    buf: &mut [u8],
+) -> Result<Option<usize>, SessionEnd> {
+    let delay = Duration::from_millis(ctx.generation.config.limits.greet_delay_ms);
+    if delay.is_zero() {
+        return Ok(None);
+    }
+    match tokio::time::timeout(delay, conn.read(buf)).await {
+        Err(_) => Ok(None),
+        Ok(Ok(0)) => Err(SessionEnd::Eof),
+        Ok(Ok(n)) => {
+            let policy = ctx.generation.config.limits.early_talkers;
+            info!(
+                octets = n,
+                ?policy,
+                "early talker: the client talked before the greeting"
+            );
+            Ok(Some(n))
+        }
+        Ok(Err(e)) => Err(e.into()),
     }
 }
 
