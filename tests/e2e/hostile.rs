@@ -170,6 +170,23 @@ if mode == "plain":
     s = session()
     code, enh = plain(s, *sys.argv[3:6])
     print(code, enh)
+elif mode == "repeat":
+    # Wrong passwords on one connection until it closes; each answer's code, then "closed".
+    s = session()
+    codes = []
+    for i in range(int(sys.argv[3])):
+        try:
+            code, _ = plain(s, "", "alice", "wrong%d" % i)
+        except smtplib.SMTPServerDisconnected:
+            codes.append("closed")
+            break
+        codes.append(str(code))
+    else:
+        try:
+            s.noop()
+        except smtplib.SMTPServerDisconnected:
+            codes.append("closed")
+    print(" ".join(codes))
 elif mode == "send":
     s = session()
     code, enh = plain(s, *sys.argv[3:6])
@@ -253,6 +270,18 @@ fn auth_plain_as_another_identity_is_refused_unless_allowed() {
         logs.contains("user=alice as_user=postmaster@relay.test"),
         "the log names both identities:\n{logs}"
     );
+}
+
+#[test]
+fn a_connection_is_closed_after_its_failed_authentications() {
+    let relay = submission_relay("[smtp_auth]\nsession_failures = 3\ndelay_after = 100\n");
+    let port = relay.addr("submission").port().to_string();
+    assert_eq!(
+        python(PY_AUTH, &["repeat", &port, "5"]).trim(),
+        "535 535 421 closed"
+    );
+    // Another connection starts its own count (the client lockout is further away).
+    assert_eq!(auth_plain(&relay, "", "alice", "s3cret"), "235 2.7.0");
 }
 
 #[test]

@@ -590,6 +590,9 @@ pub struct SmtpAuth {
     /// Failures for one user in the window after which AUTH as that user gets 454 4.7.0;
     /// higher than `lockout_client`, since anyone can lock a user out; 0: never.
     pub lockout_user: u32,
+    /// Failed attempts one connection may make: the last of them is answered 421 4.7.0 and
+    /// the connection closed (the others 535 5.7.8); 0: no limit.
+    pub session_failures: u32,
 }
 
 impl Default for SmtpAuth {
@@ -604,6 +607,7 @@ impl Default for SmtpAuth {
             max_delay_ms: 16_000,
             lockout_client: 10,
             lockout_user: 30,
+            session_failures: 3,
         }
     }
 }

@@ -341,6 +341,8 @@ impl Driver {
                         session.auth_succeeded(&identity)?;
                         self.conn.auth_user = Some(identity);
                     }
+                    // RFC 5321 section 3.8: 421 closes the transmission channel.
+                    Err(reply) if reply.code() == 421 => session.disconnect(reply)?,
                     Err(reply) => session.reject(reply)?,
                 }
             }

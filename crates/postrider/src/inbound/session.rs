@@ -384,6 +384,8 @@ struct RelayPolicy<'a> {
     verified: Option<AuthOutcome>,
     /// The id generated for the message being stored.
     next_id: Option<QueueId>,
+    /// Failed AUTH attempts on this connection.
+    auth_failures: u32,
 }
 
 impl<'a> RelayPolicy<'a> {
@@ -394,6 +396,7 @@ impl<'a> RelayPolicy<'a> {
             spf_helo: None,
             spf: None,
             verified: None,
+            auth_failures: 0,
             next_id: None,
         }
     }
@@ -499,6 +502,18 @@ impl Policy for RelayPolicy<'_> {
                 warn!(user = %user, "authentication failed");
                 metrics.auth(listener, "failure");
                 throttle.failed(config, client, user).await;
+                self.auth_failures += 1;
+                if config.session_failures > 0 && self.auth_failures >= config.session_failures {
+                    info!(
+                        failures = self.auth_failures,
+                        "AUTH: closing after too many failures"
+                    );
+                    return Err(Reply::local(
+                        421,
+                        (4, 7, 0),
+                        "Too many failed authentications, closing connection",
+                    ));
+                }
                 Err(invalid_credentials())
             }
             Err(Busy) => {
