@@ -493,3 +493,37 @@ for p in m.walk():
         "a bare LF in the stored message: {text}"
     );
 }
+
+#[test]
+fn a_milter_done_with_one_message_hears_the_next_and_a_refused_helo_stays_refused() {
+    // Accept (done with the message) at the first MAIL of each connection, reject the
+    // second; refuse the HELO name bad.test every time it is told.
+    let mails = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&mails);
+    let (addr, _) = scripted(move |cmd, data, _| match cmd {
+        b'H' if data.starts_with(b"bad.test") => Act::Send(vec![(b'r', Vec::new())]),
+        b'M' if seen.fetch_add(1, Ordering::SeqCst) == 0 => Act::Send(vec![(b'a', Vec::new())]),
+        b'M' => Act::Send(vec![(b'r', Vec::new())]),
+        _ => cont(),
+    });
+    let mut relay = Relay::builder(&config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
+        milter("picky", addr, "")
+    )))
+    .start();
+    let mut c = relay.client();
+    assert_eq!(c.cmd("EHLO bad.test").0, 550);
+    assert_eq!(c.cmd("EHLO bad.test").0, 550, "a second EHLO slipped past");
+    assert_eq!(c.cmd("EHLO good.test").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@relay.test>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(MESSAGE.as_bytes());
+    c.send(b".\r\n");
+    assert_eq!(c.reply().0, 250);
+    // The milter said accept at MAIL last time: it still hears this transaction.
+    assert_eq!(c.cmd("MAIL FROM:<sender@client.test>").0, 550);
+    assert_eq!(c.cmd("QUIT").0, 221);
+    assert_eq!(mails.load(Ordering::SeqCst), 2);
+    assert_eq!(relay.stop_and_read_spool().len(), 1);
+}

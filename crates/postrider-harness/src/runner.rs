@@ -688,6 +688,7 @@ pub fn describe_edit(e: &HeaderEdit) -> String {
         HeaderEdit::Replace { name, index, value } => format!("replace {name}[{index}]: {value}"),
         HeaderEdit::Insert { index, name, value } => format!("insert [{index}] {name}: {value}"),
         HeaderEdit::Delete { name, index } => format!("delete {name}[{index}]"),
+        HeaderEdit::Change { name, index, value } => format!("change {name}[{index}]: {value}"),
     }
 }
 
@@ -1056,6 +1057,7 @@ fn header_matches(exp: &HeaderExpect, actual: &HeaderEdit) -> bool {
         HeaderEdit::Replace { name, index, value } => ("replace", name, Some(*index), Some(value)),
         HeaderEdit::Insert { index, name, value } => ("insert", name, Some(*index), Some(value)),
         HeaderEdit::Delete { name, index } => ("delete", name, Some(*index), None),
+        HeaderEdit::Change { name, index, value } => ("change", name, Some(*index), Some(value)),
     };
     op == exp.op
         && name.eq_ignore_ascii_case(&exp.name)

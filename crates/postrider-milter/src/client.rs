@@ -8,6 +8,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{Address, Answer, Command, Decoder, MilterError, Offer, Received, Session};
 
+/// The longest one step may take while the milter keeps reporting progress.
+pub const MAX_STEP: Duration = Duration::from_secs(3600);
+
 /// What went wrong on a milter connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -88,33 +91,40 @@ impl Connection {
         &self.session
     }
 
-    /// Sends `cmd` and, if the milter answers that step, waits for its answer, all within
-    /// `timeout`. `None`: nothing to wait for (a step the milter left out or does not
-    /// answer, macros). A response beyond the answer already buffered is out of order.
+    /// Sends `cmd` and, if the milter answers that step, waits for its answer: each response
+    /// within `timeout` of the last, so a milter that reports progress (`p`, a virus scan
+    /// of a large message) may take longer, up to [`MAX_STEP`] in all. `None`: nothing to
+    /// wait for (a step the milter left out or does not answer, macros). A response beyond
+    /// the answer already buffered is out of order.
     pub async fn step(
         &mut self,
         cmd: &Command,
         timeout: Duration,
     ) -> Result<Option<Answer>, ClientError> {
-        deadline(timeout, async {
-            let bytes = self.session.send(cmd)?;
-            if bytes.is_empty() {
-                return Ok(None);
+        let bytes = self.session.send(cmd)?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        deadline(timeout, async { Ok(self.io.write_all(&bytes).await?) }).await?;
+        if self.session.awaiting().is_none() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        loop {
+            match deadline(timeout, self.next_received()).await? {
+                Received::Answer(answer) => {
+                    if self.decoder.pending() > 0 {
+                        return Err(MilterError::OutOfOrder("a response nobody asked for").into());
+                    }
+                    return Ok(Some(answer));
+                }
+                Received::Pending if started.elapsed() < MAX_STEP => {}
+                Received::Pending => return Err(ClientError::Timeout(MAX_STEP.as_millis())),
+                Received::Negotiated { .. } => {
+                    return Err(MilterError::OutOfOrder("negotiation again").into());
+                }
             }
-            self.io.write_all(&bytes).await?;
-            if self.session.awaiting().is_none() {
-                return Ok(None);
-            }
-            let answer = match self.read_answer().await? {
-                Received::Answer(a) => a,
-                _ => return Err(MilterError::OutOfOrder("negotiation again").into()),
-            };
-            if self.decoder.pending() > 0 {
-                return Err(MilterError::OutOfOrder("a response nobody asked for").into());
-            }
-            Ok(Some(answer))
-        })
-        .await
+        }
     }
 
     /// Says goodbye without waiting: the bytes go out if the socket takes them now.
@@ -125,14 +135,22 @@ impl Connection {
         }
     }
 
+    /// Negotiation's answer (progress and the like skipped).
     async fn read_answer(&mut self) -> Result<Received, ClientError> {
+        loop {
+            match self.next_received().await? {
+                Received::Pending => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The next response, as the session takes it.
+    async fn next_received(&mut self) -> Result<Received, ClientError> {
         let mut buf = [0u8; 8192];
         loop {
-            while let Some(r) = self.decoder.decode()? {
-                match self.session.receive(r)? {
-                    Received::Pending => continue,
-                    other => return Ok(other),
-                }
+            if let Some(r) = self.decoder.decode()? {
+                return Ok(self.session.receive(r)?);
             }
             let n = self.io.read(&mut buf).await?;
             if n == 0 {

@@ -25,6 +25,16 @@ pub fn apply_edits(message: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
                 let at = (*index as usize).min(fields.len());
                 fields.insert(at, field(name, value));
             }
+            HeaderEdit::Change { name, index, value } => {
+                match fields
+                    .iter_mut()
+                    .filter(|f| f.name.eq_ignore_ascii_case(name))
+                    .nth(*index as usize)
+                {
+                    Some(f) => f.raw = field(f.name, value).raw,
+                    None => fields.push(field(name, value)),
+                }
+            }
             HeaderEdit::Delete { name, index } => {
                 if let Some(at) = fields
                     .iter()
@@ -82,8 +92,12 @@ fn split(message: &[u8]) -> (&[u8], &[u8]) {
 /// without one gets the empty line.
 pub fn replace_body(message: &[u8], body: &[u8]) -> Vec<u8> {
     let (head, _) = split(message);
-    let mut out = Vec::with_capacity(head.len() + 2 + body.len());
+    let mut out = Vec::with_capacity(head.len() + 4 + body.len());
     out.extend_from_slice(head);
+    // A header block whose last line has no CRLF (a BDAT message may end so) gets one.
+    if !head.is_empty() && !head.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
@@ -91,22 +105,59 @@ pub fn replace_body(message: &[u8], body: &[u8]) -> Vec<u8> {
 
 /// The header fields of `message` as (name, everything after the colon without the last
 /// CRLF, continuation lines included), and the body after the empty line.
-pub(crate) fn fields(message: &[u8]) -> (Vec<(&str, &[u8])>, &[u8]) {
+pub(crate) fn fields(message: &[u8]) -> (Vec<(&str, Vec<u8>)>, &[u8]) {
     let (head, rest) = split(message);
     let body = rest.get(2..).unwrap_or_default();
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for f in split_fields(head) {
-        let len = f.raw.len();
-        let raw = &head[offset..offset + len];
-        offset += len;
-        let value = raw
-            .iter()
-            .position(|&b| b == b':')
-            .map_or(&raw[..0], |i| &raw[i + 1..]);
-        out.push((f.name, value.strip_suffix(b"\r\n").unwrap_or(value)));
-    }
+    let out = split_fields(head)
+        .into_iter()
+        .map(|f| {
+            let value = f
+                .raw
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(&f.raw[..0], |i| &f.raw[i + 1..]);
+            let value = value.strip_suffix(b"\r\n").unwrap_or(value).to_vec();
+            (f.name, value)
+        })
+        .collect();
     (out, body)
+}
+
+/// The boundary of `message`'s top-level multipart Content-Type, if it has one.
+fn message_boundary(message: &[u8]) -> Option<String> {
+    let (fields, _) = fields(message);
+    let (_, value) = fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Content-Type"))?;
+    boundary(&String::from_utf8_lossy(value).replace("\r\n", ""))
+}
+
+/// A new body for `message`, as it will be stored: CRLF line ends, at most `max` octets, no
+/// NUL, no line over 998 octets, and when the message is multipart (its headers stay) the
+/// closing line of its boundary. The error says what is wrong.
+pub(crate) fn checked_body(message: &[u8], body: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    let body = crlf(body);
+    if body.len() as u64 > max {
+        return Err(format!("a body over {max} octets"));
+    }
+    if body.contains(&0) {
+        return Err("a body with a NUL".to_owned());
+    }
+    if body.split(|&b| b == b'\n').any(|line| line.len() > 999) {
+        return Err("a body line over 998 octets".to_owned());
+    }
+    if let Some(boundary) = message_boundary(message) {
+        let close = format!("--{boundary}--");
+        let closes = body
+            .split(|&b| b == b'\n')
+            .any(|line| line.trim_ascii_end() == close.as_bytes());
+        if !closes {
+            return Err(format!(
+                "the message is multipart: the body must close its boundary ({close})"
+            ));
+        }
+    }
+    Ok(body)
 }
 
 /// `body` with every line ending CRLF (a bare CR or LF becomes one), ending with one.
@@ -262,6 +313,13 @@ fn split_fields(head: &[u8]) -> Vec<Field<'_>> {
             }
         }
     }
+    // A last line without CRLF (a BDAT message may end so) gets one: a field added after it
+    // must not run on in it.
+    if let Some(last) = fields.last_mut()
+        && !last.raw.ends_with(b"\r\n")
+    {
+        last.raw.extend_from_slice(b"\r\n");
+    }
     fields
 }
 
@@ -339,6 +397,37 @@ mod tests {
             out,
             "Received: from a\r\n\tby b\r\nX-Second: folded\r\n\tvalue\r\nSubject: hi\r\nX-Spam: yes\r\nX-End: e\r\n\r\nbody\r\nX-Spam: not a header\r\n"
         );
+    }
+
+    #[test]
+    fn a_header_block_without_its_last_crlf_is_not_run_into() {
+        let edits = [HeaderEdit::Append {
+            name: "X-Spam-Status".into(),
+            value: "yes".into(),
+        }];
+        assert_eq!(
+            apply_edits(b"Subject: buy now", &edits),
+            b"Subject: buy now\r\nX-Spam-Status: yes\r\n"
+        );
+        assert_eq!(
+            replace_body(b"Subject: x", b"new\r\n"),
+            b"Subject: x\r\n\r\nnew\r\n"
+        );
+        let out = append_text_part(b"Subject: x", "footer");
+        assert!(
+            out.starts_with(b"Subject: x\r\nMIME-Version: 1.0\r\n"),
+            "{out:?}"
+        );
+        // A milter's change past the last header of that name adds one.
+        let out = apply_edits(
+            b"Subject: x\r\n\r\nb\r\n",
+            &[HeaderEdit::Change {
+                name: "X-Spam".into(),
+                index: 0,
+                value: "no".into(),
+            }],
+        );
+        assert_eq!(out, b"Subject: x\r\nX-Spam: no\r\n\r\nb\r\n");
     }
 
     #[test]

@@ -125,6 +125,16 @@ pub enum HeaderEdit {
         /// Header value.
         value: String,
     },
+    /// Replace the `index`th (0-based) header of this name, or add one at the end when there
+    /// are not that many (a milter's `chgheader`, as libmilter documents it).
+    Change {
+        /// Header name (case-insensitive).
+        name: String,
+        /// Which one.
+        index: u32,
+        /// The new value.
+        value: String,
+    },
     /// Remove the `index`th (0-based) header of this name (a milter's `chgheader` with an
     /// empty value).
     Delete {

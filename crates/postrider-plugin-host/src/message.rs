@@ -47,29 +47,11 @@ impl MessageView {
 
     /// `set-body`: checks and keeps `body` (CRLF line ends) for when the stage is over.
     pub fn set_body(&mut self, body: &[u8]) -> Result<(), String> {
+        // Refused before it is copied when it cannot fit even before CRLF conversion.
         if body.len() as u64 > self.max_size {
             return Err(format!("a body over {} octets", self.max_size));
         }
-        let body = edits::crlf(body);
-        if body.contains(&0) {
-            return Err("a body with a NUL".to_owned());
-        }
-        if body.split(|&b| b == b'\n').any(|line| line.len() > 999) {
-            return Err("a body line over 998 octets".to_owned());
-        }
-        let content_type = self.header("Content-Type");
-        if let Some(boundary) = content_type.first().and_then(|ct| edits::boundary(ct)) {
-            let close = format!("--{boundary}--");
-            let closes = body
-                .split(|&b| b == b'\n')
-                .any(|line| line.trim_ascii_end() == close.as_bytes());
-            if !closes {
-                return Err(format!(
-                    "the message is multipart: the body must close its boundary ({close})"
-                ));
-            }
-        }
-        self.changes.body = Some(body);
+        self.changes.body = Some(edits::checked_body(&self.raw, body, self.max_size)?);
         Ok(())
     }
 

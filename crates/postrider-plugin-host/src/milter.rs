@@ -130,6 +130,9 @@ pub(crate) struct MilterLink {
     abort: bool,
     /// It failed: not tried again before the next MAIL FROM.
     pub(crate) down: bool,
+    /// Its refusal at connect: the answer to every later stage of the session, as Postfix
+    /// keeps a milter's connect-level reject or tempfail.
+    refused: Option<Decision>,
 }
 
 impl Drop for MilterLink {
@@ -155,6 +158,7 @@ impl MilterLink {
             ended: false,
             abort: false,
             down: false,
+            refused: None,
         }
     }
 
@@ -201,6 +205,10 @@ impl MilterLink {
 
     async fn run(&mut self, now: Now<'_>) -> Result<Heard, ClientError> {
         let mut heard = Heard::failed(Decision::Continue);
+        if let Some(refused) = &self.refused {
+            heard.decision = refused.clone();
+            return Ok(heard);
+        }
         let conn = now.conn();
         let command = self.spec.command_timeout;
         if self.conn.is_none() {
@@ -237,11 +245,14 @@ impl MilterLink {
                 address: conn.client_ip.to_string(),
             };
             if self.hear(&hello, command, false, &mut heard).await? {
+                self.refused = Some(heard.decision.clone());
                 return Ok(heard);
             }
         }
+        // At the HELO stage always (a second EHLO must not slip past a refusal of the first;
+        // after STARTTLS the TLS macros are news); at later stages once per name.
         if let Some(helo) = &conn.helo
-            && self.helo.as_ref() != Some(helo)
+            && (matches!(now, Now::Helo(_)) || self.helo.as_ref() != Some(helo))
         {
             self.helo = Some(helo.clone());
             self.tell(&helo_macros(conn), command).await?;
@@ -328,7 +339,7 @@ impl MilterLink {
             if name.is_empty() {
                 continue;
             }
-            let value = String::from_utf8_lossy(value).replace("\r\n", "\n");
+            let value = String::from_utf8_lossy(&value).replace("\r\n", "\n");
             let value = if leading_space {
                 value
             } else {
@@ -360,10 +371,21 @@ impl MilterLink {
             return Err(ClientError::Closed);
         };
         let answer = conn.step(&Command::EndOfBody, content).await?;
-        self.ended = true;
+        // Not sent (the milter was done with the message earlier): the next transaction
+        // starts with an abort, which makes it listen again.
+        self.ended = answer.is_some();
         if let Some(answer) = answer {
-            heard.changes = changes(answer.modifications, env.smtputf8)
-                .map_err(|e| ClientError::Protocol(postrider_milter::MilterError::Malformed(e)))?;
+            let malformed = |e| ClientError::Protocol(postrider_milter::MilterError::Malformed(e));
+            let mut changes = changes(answer.modifications, env.smtputf8).map_err(malformed)?;
+            if let Some(body) = changes.body.take() {
+                let max = self.spec.max_body as u64;
+                let body = edits::checked_body(message, &body, max).map_err(|e| {
+                    tracing::warn!(milter = %self.spec.name, error = %e, "replacement body refused");
+                    malformed("a replacement body the message cannot take")
+                })?;
+                changes.body = Some(body);
+            }
+            heard.changes = changes;
             self.verdict(answer.verdict, false, heard);
         }
         Ok(())
@@ -452,7 +474,7 @@ fn changes(mods: Vec<Modification>, smtputf8: bool) -> Result<Changes, &'static 
                     index: index.saturating_sub(1),
                 })
             }
-            Modification::ChangeHeader(index, n, v) => out.edits.push(HeaderEdit::Replace {
+            Modification::ChangeHeader(index, n, v) => out.edits.push(HeaderEdit::Change {
                 name: name(&n)?,
                 index: index.saturating_sub(1),
                 value: value(&v)?,
@@ -565,7 +587,7 @@ mod tests {
                     name: "X-Spam".into(),
                     index: 1
                 },
-                HeaderEdit::Replace {
+                HeaderEdit::Change {
                     name: "Subject".into(),
                     index: 0,
                     value: "new".into()

@@ -31,9 +31,9 @@ pub struct Preamble {
     pub len: usize,
     /// Protocol version, 1 or 2.
     pub version: u8,
-    /// The real client and the address it connected to; `None` for a v1 `UNKNOWN` or a
-    /// v2 `LOCAL` header (the balancer's own health check): the connection's own addresses
-    /// stand.
+    /// The real client and the address it connected to (an IPv4-mapped IPv6 address as the
+    /// IPv4 one); `None` for a v2 `LOCAL` header (the balancer's own health check): the
+    /// connection's own addresses stand.
     pub addresses: Option<(SocketAddr, SocketAddr)>,
     /// TLS as the balancer terminated it (v2 TLVs), if it says so.
     pub tls: Option<BalancerTls>,
@@ -115,16 +115,28 @@ pub fn parse(buf: &[u8]) -> Result<Option<Preamble>, ProxyError> {
     Ok(Some(header))
 }
 
+/// A socket address with an IPv4-mapped IPv6 address made IPv4 (a dual-stack balancer
+/// writes IPv4 clients so).
+fn canonical(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.to_canonical(), port)
+}
+
 fn from_v1(h: &v1::Header<'_>) -> Result<Preamble, ProxyError> {
     let addresses = match h.addresses {
-        v1::Addresses::Unknown => None,
+        // The balancer does not know the client: taking the balancer for it would make
+        // every such connection a client of the balancer's network (relay_networks).
+        v1::Addresses::Unknown => {
+            return Err(ProxyError::Unsupported(
+                "UNKNOWN: the balancer does not name the client",
+            ));
+        }
         v1::Addresses::Tcp4(a) => Some((
-            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
-            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+            canonical(IpAddr::V4(a.source_address), a.source_port),
+            canonical(IpAddr::V4(a.destination_address), a.destination_port),
         )),
         v1::Addresses::Tcp6(a) => Some((
-            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
-            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+            canonical(IpAddr::V6(a.source_address), a.source_port),
+            canonical(IpAddr::V6(a.destination_address), a.destination_port),
         )),
     };
     Ok(Preamble {
@@ -141,14 +153,18 @@ fn from_v2(h: &v2::Header<'_>) -> Result<Preamble, ProxyError> {
     let addresses = match (local, h.protocol, h.addresses) {
         (true, _, _) => None,
         (false, v2::Protocol::Stream, v2::Addresses::IPv4(a)) => Some((
-            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
-            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+            canonical(IpAddr::V4(a.source_address), a.source_port),
+            canonical(IpAddr::V4(a.destination_address), a.destination_port),
         )),
         (false, v2::Protocol::Stream, v2::Addresses::IPv6(a)) => Some((
-            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
-            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+            canonical(IpAddr::V6(a.source_address), a.source_port),
+            canonical(IpAddr::V6(a.destination_address), a.destination_port),
         )),
-        (false, v2::Protocol::Stream, v2::Addresses::Unspecified) => None,
+        (false, _, v2::Addresses::Unspecified) => {
+            return Err(ProxyError::Unsupported(
+                "PROXY without the client's address",
+            ));
+        }
         (false, v2::Protocol::Stream, v2::Addresses::Unix(_)) => {
             return Err(ProxyError::Unsupported("a unix socket client"));
         }

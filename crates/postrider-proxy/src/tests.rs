@@ -39,8 +39,22 @@ fn v1_tcp4_tcp6_and_unknown() {
         p.addresses.unwrap().0,
         "[2001:db8::7]:50000".parse().unwrap()
     );
-    let p = parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap();
-    assert_eq!((p.len, p.addresses), (15, None));
+    // UNKNOWN names no client: refused (the balancer is not the client).
+    assert!(matches!(
+        parse(b"PROXY UNKNOWN\r\n"),
+        Err(ProxyError::Unsupported(_))
+    ));
+    // A dual-stack balancer writes IPv4 clients as IPv4-mapped IPv6.
+    let p = parse(b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:198.51.100.1 50000 25\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.addresses,
+        Some((
+            "192.0.2.7:50000".parse().unwrap(),
+            "198.51.100.1:25".parse().unwrap()
+        ))
+    );
 }
 
 #[test]
@@ -116,7 +130,11 @@ fn what_a_relay_refuses() {
     let mut long = b"PROXY TCP4 ".to_vec();
     long.extend(std::iter::repeat_n(b'1', 200));
     assert!(parse(&long).is_err());
-    // Datagrams and unix sockets are not SMTP clients.
+    // PROXY without addresses, datagrams and unix sockets: no client a relay can use.
+    assert!(matches!(
+        parse(&v2(1, 0x00, &[], &[])),
+        Err(ProxyError::Unsupported(_))
+    ));
     assert!(matches!(
         parse(&v2(1, 0x12, &V4, &[])),
         Err(ProxyError::Unsupported(_))

@@ -234,7 +234,9 @@ async fn accept_loop(
             continue;
         };
         if let Some(trusted) = &listener.proxy_trusted
-            && !trusted.iter().any(|n| n.contains(&peer.ip()))
+            && !trusted
+                .iter()
+                .any(|n| n.contains(&peer.ip().to_canonical()))
         {
             metrics.connection_refused(&name, "proxy_untrusted");
             warn!(listener = %name, %peer, "closed: a PROXY protocol listener, and this address is not in proxy_trusted");

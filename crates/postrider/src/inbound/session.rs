@@ -180,6 +180,10 @@ async fn drive(ctx: &SessionCtx, tcp: TcpStream, id: String) -> Result<(), Sessi
             let line = b"554 5.5.1 Protocol error: talking before the greeting\r\n";
             conn.write_all(line, write_limit).await?;
             conn.shutdown(write_limit).await;
+            // Closing with its octets unread would send a reset that can overtake the reply:
+            // read what it sends for a moment first.
+            let drain = async { while let Ok(1..) = conn.read(&mut buf).await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return Ok(());
         }
         other => other,
