@@ -124,7 +124,7 @@ pub(crate) fn fields(message: &[u8]) -> (Vec<(&str, Vec<u8>)>, &[u8]) {
 }
 
 /// The boundary of `message`'s top-level multipart Content-Type, if it has one.
-fn message_boundary(message: &[u8]) -> Option<String> {
+pub(crate) fn message_boundary(message: &[u8]) -> Option<String> {
     let (fields, _) = fields(message);
     let (_, value) = fields
         .iter()

@@ -65,6 +65,22 @@ impl MessageView {
         if self.changes.texts.len() >= MAX_APPENDED_TEXTS {
             return Err(format!("more than {MAX_APPENDED_TEXTS} texts"));
         }
+        if text
+            .split('\n')
+            .any(|line| line.trim_end_matches('\r').len() > 998)
+        {
+            return Err("a text line over 998 octets".to_owned());
+        }
+        // A line that is the message's boundary would end its part (or the message) early.
+        if let Some(boundary) = edits::message_boundary(&self.raw) {
+            let delimiter = format!("--{boundary}");
+            if text
+                .split('\n')
+                .any(|line| line.trim_end().starts_with(&delimiter))
+            {
+                return Err("a text holding the message's MIME boundary".to_owned());
+            }
+        }
         self.changes.texts.push(text.to_owned());
         Ok(())
     }

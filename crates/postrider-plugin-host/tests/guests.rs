@@ -390,6 +390,14 @@ async fn plugins_set_the_body_and_append_text_within_the_hosts_checks() {
     assert_eq!(refusals(&out).len(), 2);
     let out = set_body(&"y".repeat(999), plain, 1 << 20).await;
     assert!(out.body.is_none() && refusals(&out)[0].contains("998"));
+    assert!(out.texts.is_empty() && refusals(&out)[1].contains("998"));
+    // A text holding the message's boundary would close its part early.
+    let out = set_body("x\n--zz--\n", multipart, 1 << 20).await;
+    assert!(out.texts.is_empty(), "{out:?}");
+    assert!(
+        refusals(&out).iter().any(|r| r.contains("boundary")),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
