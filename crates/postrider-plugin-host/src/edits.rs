@@ -162,19 +162,7 @@ pub(crate) fn checked_body(message: &[u8], body: &[u8], max: u64) -> Result<Vec<
 
 /// `body` with every line ending CRLF (a bare CR or LF becomes one), ending with one.
 pub(crate) fn crlf(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32 + 2);
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' if body.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
+    let mut out = postrider_smtp::to_crlf(body);
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }

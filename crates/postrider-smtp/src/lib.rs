@@ -15,7 +15,7 @@ pub mod server;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use command::{Body, Command, CommandError, MailParams, Notify, NotifyOn, RcptParams, Ret};
-pub use data::{DataError, LineEndings};
+pub use data::{DataError, LineEndings, to_crlf};
 pub use deadline::{DeadlineLimits, ReadDeadline};
 pub use reply::{EnhancedCode, Reply, ReplyError};
 pub use server::{

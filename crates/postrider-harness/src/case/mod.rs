@@ -569,22 +569,7 @@ fn load_message(
 }
 
 /// Converts bare LF (and bare CR) line ends to CRLF, as a client's DATA would deliver them.
-pub fn crlf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 40);
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
+pub use postrider_smtp::to_crlf as crlf;
 
 /// MAIL FROM parameters: `{ SIZE = 1234, BODY = "8BITMIME", SMTPUTF8 = true }`.
 fn params(table: Option<&toml::Table>) -> Result<Vec<(String, Option<String>)>, String> {
