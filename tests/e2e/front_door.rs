@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{NO_DNS, Relay, config_full};
+use crate::harness::{NO_DNS, Relay, config_full, python};
 use crate::peers::{Proc, free_port, wait_listening};
 
 /// haproxy (TCP mode) on a free 127.0.0.1 port, sending `send_proxy` (`send-proxy` for v1,
@@ -61,20 +61,10 @@ else:
 s.quit()
 print(" ".join(map(str, codes)))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(server.ip().to_string())
-        .arg(server.port().to_string())
-        .arg(source)
-        .arg(rcpt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "smtplib failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let (ip, port) = (server.ip().to_string(), server.port().to_string());
+    python(script, &[&ip, &port, source, rcpt])
+        .trim()
+        .to_owned()
 }
 
 /// Whether the server closes a connection from `source` after it sends `first` (never
@@ -102,15 +92,8 @@ except ConnectionResetError:
 print("closed" if not data else "answered " + data.decode(errors="replace").strip())
 "#;
     let hex: String = first.iter().map(|b| format!("{b:02x}")).collect();
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(server.ip().to_string())
-        .arg(server.port().to_string())
-        .arg(source)
-        .arg(hex)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "closed"
+    let (ip, port) = (server.ip().to_string(), server.port().to_string());
+    python(script, &[&ip, &port, source, &hex]).trim() == "closed"
 }
 
 #[test]
@@ -286,20 +269,12 @@ s.sendmail("sender@client.test", ["alice@relay.test"], b"Subject: sni\r\n\r\nhi\
 s.quit()
 print(picked)
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(server.ip().to_string())
-        .arg(server.port().to_string())
-        .arg(sni)
-        .args(certs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let (ip, port) = (server.ip().to_string(), server.port().to_string());
+    let args: Vec<&str> = [ip.as_str(), &port, sni]
+        .into_iter()
+        .chain(certs.iter().copied())
+        .collect();
+    python(script, &args).trim().to_owned()
 }
 
 #[test]

@@ -15,6 +15,14 @@ use crate::peers::{dkimpy_verify, opendkim, rspamd};
 
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
+/// A relay for relay.test with this chain (`[[milter]]` and `[[plugin]]` entries).
+fn relay_with(chain: &str) -> Relay {
+    Relay::builder(&config(&format!(
+        "[relay]\nlocal_domains = [\"relay.test\"]\n{chain}"
+    )))
+    .start()
+}
+
 fn milter(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!("[[milter]]\nname = \"{name}\"\naddress = \"inet:{addr}\"\n{extra}\n")
 }
@@ -23,11 +31,7 @@ fn milter(name: &str, addr: SocketAddr, extra: &str) -> String {
 fn opendkim_signs_as_a_milter_and_dkimpy_verifies_the_stored_message() {
     let tmp = tempfile::tempdir().unwrap();
     let (_opendkim, addr) = opendkim(&tmp.path().join("opendkim"));
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("opendkim", addr, "")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("opendkim", addr, ""));
     for subject in ["first", "second"] {
         // Two messages on one connection: the milter connection serves both.
         let mut c = relay.client();
@@ -64,11 +68,7 @@ fn opendkim_signs_as_a_milter_and_dkimpy_verifies_the_stored_message() {
 fn rspamd_in_milter_mode_rejects_gtube_and_passes_a_clean_message() {
     let tmp = tempfile::tempdir().unwrap();
     let (_rspamd, _http, proxy) = rspamd(tmp.path());
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("rspamd", proxy, "content_timeout_ms = 60000")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("rspamd", proxy, "content_timeout_ms = 60000"));
     let mut c = relay.client();
     let (code, lines) = send_message(
         &mut c,
@@ -220,11 +220,7 @@ fn every_change_a_milter_asks_for_is_applied_to_the_stored_message() {
         ]),
         _ => cont(),
     });
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("editor", addr, "")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("editor", addr, ""));
     let mut c = relay.client();
     let (code, lines) = send_message(
         &mut c,
@@ -263,11 +259,7 @@ fn milter_verdicts_reach_the_client_at_each_stage() {
         b'M' if data.starts_with(b"<spammer@") => Act::Send(vec![(b'r', Vec::new())]),
         _ => cont(),
     });
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("verdicts", addr, "")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("verdicts", addr, ""));
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     c.send(b"MAIL FROM:<spammer@client.test>\r\n");
@@ -316,11 +308,7 @@ fn a_milter_gone_mid_message_tempfails_that_message_and_the_next_one_reconnects(
         b'N' if n == 0 => Act::Close,
         _ => cont(),
     });
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("flaky", addr, "")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("flaky", addr, ""));
     let mut c = relay.client();
     let (code, lines) = send_message(&mut c, "sender@client.test", &["alice@relay.test"], MESSAGE);
     assert_eq!(code, 451, "{lines:?}");
@@ -372,15 +360,11 @@ fn faults_are_answered_by_the_failure_policy_while_other_sessions_go_on() {
         (slow, "tempfail", "content_timeout_ms = 1000", 451),
         (down, "continue", "", 250),
     ] {
-        let relay = Relay::builder(&config(&format!(
-            "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-            milter(
-                "faulty",
-                addr,
-                &format!("failure_policy = \"{policy}\"\n{extra}")
-            )
-        )))
-        .start();
+        let relay = relay_with(&milter(
+            "faulty",
+            addr,
+            &format!("failure_policy = \"{policy}\"\n{extra}"),
+        ));
         let mut c = relay.client();
         assert_eq!(c.cmd("EHLO client.test").0, 250, "{addr}");
         let mail = c.cmd("MAIL FROM:<sender@client.test>").0;
@@ -414,11 +398,7 @@ fn a_slow_milter_holds_only_its_own_session() {
         }
         _ => cont(),
     });
-    let relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("slow", addr, "")
-    )))
-    .start();
+    let relay = relay_with(&milter("slow", addr, ""));
     let mut stuck = relay.client();
     assert_eq!(stuck.cmd("EHLO client.test").0, 250);
     assert_eq!(stuck.cmd("MAIL FROM:<sender@client.test>").0, 250);
@@ -440,16 +420,15 @@ fn a_milter_and_a_plugin_change_the_body_as_equals() {
         ]),
         _ => cont(),
     });
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}{}",
+    let mut relay = relay_with(&format!(
+        "{}{}",
         milter("rewriter", addr, ""),
         crate::harness::plugin(
             "footer",
             "disclaimer",
             "config = { text = \"-- \\nsent through Postrider\", only_authenticated = false }"
         ),
-    )))
-    .start();
+    ));
     let mut c = relay.client();
     let (code, lines) = send_message(&mut c, "sender@client.test", &["alice@relay.test"], MESSAGE);
     assert_eq!(code, 250, "{lines:?}");
@@ -506,11 +485,7 @@ fn a_milter_done_with_one_message_hears_the_next_and_a_refused_helo_stays_refuse
         b'M' => Act::Send(vec![(b'r', Vec::new())]),
         _ => cont(),
     });
-    let mut relay = Relay::builder(&config(&format!(
-        "[relay]\nlocal_domains = [\"relay.test\"]\n{}",
-        milter("picky", addr, "")
-    )))
-    .start();
+    let mut relay = relay_with(&milter("picky", addr, ""));
     let mut c = relay.client();
     assert_eq!(c.cmd("EHLO bad.test").0, 550);
     assert_eq!(c.cmd("EHLO bad.test").0, 550, "a second EHLO slipped past");
